@@ -1,0 +1,123 @@
+"""``create_app(settings)``: builds the whole gateway as one ``web.Application``; no module-level state.
+
+Everything long-lived (store, cache, checker, metrics) hangs off the application under typed keys. The
+store connects, migrates (when configured) and starts the revocation feed in a cleanup context, so
+tests and workers each get their own fully isolated instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+
+import structlog
+from aiohttp import web
+
+from gateway.cache import SessionCache
+from gateway.core import Checker
+from gateway.errors import StoreUnavailable
+from gateway.facts import TrustedProxies
+from gateway.handlers.check import CheckHandler
+from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
+from gateway.handlers.webhook import WebhookHandler
+from gateway.metrics import Metrics
+from gateway.middleware import make_middleware
+from gateway.policy import AllowAll, Policy
+from gateway.settings import Settings
+from gateway.store import make_store
+from gateway.store.base import Store
+
+log = structlog.get_logger("gateway.app")
+
+SETTINGS = web.AppKey("settings", Settings)
+STORE = web.AppKey("store", Store)
+CHECKER = web.AppKey("checker", Checker)
+METRICS = web.AppKey("metrics", Metrics)
+STATE = web.AppKey("state", RuntimeState)
+
+_MIGRATION_RETRY = 2.0
+
+
+def create_app(settings: Settings, *, policy: Policy | None = None,
+               clock: Callable[[], float] = time.time) -> web.Application:
+    """Build the application for validated ``settings``.
+
+    ``policy`` decides who may pass where (default: every valid session); ``clock`` gives Unix time and
+    exists so tests can move time without sleeping.
+    """
+    metrics = Metrics()
+    store = make_store(settings)
+    cache = SessionCache(max_entries=settings.cache.max_entries, ttl=settings.cache.ttl,
+                         negative_max_entries=settings.cache.negative_max_entries,
+                         negative_ttl=settings.cache.negative_ttl, degraded_ttl=settings.cache.degraded_ttl,
+                         stale_if_error=settings.cache.stale_if_error,
+                         clock=clock, on_evict=metrics.cache_eviction.inc)
+    # Until the revocation feed is confirmed live, cache only briefly.
+    cache.degraded = True
+    checker = Checker(store=store, cache=cache, policy=policy or AllowAll(), metrics=metrics,
+                      last_seen_grain=settings.session.last_seen_grain, clock=clock)
+    state = RuntimeState()
+    proxies = TrustedProxies(settings.trusted_networks)
+
+    app = web.Application(middlewares=[make_middleware()], client_max_size=settings.hasura.max_body_bytes)
+    app[SETTINGS] = settings
+    app[STORE] = store
+    app[CHECKER] = checker
+    app[METRICS] = metrics
+    app[STATE] = state
+    app.cleanup_ctx.append(_store_lifecycle)
+
+    check = CheckHandler(checker, settings, metrics, proxies)
+    webhook = WebhookHandler(checker, settings, metrics, clock)
+    app.router.add_route("*", "/auth/check", check.handle)
+    app.router.add_route("*", "/auth/check/{tail:.*}", check.handle)
+    app.router.add_get("/auth/webhook", webhook.handle)
+    app.router.add_post("/auth/webhook", webhook.handle)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", Readiness(store, state).handle)
+    app.router.add_get("/metrics", MetricsEndpoint(store, metrics, state).handle)
+    return app
+
+
+async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """Open the store, migrate if configured, run the revocation feed; undo it all at shutdown."""
+    settings, store, checker = app[SETTINGS], app[STORE], app[CHECKER]
+    await store.open()
+    background: list[asyncio.Task[None]] = []
+    if settings.migrate_on_start:
+        try:
+            applied = await store.migrate()
+            if applied:
+                log.info("migrations applied", versions=applied)
+        except StoreUnavailable as exc:
+            log.error("migrations not applied yet: database unavailable; retrying", error=str(exc))
+            background.append(asyncio.ensure_future(_migrate_until_done(store)))
+    background.append(asyncio.ensure_future(
+        store.watch_revocations(checker.on_revocation, checker.on_feed_state)))
+    try:
+        yield
+    finally:
+        app[STATE].draining = True
+        for task in background:
+            task.cancel()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await checker.drain()
+        await store.close()
+
+
+async def _migrate_until_done(store: Store) -> None:
+    """Apply migrations, retrying while the database is down (readiness stays red until done)."""
+    while True:
+        try:
+            applied = await store.migrate()
+        except StoreUnavailable as exc:
+            log.error("migrations not applied yet: database unavailable; retrying", error=str(exc))
+            await asyncio.sleep(_MIGRATION_RETRY)
+        else:
+            if applied:
+                log.info("migrations applied", versions=applied)
+            return

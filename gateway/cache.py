@@ -1,0 +1,139 @@
+"""In-process session cache: bounded TTL caches of good sessions and of known-bad token hashes.
+
+A positive entry is *fresh* for the configured TTL (``degraded_ttl`` while the cross-process revocation
+feed is down) and never past its session's expiry or idle deadline. A stale entry is kept a while longer
+(``stale_if_error``) only so that it can still be served while the database is unreachable: nobody can
+revoke a session then. A generation counter lets a lookup that raced a revocation notice that its result
+is outdated and must not be cached.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from cachetools import TTLCache
+
+from gateway.models import ActiveSession
+
+
+class CacheEntry:
+    """A cached good session plus what this process learned since (last use, moved idle deadline)."""
+
+    __slots__ = ("active", "fresh_until", "idle_deadline", "last_seen")
+
+    def __init__(self, active: ActiveSession, fresh_until: float) -> None:
+        self.active = active
+        self.fresh_until = fresh_until
+        session = active.session
+        self.last_seen = session.last_seen_at
+        self.idle_deadline = session.idle_expires_at
+
+
+class _CountingTTLCache(TTLCache[str, CacheEntry]):
+    """A TTLCache that reports entries pushed out for room (not expiry) to a callback."""
+
+    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float],
+                 on_evict: Callable[[], None]) -> None:
+        super().__init__(maxsize, ttl, timer)
+        self._on_evict = on_evict
+
+    def popitem(self) -> tuple[str, CacheEntry]:
+        item = super().popitem()
+        self._on_evict()
+        return item
+
+
+class SessionCache:
+    """Positive and negative caches keyed by token hash. Not thread-safe: one event loop per process."""
+
+    def __init__(self, *, max_entries: int, ttl: float, negative_max_entries: int, negative_ttl: float,
+                 degraded_ttl: float, stale_if_error: float, clock: Callable[[], float],
+                 on_evict: Callable[[], None] = lambda: None) -> None:
+        self._ttl = ttl
+        self._degraded_ttl = degraded_ttl
+        self._stale_if_error = stale_if_error
+        self._clock = clock
+        self._good = _CountingTTLCache(max_entries, max(ttl, degraded_ttl, 0.001) + stale_if_error, clock,
+                                       on_evict)
+        self._bad: TTLCache[str, bool] = TTLCache(negative_max_entries, max(negative_ttl, 0.001), clock)
+        self._negative_enabled = negative_ttl > 0
+        self.degraded = False
+        self.generation = 0
+
+    @property
+    def ttl(self) -> float:
+        """The TTL now in force for new positive entries."""
+        return min(self._ttl, self._degraded_ttl) if self.degraded else self._ttl
+
+    def __len__(self) -> int:
+        return len(self._good)
+
+    def get(self, token_hash: str, now: float) -> CacheEntry | None:
+        """The fresh entry for this hash, or None (absent, stale, or past its idle deadline)."""
+        entry = self._good.get(token_hash)
+        if entry is None:
+            return None
+        if now >= entry.fresh_until or (entry.idle_deadline is not None and now >= entry.idle_deadline):
+            return None
+        return entry
+
+    def get_stale(self, token_hash: str, now: float) -> CacheEntry | None:
+        """An entry past its freshness but within ``stale_if_error`` and its session's limits, or None.
+
+        Only for answering while the database is unreachable.
+        """
+        entry = self._good.get(token_hash)
+        if entry is None or now >= entry.fresh_until + self._stale_if_error:
+            return None
+        session = entry.active.session
+        if now >= session.expires_at or (entry.idle_deadline is not None and now >= entry.idle_deadline):
+            return None
+        return entry
+
+    def is_known_bad(self, token_hash: str) -> bool:
+        """True when this hash was recently found unknown, expired or revoked."""
+        return token_hash in self._bad
+
+    def put(self, token_hash: str, active: ActiveSession, now: float, generation: int) -> None:
+        """Cache a good session, unless a revocation arrived since ``generation`` was read."""
+        if generation != self.generation:
+            return
+        ttl = self.ttl
+        if ttl <= 0:
+            return
+        session = active.session
+        fresh_until = min(now + ttl, session.expires_at)
+        if session.idle_expires_at is not None:
+            fresh_until = min(fresh_until, session.idle_expires_at)
+        if fresh_until > now:
+            self._good[token_hash] = CacheEntry(active, fresh_until)
+
+    def put_bad(self, token_hash: str) -> None:
+        """Remember briefly that this hash admits nobody."""
+        if self._negative_enabled:
+            self._bad[token_hash] = True
+
+    def evict(self, token_hash: str) -> None:
+        """Forget one session now (it was revoked)."""
+        self.generation += 1
+        self._good.pop(token_hash, None)
+        self._bad[token_hash] = True
+
+    def evict_user(self, user_id: int) -> None:
+        """Forget every cached session of one user (revocations of a whole user are rare: a scan is fine)."""
+        self.generation += 1
+        stale = [h for h, e in list(self._good.items()) if e.active.user.id == user_id]
+        for token_hash in stale:
+            self._good.pop(token_hash, None)
+
+    def mark_all_stale(self, now: float) -> None:
+        """Make every entry stale (revocations may have been missed): each is re-checked on next use,
+        but can still be served from :meth:`get_stale` while the database is unreachable."""
+        self.generation += 1
+        for entry in list(self._good.values()):
+            entry.fresh_until = min(entry.fresh_until, now)
+
+    def flush(self) -> None:
+        """Forget every positive entry."""
+        self.generation += 1
+        self._good.clear()

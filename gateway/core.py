@@ -1,0 +1,213 @@
+"""The check core: ``(credential, request facts) -> Decision``, independent of any web framework.
+
+Known tokens are answered from the in-process cache; concurrent misses for one token share one
+database query; known-bad hashes are remembered briefly. Revocations evict locally at once and reach
+other processes through the store's revocation feed. Last use is written back at a coarse grain, off
+the request path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from gateway import tokens
+from gateway.cache import CacheEntry, SessionCache
+from gateway.credentials import Credential, CredentialProblem
+from gateway.errors import StoreUnavailable
+from gateway.facts import RequestFacts
+from gateway.metrics import Metrics
+from gateway.models import ActiveSession, Revocation
+from gateway.policy import Policy
+from gateway.store.base import Store
+
+log = structlog.get_logger("gateway.core")
+
+_MAX_PENDING_TOUCHES = 1000
+_RETRY_DATABASE_AFTER = 0.5
+"""After a failed lookup, misses fail fast for this long instead of each waiting on the database."""
+
+
+class Outcome(enum.Enum):
+    """Every way a check can end; the value is what logs and metrics say."""
+
+    ALLOW = "allow"
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+    UNKNOWN = "unknown"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    FORBIDDEN = "forbidden"
+    BAD_ORIGINAL_REQUEST = "bad_original_request"
+    UNAVAILABLE = "unavailable"
+
+
+_PROBLEM_OUTCOMES = {
+    CredentialProblem.MISSING: Outcome.MISSING,
+    CredentialProblem.MALFORMED: Outcome.MALFORMED,
+    CredentialProblem.OVERSIZED: Outcome.OVERSIZED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The answer to one check. ``active`` is set for ALLOW and FORBIDDEN (the caller's identity)."""
+
+    outcome: Outcome
+    active: ActiveSession | None = None
+
+    @property
+    def allowed(self) -> bool:
+        """True only for ALLOW."""
+        return self.outcome is Outcome.ALLOW
+
+
+DENY_MISSING = Decision(Outcome.MISSING)
+DENY_BAD_ORIGINAL_REQUEST = Decision(Outcome.BAD_ORIGINAL_REQUEST)
+
+
+class Checker:
+    """Decides checks and manages the session cache; one per process, built by ``create_app``."""
+
+    def __init__(self, *, store: Store, cache: SessionCache, policy: Policy, metrics: Metrics,
+                 last_seen_grain: float, clock: Callable[[], float]) -> None:
+        self._store = store
+        self.cache = cache
+        self._policy = policy
+        self._metrics = metrics
+        self._grain = last_seen_grain
+        self._clock = clock
+        self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
+        self._touches: set[asyncio.Task[None]] = set()
+        self._database_down_until = 0.0
+
+    async def decide(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision:
+        """Judge one request: ALLOW with the identity, or the reason it is refused.
+
+        Never raises for bad input or an unreachable database: those are outcomes (UNAVAILABLE means the
+        token could not be checked, and the caller must fail closed).
+        """
+        if not isinstance(credential, Credential):
+            return Decision(_PROBLEM_OUTCOMES[credential])
+        token_hash = tokens.hash_token(credential.token)
+        now = self._clock()
+        entry = self.cache.get(token_hash, now)
+        if entry is not None:
+            self._metrics.cache_hit.inc()
+            active = entry.active
+            if now - entry.last_seen >= self._grain:
+                self._touch(token_hash, entry, now)
+        else:
+            try:
+                found = await self._lookup(token_hash, now)
+            except StoreUnavailable:
+                stale = self.cache.get_stale(token_hash, now)
+                if stale is None:
+                    return Decision(Outcome.UNAVAILABLE)
+                self._metrics.cache_stale_hit.inc()
+                found = stale.active
+            if not isinstance(found, ActiveSession):
+                return Decision(found)
+            active = found
+        if not self._policy.allows(active, facts):
+            return Decision(Outcome.FORBIDDEN, active)
+        return Decision(Outcome.ALLOW, active)
+
+    async def _lookup(self, token_hash: str, now: float) -> ActiveSession | Outcome:
+        if self.cache.is_known_bad(token_hash):
+            self._metrics.cache_negative_hit.inc()
+            return Outcome.UNKNOWN
+        task = self._inflight.get(token_hash)
+        if task is None:
+            if now < self._database_down_until:
+                # Fail fast while the database is known to be down, instead of queueing on timeouts.
+                raise StoreUnavailable("database unavailable (recent failure)")
+            self._metrics.cache_miss.inc()
+            task = asyncio.ensure_future(self._load(token_hash, now))
+            self._inflight[token_hash] = task
+            task.add_done_callback(lambda _t: self._inflight.pop(token_hash, None))
+        else:
+            self._metrics.cache_coalesced.inc()
+        # shield: one waiter being cancelled must not cancel the query the others share
+        active = await asyncio.shield(task)
+        if active is None:
+            return Outcome.UNKNOWN
+        session = active.session
+        if session.revoked_at is not None:
+            return Outcome.REVOKED
+        if not session.is_active(self._clock()):
+            return Outcome.EXPIRED
+        return active
+
+    async def _load(self, token_hash: str, now: float) -> ActiveSession | None:
+        generation = self.cache.generation
+        try:
+            active = await self._store.lookup_session(token_hash)
+        except StoreUnavailable as exc:
+            self._metrics.db_errors.labels("lookup_session").inc()
+            self._database_down_until = self._clock() + _RETRY_DATABASE_AFTER
+            log.error("session lookup failed: database unavailable", error=str(exc))
+            raise
+        if active is None or not active.session.is_active(now):
+            self.cache.put_bad(token_hash)
+        else:
+            self.cache.put(token_hash, active, now, generation)
+        return active
+
+    def _touch(self, token_hash: str, entry: CacheEntry, now: float) -> None:
+        """Note a use locally at once; write it to the database in the background, best effort."""
+        entry.last_seen = now
+        timeout = entry.active.session.idle_timeout
+        if timeout > 0:
+            entry.idle_deadline = now + timeout
+        if len(self._touches) >= _MAX_PENDING_TOUCHES:
+            return
+        task = asyncio.ensure_future(self._write_touch(token_hash, now))
+        self._touches.add(task)
+        task.add_done_callback(self._touches.discard)
+
+    async def _write_touch(self, token_hash: str, now: float) -> None:
+        try:
+            await self._store.touch_session(token_hash, last_seen_at=now)
+        except StoreUnavailable as exc:
+            self._metrics.db_errors.labels("touch_session").inc()
+            log.warning("could not record session use", error=str(exc))
+
+    async def revoke_token(self, token: str, *, actor: str, reason: str) -> bool:
+        """Revoke a session by its token: evict here at once, then in the database and everywhere else."""
+        if not tokens.is_well_formed(token):
+            return False
+        token_hash = tokens.hash_token(token)
+        self.cache.evict(token_hash)
+        return await self._store.revoke_session(token_hash, actor=actor, reason=reason)
+
+    def on_revocation(self, revocation: Revocation) -> None:
+        """Apply a revocation broadcast by any process (this one included)."""
+        self._metrics.revocations_received.inc()
+        if revocation.token_hash is not None:
+            self.cache.evict(revocation.token_hash)
+        if revocation.user_id is not None:
+            self.cache.evict_user(revocation.user_id)
+
+    def on_feed_state(self, live: bool) -> None:
+        """Track the revocation feed: while down, cache briefly; when it comes back, forget everything."""
+        self._metrics.revocation_feed_up.set(1 if live else 0)
+        if live:
+            if self.cache.degraded:
+                log.info("revocation feed live; cached sessions will be re-checked")
+            self.cache.degraded = False
+        elif not self.cache.degraded:
+            log.warning("revocation feed lost; caching sessions briefly until it returns")
+            self.cache.degraded = True
+        # Revocations may have been missed while the feed was down (or before it started).
+        self.cache.mark_all_stale(self._clock())
+
+    async def drain(self) -> None:
+        """Wait for background writes (at shutdown)."""
+        if self._touches:
+            await asyncio.gather(*self._touches, return_exceptions=True)

@@ -1,0 +1,99 @@
+"""Find the session token in a request's ``Cookie`` and ``Authorization`` header values.
+
+Pure functions over header strings, so every front-end (aiohttp today, a leaner one later) shares them.
+Bounds are enforced here: an oversized or ambiguous credential is rejected, never half-parsed.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway import tokens
+
+MAX_COOKIE_HEADER_BYTES = 8192
+"""Cookie header bytes (all Cookie headers together) accepted; browsers cap a cookie at 4 KiB."""
+
+MAX_COOKIES = 180
+"""Cookie pairs accepted in one request (browsers keep at most ~180 per domain)."""
+
+MAX_AUTHORIZATION_BYTES = 4096
+
+
+class CredentialProblem(enum.Enum):
+    """Why a request carries no usable token; the value is the reason logged and counted."""
+
+    MISSING = "missing"
+    MALFORMED = "malformed"
+    OVERSIZED = "oversized"
+
+
+class CredentialSource(enum.Enum):
+    """Where the token came from."""
+
+    COOKIE = "cookie"
+    BEARER = "bearer"
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """A well-formed opaque token and where it was found."""
+
+    token: str
+    source: CredentialSource
+
+
+def find_credential(cookie_headers: Sequence[str], authorization_headers: Sequence[str],
+                    cookie_name: str) -> Credential | CredentialProblem:
+    """Return the request's token, or why there is none.
+
+    ``Authorization: Bearer`` wins when present (an API client's explicit choice); it is then the only
+    source considered, so a bad bearer token is never rescued by a cookie. Other schemes (``Basic``...)
+    are ignored. Among cookies, the first one named ``cookie_name`` counts (browsers send the most
+    specific path first). A token of the wrong shape is MALFORMED and must not be looked up.
+    """
+    if authorization_headers:
+        bearer = _bearer_token(authorization_headers)
+        if bearer is not None:
+            return bearer
+    if not cookie_headers:
+        return CredentialProblem.MISSING
+    return _cookie_token(cookie_headers, cookie_name)
+
+
+def _bearer_token(values: Sequence[str]) -> Credential | CredentialProblem | None:
+    if len(values) > 1:
+        return CredentialProblem.MALFORMED
+    value = values[0]
+    if len(value) > MAX_AUTHORIZATION_BYTES:
+        return CredentialProblem.OVERSIZED
+    scheme, _, rest = value.strip().partition(" ")
+    if scheme.lower() != "bearer":
+        return None
+    token = rest.strip()
+    if not tokens.is_well_formed(token):
+        return CredentialProblem.MALFORMED
+    return Credential(token, CredentialSource.BEARER)
+
+
+def _cookie_token(values: Sequence[str], name: str) -> Credential | CredentialProblem:
+    if sum(len(v) for v in values) > MAX_COOKIE_HEADER_BYTES:
+        return CredentialProblem.OVERSIZED
+    prefix = name + "="
+    seen = 0
+    for header in values:
+        for pair in header.split(";"):
+            seen += 1
+            if seen > MAX_COOKIES:
+                return CredentialProblem.OVERSIZED
+            pair = pair.strip(" \t")
+            if not pair.startswith(prefix):
+                continue
+            token = pair[len(prefix):]
+            if len(token) >= 2 and token[0] == token[-1] == '"':
+                token = token[1:-1]
+            if tokens.is_well_formed(token):
+                return Credential(token, CredentialSource.COOKIE)
+            return CredentialProblem.MALFORMED
+    return CredentialProblem.MISSING

@@ -1,0 +1,117 @@
+"""Hasura auth-webhook answers: the session variables for an allowed session, per Hasura's contract.
+
+Every value is a string; ``X-Hasura-Role`` is the one role picked for this request (Hasura ignores
+allowed/default-role lists from webhooks); ``Cache-Control`` inside the body bounds how long Hasura keeps
+a websocket alive on this answer and never exceeds the session's remaining life.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from gateway.errors import BadRequest
+from gateway.models import ActiveSession, User
+from gateway.settings import HasuraSettings
+
+MAX_JSON_DEPTH = 32
+
+
+def effective_roles(user: User, default_role: str) -> tuple[str, ...]:
+    """The roles a user may act as: their own, or the configured default when they have none."""
+    return user.roles or (default_role,)
+
+
+def choose_role(user: User, requested: str | None, default_role: str) -> str | None:
+    """The role for this request, or None when the requested role is not one the user holds.
+
+    With no request, the configured default role wins if the user holds it, else their first role.
+    """
+    roles = effective_roles(user, default_role)
+    if requested is not None:
+        requested = requested.strip()
+        return requested if requested in roles else None
+    return default_role if default_role in roles else roles[0]
+
+
+def user_field(user: User, name: str) -> str:
+    """One user field as Hasura wants it: a string (lists are Postgres array literals ``{a,b}``)."""
+    value: Any = getattr(user, name)
+    if isinstance(value, tuple):
+        return "{" + ",".join(json.dumps(v) for v in value) + "}"
+    return "" if value is None else str(value)
+
+
+def session_variables(active: ActiveSession, role: str, settings: HasuraSettings, now: float) -> dict[str, str]:
+    """The 200 body for an allowed session acting as ``role``."""
+    user = active.user
+    session = active.session
+    body = {"X-Hasura-User-Id": str(user.id), "X-Hasura-Role": role}
+    for header, field_name in settings.session_variables.items():
+        body[header] = user_field(user, field_name)
+    ends = session.expires_at
+    if session.idle_expires_at is not None:
+        ends = min(ends, session.idle_expires_at)
+    body["Cache-Control"] = f"max-age={max(0, math.floor(ends - now))}"
+    return body
+
+
+def anonymous_variables(role: str) -> dict[str, str]:
+    """The 200 body that admits a caller with no credentials as the anonymous role."""
+    return {"X-Hasura-Role": role}
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of decoded JSON, giving up (returning > limit) once the limit is passed."""
+    stack = [(value, 1)]
+    deepest = 0
+    while stack:
+        item, depth = stack.pop()
+        deepest = max(deepest, depth)
+        if deepest > limit:
+            return deepest
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return deepest
+
+
+def parse_post_body(raw: bytes) -> dict[str, str]:
+    """Decode a POST-mode webhook body and return the client's headers (string values only).
+
+    Accepts ``{"headers": {...}, "request": <object | list | null>}``; raises BadRequest for invalid JSON,
+    wrong types or excessive nesting. Header names are returned as sent; match them case-insensitively.
+    """
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BadRequest("webhook body is not valid JSON") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("webhook body must be a JSON object")
+    if _depth(data, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+        raise BadRequest("webhook body is nested too deeply")
+    headers = data.get("headers")
+    if headers is None:
+        headers = {}
+    if not isinstance(headers, dict):
+        raise BadRequest("webhook body 'headers' must be an object")
+    request = data.get("request")
+    if request is not None and not isinstance(request, dict | list):
+        raise BadRequest("webhook body 'request' must be an object, a list or null")
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(value, str):
+            raise BadRequest(f"webhook header {name[:64]!r} must be a string")
+        out[name] = value
+    return out
+
+
+def header_lookup(headers: Mapping[str, str]) -> dict[str, list[str]]:
+    """Index client headers by lower-cased name (Hasura forwards names in any case)."""
+    index: dict[str, list[str]] = {}
+    for name, value in headers.items():
+        index.setdefault(name.lower(), []).append(value)
+    return index

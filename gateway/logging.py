@@ -1,0 +1,71 @@
+"""Structured logging with structlog: JSON lines in production, readable lines in development.
+
+Every line carries the request id bound by the request middleware. Callers must never pass a token,
+cookie, code or secret as a value: log token *hashes* or nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+
+_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class RedactProtocolErrors(logging.Filter):
+    """Rewrite aiohttp's log of an unparseable request: its message quotes the offending header bytes,
+    which may be a cookie or token. Keeps the error class and status, drops the bytes and traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Always keep the record; sanitise it when it carries an HTTP parsing error."""
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.msg = "rejected a malformed HTTP request: %s (status %s)"
+            record.args = (type(exc).__name__, exc.code)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+def install_redaction() -> None:
+    """Attach :class:`RedactProtocolErrors` to aiohttp's server logger once per process."""
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, RedactProtocolErrors) for f in server_log.filters):
+        server_log.addFilter(RedactProtocolErrors())
+
+
+def configure_logging(log_format: str, level: str) -> None:
+    """Configure structlog and stdlib logging for this process (idempotent; called once at start).
+
+    ``log_format`` is ``json``, ``console`` or ``auto`` (console on a terminal, JSON otherwise).
+    """
+    if log_format == "auto":
+        log_format = "console" if sys.stderr.isatty() else "json"
+    numeric = _LEVELS.get(level.lower(), logging.INFO)
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer() if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # Route stdlib logging (aiohttp, asyncio) through the same renderer.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(numeric)
+    install_redaction()

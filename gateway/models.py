@@ -1,0 +1,80 @@
+"""Plain records shared by the store, the cache and the check core; times are Unix epoch seconds."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+SessionKind = Literal["browser", "api"]
+
+
+@dataclass(frozen=True, slots=True)
+class User:
+    """An enrolled user; ``(upstream, subject)`` is the stable key, ``id`` the gateway's own number."""
+
+    id: int
+    upstream: str
+    subject: str
+    email: str
+    name: str
+    username: str
+    groups: tuple[str, ...]
+    roles: tuple[str, ...]
+    created_at: float
+    updated_at: float
+    last_login_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    """One session row. ``token_hash`` is SHA-256 hex of the token; the token itself is never stored.
+
+    ``idle_timeout`` is 0 for sessions without one (API tokens); then ``idle_expires_at`` is None.
+    """
+
+    token_hash: str
+    user_id: int
+    kind: SessionKind
+    created_at: float
+    expires_at: float
+    idle_timeout: float
+    last_seen_at: float
+    idle_expires_at: float | None
+    revoked_at: float | None
+    client_addr: str
+    user_agent: str
+
+    def is_active(self, now: float) -> bool:
+        """True when not revoked, not past its absolute expiry and not past its idle deadline."""
+        if self.revoked_at is not None or now >= self.expires_at:
+            return False
+        return self.idle_expires_at is None or now < self.idle_expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveSession:
+    """What a session lookup returns: the session row joined with its user."""
+
+    session: SessionRecord
+    user: User
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """A revocation broadcast to every gateway process: one session, or every session of one user."""
+
+    token_hash: str | None = None
+    user_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One row of the append-only audit log. ``user_key`` is ``upstream:subject`` and outlives the user."""
+
+    id: int
+    at: float
+    event: str
+    user_id: int | None
+    user_key: str
+    actor: str
+    detail: dict[str, str] = field(default_factory=dict)

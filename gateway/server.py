@@ -1,0 +1,161 @@
+"""Run the gateway: one process, or ``--workers N`` processes sharing the port through SO_REUSEPORT.
+
+Each worker is a complete gateway (its own cache, pool and revocation listener on the shared database),
+so a revocation reaches every worker the same way it reaches other replicas. On SIGTERM or SIGINT a
+worker fails readiness at once, stops accepting, lets in-flight requests finish (bounded by
+``shutdown_timeout``) and exits 0. The parent restarts a worker that dies unexpectedly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from gateway.app import METRICS, STATE, create_app
+from gateway.logging import configure_logging
+from gateway.settings import Settings
+
+log = structlog.get_logger("gateway.server")
+
+_RESTART_BACKOFF_MAX = 10.0
+
+
+def serve(settings: Settings) -> int:
+    """Serve until told to stop; return the process exit code. Settings must already be validated."""
+    configure_logging(settings.log_format, settings.log_level)
+    if settings.workers == 1:
+        return _run_worker(settings, reuse_port=False)
+    if not hasattr(socket, "SO_REUSEPORT"):
+        log.error("--workers needs SO_REUSEPORT, which this platform lacks")
+        return 2
+    return _supervise(settings)
+
+
+def _new_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def runner_options(settings: Settings) -> dict[str, Any]:
+    """Keyword arguments for ``web.AppRunner``: limits and timeouts (tests use the same ones)."""
+    return {
+        "access_log": logging.getLogger("aiohttp.access") if settings.access_log else None,
+        "keepalive_timeout": settings.keepalive_timeout,
+        "shutdown_timeout": settings.shutdown_timeout,
+        "max_field_size": settings.max_header_bytes,
+        "max_line_size": settings.max_header_bytes,
+    }
+
+
+def _run_worker(settings: Settings, *, reuse_port: bool) -> int:
+    with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
+        return runner.run(run_until_signalled(settings, reuse_port=reuse_port))
+
+
+async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
+                              stop: asyncio.Event | None = None) -> int:
+    """Serve one gateway process until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
+    await runner.setup()
+    protocol_factory = runner.server
+    assert protocol_factory is not None
+    connections = app[METRICS].connections_accepted
+
+    def counting_factory() -> Any:
+        connections.inc()
+        return protocol_factory()
+
+    host, port = settings.listen_host_port
+    try:
+        listener = await loop.create_server(counting_factory, host, port, reuse_port=reuse_port or None,
+                                            reuse_address=True, backlog=2048)
+    except OSError as exc:
+        log.error("cannot listen", listen=settings.listen, error=exc.strerror or str(exc))
+        await runner.cleanup()
+        return 1
+    log.info("gateway listening", listen=settings.listen, public_url=settings.public_url,
+             database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port)
+    await stop.wait()
+
+    log.info("shutting down: readiness off, finishing in-flight requests",
+             timeout=settings.shutdown_timeout)
+    app[STATE].draining = True
+    listener.close()
+    await runner.cleanup()
+    log.info("stopped")
+    return 0
+
+
+def _worker_main(settings: Settings) -> None:
+    configure_logging(settings.log_format, settings.log_level)
+    # The parent decides when workers stop; ignore the terminal's Ctrl-C burst and wait for its SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    sys.exit(_run_worker(settings, reuse_port=True))
+
+
+def _supervise(settings: Settings) -> int:
+    """Start ``settings.workers`` worker processes and keep them running until SIGTERM/SIGINT."""
+    ctx = multiprocessing.get_context("spawn")
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+    def start() -> BaseProcess:
+        proc = ctx.Process(target=_worker_main, args=(settings,), daemon=False)
+        proc.start()
+        return proc
+
+    workers = [start() for _ in range(settings.workers)]
+    backoff = [0.5] * len(workers)
+    log.info("started workers", workers=settings.workers, pids=[w.pid for w in workers])
+    while not stopping:
+        time.sleep(0.2)
+        for i, proc in enumerate(workers):
+            if not stopping and proc.exitcode is not None:
+                log.error("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode,
+                          backoff=backoff[i])
+                time.sleep(backoff[i])
+                backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
+                workers[i] = start()
+
+    for proc in workers:
+        if proc.exitcode is None and proc.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + settings.shutdown_timeout + 5
+    for proc in workers:
+        proc.join(max(0.0, deadline - time.monotonic()))
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+    codes = [p.exitcode for p in workers]
+    log.info("workers stopped", exitcodes=codes)
+    return 0 if all(c == 0 for c in codes) else 1

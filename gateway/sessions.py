@@ -1,0 +1,30 @@
+"""Session lifecycle: start a session for a user (mint a token, store only its hash) with the right limits."""
+
+from __future__ import annotations
+
+from gateway import tokens
+from gateway.models import SessionKind, SessionRecord
+from gateway.settings import SessionSettings
+from gateway.store.base import Store
+
+
+async def start_session(store: Store, settings: SessionSettings, *, user_id: int, kind: SessionKind,
+                        now: float, lifetime: float | None = None, client_addr: str = "",
+                        user_agent: str = "") -> tuple[str, SessionRecord]:
+    """Create a session and return ``(token, record)``; the token exists only in this return value.
+
+    Browser sessions get ``session.lifetime`` and the idle timeout; API tokens get ``lifetime`` (default
+    ``session.api_token_lifetime``) and no idle timeout.
+    """
+    idle_timeout: float
+    if kind == "browser":
+        ttl: float = settings.lifetime if lifetime is None else lifetime
+        idle_timeout = settings.idle_timeout
+    else:
+        ttl = settings.api_token_lifetime if lifetime is None else lifetime
+        idle_timeout = 0.0
+    token = tokens.mint_token()
+    record = await store.create_session(token_hash=tokens.hash_token(token), user_id=user_id, kind=kind,
+                                        now=now, expires_at=now + ttl, idle_timeout=idle_timeout,
+                                        client_addr=client_addr, user_agent=user_agent[:512])
+    return token, record

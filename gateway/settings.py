@@ -1,0 +1,423 @@
+"""Gateway settings: frozen dataclasses merged from defaults < TOML file < GATEWAY_* env < CLI flags.
+
+Every setting has one dotted name (``cookie.name``), one TOML key (``[cookie] name``) and one environment
+variable (``GATEWAY_COOKIE_NAME``); a ``*_FILE`` variant of any variable reads the value from a file
+(Kubernetes mounts secrets as files). Loading never raises on bad input: it collects every problem so
+``gateway check-config`` can list them all at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+Duration = typing.NewType("Duration", float)
+"""Seconds; written in config as ``90``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"7d"``."""
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
+USER_FIELDS = ("id", "email", "name", "username", "upstream", "subject", "roles", "groups")
+
+
+def parse_duration(value: object) -> float:
+    """Turn ``90``, ``"90s"``, ``"15m"``, ``"12h"``, ``"7d"`` into seconds; raise ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative duration: {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"not a duration (use e.g. 30s, 15m, 12h, 7d): {value!r}")
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    """The session cookie set on the browser."""
+
+    name: str = "gw_session"
+    secure: bool = True
+    domain: str = ""
+    samesite: str = "Lax"
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Session lifetimes, all enforced server-side."""
+
+    lifetime: Duration = Duration(7 * 86400)
+    idle_timeout: Duration = Duration(12 * 3600)
+    api_token_lifetime: Duration = Duration(90 * 86400)
+    last_seen_grain: Duration = Duration(60)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The in-process session cache on the check path."""
+
+    ttl: Duration = Duration(5)
+    max_entries: int = 100_000
+    negative_ttl: Duration = Duration(2)
+    negative_max_entries: int = 100_000
+    # While the revocation listener is down, cached entries live at most this long, so a revocation
+    # made elsewhere still takes effect within a second.
+    degraded_ttl: Duration = Duration(0.5)
+    # While the database is unreachable, a session seen within this long keeps working from the cache
+    # (nobody can revoke it while the database is down). 0 turns it off.
+    stale_if_error: Duration = Duration(300)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Connection pool and timeouts."""
+
+    pool_min: int = 1
+    pool_max: int = 10
+    connect_timeout: Duration = Duration(5)
+    query_timeout: Duration = Duration(2)
+    sqlite_poll_interval: Duration = Duration(0.25)
+
+
+@dataclass(frozen=True)
+class HasuraSettings:
+    """The Hasura auth webhook."""
+
+    default_role: str = "user"
+    anonymous_role: str = ""
+    session_variables: Mapping[str, str] = field(default_factory=dict)
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """The proxy check endpoint."""
+
+    redirect_browsers: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to run; built by :func:`load_settings`."""
+
+    listen: str = "127.0.0.1:4180"
+    public_url: str = "http://127.0.0.1:4180"
+    database_url: str = "sqlite:///gateway.db"
+    migrate_on_start: bool = True
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    log_format: str = "auto"
+    log_level: str = "info"
+    access_log: bool = False
+    workers: int = 1
+    keepalive_timeout: Duration = Duration(75)
+    shutdown_timeout: Duration = Duration(10)
+    max_header_bytes: int = 16384
+    cookie: CookieSettings = field(default_factory=CookieSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    hasura: HasuraSettings = field(default_factory=HasuraSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port (validated by :func:`validate`)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed (validated by :func:`validate`)."""
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
+
+
+SECRET_SETTINGS = frozenset({"database_url"})
+"""Settings whose values must never be printed."""
+
+
+class SettingsError(Exception):
+    """Raised by :func:`load_or_raise` when the settings have problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def _field_paths(cls: type, prefix: tuple[str, ...] = ()) -> dict[tuple[str, ...], Any]:
+    """Map each leaf setting's path to its type, e.g. ``("cookie", "name") -> str``."""
+    hints = typing.get_type_hints(cls)
+    paths: dict[tuple[str, ...], Any] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            paths.update(_field_paths(typing.cast(type, hint), (*prefix, f.name)))
+        else:
+            paths[(*prefix, f.name)] = hint
+    return paths
+
+
+FIELD_PATHS = _field_paths(Settings)
+
+
+def env_name(path: tuple[str, ...]) -> str:
+    """The environment variable for a setting path: ``("cookie", "name") -> GATEWAY_COOKIE_NAME``."""
+    return "GATEWAY_" + "_".join(path).upper()
+
+
+def _convert(hint: Any, value: Any, from_text: bool) -> Any:
+    """Coerce a raw TOML/env value to the setting's type; raise ValueError with a readable message."""
+    if hint is Duration:
+        return Duration(parse_duration(value.strip() if isinstance(value, str) else value))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if from_text and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+        raise ValueError(f"expected an integer, got {value!r}")
+    if hint is str:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"expected a string, got {value!r}")
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if from_text and isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    if origin in (Mapping, dict) or hint is Mapping:
+        if from_text and isinstance(value, str):
+            pairs = [p for p in value.split(",") if p.strip()]
+            if not all("=" in p for p in pairs):
+                raise ValueError("expected KEY=VALUE pairs separated by commas")
+            value = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
+        if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            return types.MappingProxyType(dict(value))
+        raise ValueError(f"expected a table of strings, got {value!r}")
+    raise ValueError(f"unsupported setting type {hint!r}")  # pragma: no cover - guards new fields
+
+
+def _flatten_toml(data: Mapping[str, Any], prefix: tuple[str, ...], out: dict[tuple[str, ...], Any],
+                  problems: list[str]) -> None:
+    for key, value in data.items():
+        path = (*prefix, key)
+        if path in FIELD_PATHS:
+            out[path] = value
+        elif isinstance(value, dict) and any(p[: len(path)] == path for p in FIELD_PATHS):
+            _flatten_toml(value, path, out, problems)
+        else:
+            problems.append(f"config file: unknown setting {'.'.join(path)!r}")
+
+
+def _build(cls: type, values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...] = ()) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        path = (*prefix, f.name)
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(typing.cast(type, hint), values, path)
+        elif path in values:
+            kwargs[f.name] = values[path]
+    return cls(**kwargs)
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> tuple[Settings, list[str]]:
+    """Merge all sources and validate; return the settings and every problem found (empty when fine).
+
+    ``config_file`` falls back to ``GATEWAY_CONFIG`` from ``env``. ``overrides`` maps dotted names
+    (``"database_url"``, ``"cookie.name"``) to CLI flag values and wins over everything. When there are
+    problems the settings returned use defaults for the bad values and must not be served.
+    """
+    env = os.environ if env is None else env
+    problems: list[str] = []
+    raw: dict[tuple[str, ...], tuple[Any, bool, str]] = {}
+
+    config_file = config_file or env.get("GATEWAY_CONFIG") or None
+    if config_file:
+        try:
+            with open(config_file, "rb") as fh:
+                data = tomllib.load(fh)
+        except OSError as exc:
+            problems.append(f"config file {str(config_file)!r}: cannot read: {exc.strerror or exc}")
+        except tomllib.TOMLDecodeError as exc:
+            problems.append(f"config file {str(config_file)!r}: invalid TOML: {exc}")
+        else:
+            flat: dict[tuple[str, ...], Any] = {}
+            _flatten_toml(data, (), flat, problems)
+            for path, value in flat.items():
+                raw[path] = (value, False, f"config file key {'.'.join(path)}")
+
+    for path in FIELD_PATHS:
+        name = env_name(path)
+        file_var = name + "_FILE"
+        if name in env and file_var in env:
+            problems.append(f"{name} and {file_var} are both set: set only one")
+            continue
+        if name in env:
+            raw[path] = (env[name], True, name)
+        elif file_var in env:
+            try:
+                text = Path(env[file_var]).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{file_var}: cannot read {env[file_var]!r}: {exc}")
+            else:
+                raw[path] = (text, True, file_var)
+
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        path = tuple(dotted.split("."))
+        if path not in FIELD_PATHS:
+            problems.append(f"unknown setting {dotted!r}")
+            continue
+        raw[path] = (value, isinstance(value, str), f"--{dotted.replace('.', '-').replace('_', '-')}")
+
+    values: dict[tuple[str, ...], Any] = {}
+    for path, (value, from_text, source) in raw.items():
+        try:
+            values[path] = _convert(FIELD_PATHS[path], value, from_text)
+        except ValueError as exc:
+            problems.append(f"{source} ({'.'.join(path)}): {exc}")
+
+    settings: Settings = _build(Settings, values)
+    problems.extend(validate(settings))
+    return settings, problems
+
+
+def load_or_raise(config_file: str | os.PathLike[str] | None = None,
+                  env: Mapping[str, str] | None = None,
+                  overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Like :func:`load_settings`, but raise :class:`SettingsError` listing every problem."""
+    settings, problems = load_settings(config_file, env, overrides)
+    if problems:
+        raise SettingsError(problems)
+    return settings
+
+
+def validate(s: Settings) -> list[str]:
+    """Return every problem with a fully built Settings (empty list when it can be served)."""
+    problems: list[str] = []
+    _host, sep, port = s.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        problems.append(f"listen: expected HOST:PORT, got {s.listen!r}")
+
+    public = urlsplit(s.public_url)
+    if public.scheme not in {"http", "https"} or not public.hostname:
+        problems.append(f"public_url: expected an absolute http(s) URL, got {s.public_url!r}")
+    elif public.query or public.fragment:
+        problems.append("public_url: must not carry a query or fragment")
+
+    scheme = s.database_url.split(":", 1)[0].lower()
+    if scheme not in {"sqlite", "postgresql", "postgres"}:
+        # never echo the URL: it may hold a password
+        problems.append("database_url: expected sqlite:///PATH or postgresql://USER@HOST/DB")
+    elif scheme == "sqlite" and not s.database_url.startswith("sqlite:///"):
+        problems.append("database_url: SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db")
+
+    for net in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"trusted_proxies: {net!r} is not an IP address or CIDR range")
+
+    if s.log_format not in {"auto", "json", "console"}:
+        problems.append(f"log_format: expected auto, json or console, got {s.log_format!r}")
+    if s.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        problems.append(f"log_level: expected debug, info, warning or error, got {s.log_level!r}")
+    if s.workers < 1:
+        problems.append("workers: must be at least 1")
+    if s.max_header_bytes < 1024:
+        problems.append("max_header_bytes: must be at least 1024")
+
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", s.cookie.name):
+        problems.append(f"cookie.name: {s.cookie.name!r} is not a valid cookie name")
+    if s.cookie.samesite not in {"Lax", "Strict", "None"}:
+        problems.append(f"cookie.samesite: expected Lax, Strict or None, got {s.cookie.samesite!r}")
+    if s.cookie.samesite == "None" and not s.cookie.secure:
+        problems.append("cookie.samesite: None requires cookie.secure = true (browsers drop it otherwise)")
+    if s.cookie.domain and not re.fullmatch(r"\.?[A-Za-z0-9.-]+", s.cookie.domain):
+        problems.append(f"cookie.domain: {s.cookie.domain!r} is not a host name")
+
+    if s.session.lifetime <= 0:
+        problems.append("session.lifetime: must be positive")
+    if s.session.api_token_lifetime <= 0:
+        problems.append("session.api_token_lifetime: must be positive")
+    if s.session.last_seen_grain <= 0:
+        problems.append("session.last_seen_grain: must be positive")
+    if 0 < s.session.idle_timeout <= s.session.last_seen_grain:
+        problems.append("session.idle_timeout: must be longer than session.last_seen_grain (or 0 for none)")
+
+    if s.cache.max_entries < 1 or s.cache.negative_max_entries < 1:
+        problems.append("cache.max_entries and cache.negative_max_entries: must be at least 1")
+    if s.cache.degraded_ttl > 1:
+        problems.append("cache.degraded_ttl: must be at most 1s to keep the revocation promise")
+    if s.database.pool_min < 0 or s.database.pool_max < 1 or s.database.pool_min > s.database.pool_max:
+        problems.append("database.pool_min/pool_max: need 0 <= pool_min <= pool_max and pool_max >= 1")
+    if s.database.query_timeout <= 0 or s.database.connect_timeout <= 0:
+        problems.append("database.query_timeout and database.connect_timeout: must be positive")
+
+    if not s.hasura.default_role:
+        problems.append("hasura.default_role: must not be empty")
+    for header, user_field in s.hasura.session_variables.items():
+        if not header.lower().startswith("x-hasura-") or not _HEADER_NAME_RE.match(header):
+            problems.append(f"hasura.session_variables: {header!r} must be a header name starting X-Hasura-")
+        elif header.lower() in {"x-hasura-role", "x-hasura-user-id"}:
+            problems.append(f"hasura.session_variables: {header!r} is set by the gateway itself")
+        if user_field not in USER_FIELDS:
+            problems.append(f"hasura.session_variables: {header!r} maps to unknown user field "
+                            f"{user_field!r} (one of {', '.join(USER_FIELDS)})")
+    if s.hasura.max_body_bytes < 1024:
+        problems.append("hasura.max_body_bytes: must be at least 1024")
+    return problems
+
+
+def redacted(settings: Settings) -> dict[str, Any]:
+    """The effective settings as a flat dict of dotted names, secrets masked, for printing."""
+    out: dict[str, Any] = {}
+    for path in FIELD_PATHS:
+        value: Any = settings
+        for part in path:
+            value = getattr(value, part)
+        name = ".".join(path)
+        if name in SECRET_SETTINGS:
+            value = _mask_url(str(value))
+        elif isinstance(value, Mapping):
+            value = dict(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[name] = value
+    return out
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return parts._replace(netloc=netloc).geturl()
+    return url

@@ -1,0 +1,117 @@
+"""The ``Store`` protocol: everything the gateway keeps in its database, behind one interface.
+
+Implementations (``sqlite.SQLiteStore``, ``postgres.PostgresStore``) pass one conformance suite
+(``tests/store/test_conformance.py``). Rules every implementation keeps:
+
+- Times cross the interface as Unix epoch seconds (float).
+- Only SHA-256 hex hashes of tokens are stored or passed in; a token never reaches the store.
+- Any failure to reach the database (refused, dropped, timed out) raises
+  :class:`gateway.errors.StoreUnavailable`; nothing else leaks driver exceptions.
+- Revocations are broadcast to every process watching the same database (:meth:`Store.watch_revocations`).
+- The audit log is append-only; deleting a user keeps their audit rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+from gateway.models import ActiveSession, AuditEvent, Revocation, SessionKind, SessionRecord, User
+
+RevocationHandler = Callable[[Revocation], None]
+"""Called for every revocation seen by the watcher, in any process (including this one)."""
+
+WatchStateHandler = Callable[[bool], None]
+"""Called with True when the revocation feed is live, False when it is lost (so caches can flush)."""
+
+
+class Store(Protocol):
+    """Persistent users, sessions and audit log. Create with :func:`gateway.store.open_store`."""
+
+    async def open(self) -> None:
+        """Connect (pool or file). Must not fail if the database is down: later calls raise instead."""
+
+    async def close(self) -> None:
+        """Release every connection and stop background work. Safe to call twice."""
+
+    async def ping(self) -> None:
+        """Return when the database answers a trivial query; raise StoreUnavailable otherwise."""
+
+    async def migrate(self) -> list[str]:
+        """Apply pending schema migrations in order, each in one transaction; return the versions applied.
+
+        Concurrent callers (several replicas starting at once) are serialised; existing rows are kept.
+        """
+
+    async def pending_migrations(self) -> list[str]:
+        """Versions not yet applied (empty when the schema is current)."""
+
+    async def upsert_user(self, upstream: str, subject: str, *, email: str, name: str = "",
+                          username: str = "", groups: Sequence[str] = (), roles: Sequence[str] = (),
+                          login_at: float | None = None) -> User:
+        """Create the user keyed by ``(upstream, subject)`` or refresh its fields; return the row.
+
+        Safe under concurrency: simultaneous calls for one key yield exactly one row. ``login_at``, when
+        given, sets ``last_login_at``.
+        """
+
+    async def get_user(self, user_id: int) -> User | None:
+        """The user with this id, or None."""
+
+    async def find_users_by_email(self, email: str) -> list[User]:
+        """Users whose email matches case-insensitively after trimming, oldest first."""
+
+    async def list_users(self) -> list[User]:
+        """Every user, oldest first."""
+
+    async def delete_user(self, user_id: int, *, actor: str) -> bool:
+        """Unenrol: revoke and delete the user's sessions, delete the user, audit it; False if unknown.
+
+        The revocation is broadcast like :meth:`revoke_user_sessions`; audit rows are kept.
+        """
+
+    async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
+                             expires_at: float, idle_timeout: float, client_addr: str = "",
+                             user_agent: str = "") -> SessionRecord:
+        """Insert a new session (``idle_timeout`` 0 means none) and return it."""
+
+    async def lookup_session(self, token_hash: str) -> ActiveSession | None:
+        """The session with this hash joined with its user, whatever its state; None when unknown.
+
+        The caller judges revocation and expiry (:meth:`SessionRecord.is_active`).
+        """
+
+    async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
+        """Record use: set ``last_seen_at`` and move the idle deadline (when the session has one).
+
+        Never resurrects a revoked session and never moves ``last_seen_at`` backwards.
+        """
+
+    async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
+        """Revoke one session, audit it and broadcast it; True if it was active until now."""
+
+    async def revoke_user_sessions(self, user_id: int, *, actor: str, reason: str) -> int:
+        """Revoke every active session of a user, audit and broadcast it; return how many."""
+
+    async def list_sessions(self, user_id: int, *, include_inactive: bool = False,
+                            now: float | None = None) -> list[SessionRecord]:
+        """A user's sessions, newest first; only active ones unless ``include_inactive``."""
+
+    async def count_active_sessions(self, now: float) -> int:
+        """How many sessions are active at ``now``."""
+
+    async def record_audit(self, event: str, *, user_id: int | None, user_key: str = "", actor: str,
+                           detail: Mapping[str, str] | None = None) -> None:
+        """Append one audit row (``login``, ``logout``, ``revoke``, ``token_mint``, ``user_delete``...)."""
+
+    async def list_audit(self, *, user_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+        """Newest audit rows first, optionally for one user id."""
+
+    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+        """Deliver every revocation made by any process on this database until cancelled.
+
+        Runs forever (the caller wraps it in a task and cancels it at shutdown). It reconnects by itself
+        when the feed breaks, calling ``on_state(False)`` when the feed is lost and ``on_state(True)``
+        each time it is (re-)established; revocations made while it was down are not replayed, so the
+        caller must flush its caches on ``on_state(True)`` after a loss.
+        """

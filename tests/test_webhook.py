@@ -1,0 +1,246 @@
+"""The Hasura auth webhook against contracts.md: GET and POST mode, roles, anonymous, expiry, bad input."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from gateway.app import CHECKER
+from gateway.policy import DenyAll
+from gateway.tokens import mint_token
+from tests.harness import Gateway, GatewayFactory, gateway_factory, gw  # noqa: F401
+
+COOKIE = "gw_session"
+
+
+def assert_all_strings(body: dict[str, Any]) -> None:
+    assert all(isinstance(v, str) for v in body.values()), body
+
+
+async def webhook_get(gw: Gateway, **headers: str) -> tuple[int, Any]:
+    resp = await gw.client.get("/auth/webhook", headers=headers)
+    return resp.status, await resp.json()
+
+
+async def webhook_post(gw: Gateway, payload: Any) -> tuple[int, Any]:
+    resp = await gw.client.post("/auth/webhook", json=payload)
+    return resp.status, await resp.json()
+
+
+async def test_get_mode_cookie_allows_with_string_session_variables(gw: Gateway) -> None:
+    token = await gw.token("ada@example.com")
+    status, body = await webhook_get(gw, Cookie=f"theme=dark; {COOKIE}={token}")
+    assert status == 200
+    assert_all_strings(body)
+    assert body["X-Hasura-Role"] == "user"
+    assert body["X-Hasura-User-Id"] == str(gw.users["ada@example.com"].id)
+    assert body["Cache-Control"].startswith("max-age=")
+
+
+async def test_get_mode_bearer_allows(gw: Gateway) -> None:
+    token = await gw.token("api@example.com", kind="api")
+    status, body = await webhook_get(gw, Authorization=f"Bearer {token}")
+    assert status == 200
+    assert body["X-Hasura-User-Id"] == str(gw.users["api@example.com"].id)
+
+
+@pytest.mark.parametrize("request_field", [
+    {"query": "{ me { id } }", "variables": {}, "operationName": None},
+    [{"query": "{ a }"}, {"query": "{ b }"}],
+    None,
+], ids=["single", "batched", "null"])
+@pytest.mark.parametrize("cookie_name", ["Cookie", "cookie", "COOKIE"])
+async def test_post_mode_reads_headers_case_insensitively(gw: Gateway, request_field: Any,
+                                                          cookie_name: str) -> None:
+    token = await gw.token()
+    status, body = await webhook_post(gw, {"headers": {cookie_name: f"{COOKIE}={token}"},
+                                           "request": request_field})
+    assert status == 200
+    assert body["X-Hasura-Role"] == "user"
+    assert_all_strings(body)
+
+
+async def test_post_mode_bearer(gw: Gateway) -> None:
+    token = await gw.token()
+    status, _ = await webhook_post(gw, {"headers": {"authorization": f"bearer {token}"}, "request": None})
+    assert status == 200
+
+
+@pytest.mark.parametrize(("roles", "requested", "expected"), [
+    ((), None, "user"),
+    (("editor",), None, "editor"),
+    (("editor", "user"), None, "user"),
+    (("editor", "user"), "editor", "editor"),
+    (("editor",), "admin", None),
+    ((), "admin", None),
+    ((), "user", "user"),
+], ids=["no-roles-default", "only-role", "default-preferred", "switch-held", "switch-not-held",
+        "no-roles-ask-admin", "no-roles-ask-default"])
+async def test_role_selection(gw: Gateway, roles: tuple[str, ...], requested: str | None,
+                              expected: str | None) -> None:
+    token = await gw.token(roles=roles)
+    headers = {"Cookie": f"{COOKIE}={token}"}
+    if requested is not None:
+        headers["X-Hasura-Role"] = requested
+    status, body = await webhook_get(gw, **headers)
+    if expected is None:
+        assert status == 401
+    else:
+        assert status == 200
+        assert body["X-Hasura-Role"] == expected
+    # POST mode reads the same header, any case
+    post_headers = {"cookie": headers["Cookie"]}
+    if requested is not None:
+        post_headers["x-HASURA-role"] = requested
+    post_status, post_body = await webhook_post(gw, {"headers": post_headers, "request": None})
+    assert post_status == status
+    if expected is not None:
+        assert post_body["X-Hasura-Role"] == expected
+
+
+async def test_two_role_headers_are_refused(gw: Gateway) -> None:
+    token = await gw.token(roles=("user", "editor"))
+    resp = await gw.client.get("/auth/webhook", headers=[("Cookie", f"{COOKIE}={token}"),
+                                                         ("X-Hasura-Role", "user"), ("X-Hasura-Role", "editor")])
+    assert resp.status == 401
+
+
+async def test_anonymous_role_only_for_callers_without_credentials(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"hasura.anonymous_role": "anonymous"})
+    assert await webhook_get(gw) == (200, {"X-Hasura-Role": "anonymous"})
+    assert await webhook_post(gw, {"headers": {}, "request": None}) == (200, {"X-Hasura-Role": "anonymous"})
+    # a bad or stale token is a deny, not a silent downgrade to anonymous
+    status, _ = await webhook_get(gw, Cookie=f"{COOKIE}={mint_token()}")
+    assert status == 401
+    status, _ = await webhook_get(gw, Cookie=f"{COOKIE}=garbage")
+    assert status == 401
+
+
+async def test_anonymous_is_off_by_default(gw: Gateway) -> None:
+    status, _ = await webhook_get(gw)
+    assert status == 401
+
+
+async def test_extra_session_variables_from_user_fields(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"hasura.session_variables": {"X-Hasura-Email": "email", "X-Hasura-Name": "name",
+                                                               "X-Hasura-Roles": "roles"}})
+    token = await gw.token("Grace@Example.com", name="Grace Hopper", roles=("user", "admin"))
+    status, body = await webhook_get(gw, Cookie=f"{COOKIE}={token}")
+    assert status == 200
+    assert body["X-Hasura-Email"] == "Grace@Example.com"
+    assert body["X-Hasura-Name"] == "Grace Hopper"
+    assert body["X-Hasura-Roles"] == '{"user","admin"}'
+    assert_all_strings(body)
+
+
+async def test_cache_control_never_exceeds_remaining_life(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"session.idle_timeout": "1h"})
+    token = await gw.token(kind="api", lifetime=100)
+    _, body = await webhook_get(gw, Cookie=f"{COOKIE}={token}")
+    assert 0 < int(body["Cache-Control"].removeprefix("max-age=")) <= 100
+    gw.clock.advance(60)
+    _, body = await webhook_get(gw, Cookie=f"{COOKIE}={token}")
+    assert int(body["Cache-Control"].removeprefix("max-age=")) <= 40
+    browser = await gw.token("b@example.com")  # 7 days absolute, 1 hour idle
+    _, body = await webhook_get(gw, Cookie=f"{COOKIE}={browser}")
+    assert int(body["Cache-Control"].removeprefix("max-age=")) <= 3600
+
+
+async def test_expired_revoked_and_idle_sessions_are_denied(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"session.idle_timeout": "10m", "session.last_seen_grain": "60s"})
+    short = await gw.token("short@example.com", kind="api", lifetime=30)
+    idle = await gw.token("idle@example.com")
+    revoked = await gw.token("revoked@example.com")
+    for token in (short, idle, revoked):
+        assert (await webhook_get(gw, Cookie=f"{COOKIE}={token}"))[0] == 200
+    assert await gw.app[CHECKER].revoke_token(revoked, actor="test", reason="test")
+    assert (await webhook_get(gw, Cookie=f"{COOKIE}={revoked}"))[0] == 401
+    gw.clock.advance(31)
+    assert (await webhook_get(gw, Cookie=f"{COOKIE}={short}"))[0] == 401
+    gw.clock.advance(600)
+    assert (await webhook_get(gw, Cookie=f"{COOKIE}={idle}"))[0] == 401
+
+
+async def test_policy_deny_is_401_on_the_webhook(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(policy=DenyAll())
+    token = await gw.token()
+    status, _ = await webhook_get(gw, Cookie=f"{COOKIE}={token}")
+    assert status == 401
+
+
+@pytest.mark.parametrize("body", [
+    b"{not json",
+    b"[]",
+    b'"headers"',
+    b'{"headers": ["Cookie"]}',
+    b'{"headers": {"Cookie": 42}}',
+    b'{"headers": {}, "request": "query"}',
+    b'{"headers": {}, "request": 7}',
+    b"\xff\xfe\x00",
+    b"[" * 20000 + b"]" * 20000,
+    b'{"headers": {}, "request": ' + b'{"a":' * 40 + b"1" + b"}" * 40 + b"}",
+], ids=["invalid-json", "array", "string", "headers-list", "header-number", "request-string", "request-number",
+        "not-utf8", "deep-arrays", "deep-objects"])
+async def test_post_mode_bad_bodies_are_400(gw: Gateway, body: bytes) -> None:
+    resp = await gw.client.post("/auth/webhook", data=body, headers={"Content-Type": "application/json"})
+    assert resp.status == 400
+    assert (await resp.json())["error"] == "bad_request"
+
+
+async def test_post_mode_huge_body_is_413(gw: Gateway) -> None:
+    big = json.dumps({"headers": {"Cookie": "x" * (gw.settings.hasura.max_body_bytes + 10)}})
+    resp = await gw.client.post("/auth/webhook", data=big, headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+
+
+async def test_post_mode_huge_chunked_body_is_413(gw: Gateway) -> None:
+    async def chunks() -> Any:
+        for _ in range(100):
+            yield b"x" * 4096
+
+    resp = await gw.client.post("/auth/webhook", data=chunks(), headers={"Content-Type": "application/json"})
+    assert resp.status == 413
+
+
+@pytest.mark.parametrize("cookie", [
+    "",
+    f"{COOKIE}=",
+    f"{COOKIE}=not-a-token",
+    f"{COOKIE}=gwt_{'A' * 42}",
+    f"{COOKIE}=gwt_{'A' * 44}",
+    f"{COOKIE}=gwt_{'A' * 42}!",
+    f"{COOKIE}={'x' * 9000}",
+    "; ".join(f"c{i}=v" for i in range(300)),
+    f'{COOKIE}="unterminated',
+], ids=["empty", "empty-value", "garbage", "short", "long", "bad-char", "oversized", "many-cookies", "quote"])
+async def test_malformed_cookies_are_401(gw: Gateway, cookie: str) -> None:
+    status, _ = await webhook_get(gw, Cookie=cookie)
+    assert status == 401
+
+
+async def test_headers_over_the_parser_limit_are_400_and_never_logged(gw: Gateway, caplog: Any) -> None:
+    from gateway.logging import install_redaction
+
+    install_redaction()
+    secret = "gwt_" + "S" * 20000
+    resp = await gw.client.get("/auth/webhook", headers={"Cookie": f"{COOKIE}={secret}"})
+    assert resp.status == 400
+    assert "SSSS" not in caplog.text
+
+
+async def test_unknown_token_is_401_and_then_negatively_cached(gw: Gateway) -> None:
+    token = mint_token()
+    for _ in range(3):
+        assert (await webhook_get(gw, Cookie=f"{COOKIE}={token}"))[0] == 401
+    assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
+    assert gw.metric("gateway_session_cache_events_total", event="negative_hit") == 2
+
+
+async def test_a_bad_bearer_is_not_rescued_by_a_good_cookie(gw: Gateway) -> None:
+    token = await gw.token()
+    status, _ = await webhook_get(gw, Cookie=f"{COOKIE}={token}", Authorization="Bearer nope")
+    assert status == 401
+    status, _ = await webhook_get(gw, Cookie=f"{COOKIE}={token}", Authorization="Basic dXNlcjpwYXNz")
+    assert status == 200
