@@ -77,6 +77,10 @@ class SessionCache:
             return None
         return entry
 
+    def peek(self, token_hash: str) -> CacheEntry | None:
+        """The entry for this hash whatever its freshness, or None."""
+        return self._good.get(token_hash)
+
     def get_stale(self, token_hash: str, now: float) -> CacheEntry | None:
         """An entry past its freshness but within ``stale_if_error`` and its session's limits, or None.
 
@@ -101,10 +105,8 @@ class SessionCache:
         ttl = self.ttl
         if ttl <= 0:
             return
-        session = active.session
-        fresh_until = min(now + ttl, session.expires_at)
-        if session.idle_expires_at is not None:
-            fresh_until = min(fresh_until, session.idle_expires_at)
+        # The idle deadline is checked on every get (it moves with use); the absolute expiry never moves.
+        fresh_until = min(now + ttl, active.session.expires_at)
         if fresh_until > now:
             self._good[token_hash] = CacheEntry(active, fresh_until)
 

@@ -101,7 +101,7 @@ class Checker:
             self._metrics.cache_hit.inc()
             active = entry.active
             if now - entry.last_seen >= self._grain:
-                self._touch(token_hash, entry, now)
+                self._touch(token_hash, entry, now, active.session.idle_timeout)
         else:
             try:
                 found = await self._lookup(token_hash, now)
@@ -114,6 +114,10 @@ class Checker:
             if not isinstance(found, ActiveSession):
                 return Decision(found)
             active = found
+            entry = self.cache.peek(token_hash)
+            last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
+            if now - last_seen >= self._grain:
+                self._touch(token_hash, entry, now, active.session.idle_timeout)
         if not self._policy.allows(active, facts):
             return Decision(Outcome.FORBIDDEN, active)
         return Decision(Outcome.ALLOW, active)
@@ -159,12 +163,12 @@ class Checker:
             self.cache.put(token_hash, active, now, generation)
         return active
 
-    def _touch(self, token_hash: str, entry: CacheEntry, now: float) -> None:
+    def _touch(self, token_hash: str, entry: CacheEntry | None, now: float, idle_timeout: float) -> None:
         """Note a use locally at once; write it to the database in the background, best effort."""
-        entry.last_seen = now
-        timeout = entry.active.session.idle_timeout
-        if timeout > 0:
-            entry.idle_deadline = now + timeout
+        if entry is not None:
+            entry.last_seen = now
+            if idle_timeout > 0:
+                entry.idle_deadline = now + idle_timeout
         if len(self._touches) >= _MAX_PENDING_TOUCHES:
             return
         task = asyncio.ensure_future(self._write_touch(token_hash, now))

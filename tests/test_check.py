@@ -1,0 +1,249 @@
+"""The proxy check endpoint (/auth/check, /auth/check/{anything}) against contracts.md, plus the cache."""
+
+from __future__ import annotations
+
+import asyncio
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from gateway.app import CHECKER
+from gateway.handlers.check import IDENTITY_HEADERS
+from gateway.policy import DenyAll
+from gateway.tokens import mint_token
+from tests.harness import Gateway, GatewayFactory, gateway_factory, gw  # noqa: F401
+
+COOKIE = "gw_session"
+HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
+
+
+async def test_allowed_with_every_identity_header(gw: Gateway) -> None:
+    token = await gw.token("ada@example.com", roles=("user", "admin"), username="ada")
+    resp = await gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})
+    assert resp.status == 200
+    assert resp.headers["X-Auth-Request-User"] == "ada"
+    assert resp.headers["X-Auth-Request-Email"] == "ada@example.com"
+    assert resp.headers["X-Auth-Request-Groups"] == "user,admin"
+    assert resp.headers["X-Auth-Request-User-Id"] == str(gw.users["ada@example.com"].id)
+    assert await resp.read() == b""
+
+
+async def test_user_header_falls_back_to_email(gw: Gateway) -> None:
+    token = await gw.token("noname@example.com")
+    resp = await gw.client.get("/auth/check", headers={"Authorization": f"Bearer {token}"})
+    assert resp.status == 200
+    assert resp.headers["X-Auth-Request-User"] == "noname@example.com"
+    assert resp.headers["X-Auth-Request-Groups"] == "user"
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"Cookie": f"{COOKIE}=nonsense"},
+    {"Cookie": f"{COOKIE}={mint_token()}"},
+    {"Authorization": "Bearer nonsense"},
+    {"Authorization": "Bearer"},
+    {"Cookie": f"other={mint_token()}"},
+], ids=["none", "malformed-cookie", "unknown-token", "malformed-bearer", "empty-bearer", "other-cookie"])
+async def test_denied_is_401_with_empty_identity_headers_and_body(gw: Gateway, headers: dict[str, str]) -> None:
+    resp = await gw.client.get("/auth/check", headers={**headers, "X-Auth-Request-User": "spoofed"})
+    assert resp.status == 401
+    for name in IDENTITY_HEADERS:
+        assert resp.headers[name] == ""
+    assert await resp.read() == b""
+
+
+async def test_policy_deny_is_403_with_identity(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(policy=DenyAll())
+    token = await gw.token("eve@example.com")
+    resp = await gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})
+    assert resp.status == 403
+    assert resp.headers["X-Auth-Request-Email"] == "eve@example.com"
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"])
+async def test_envoy_catch_all_accepts_every_method(gw: Gateway, method: str) -> None:
+    token = await gw.token()
+    resp = await gw.client.request(method, "/auth/check/api/v1/items?x=1", headers={"Cookie": f"{COOKIE}={token}"})
+    assert resp.status == 200
+    resp = await gw.client.request(method, "/auth/check/api/v1/items")
+    assert resp.status == 401
+
+
+async def test_browser_mode_redirects_html_requests_to_login(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"check.redirect_browsers": True, "public_url": "https://auth.example.com"})
+    forwarded = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "app.example.com",
+                 "X-Forwarded-Uri": "/reports?year=2026", "X-Forwarded-Method": "GET"}
+    resp = await gw.client.get("/auth/check", headers={**forwarded, "Accept": HTML}, allow_redirects=False)
+    assert resp.status == 302
+    location = urlsplit(resp.headers["Location"])
+    assert (location.scheme, location.netloc, location.path) == ("https", "auth.example.com", "/login")
+    assert parse_qs(location.query)["rd"] == ["https://app.example.com/reports?year=2026"]
+    # API and XHR callers get a plain 401
+    resp = await gw.client.get("/auth/check", headers={**forwarded, "Accept": "application/json"},
+                               allow_redirects=False)
+    assert resp.status == 401
+    resp = await gw.client.get("/auth/check", headers={**forwarded, "Accept": HTML,
+                                                       "X-Requested-With": "XMLHttpRequest"}, allow_redirects=False)
+    assert resp.status == 401
+    # logged-in browsers pass
+    token = await gw.token()
+    resp = await gw.client.get("/auth/check", headers={**forwarded, "Accept": HTML, "Cookie": f"{COOKIE}={token}"},
+                               allow_redirects=False)
+    assert resp.status == 200
+
+
+async def test_browser_mode_per_check_url(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(public_url="https://auth.example.com")
+    headers = {"Accept": HTML, "X-Original-URL": "https://app.example.com/x"}
+    resp = await gw.client.get("/auth/check", headers=headers, allow_redirects=False)
+    assert resp.status == 401
+    resp = await gw.client.get("/auth/check?mode=redirect", headers=headers, allow_redirects=False)
+    assert resp.status == 302
+    assert parse_qs(urlsplit(resp.headers["Location"]).query)["rd"] == ["https://app.example.com/x"]
+
+
+async def test_forwarded_headers_from_untrusted_peers_are_ignored(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"check.redirect_browsers": True, "trusted_proxies": ["10.0.0.0/8"]})
+    headers = {"Accept": HTML, "X-Forwarded-Host": "evil.example.net", "X-Forwarded-Uri": "/x",
+               "X-Original-URL": "https://evil.example.net/"}
+    resp = await gw.client.get("/auth/check", headers=headers, allow_redirects=False)
+    assert resp.status == 302
+    assert urlsplit(resp.headers["Location"]).query == ""  # no rd taken from an untrusted peer
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Original-URL": "not a url"},
+    {"X-Original-URL": "javascript:alert(1)"},
+    {"X-Original-URL": "https://app.example.com:99999/"},
+    {"X-Original-URL": "https://app.example.com/a\tb"},
+    {"X-Original-URL": "/relative/only"},
+    {"X-Forwarded-Uri": "no-leading-slash"},
+    {"X-Original-URI": "/%ff%fe"},
+    {"X-Original-URI": "/a%00b"},
+    {"X-Forwarded-Proto": "gopher", "X-Forwarded-Uri": "/x"},
+], ids=["garbage", "javascript", "bad-port", "tab", "relative", "uri-no-slash", "bad-utf8", "nul", "bad-scheme"])
+async def test_malformed_original_request_is_a_deny_even_with_a_session(gw: Gateway, headers: dict[str, str]) -> None:
+    token = await gw.token()
+    resp = await gw.client.get("/auth/check", headers={**headers, "Cookie": f"{COOKIE}={token}"})
+    assert resp.status == 401
+
+
+async def test_known_token_is_served_from_cache(gw: Gateway) -> None:
+    token = await gw.token()
+    for _ in range(5):
+        resp = await gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})
+        assert resp.status == 200
+    assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
+    assert gw.metric("gateway_session_cache_events_total", event="hit") == 4
+
+
+async def test_concurrent_misses_for_one_token_make_one_query(gw: Gateway) -> None:
+    token = await gw.token()
+    gw.flush_cache()
+    responses = await asyncio.gather(*(gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})
+                                       for _ in range(30)))
+    assert {r.status for r in responses} == {200}
+    queried = gw.metric("gateway_session_cache_events_total", event="miss")
+    assert queried == 1
+    assert gw.metric("gateway_session_cache_events_total", event="coalesced") + gw.metric(
+        "gateway_session_cache_events_total", event="hit") == 29
+
+
+async def test_revocation_evicts_the_cache_at_once(gw: Gateway) -> None:
+    token = await gw.token()
+    assert (await gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})).status == 200
+    assert await gw.app[CHECKER].revoke_token(token, actor="test", reason="logout")
+    assert (await gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})).status == 401
+
+
+async def test_revocation_from_another_process_reaches_the_cache(gateway_factory: GatewayFactory) -> None:
+    """A second store on the same SQLite file revokes; the serving gateway's cache follows within 1 s."""
+    from gateway.store import make_store
+    from gateway.tokens import hash_token
+
+    gw = await gateway_factory()
+    token = await gw.token()
+    headers = {"Cookie": f"{COOKIE}={token}"}
+    assert (await gw.client.get("/auth/check", headers=headers)).status == 200
+    other = make_store(gw.settings)
+    await other.open()
+    try:
+        assert await other.revoke_session(hash_token(token), actor="admin", reason="test")
+    finally:
+        await other.close()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 1.0
+    status = 200
+    while loop.time() < deadline and status == 200:
+        status = (await gw.client.get("/auth/check", headers=headers)).status
+        await asyncio.sleep(0.02)
+    assert status == 401
+
+
+async def test_cache_never_outlives_the_session(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(**{"cache.ttl": "1h"})
+    token = await gw.token(kind="api", lifetime=10)
+    headers = {"Cookie": f"{COOKIE}={token}"}
+    assert (await gw.client.get("/auth/check", headers=headers)).status == 200
+    gw.clock.advance(11)
+    assert (await gw.client.get("/auth/check", headers=headers)).status == 401
+
+
+async def test_use_is_recorded_at_a_coarse_grain_and_moves_the_idle_deadline(gateway_factory: GatewayFactory) -> None:
+    from gateway.tokens import hash_token
+
+    gw = await gateway_factory(**{"session.idle_timeout": "10m", "session.last_seen_grain": "60s",
+                                  "cache.ttl": "1h"})
+    token = await gw.token()
+    headers = {"Cookie": f"{COOKIE}={token}"}
+    created = (await gw.store.lookup_session(hash_token(token)))
+    assert created is not None
+    for _ in range(9):  # 9 x 50 s = 450 s of steady use, well past the 600 s idle deadline in total
+        gw.clock.advance(50)
+        assert (await gw.client.get("/auth/check", headers=headers)).status == 200
+    gw.clock.advance(500)
+    assert (await gw.client.get("/auth/check", headers=headers)).status == 200
+    await gw.app[CHECKER].drain()
+    row = await gw.store.lookup_session(hash_token(token))
+    assert row is not None
+    assert row.session.last_seen_at > created.session.last_seen_at
+    assert row.session.idle_expires_at is not None
+    assert row.session.idle_expires_at >= gw.clock() + 500
+    gw.clock.advance(601)
+    assert (await gw.client.get("/auth/check", headers=headers)).status == 401
+
+
+async def test_non_utf8_header_bytes_are_denied(gw: Gateway) -> None:
+    host, port = gw.client.host, gw.client.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"GET /auth/check HTTP/1.1\r\nHost: x\r\nCookie: gw_session=gwt_\xff\xfe\xfd\r\n"
+                 b"Connection: close\r\n\r\n")
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    assert status_line.split()[1] in {b"400", b"401"}
+
+
+async def test_health_readiness_and_metrics(gw: Gateway) -> None:
+    assert (await gw.client.get("/healthz")).status == 200
+    resp = await gw.client.get("/readyz")
+    assert resp.status == 200
+    assert (await resp.json())["status"] == "ready"
+    token = await gw.token()
+    await gw.client.get("/auth/check", headers={"Cookie": f"{COOKIE}={token}"})
+    await gw.client.get("/auth/check")
+    text = await (await gw.client.get("/metrics")).text()
+    assert 'gateway_checks_total{endpoint="check",outcome="allow"} 1.0' in text
+    assert 'gateway_checks_total{endpoint="check",outcome="missing"} 1.0' in text
+    assert "gateway_check_duration_seconds_bucket" in text
+    assert "gateway_active_sessions 1.0" in text
+    assert "gateway_revocation_feed_up 1.0" in text
+
+
+async def test_unknown_route_is_a_json_404_for_api_clients(gw: Gateway) -> None:
+    resp = await gw.client.get("/nope", headers={"Accept": "application/json"})
+    assert resp.status == 404
+    assert (await resp.json())["error"] == "not_found"
+    resp = await gw.client.get("/nope", headers={"Accept": HTML})
+    assert resp.status == 404
+    assert "text/html" in resp.headers["Content-Type"]
