@@ -1,0 +1,28 @@
+# One-command entry points. Each target sets up .venv itself on first use.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,speed]'
+	touch $@
+
+## run: start the gateway on its embedded defaults (SQLite file, loopback, plain-http cookies)
+run: $(BIN)/.installed
+	$(BIN)/gateway serve --config config/dev.toml
+
+## test: lint, type-check and run the whole test suite (starts its own PostgreSQL)
+test: $(BIN)/.installed
+	$(BIN)/ruff check gateway upstreams tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+## bench: the check-path benchmark; writes docs/benchmarks.md
+bench: $(BIN)/.installed
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
