@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -128,7 +129,7 @@ class Checker:
             return Outcome.UNKNOWN
         task = self._inflight.get(token_hash)
         if task is None:
-            if now < self._database_down_until:
+            if time.monotonic() < self._database_down_until:
                 # Fail fast while the database is known to be down, instead of queueing on timeouts.
                 raise StoreUnavailable("database unavailable (recent failure)")
             self._metrics.cache_miss.inc()
@@ -154,7 +155,7 @@ class Checker:
             active = await self._store.lookup_session(token_hash)
         except StoreUnavailable as exc:
             self._metrics.db_errors.labels("lookup_session").inc()
-            self._database_down_until = self._clock() + _RETRY_DATABASE_AFTER
+            self._database_down_until = time.monotonic() + _RETRY_DATABASE_AFTER
             log.error("session lookup failed: database unavailable", error=str(exc))
             raise
         if active is None or not active.session.is_active(now):

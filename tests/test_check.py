@@ -11,7 +11,7 @@ from gateway.app import CHECKER
 from gateway.handlers.check import IDENTITY_HEADERS
 from gateway.policy import DenyAll
 from gateway.tokens import mint_token
-from tests.harness import Gateway, GatewayFactory, gateway_factory, gw  # noqa: F401
+from tests.harness import Gateway, GatewayFactory
 
 COOKIE = "gw_session"
 HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

@@ -109,7 +109,7 @@ def test_bad_durations(text: str) -> None:
 
 def test_example_config_is_valid_and_documents_every_setting() -> None:
     example = ROOT / "config" / "gateway.example.toml"
-    settings, problems = load_settings(example, env={})
+    _, problems = load_settings(example, env={})
     assert problems == []
     data = tomllib.loads(example.read_text())
     for path in FIELD_PATHS:

@@ -10,7 +10,7 @@ import pytest
 from gateway.app import CHECKER
 from gateway.policy import DenyAll
 from gateway.tokens import mint_token
-from tests.harness import Gateway, GatewayFactory, gateway_factory, gw  # noqa: F401
+from tests.harness import Gateway, GatewayFactory
 
 COOKIE = "gw_session"
 

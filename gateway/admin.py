@@ -1,0 +1,276 @@
+"""Admin operations behind ``gateway`` subcommands: plain async functions on a Store that return data.
+
+Nothing here prints, parses arguments or exits; :mod:`gateway.cli` does that. Every change made here is
+attributed to the actor ``cli`` in the audit log, and no function returns a token except
+:func:`mint_api_token`, whose caller must show it exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway import tokens
+from gateway.errors import StoreUnavailable
+from gateway.models import AuditEvent, SessionRecord, User
+from gateway.sessions import start_session
+from gateway.settings import Settings
+from gateway.store.base import Store
+
+ACTOR = "cli"
+"""The audit ``actor`` for every change made from the command line."""
+
+LOCAL_UPSTREAM = "local"
+"""The upstream of users enrolled by hand rather than by a login."""
+
+REVOKE_REASON = "admin revoke"
+
+HASH_PREFIX_LENGTH = 8
+"""How many hex characters of a token hash are shown to people: enough to tell sessions apart."""
+
+
+class AdminError(Exception):
+    """An admin operation cannot be done as asked; the message is a sentence fit to show the operator."""
+
+
+class UnknownUser(AdminError):
+    """No user matches the given email or id."""
+
+
+class AmbiguousEmail(AdminError):
+    """Several users share the email; ``user_ids`` lists them so the operator can pick one by id."""
+
+    def __init__(self, email: str, user_ids: Sequence[int]) -> None:
+        ids = ", ".join(str(i) for i in user_ids)
+        super().__init__(f"email {email!r} matches several users (ids {ids})")
+        self.user_ids = tuple(user_ids)
+
+
+class UserExists(AdminError):
+    """A user with the same ``(upstream, subject)`` is already enrolled."""
+
+
+class RoleNotHeld(AdminError):
+    """A token was asked for roles its user does not have."""
+
+
+class MalformedToken(AdminError):
+    """The text given is not shaped like a gateway token (it is never echoed back)."""
+
+
+class InvalidInput(AdminError):
+    """An argument is empty or malformed (an email without ``@``, a blank role...)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseStatus:
+    """What :func:`check_database` found: the database answers, and these migrations are pending."""
+
+    pending_migrations: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UserDetails:
+    """A user with their active sessions (newest first) and recent audit rows (newest first)."""
+
+    user: User
+    sessions: tuple[SessionRecord, ...]
+    audit: tuple[AuditEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MintedToken:
+    """The result of :func:`mint_api_token`. ``token`` is the only copy: show it once, never log it."""
+
+    token: str
+    user: User
+    session: SessionRecord
+    user_created: bool
+
+
+def user_key(user: User) -> str:
+    """The audit key of a user, ``upstream:subject``, which outlives the user row."""
+    return f"{user.upstream}:{user.subject}"
+
+
+def short_hash(token_hash: str) -> str:
+    """The first few hex characters of a token hash, the only form shown to people."""
+    return token_hash[:HASH_PREFIX_LENGTH]
+
+
+def iso_time(ts: float) -> str:
+    """Unix seconds as ISO 8601 in UTC to the second, e.g. ``2030-01-02T03:04:05Z``."""
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def session_state(session: SessionRecord, now: float) -> str:
+    """``active``, ``revoked``, ``expired`` (absolute lifetime over) or ``idle`` (idle deadline passed)."""
+    if session.revoked_at is not None:
+        return "revoked"
+    if now >= session.expires_at:
+        return "expired"
+    if session.idle_expires_at is not None and now >= session.idle_expires_at:
+        return "idle"
+    return "active"
+
+
+def _clean_email(email: str) -> str:
+    cleaned = email.strip()
+    if "@" not in cleaned or any(ch.isspace() for ch in cleaned):
+        raise InvalidInput(f"not an email address: {email!r}")
+    return cleaned
+
+
+def _clean_roles(roles: Sequence[str]) -> tuple[str, ...]:
+    cleaned = tuple(dict.fromkeys(role.strip() for role in roles))
+    if any(not role for role in cleaned):
+        raise InvalidInput("role names must not be empty")
+    return cleaned
+
+
+async def check_database(store: Store) -> DatabaseStatus:
+    """Ping the database and list pending migrations; raise StoreUnavailable when it cannot be reached."""
+    await store.ping()
+    return DatabaseStatus(pending_migrations=tuple(await store.pending_migrations()))
+
+
+async def apply_migrations(store: Store) -> list[str]:
+    """Apply pending migrations and return the versions applied (empty when the schema was current)."""
+    return await store.migrate()
+
+
+async def add_user(store: Store, *, email: str, name: str = "", roles: Sequence[str] = (),
+                   upstream: str = LOCAL_UPSTREAM, subject: str | None = None) -> User:
+    """Enrol a user keyed by ``(upstream, subject)``; ``subject`` defaults to the lower-cased email.
+
+    Audits ``user_add``. Raises UserExists when that key is already enrolled (this never silently
+    rewrites an existing user's roles) and InvalidInput for a malformed email, upstream or role.
+    """
+    email = _clean_email(email)
+    roles = _clean_roles(roles)
+    upstream = upstream.strip()
+    subject = (email.lower() if subject is None else subject).strip()
+    if not upstream or not subject:
+        raise InvalidInput("upstream and subject must not be empty")
+    for existing in await store.list_users():
+        if existing.upstream == upstream and existing.subject == subject:
+            raise UserExists(f"user {upstream}:{subject} already exists (id {existing.id})")
+    user = await store.upsert_user(upstream, subject, email=email, name=name.strip(), roles=roles)
+    await store.record_audit("user_add", user_id=user.id, user_key=user_key(user), actor=ACTOR,
+                             detail={"email": user.email, "roles": ",".join(user.roles)})
+    return user
+
+
+async def list_users(store: Store) -> list[User]:
+    """Every enrolled user, oldest first."""
+    return await store.list_users()
+
+
+async def find_user(store: Store, *, email: str | None = None, user_id: int | None = None) -> User:
+    """The one user with this id, or else with this email (case-insensitive).
+
+    Raises UnknownUser when none matches and AmbiguousEmail when several users share the email.
+    """
+    if user_id is not None:
+        user = await store.get_user(user_id)
+        if user is None:
+            raise UnknownUser(f"no user with id {user_id}")
+        return user
+    if email is None:
+        raise InvalidInput("give an email or a user id")
+    matches = await store.find_users_by_email(email)
+    if not matches:
+        raise UnknownUser(f"no user with email {email.strip()!r}")
+    if len(matches) > 1:
+        raise AmbiguousEmail(email.strip(), [u.id for u in matches])
+    return matches[0]
+
+
+async def user_details(store: Store, user: User, *, audit_limit: int = 20,
+                       now: float | None = None) -> UserDetails:
+    """The user with their active sessions and their ``audit_limit`` most recent audit rows."""
+    now = time.time() if now is None else now
+    sessions = await store.list_sessions(user.id, now=now)
+    audit = await store.list_audit(user_id=user.id, limit=audit_limit)
+    return UserDetails(user=user, sessions=tuple(sessions), audit=tuple(audit))
+
+
+async def delete_user(store: Store, user: User) -> None:
+    """Unenrol: revoke and delete the user's sessions and the user row; audit rows are kept.
+
+    Raises UnknownUser when the user vanished in the meantime.
+    """
+    if not await store.delete_user(user.id, actor=ACTOR):
+        raise UnknownUser(f"user {user.id} no longer exists")
+
+
+async def mint_api_token(store: Store, settings: Settings, *, email: str | None = None,
+                         user_id: int | None = None, roles: Sequence[str] = (), name: str = "",
+                         lifetime: float | None = None, now: float | None = None) -> MintedToken:
+    """Start an ``api`` session for a user and return its token, the only copy that will ever exist.
+
+    The user is found by id or email; an unknown email enrols a ``local`` user with ``roles`` and
+    ``name``. For an existing user, ``roles`` (when given) must all be held by the user, else RoleNotHeld;
+    ``name`` is then ignored. ``lifetime`` defaults to ``session.api_token_lifetime``. Audits
+    ``token_mint`` with the kind, expiry and hash prefix (never the token). If the audit row cannot be
+    written, the session is revoked again before the error propagates, so no unaudited token lives.
+    """
+    roles = _clean_roles(roles)
+    if lifetime is not None and not lifetime > 0:
+        raise InvalidInput("the token lifetime must be positive")
+    user_created = False
+    try:
+        user = await find_user(store, email=email, user_id=user_id)
+    except UnknownUser:
+        if email is None:
+            raise
+        user = await add_user(store, email=email, name=name, roles=roles)
+        user_created = True
+    else:
+        missing = [role for role in roles if role not in user.roles]
+        if missing:
+            raise RoleNotHeld(f"user {user.id} does not hold the role(s) {', '.join(missing)} "
+                              f"(has: {', '.join(user.roles) or 'none'})")
+
+    now = time.time() if now is None else now
+    token, session = await start_session(store, settings.session, user_id=user.id, kind="api", now=now,
+                                         lifetime=lifetime)
+    detail = {"kind": session.kind, "expires_at": iso_time(session.expires_at),
+              "session": short_hash(session.token_hash)}
+    if roles:
+        detail["roles"] = ",".join(roles)
+    try:
+        await store.record_audit("token_mint", user_id=user.id, user_key=user_key(user), actor=ACTOR,
+                                 detail=detail)
+    except Exception:
+        # If the database is gone the revocation fails too; the token then dies with this process unseen.
+        with contextlib.suppress(StoreUnavailable):
+            await store.revoke_session(session.token_hash, actor=ACTOR, reason="token_mint audit failed")
+        raise
+    return MintedToken(token=token, user=user, session=session, user_created=user_created)
+
+
+async def revoke_token(store: Store, token: str) -> bool:
+    """Revoke the session of ``token`` by its hash; True if it was active until now.
+
+    Raises MalformedToken, without echoing the text, when it is not shaped like a gateway token.
+    """
+    token = token.strip()
+    if not tokens.is_well_formed(token):
+        raise MalformedToken("that is not a gateway token (expected gwt_ followed by 43 characters)")
+    return await store.revoke_session(tokens.hash_token(token), actor=ACTOR, reason=REVOKE_REASON)
+
+
+async def list_sessions(store: Store, user: User, *, include_inactive: bool = False,
+                        now: float | None = None) -> list[SessionRecord]:
+    """The user's sessions, newest first: active ones only, or every one with ``include_inactive``."""
+    now = time.time() if now is None else now
+    return await store.list_sessions(user.id, include_inactive=include_inactive, now=now)
+
+
+async def revoke_user_sessions(store: Store, user: User) -> int:
+    """Revoke every active session of the user (broadcast to all gateway processes); return how many."""
+    return await store.revoke_user_sessions(user.id, actor=ACTOR, reason=REVOKE_REASON)

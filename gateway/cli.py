@@ -1,0 +1,496 @@
+"""The ``gateway`` command line: ``serve``, ``check-config``, ``migrate`` and the admin subcommands.
+
+Thin by design: parse arguments, load settings, call :mod:`gateway.admin`, format the result. Exit codes:
+0 success, 1 the operation failed (unknown user, database unavailable, nothing to revoke, bad config in
+``check-config``), 2 the command was given bad input (usage, settings problems, a malformed token).
+Results go to stdout, messages to stderr; no token is ever printed except the one ``tokens mint`` returns.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TextIO, TypeVar
+from urllib.parse import unquote, urlsplit
+
+from gateway import __version__, admin
+from gateway.errors import StoreUnavailable
+from gateway.logging import configure_logging
+from gateway.models import AuditEvent, SessionRecord, User
+from gateway.settings import Settings, load_settings, parse_duration, redacted
+from gateway.store import make_store
+from gateway.store.base import Store
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+T = TypeVar("T")
+
+_FROM_STDIN = "-"
+_FULL_HASH_RE = re.compile(r"\b[0-9a-f]{64}\b")
+_UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+@dataclass(frozen=True, slots=True)
+class Console:
+    """Where a command writes results (``out``), messages (``err``) and reads piped input (``inp``)."""
+
+    out: TextIO
+    err: TextIO
+    inp: TextIO
+
+    def say(self, line: str = "") -> None:
+        """Write one result line to stdout."""
+        print(line, file=self.out)
+
+    def note(self, line: str) -> None:
+        """Write one informational line to stderr."""
+        print(line, file=self.err)
+
+    def error(self, message: str) -> None:
+        """Write one ``error:`` line to stderr."""
+        print(f"error: {message}", file=self.err)
+
+
+Handler = Callable[[argparse.Namespace, Console], int]
+StoreCommand = Callable[[argparse.Namespace, Settings, Store, Console], Awaitable[int]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line (``argv`` defaults to ``sys.argv[1:]``) and return the process exit code."""
+    args = build_parser().parse_args(argv)
+    console = Console(out=sys.stdout, err=sys.stderr, inp=sys.stdin)
+    handler: Handler = args.handler
+    try:
+        return handler(args, console)
+    except KeyboardInterrupt:
+        console.note("interrupted")
+        return EXIT_INTERRUPTED
+
+
+# --- argument parsing -------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``gateway`` parser; each leaf command stores its function under ``handler``."""
+    # Global options are accepted before the command and after it. Leaf parsers default to SUPPRESS so
+    # that an option given before the command is not overwritten by the leaf's own default.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_global_options(common, default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(
+        prog="gateway", description="Forward-auth gateway: serve it, check its configuration, administer it.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_global_options(parser, default=None)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway HTTP server")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
+    serve.add_argument("--workers", type=_positive_int, metavar="N", help="number of worker processes")
+    serve.add_argument("--public-url", metavar="URL", help="the URL browsers reach the gateway at")
+    serve.set_defaults(handler=_serve)
+
+    check = commands.add_parser("check-config", parents=[common],
+                                help="list every configuration problem, or print the effective settings")
+    check.add_argument("--connect", action="store_true",
+                       help="also connect to the database and check its schema")
+    check.set_defaults(handler=_check_config)
+
+    migrate = commands.add_parser("migrate", parents=[common], help="apply pending database migrations")
+    migrate.set_defaults(handler=_store_command(_migrate))
+
+    users = commands.add_parser("users", help="enrol, list, show and delete users").add_subparsers(
+        dest="users_command", required=True, metavar="COMMAND")
+    add = users.add_parser("add", parents=[common], help="enrol a user by hand")
+    add.add_argument("--email", required=True)
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--role", dest="roles", action="append", default=[], metavar="ROLE",
+                     help="grant a role (repeat for several)")
+    add.add_argument("--upstream", default=admin.LOCAL_UPSTREAM, help="identity source (default: %(default)s)")
+    add.add_argument("--subject", help="stable id at the upstream (default: the lower-cased email)")
+    add.set_defaults(handler=_store_command(_users_add))
+    listing = users.add_parser("list", parents=[common], help="list every user")
+    _add_json_option(listing)
+    listing.set_defaults(handler=_store_command(_users_list))
+    show = users.add_parser("show", parents=[common],
+                            help="a user with their active sessions and recent audit rows")
+    _add_user_selector(show)
+    _add_json_option(show)
+    show.set_defaults(handler=_store_command(_users_show))
+    delete = users.add_parser("delete", parents=[common],
+                              help="unenrol a user: revoke and delete their sessions (audit is kept)")
+    _add_user_selector(delete)
+    delete.set_defaults(handler=_store_command(_users_delete))
+
+    token_commands = commands.add_parser("tokens", help="mint and revoke API tokens").add_subparsers(
+        dest="tokens_command", required=True, metavar="COMMAND")
+    mint = token_commands.add_parser(
+        "mint", parents=[common],
+        help="mint an API token; prints only the token on stdout",
+        description="Mint an API token for a user (enrolling a local user if the email is unknown). "
+                    "Only the token is printed on stdout; everything else goes to stderr.")
+    _add_user_selector(mint)
+    mint.add_argument("--ttl", type=_positive_duration, metavar="DURATION",
+                      help="lifetime such as 12h or 30d (default: session.api_token_lifetime)")
+    mint.add_argument("--role", dest="roles", action="append", default=[], metavar="ROLE",
+                      help="roles for a new user; for an existing user, roles they must hold")
+    mint.add_argument("--name", default="", help="display name of a user enrolled by this command")
+    mint.set_defaults(handler=_store_command(_tokens_mint))
+    revoke = token_commands.add_parser("revoke", parents=[common], help="revoke one API or browser token")
+    revoke.add_argument("token", metavar="TOKEN",
+                        help="the token, or - to read it from stdin (keeps it out of shell history)")
+    revoke.set_defaults(handler=_store_command(_tokens_revoke))
+
+    session_commands = commands.add_parser("sessions", help="list and revoke a user's sessions").add_subparsers(
+        dest="sessions_command", required=True, metavar="COMMAND")
+    sessions_list = session_commands.add_parser("list", parents=[common], help="a user's sessions")
+    _add_user_selector(sessions_list)
+    sessions_list.add_argument("--all", action="store_true", help="include revoked and expired sessions")
+    _add_json_option(sessions_list)
+    sessions_list.set_defaults(handler=_store_command(_sessions_list))
+    sessions_revoke = session_commands.add_parser("revoke", parents=[common],
+                                                  help="revoke every active session of a user")
+    _add_user_selector(sessions_revoke)
+    sessions_revoke.set_defaults(handler=_store_command(_sessions_revoke))
+    return parser
+
+
+def _add_global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument("--config", metavar="FILE", default=default,
+                        help="TOML configuration file (default: $GATEWAY_CONFIG)")
+    parser.add_argument("--database-url", metavar="URL", default=default,
+                        help="database URL (prefer GATEWAY_DATABASE_URL[_FILE]: arguments are visible in ps)")
+
+
+def _add_user_selector(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--email", help="the user's email (case-insensitive)")
+    group.add_argument("--id", dest="user_id", type=_positive_int, metavar="N", help="the user's id")
+
+
+def _add_json_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_duration(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError("must be longer than zero")
+    return seconds
+
+
+# --- settings, store and error plumbing ----------------------------------------------------------------
+
+
+def _load(args: argparse.Namespace, **overrides: Any) -> tuple[Settings, list[str]]:
+    overrides["database_url"] = getattr(args, "database_url", None)
+    return load_settings(getattr(args, "config", None), os.environ, overrides)
+
+
+def _settings_or_report(args: argparse.Namespace, console: Console, **overrides: Any) -> Settings | None:
+    """Settings with no problems, or None after printing every problem (the caller exits 2)."""
+    settings, problems = _load(args, **overrides)
+    for problem in problems:
+        console.error(problem)
+    if problems:
+        console.note("fix the settings above (gateway check-config lists them) and try again")
+        return None
+    return settings
+
+
+def _scrub(message: str, settings: Settings) -> str:
+    """``message`` with the database password masked, in case a driver error repeated it."""
+    password = urlsplit(settings.database_url).password
+    if password:
+        for form in {password, unquote(password)}:
+            message = message.replace(form, "***")
+    return message
+
+
+def _cli_log_level(level: str) -> str:
+    # Admin commands report failures themselves in one line; store warnings would only repeat them.
+    return "debug" if level.lower() == "debug" else "error"
+
+
+async def _using_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
+    store = make_store(settings)
+    try:
+        await store.open()
+        return await action(store)
+    finally:
+        await store.close()
+
+
+def _store_command(command: StoreCommand) -> Handler:
+    """Wrap an async admin command: load settings (exit 2 on problems), open the store, close it after.
+
+    StoreUnavailable becomes one line on stderr and exit 1; an AdminError its message and exit 1 (2 for
+    bad input such as a malformed token). No traceback reaches the operator for either.
+    """
+
+    def run(args: argparse.Namespace, console: Console) -> int:
+        settings = _settings_or_report(args, console)
+        if settings is None:
+            return EXIT_USAGE
+        configure_logging(settings.log_format, _cli_log_level(settings.log_level))
+        try:
+            return asyncio.run(_using_store(settings, lambda store: command(args, settings, store, console)))
+        except StoreUnavailable as exc:
+            console.error(_scrub(exc.message, settings))
+            return EXIT_FAILURE
+        except admin.AdminError as exc:
+            message = str(exc)
+            if isinstance(exc, admin.AmbiguousEmail):
+                message += "; choose one with --id"
+            console.error(message)
+            return EXIT_USAGE if isinstance(exc, admin.MalformedToken | admin.InvalidInput) else EXIT_FAILURE
+
+    return run
+
+
+# --- commands ------------------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    settings = _settings_or_report(args, console, listen=args.listen, workers=args.workers,
+                                   public_url=args.public_url)
+    if settings is None:
+        return EXIT_USAGE
+    # Imported here so admin commands never load the HTTP server stack.
+    from gateway.server import serve
+
+    return serve(settings)
+
+
+def _check_config(args: argparse.Namespace, console: Console) -> int:
+    settings, problems = _load(args)
+    # Connecting with half-default settings could reach (or create) the wrong database, so the
+    # connection is only tried once the settings themselves are sound.
+    connect = args.connect and not problems
+    database_lines: list[str] = []
+    if connect:
+        configure_logging(settings.log_format, _cli_log_level(settings.log_level))
+        try:
+            status = asyncio.run(_using_store(settings, admin.check_database))
+        except StoreUnavailable as exc:
+            problems.append(f"database: cannot connect: {_scrub(exc.message, settings)}")
+        else:
+            pending = ", ".join(status.pending_migrations)
+            if not pending:
+                database_lines.append("database: reachable, schema current")
+            elif settings.migrate_on_start:
+                database_lines.append(f"database: reachable; migrations to apply at start: {pending}")
+            else:
+                problems.append(f"database: migrations pending ({pending}) and migrate_on_start is off: "
+                                "run gateway migrate")
+    if problems:
+        for problem in problems:
+            console.error(problem)
+        if args.connect and not connect:
+            console.note("note: the database connection is checked once the settings have no problems")
+        return EXIT_FAILURE
+    console.say("configuration OK")
+    for line in database_lines:
+        console.say(line)
+    console.say()
+    for name, value in redacted(settings).items():
+        console.say(f"{name} = {json.dumps(value)}")
+    return EXIT_OK
+
+
+async def _migrate(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    applied = await admin.apply_migrations(store)
+    for version in applied:
+        console.say(f"applied {version}")
+    if not applied:
+        console.say("schema is current")
+    return EXIT_OK
+
+
+async def _users_add(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    user = await admin.add_user(store, email=args.email, name=args.name, roles=args.roles,
+                                upstream=args.upstream, subject=args.subject)
+    console.say(f"added user {user.id}: {_printable(user.email)} ({_printable(admin.user_key(user))})")
+    return EXIT_OK
+
+
+async def _users_list(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    users = await admin.list_users(store)
+    if args.json:
+        _print_json(console, [_user_json(user) for user in users])
+        return EXIT_OK
+    rows = [[str(u.id), u.email, u.name, u.upstream, u.subject, ", ".join(u.roles), _time(u.last_login_at)]
+            for u in users]
+    _print_table(console, ["ID", "EMAIL", "NAME", "UPSTREAM", "SUBJECT", "ROLES", "LAST LOGIN"], rows,
+                 empty="no users")
+    return EXIT_OK
+
+
+async def _users_show(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
+    details = await admin.user_details(store, user)
+    now = time.time()
+    if args.json:
+        _print_json(console, {"user": _user_json(user),
+                              "sessions": [_session_json(s, now) for s in details.sessions],
+                              "audit": [_audit_json(a) for a in details.audit]})
+        return EXIT_OK
+    fields = [("id", str(user.id)), ("email", user.email), ("name", user.name), ("username", user.username),
+              ("upstream", user.upstream), ("subject", user.subject), ("roles", ", ".join(user.roles)),
+              ("groups", ", ".join(user.groups)), ("created", _time(user.created_at)),
+              ("updated", _time(user.updated_at)), ("last login", _time(user.last_login_at))]
+    for label, value in fields:
+        console.say(f"{label + ':':<12}{_printable(value) or '-'}")
+    console.say()
+    console.say(f"active sessions: {len(details.sessions)}")
+    if details.sessions:
+        _print_sessions(console, details.sessions, now)
+    console.say()
+    console.say(f"recent audit: {len(details.audit)}")
+    if details.audit:
+        rows = [[_time(a.at), a.event, a.actor, _detail_text(a.detail)] for a in details.audit]
+        _print_table(console, ["AT", "EVENT", "ACTOR", "DETAIL"], rows)
+    return EXIT_OK
+
+
+async def _users_delete(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
+    await admin.delete_user(store, user)
+    console.say(f"deleted user {user.id}: {_printable(user.email)} (sessions revoked, audit kept)")
+    return EXIT_OK
+
+
+async def _tokens_mint(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    minted = await admin.mint_api_token(store, settings, email=args.email, user_id=args.user_id,
+                                        roles=args.roles, name=args.name, lifetime=args.ttl)
+    user = minted.user
+    if minted.user_created:
+        console.note(f"enrolled user {user.id}: {_printable(user.email)} ({_printable(admin.user_key(user))})")
+    elif args.name:
+        console.note("note: --name only applies to a user enrolled by this command; ignored")
+    console.note(f"minted api token for user {user.id}, session {admin.short_hash(minted.session.token_hash)},"
+                 f" expires {admin.iso_time(minted.session.expires_at)}")
+    # The one place a token is printed: alone on stdout so `TOKEN=$(gateway tokens mint ...)` works.
+    console.out.write(minted.token + "\n")
+    console.out.flush()
+    return EXIT_OK
+
+
+async def _tokens_revoke(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    token = console.inp.readline() if args.token == _FROM_STDIN else args.token
+    if await admin.revoke_token(store, token):
+        console.say("revoked")
+        return EXIT_OK
+    console.say("not active")
+    return EXIT_FAILURE
+
+
+async def _sessions_list(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
+    sessions = await admin.list_sessions(store, user, include_inactive=args.all)
+    now = time.time()
+    if args.json:
+        _print_json(console, [_session_json(s, now) for s in sessions])
+        return EXIT_OK
+    if not sessions:
+        console.say("no sessions" if args.all else "no active sessions")
+        return EXIT_OK
+    _print_sessions(console, sessions, now)
+    return EXIT_OK
+
+
+async def _sessions_revoke(args: argparse.Namespace, settings: Settings, store: Store,
+                           console: Console) -> int:
+    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
+    count = await admin.revoke_user_sessions(store, user)
+    console.say(f"revoked {count} session{'' if count == 1 else 's'}")
+    return EXIT_OK
+
+
+# --- output --------------------------------------------------------------------------------------------
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters escaped, so names from upstreams cannot drive the terminal."""
+    return _UNPRINTABLE_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+def _time(ts: float | None) -> str:
+    return "-" if ts is None else admin.iso_time(ts)
+
+
+def _json_time(ts: float | None) -> str | None:
+    return None if ts is None else admin.iso_time(ts)
+
+
+def _mask_hashes(text: str) -> str:
+    return _FULL_HASH_RE.sub(lambda m: admin.short_hash(m.group()), text)
+
+
+def _detail_text(detail: Mapping[str, str]) -> str:
+    return " ".join(f"{key}={_mask_hashes(value)}" for key, value in sorted(detail.items()))
+
+
+def _print_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]],
+                 empty: str = "") -> None:
+    if not rows and empty:
+        console.say(empty)
+        return
+    cells = [list(headers), *([_printable(cell) or "-" for cell in row] for row in rows)]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        console.say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def _print_sessions(console: Console, sessions: Sequence[SessionRecord], now: float) -> None:
+    rows = [[admin.short_hash(s.token_hash), s.kind, admin.session_state(s, now), _time(s.created_at),
+             _time(s.expires_at), _time(s.last_seen_at), s.client_addr, s.user_agent] for s in sessions]
+    _print_table(console, ["SESSION", "KIND", "STATE", "CREATED", "EXPIRES", "LAST SEEN", "CLIENT",
+                           "USER AGENT"], rows)
+
+
+def _print_json(console: Console, value: object) -> None:
+    console.say(json.dumps(value, indent=2, ensure_ascii=False))
+
+
+def _user_json(user: User) -> dict[str, Any]:
+    return {"id": user.id, "email": user.email, "name": user.name, "username": user.username,
+            "upstream": user.upstream, "subject": user.subject, "roles": list(user.roles),
+            "groups": list(user.groups), "created_at": _json_time(user.created_at),
+            "updated_at": _json_time(user.updated_at), "last_login_at": _json_time(user.last_login_at)}
+
+
+def _session_json(session: SessionRecord, now: float) -> dict[str, Any]:
+    return {"session": admin.short_hash(session.token_hash), "kind": session.kind,
+            "state": admin.session_state(session, now), "created_at": _json_time(session.created_at),
+            "expires_at": _json_time(session.expires_at),
+            "idle_expires_at": _json_time(session.idle_expires_at),
+            "last_seen_at": _json_time(session.last_seen_at), "revoked_at": _json_time(session.revoked_at),
+            "client_addr": session.client_addr, "user_agent": session.user_agent}
+
+
+def _audit_json(event: AuditEvent) -> dict[str, Any]:
+    return {"id": event.id, "at": _json_time(event.at), "event": event.event, "actor": event.actor,
+            "user_key": event.user_key,
+            "detail": {key: _mask_hashes(value) for key, value in sorted(event.detail.items())}}

@@ -1,0 +1,178 @@
+"""The session store: the ``Store`` protocol, a factory choosing the backend by URL, and shared helpers."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from importlib import resources
+from types import MappingProxyType
+from typing import Any, cast
+
+from gateway.models import AuditEvent, SessionKind, SessionRecord, User
+from gateway.settings import Settings
+from gateway.store.base import RevocationHandler, Store, WatchStateHandler
+
+__all__ = ["RevocationHandler", "Store", "WatchStateHandler", "make_store", "open_store"]
+
+SESSION_KINDS = frozenset({"browser", "api"})
+"""The values ``SessionRecord.kind`` may take (mirrored by a CHECK constraint in both schemas)."""
+
+USER_AGENT_MAX = 512
+"""User-Agent strings are cut to this many characters before they are stored."""
+
+_TOKEN_HASH_RE = re.compile(r"[0-9a-f]{64}")
+_VERSION_RE = re.compile(r"\d{4}_[a-z0-9_]+")
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
+
+
+def _sqlite_store(settings: Settings) -> Store:
+    # imported on demand so a deployment only loads the driver it uses
+    from gateway.store.sqlite import SQLiteStore
+
+    return SQLiteStore(settings)
+
+
+def _postgres_store(settings: Settings) -> Store:
+    from gateway.store.postgres import PostgresStore
+
+    return PostgresStore(settings)
+
+
+_BACKENDS: Mapping[str, Callable[[Settings], Store]] = MappingProxyType({
+    "sqlite": _sqlite_store,
+    "postgresql": _postgres_store,
+    "postgres": _postgres_store,
+})
+
+
+def make_store(settings: Settings) -> Store:
+    """Build the store for ``settings.database_url`` by its scheme, without connecting.
+
+    Call ``await store.open()`` before use and ``await store.close()`` at shutdown. Raises ValueError
+    for an unsupported scheme (the message never repeats the URL, which may hold a password).
+    """
+    scheme, colon, _ = settings.database_url.partition(":")
+    factory = _BACKENDS.get(scheme.lower()) if colon else None
+    if factory is None:
+        shown = f" {scheme!r}" if colon and _SCHEME_RE.fullmatch(scheme) else ""
+        raise ValueError(f"database_url: unsupported scheme{shown} (expected one of "
+                         f"{', '.join(sorted(_BACKENDS))})")
+    return factory(settings)
+
+
+async def open_store(settings: Settings) -> Store:
+    """:func:`make_store` then ``open()``; succeeds even when the database is down (calls raise later)."""
+    store = make_store(settings)
+    await store.open()
+    return store
+
+
+def is_token_hash(value: str) -> bool:
+    """True when ``value`` is a SHA-256 hex digest in lower case, the only form sessions are keyed by."""
+    return len(value) == 64 and _TOKEN_HASH_RE.fullmatch(value) is not None
+
+
+def check_new_session(token_hash: str, kind: str, expires_at: float, idle_timeout: float) -> None:
+    """Reject a session that no schema would accept, with a ValueError naming the field."""
+    if not is_token_hash(token_hash):
+        raise ValueError("token_hash must be 64 lower-case hex characters (SHA-256 of the token)")
+    if kind not in SESSION_KINDS:
+        raise ValueError(f"kind must be one of {sorted(SESSION_KINDS)}, got {kind!r}")
+    if not idle_timeout >= 0:
+        raise ValueError("idle_timeout must be 0 (none) or positive")
+    if math.isnan(expires_at):
+        raise ValueError("expires_at must be a number")
+
+
+def encode_detail(detail: Mapping[str, str] | None) -> str:
+    """Audit ``detail`` as compact JSON text with sorted keys."""
+    return json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
+
+
+def decode_detail(raw: Any) -> dict[str, str]:
+    """Audit ``detail`` back from JSON text (SQLite) or an already decoded object (Postgres jsonb)."""
+    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def decode_names(raw: Any) -> tuple[str, ...]:
+    """A JSON array of group or role names (text or decoded) as a tuple of strings."""
+    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    if not isinstance(value, list):
+        return ()
+    return tuple(str(v) for v in value)
+
+
+def encode_names(names: Sequence[str]) -> str:
+    """Group or role names as a JSON array of strings, order kept, duplicates dropped.
+
+    Raises TypeError for a bare string, which would otherwise be split into characters.
+    """
+    if isinstance(names, str):
+        raise TypeError("groups and roles must be a sequence of strings, not a string")
+    return json.dumps(list(dict.fromkeys(str(name) for name in names)))
+
+
+def migration_scripts(dialect: str) -> list[tuple[str, str]]:
+    """The packaged migrations for ``dialect`` (``sqlite`` or ``postgres``) as (version, SQL), in order.
+
+    The version is the file name without ``.sql`` (``0001_initial``); files are applied by name order.
+    """
+    folder = resources.files("gateway.store").joinpath("migrations").joinpath(dialect)
+    scripts: list[tuple[str, str]] = []
+    for entry in folder.iterdir():
+        name = entry.name
+        if not name.endswith(".sql"):
+            continue
+        version = name[: -len(".sql")]
+        if not _VERSION_RE.fullmatch(version):
+            raise RuntimeError(f"migration file {name!r} must be named NNNN_description.sql")
+        scripts.append((version, entry.read_text(encoding="utf-8")))
+    scripts.sort()
+    return scripts
+
+
+USER_FIELDS = ("id", "upstream", "subject", "email", "name", "username", "groups", "roles", "created_at",
+               "updated_at", "last_login_at")
+"""Column order of every user row the backends select (times as epoch seconds)."""
+
+SESSION_FIELDS = ("token_hash", "user_id", "kind", "created_at", "expires_at", "idle_timeout",
+                  "last_seen_at", "idle_expires_at", "revoked_at", "client_addr", "user_agent")
+"""Column order of every session row the backends select (times as epoch seconds)."""
+
+
+def _epoch(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    """A :class:`User` from a row laid out as :data:`USER_FIELDS`."""
+    return User(
+        id=int(row[0]), upstream=str(row[1]), subject=str(row[2]), email=str(row[3]), name=str(row[4]),
+        username=str(row[5]), groups=decode_names(row[6]), roles=decode_names(row[7]),
+        created_at=float(row[8]), updated_at=float(row[9]), last_login_at=_epoch(row[10]),
+    )
+
+
+def session_from_row(row: Sequence[Any]) -> SessionRecord:
+    """A :class:`SessionRecord` from a row laid out as :data:`SESSION_FIELDS`."""
+    kind = str(row[2])
+    if kind not in SESSION_KINDS:  # the schema's CHECK makes this unreachable
+        raise ValueError(f"unknown session kind {kind!r}")
+    return SessionRecord(
+        token_hash=str(row[0]), user_id=int(row[1]), kind=cast(SessionKind, kind), created_at=float(row[3]),
+        expires_at=float(row[4]), idle_timeout=float(row[5]), last_seen_at=float(row[6]),
+        idle_expires_at=_epoch(row[7]), revoked_at=_epoch(row[8]), client_addr=str(row[9]),
+        user_agent=str(row[10]),
+    )
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditEvent:
+    """An :class:`AuditEvent` from a row ``(id, at, event, user_id, user_key, actor, detail)``."""
+    return AuditEvent(id=int(row[0]), at=float(row[1]), event=str(row[2]),
+                      user_id=None if row[3] is None else int(row[3]), user_key=str(row[4]),
+                      actor=str(row[5]), detail=decode_detail(row[6]))

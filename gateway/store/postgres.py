@@ -1,0 +1,626 @@
+"""``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, NoReturn, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import aiopg
+import psycopg2
+import psycopg2.errors
+
+from gateway.errors import NotFound, StoreUnavailable
+from gateway.models import ActiveSession, AuditEvent, Revocation, SessionKind, SessionRecord, User
+from gateway.settings import Settings
+from gateway.store import (
+    SESSION_FIELDS,
+    USER_AGENT_MAX,
+    USER_FIELDS,
+    audit_from_row,
+    check_new_session,
+    encode_detail,
+    encode_names,
+    is_token_hash,
+    migration_scripts,
+    session_from_row,
+    user_from_row,
+)
+from gateway.store.base import RevocationHandler, WatchStateHandler
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+Work = Callable[[aiopg.Cursor], Awaitable[T]]
+
+CHANNEL = "gateway_revocations"
+"""The NOTIFY channel; payloads are ``s:<token_hash>`` (one session) or ``u:<user_id>`` (a user's)."""
+
+MIGRATION_LOCK_KEY = 0x67617465776179
+"""``pg_advisory_xact_lock`` key serialising migrations across replicas ("gateway" in ASCII)."""
+
+MIGRATION_TIMEOUT_FLOOR = 60.0
+"""Migrations may rewrite tables or wait for another replica's migration: they get at least this long."""
+
+LISTENER_IDLE_PROBE = 1.0
+"""Seconds without a notification after which the listener proves its connection with ``SELECT 1``."""
+
+RECONNECT_BACKOFF = (0.1, 2.0)
+"""First and longest pause between reconnection attempts of the listener (doubling in between)."""
+
+_TIME_FIELDS = frozenset({"created_at", "updated_at", "last_login_at", "expires_at", "last_seen_at",
+                          "idle_expires_at", "revoked_at", "at"})
+
+# Failures that mean "cannot talk to the database right now" (as opposed to a bug in a query).
+_UNREACHABLE: tuple[type[BaseException], ...] = (
+    psycopg2.OperationalError,   # refused, dropped, admin shutdown, cannot connect now...
+    psycopg2.InterfaceError,     # connection already closed
+    psycopg2.errors.ReadOnlySqlTransaction,  # pointed at a standby during a failover
+    TimeoutError,                # connect, pool wait or query took too long (asyncio.TimeoutError)
+    OSError,
+)
+
+
+def _columns(fields: Sequence[str], prefix: str = "") -> str:
+    """A select list in ``fields`` order, times converted from timestamptz to epoch seconds."""
+    out = []
+    for name in fields:
+        column = prefix + name
+        out.append(f"extract(epoch from {column})::float8" if name in _TIME_FIELDS else column)
+    return ", ".join(out)
+
+
+_USER_COLUMNS = _columns(USER_FIELDS)
+_USER_COLUMNS_U = _columns(USER_FIELDS, "u.")
+_SESSION_COLUMNS = _columns(SESSION_FIELDS)
+_SESSION_COLUMNS_S = _columns(SESSION_FIELDS, "s.")
+_AUDIT_COLUMNS = _columns(("id", "at", "event", "user_id", "user_key", "actor", "detail"))
+_ACTIVE = ("revoked_at IS NULL AND expires_at > to_timestamp(%(now)s)"
+           " AND (idle_expires_at IS NULL OR idle_expires_at > to_timestamp(%(now)s))")
+
+# Statements assembled from the constant column lists above (never from input: values are bound).
+_SELECT_USERS = f"SELECT {_USER_COLUMNS} FROM users"  # noqa: S608
+_SELECT_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
+_SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
+_COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
+_LOOKUP_SESSION = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
+                   " JOIN users u ON u.id = s.user_id WHERE s.token_hash = %s")
+_UPSERT_USER = (
+    "INSERT INTO users AS u (upstream, subject, email, name, username, groups, roles, created_at,"  # noqa: S608
+    " updated_at, last_login_at) VALUES (%(upstream)s, %(subject)s, %(email)s, %(name)s, %(username)s,"
+    " %(groups)s::jsonb, %(roles)s::jsonb, to_timestamp(%(now)s), to_timestamp(%(now)s),"
+    " to_timestamp(%(login_at)s))"
+    " ON CONFLICT (upstream, subject) DO UPDATE SET email = EXCLUDED.email, name = EXCLUDED.name,"
+    " username = EXCLUDED.username, groups = EXCLUDED.groups, roles = EXCLUDED.roles,"
+    " updated_at = EXCLUDED.updated_at, last_login_at = coalesce(EXCLUDED.last_login_at, u.last_login_at)"
+    f" RETURNING {_USER_COLUMNS_U}"
+)
+_INSERT_SESSION = (
+    "INSERT INTO sessions (token_hash, user_id, kind, created_at, expires_at, idle_timeout,"  # noqa: S608
+    " last_seen_at, idle_expires_at, client_addr, user_agent) VALUES (%(token_hash)s, %(user_id)s,"
+    " %(kind)s, to_timestamp(%(now)s), to_timestamp(%(expires_at)s), %(idle_timeout)s,"
+    " to_timestamp(%(now)s), to_timestamp(%(idle_expires_at)s), %(client_addr)s, %(user_agent)s)"
+    f" RETURNING {_SESSION_COLUMNS}"
+)
+_REVOKE_USER_SESSIONS = ("UPDATE sessions SET revoked_at = to_timestamp(%(now)s)"  # noqa: S608
+                         f" WHERE user_id = %(user_id)s AND {_ACTIVE}")
+
+
+def url_secrets(database_url: str) -> tuple[str, ...]:
+    """Every spelling of the password in ``database_url`` (raw, decoded, ``?password=``), to scrub."""
+    found: set[str] = set()
+    try:
+        parts = urlsplit(database_url)
+        if parts.password:
+            found.update({parts.password, unquote(parts.password)})
+        for value in parse_qs(parts.query).get("password", []):
+            found.update({value, unquote(value)})
+    except ValueError:
+        pass
+    return tuple(sorted((s for s in found if s), key=len, reverse=True))
+
+
+def encode_revocation(revocation: Revocation) -> str:
+    """The NOTIFY payload for a revocation: ``s:<token_hash>`` or ``u:<user_id>``."""
+    if revocation.token_hash is not None:
+        return "s:" + revocation.token_hash
+    return f"u:{revocation.user_id}"
+
+
+def decode_revocation(payload: str) -> Revocation | None:
+    """The revocation a NOTIFY payload announces; None for anything malformed."""
+    kind, _, value = payload.partition(":")
+    if kind == "s" and is_token_hash(value):
+        return Revocation(token_hash=value)
+    if kind == "u" and value.isdigit():
+        return Revocation(user_id=int(value))
+    return None
+
+
+class PostgresStore:
+    """The store on PostgreSQL, for several gateway replicas sharing one database.
+
+    The pool is created by :meth:`open` without connecting; connections are made on demand, and a
+    connection the server dropped is discarded, so the store recovers by itself when the database
+    comes back. Every statement is bounded by ``database.query_timeout``.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._dsn = settings.database_url
+        self._secrets = url_secrets(settings.database_url)
+        self._pool: aiopg.Pool | None = None
+        self._listeners: set[aiopg.Connection] = set()
+        self._closed = False
+
+    # -- errors ----------------------------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _raise_unavailable(self, exc: BaseException) -> NoReturn:
+        """Raise StoreUnavailable for ``exc``: the driver's first line, the password masked."""
+        error = StoreUnavailable(f"The session database is unavailable: {self._scrub(_first_line(exc))}")
+        if any(secret in str(exc) for secret in self._secrets):
+            raise error from None  # the chained driver error would print the password
+        raise error from exc
+
+    # -- connections -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Create the pool and warm up ``database.pool_min`` connections if the database answers.
+
+        Never raises for an unreachable database: calls raise StoreUnavailable until it is back.
+        """
+        if self._closed:
+            raise StoreUnavailable("The session store is closed.")
+        if self._pool is not None:
+            return
+        db = self._settings.database
+        # minsize=0: creating the pool connects nothing, so a database that is down cannot fail open()
+        self._pool = await aiopg.create_pool(self._dsn, minsize=0, maxsize=db.pool_max,
+                                             timeout=db.connect_timeout, enable_hstore=False,
+                                             enable_uuid=False)
+        warm: list[aiopg.Connection] = []
+        try:
+            async with asyncio.timeout(db.connect_timeout):
+                for _ in range(min(db.pool_min, db.pool_max)):
+                    warm.append(await self._pool.acquire())
+        except (*_UNREACHABLE, psycopg2.Error) as exc:
+            log.warning("session database not reachable at start: %s", self._scrub(_first_line(exc)))
+        finally:
+            for conn in warm:
+                await self._pool.release(conn)
+
+    async def close(self) -> None:
+        """Close the pool (waiting briefly for queries in flight) and any listener connection."""
+        self._closed = True
+        for conn in list(self._listeners):
+            await conn.close()
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        pool.close()
+        try:
+            async with asyncio.timeout(self._settings.database.query_timeout + 1):
+                await pool.wait_closed()
+        except TimeoutError:
+            pool.terminate()
+            await pool.wait_closed()
+
+    async def _run(self, work: Work[T], *, transaction: bool = False, retry: bool = False,
+                   statement_timeout: float | None = None) -> T:
+        """Run ``work`` with a pooled cursor (in one transaction if asked) and map driver failures.
+
+        A connection found already closed is replaced once (nothing was sent on it). With ``retry``
+        (read-only work), any lost connection is retried once on a fresh one. Raises StoreUnavailable.
+        """
+        if self._closed or self._pool is None:
+            raise StoreUnavailable("The session store is closed." if self._closed
+                                   else "The session store is not open.")
+        pool = self._pool
+        for attempt in (1, 2):
+            try:
+                conn = await pool.acquire()
+            except RuntimeError as exc:  # the pool is closing
+                raise StoreUnavailable("The session store is closed.") from exc
+            except (*_UNREACHABLE, psycopg2.Error) as exc:
+                # any error while connecting (an invalid URL is a ProgrammingError) means no database
+                self._raise_unavailable(exc)
+            try:
+                return await self._attempt(conn, work, transaction, statement_timeout)
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                unsent = isinstance(exc, psycopg2.InterfaceError) and conn.closed
+                if attempt == 1 and (retry or unsent):
+                    continue
+                self._raise_unavailable(exc)
+            except _UNREACHABLE as exc:
+                self._raise_unavailable(exc)
+            finally:
+                await pool.release(conn)
+        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+
+    async def _attempt(self, conn: aiopg.Connection, work: Work[T], transaction: bool,
+                       statement_timeout: float | None) -> T:
+        """One try of :meth:`_run` on ``conn``; leaves it idle (committed or rolled back) or closed."""
+        async with conn.cursor(timeout=statement_timeout or self._settings.database.query_timeout) as cur:
+            if not transaction:
+                return await work(cur)
+            await cur.execute("BEGIN")
+            try:
+                result = await work(cur)
+                await cur.execute("COMMIT")
+            except BaseException:
+                # aiopg closes the connection itself on a timeout or cancellation
+                if not conn.closed:
+                    try:
+                        await cur.execute("ROLLBACK")
+                    except BaseException:
+                        await conn.close()
+                        raise
+                raise
+            return result
+
+    async def ping(self) -> None:
+        """Return when the database answers ``SELECT 1``; raise StoreUnavailable otherwise."""
+        async def work(cur: aiopg.Cursor) -> None:
+            await cur.execute("SELECT 1")
+            await cur.fetchone()
+
+        await self._run(work, retry=True)
+
+    # -- migrations ------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in order, each with its version row in one transaction.
+
+        Every step holds a transaction-scoped advisory lock, so replicas starting together apply each
+        migration once; each re-reads what is applied after taking the lock.
+        """
+        scripts = migration_scripts("postgres")
+        timeout = max(MIGRATION_TIMEOUT_FLOOR, self._settings.database.query_timeout)
+
+        async def step(cur: aiopg.Cursor) -> str | None:
+            await cur.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
+            await cur.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version text PRIMARY KEY,"
+                              " applied_at timestamptz NOT NULL DEFAULT now())")
+            await cur.execute("SELECT version FROM schema_migrations")
+            done = {str(row[0]) for row in await cur.fetchall()}
+            pending = [(version, sql) for version, sql in scripts if version not in done]
+            if not pending:
+                return None
+            version, script = pending[0]
+            await cur.execute(script)
+            await cur.execute("INSERT INTO schema_migrations (version) VALUES (%s)", (version,))
+            return version
+
+        applied: list[str] = []
+        while (version := await self._run(step, transaction=True, statement_timeout=timeout)) is not None:
+            applied.append(version)
+        return applied
+
+    async def pending_migrations(self) -> list[str]:
+        """Versions not yet applied (every version when the database is empty)."""
+        async def work(cur: aiopg.Cursor) -> set[str]:
+            await cur.execute("SELECT to_regclass('schema_migrations') IS NOT NULL")
+            if not (await cur.fetchone())[0]:
+                return set()
+            await cur.execute("SELECT version FROM schema_migrations")
+            return {str(row[0]) for row in await cur.fetchall()}
+
+        done = await self._run(work, retry=True)
+        return [version for version, _ in migration_scripts("postgres") if version not in done]
+
+    # -- users -----------------------------------------------------------------------------------
+
+    async def upsert_user(self, upstream: str, subject: str, *, email: str, name: str = "",
+                          username: str = "", groups: Sequence[str] = (), roles: Sequence[str] = (),
+                          login_at: float | None = None) -> User:
+        """Create or refresh the user keyed by ``(upstream, subject)`` in one atomic upsert.
+
+        ``created_at`` keeps its first value; ``last_login_at`` changes only when ``login_at`` is given.
+        """
+        now = time.time()
+        params = {"upstream": upstream, "subject": subject, "email": email.strip(), "name": name,
+                  "username": username, "groups": encode_names(groups), "roles": encode_names(roles),
+                  "now": now, "login_at": login_at}
+
+        async def work(cur: aiopg.Cursor) -> User:
+            await cur.execute(_UPSERT_USER, params)
+            return user_from_row(await cur.fetchone())
+
+        return await self._run(work)
+
+    async def get_user(self, user_id: int) -> User | None:
+        """The user with this id, or None."""
+        async def work(cur: aiopg.Cursor) -> User | None:
+            await cur.execute(_SELECT_USERS + " WHERE id = %s", (user_id,))
+            row = await cur.fetchone()
+            return None if row is None else user_from_row(row)
+
+        return await self._run(work, retry=True)
+
+    async def find_users_by_email(self, email: str) -> list[User]:
+        """Users whose email equals ``email`` ignoring case and surrounding space, oldest first."""
+        wanted = email.strip()
+        if not wanted:
+            return []
+        return await self._users(_SELECT_USERS + " WHERE lower(email) = lower(%s) ORDER BY id", (wanted,))
+
+    async def list_users(self) -> list[User]:
+        """Every user, oldest first."""
+        return await self._users(_SELECT_USERS + " ORDER BY id", ())
+
+    async def _users(self, sql: str, params: tuple[Any, ...]) -> list[User]:
+        async def work(cur: aiopg.Cursor) -> list[User]:
+            await cur.execute(sql, params)
+            return [user_from_row(row) for row in await cur.fetchall()]
+
+        return await self._run(work, retry=True)
+
+    async def delete_user(self, user_id: int, *, actor: str) -> bool:
+        """Delete the user and (by cascade) their sessions, audit and broadcast it; False if unknown."""
+        now = time.time()
+
+        async def work(cur: aiopg.Cursor) -> bool:
+            await cur.execute("SELECT upstream, subject FROM users WHERE id = %s FOR UPDATE", (user_id,))
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            user_key = f"{row[0]}:{row[1]}"
+            await cur.execute(_COUNT_ACTIVE + " AND user_id = %(user_id)s", {"user_id": user_id, "now": now})
+            active = int((await cur.fetchone())[0])
+            if active:
+                await _audit(cur, now, "revoke", user_id, user_key, actor,
+                             {"reason": "user_delete", "sessions": str(active)})
+            await cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
+            await _audit(cur, now, "user_delete", user_id, user_key, actor, {"sessions": str(active)})
+            await _broadcast(cur, Revocation(user_id=user_id))
+            return True
+
+        return await self._run(work, transaction=True)
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
+                             expires_at: float, idle_timeout: float, client_addr: str = "",
+                             user_agent: str = "") -> SessionRecord:
+        """Insert a new session and return it.
+
+        Raises ValueError for a malformed hash, kind or idle timeout, or a hash already in use, and
+        NotFound when the user does not exist (e.g. deleted meanwhile).
+        """
+        check_new_session(token_hash, kind, expires_at, idle_timeout)
+        params = {"token_hash": token_hash, "user_id": user_id, "kind": kind, "now": now,
+                  "expires_at": expires_at, "idle_timeout": idle_timeout,
+                  "idle_expires_at": now + idle_timeout if idle_timeout > 0 else None,
+                  "client_addr": client_addr, "user_agent": user_agent[:USER_AGENT_MAX]}
+
+        async def work(cur: aiopg.Cursor) -> SessionRecord:
+            await cur.execute(_INSERT_SESSION, params)
+            return session_from_row(await cur.fetchone())
+
+        try:
+            return await self._run(work)
+        except psycopg2.errors.ForeignKeyViolation:
+            raise NotFound(f"No user with id {user_id}.") from None
+        except psycopg2.errors.UniqueViolation:
+            raise ValueError("a session with this token hash already exists") from None
+
+    async def lookup_session(self, token_hash: str) -> ActiveSession | None:
+        """The session and its user in one primary-key join, whatever its state; None when unknown."""
+        if not is_token_hash(token_hash):
+            return None
+
+        async def work(cur: aiopg.Cursor) -> ActiveSession | None:
+            await cur.execute(_LOOKUP_SESSION, (token_hash,))
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
+                                 user=user_from_row(row[len(SESSION_FIELDS):]))
+
+        return await self._run(work, retry=True)
+
+    async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
+        """Move ``last_seen_at`` (never backwards) and the idle deadline with it.
+
+        Revoked sessions, and sessions whose idle deadline has already passed, are left alone, so a
+        late touch never brings a dead session back.
+        """
+        async def work(cur: aiopg.Cursor) -> None:
+            await cur.execute(
+                "UPDATE sessions SET last_seen_at = greatest(last_seen_at, to_timestamp(%(t)s)),"
+                " idle_expires_at = CASE WHEN idle_timeout > 0 THEN greatest(last_seen_at,"
+                " to_timestamp(%(t)s)) + idle_timeout * interval '1 second' END"
+                " WHERE token_hash = %(h)s AND revoked_at IS NULL"
+                " AND (idle_expires_at IS NULL OR idle_expires_at > to_timestamp(%(t)s))",
+                {"t": last_seen_at, "h": token_hash})
+
+        await self._run(work)
+
+    async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
+        """Revoke one session, audit and broadcast it; True only if it was not revoked before."""
+        now = time.time()
+
+        async def work(cur: aiopg.Cursor) -> bool:
+            await cur.execute(
+                "UPDATE sessions s SET revoked_at = to_timestamp(%s) FROM users u"
+                " WHERE s.token_hash = %s AND s.revoked_at IS NULL AND u.id = s.user_id"
+                " RETURNING s.user_id, u.upstream, u.subject", (now, token_hash))
+            row = await cur.fetchone()
+            if row is None:
+                return False
+            await _audit(cur, now, "revoke", int(row[0]), f"{row[1]}:{row[2]}", actor,
+                         {"reason": reason, "session": token_hash[:12]})
+            await _broadcast(cur, Revocation(token_hash=token_hash))
+            return True
+
+        return await self._run(work, transaction=True)
+
+    async def revoke_user_sessions(self, user_id: int, *, actor: str, reason: str) -> int:
+        """Revoke every active session of the user, audit and broadcast it; return how many."""
+        now = time.time()
+
+        async def work(cur: aiopg.Cursor) -> int:
+            await cur.execute(_REVOKE_USER_SESSIONS, {"now": now, "user_id": user_id})
+            count = int(cur.rowcount)
+            await cur.execute("SELECT upstream || ':' || subject FROM users WHERE id = %s", (user_id,))
+            row = await cur.fetchone()
+            await _audit(cur, now, "revoke", user_id, "" if row is None else str(row[0]), actor,
+                         {"reason": reason, "sessions": str(count)})
+            await _broadcast(cur, Revocation(user_id=user_id))
+            return count
+
+        return await self._run(work, transaction=True)
+
+    async def list_sessions(self, user_id: int, *, include_inactive: bool = False,
+                            now: float | None = None) -> list[SessionRecord]:
+        """The user's sessions, newest first; only those active at ``now`` unless ``include_inactive``."""
+        params = {"user_id": user_id, "now": time.time() if now is None else now}
+        sql = _SELECT_SESSIONS + " WHERE user_id = %(user_id)s"
+        if not include_inactive:
+            sql += " AND " + _ACTIVE
+        sql += " ORDER BY created_at DESC, token_hash"
+
+        async def work(cur: aiopg.Cursor) -> list[SessionRecord]:
+            await cur.execute(sql, params)
+            return [session_from_row(row) for row in await cur.fetchall()]
+
+        return await self._run(work, retry=True)
+
+    async def count_active_sessions(self, now: float) -> int:
+        """How many sessions are neither revoked, expired nor idle-expired at ``now``."""
+        async def work(cur: aiopg.Cursor) -> int:
+            await cur.execute(_COUNT_ACTIVE, {"now": now})
+            return int((await cur.fetchone())[0])
+
+        return await self._run(work, retry=True)
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    async def record_audit(self, event: str, *, user_id: int | None, user_key: str = "", actor: str,
+                           detail: Mapping[str, str] | None = None) -> None:
+        """Append one audit row stamped with the current time."""
+        now = time.time()
+
+        async def work(cur: aiopg.Cursor) -> None:
+            await _audit(cur, now, event, user_id, user_key, actor, detail)
+
+        await self._run(work)
+
+    async def list_audit(self, *, user_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+        """Newest audit rows first (by insertion order), optionally only those about ``user_id``."""
+        sql = _SELECT_AUDIT
+        params: dict[str, Any] = {"limit": max(0, limit)}
+        if user_id is not None:
+            sql += " WHERE user_id = %(user_id)s"
+            params["user_id"] = user_id
+        sql += " ORDER BY id DESC LIMIT %(limit)s"
+
+        async def work(cur: aiopg.Cursor) -> list[AuditEvent]:
+            await cur.execute(sql, params)
+            return [audit_from_row(row) for row in await cur.fetchall()]
+
+        return await self._run(work, retry=True)
+
+    # -- revocation feed -------------------------------------------------------------------------
+
+    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+        """LISTEN for revocations on a dedicated connection until cancelled (or the store is closed).
+
+        Calls ``on_state(True)`` once listening, ``on_state(False)`` as soon as the connection is lost
+        (an idle connection is probed every second), then reconnects with backoff from 0.1 s to 2 s
+        and calls ``on_state(True)`` again. Notifications sent while disconnected are lost.
+        """
+        first, longest = RECONNECT_BACKOFF
+        backoff = first
+        live: bool | None = None
+        while not self._closed:
+            conn: aiopg.Connection | None = None
+            try:
+                conn = await self._listen()
+                if live is not True:
+                    live = True
+                    on_state(True)
+                backoff = first
+                await self._pump(conn, on_revoke)
+            except (*_UNREACHABLE, psycopg2.Error) as exc:
+                if not self._closed:
+                    # warn once per outage; the retries after that are routine
+                    log.log(logging.WARNING if live is not False else logging.DEBUG,
+                            "revocation feed lost: %s", self._scrub(_first_line(exc)))
+            finally:
+                if conn is not None:
+                    self._listeners.discard(conn)
+                    await conn.close()
+            if self._closed:
+                return
+            if live is not False:
+                live = False
+                on_state(False)
+            await asyncio.sleep(backoff)
+            backoff = min(longest, backoff * 2)
+
+    async def _listen(self) -> aiopg.Connection:
+        """A new connection outside the pool, LISTENing on :data:`CHANNEL`."""
+        db = self._settings.database
+        conn = await aiopg.connect(self._dsn, timeout=db.connect_timeout, enable_hstore=False,
+                                   enable_uuid=False, enable_json=False)
+        self._listeners.add(conn)
+        try:
+            async with conn.cursor(timeout=db.query_timeout) as cur:
+                await cur.execute(f"LISTEN {CHANNEL}")
+        except BaseException:
+            self._listeners.discard(conn)
+            await conn.close()
+            raise
+        return conn
+
+    async def _pump(self, conn: aiopg.Connection, on_revoke: RevocationHandler) -> None:
+        """Deliver notifications from ``conn`` until it fails (raising the driver's error)."""
+        while True:
+            try:
+                notify = await asyncio.wait_for(conn.notifies.get(), LISTENER_IDLE_PROBE)
+            except TimeoutError:
+                # quiet for a second: make sure the connection is still there (a dead peer is not
+                # always reported by the socket)
+                async with conn.cursor(timeout=self._settings.database.query_timeout) as cur:
+                    await cur.execute("SELECT 1")
+                continue
+            revocation = decode_revocation(str(notify.payload))
+            if revocation is None:
+                log.warning("ignoring malformed revocation notification")
+                continue
+            try:
+                on_revoke(revocation)
+            except Exception:
+                log.exception("revocation handler failed")
+
+
+async def _audit(cur: aiopg.Cursor, at: float, event: str, user_id: int | None, user_key: str, actor: str,
+                 detail: Mapping[str, str] | None) -> None:
+    await cur.execute(
+        "INSERT INTO audit (at, event, user_id, user_key, actor, detail)"
+        " VALUES (to_timestamp(%s), %s, %s, %s, %s, %s::jsonb)",
+        (at, event, user_id, user_key, actor, encode_detail(detail)))
+
+
+async def _broadcast(cur: aiopg.Cursor, revocation: Revocation) -> None:
+    # delivered to every listener when (and only if) the surrounding transaction commits
+    await cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, encode_revocation(revocation)))
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-blank line of a driver error (libpq adds hint lines), or what kind of error it is."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__

@@ -1,0 +1,489 @@
+"""``SQLiteStore``: the ``Store`` protocol on one aiosqlite connection (WAL), revocations fed by polling."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import aiosqlite
+
+from gateway.errors import NotFound, StoreUnavailable
+from gateway.models import ActiveSession, AuditEvent, Revocation, SessionKind, SessionRecord, User
+from gateway.settings import Settings
+from gateway.store import (
+    SESSION_FIELDS,
+    USER_AGENT_MAX,
+    USER_FIELDS,
+    audit_from_row,
+    check_new_session,
+    encode_detail,
+    encode_names,
+    is_token_hash,
+    migration_scripts,
+    session_from_row,
+    user_from_row,
+)
+from gateway.store.base import RevocationHandler, WatchStateHandler
+
+log = logging.getLogger(__name__)
+
+REVOCATION_RETENTION = 600.0
+"""Seconds a row stays in the ``revocations`` feed; every watcher polls far more often than this."""
+
+PRUNE_EVERY = 60.0
+"""Seconds between prunes of the revocation feed by one watcher."""
+
+_USER_COLUMNS = ", ".join(USER_FIELDS)
+_USER_COLUMNS_U = ", ".join("u." + c for c in USER_FIELDS)
+_SESSION_COLUMNS = ", ".join(SESSION_FIELDS)
+_SESSION_COLUMNS_S = ", ".join("s." + c for c in SESSION_FIELDS)
+_AUDIT_COLUMNS = "id, at, event, user_id, user_key, actor, detail"
+_ACTIVE = "revoked_at IS NULL AND expires_at > ? AND (idle_expires_at IS NULL OR idle_expires_at > ?)"
+
+# Statements assembled from the constant column lists above (never from input: values are bound).
+_SELECT_USERS = f"SELECT {_USER_COLUMNS} FROM users"  # noqa: S608
+_SELECT_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
+_SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
+_COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
+_LOOKUP_SESSION = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
+                   " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?")
+_UPSERT_USER = (
+    "INSERT INTO users (upstream, subject, email, name, username, groups, roles, created_at, updated_at,"  # noqa: S608
+    " last_login_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (upstream, subject) DO UPDATE SET email = excluded.email, name = excluded.name,"
+    " username = excluded.username, groups = excluded.groups, roles = excluded.roles,"
+    " updated_at = excluded.updated_at, last_login_at = coalesce(excluded.last_login_at, users.last_login_at)"
+    f" RETURNING {_USER_COLUMNS}"
+)
+_INSERT_SESSION = (f"INSERT INTO sessions ({_SESSION_COLUMNS})"  # noqa: S608
+                   f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) RETURNING {_SESSION_COLUMNS}")
+_REVOKE_USER_SESSIONS = (f"UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND {_ACTIVE}"  # noqa: S608
+                         " RETURNING token_hash")
+
+
+def sqlite_path(database_url: str) -> str:
+    """The file path in ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``sqlite:///:memory:``.
+
+    Raises ValueError for any other shape.
+    """
+    prefix = "sqlite:///"
+    if not database_url.lower().startswith(prefix) or len(database_url) == len(prefix):
+        raise ValueError("database_url: SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db")
+    return database_url[len(prefix):]
+
+
+def _split_statements(script: str) -> list[str]:
+    """Split a migration script into complete statements (comments and triggers handled by SQLite)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if any(line.strip() and not line.strip().startswith("--") for line in buffer.splitlines()):
+        raise ValueError("migration script ends with an incomplete statement")
+    return statements
+
+
+class SQLiteStore:
+    """The store on a local SQLite file, for single-host deployments and development.
+
+    One connection serves every call (an asyncio lock keeps transactions from interleaving); several
+    processes may share the file: WAL lets readers proceed during a write and ``busy_timeout`` makes
+    writers queue instead of failing.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._path = sqlite_path(settings.database_url)
+        self._conn: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    # -- connection and transactions -------------------------------------------------------------
+
+    async def _connect(self) -> aiosqlite.Connection:
+        busy_ms = max(1, int(self._settings.database.query_timeout * 1000))
+        conn = aiosqlite.connect(self._path, isolation_level=None,
+                                 timeout=self._settings.database.query_timeout)
+        try:
+            await conn
+        except BaseException:
+            # On a failed connect aiosqlite stops its worker thread without waiting for it; wait here, or
+            # the thread may report back to an event loop that has been closed meanwhile.
+            worker = getattr(conn, "_thread", None)
+            if isinstance(worker, threading.Thread) and worker.is_alive():
+                await asyncio.to_thread(worker.join, 5)
+            raise
+        try:
+            # busy_timeout first: switching to WAL needs a lock another process may hold
+            for pragma in (f"busy_timeout = {busy_ms}", "journal_mode = WAL", "foreign_keys = ON",
+                           "synchronous = NORMAL"):
+                await conn.execute_fetchall("PRAGMA " + pragma)
+        except BaseException:
+            await conn.close()
+            raise
+        return conn
+
+    @asynccontextmanager
+    async def _use(self, *, write: bool = False) -> AsyncIterator[aiosqlite.Connection]:
+        """Hold the connection for one operation; with ``write``, inside one IMMEDIATE transaction.
+
+        Connects on first use (and again after a failed connect). SQLite failures to reach or lock the
+        file become StoreUnavailable; the transaction is rolled back on any error.
+        """
+        async with self._lock:
+            if self._closed:
+                raise StoreUnavailable("The session store is closed.")
+            try:
+                if self._conn is None:
+                    self._conn = await self._connect()
+                conn = self._conn
+                if not write:
+                    yield conn
+                    return
+                if conn.in_transaction:  # left open by a failure we could not roll back
+                    await conn.execute("ROLLBACK")
+                # IMMEDIATE takes the write lock up front, so two processes never deadlock upgrading
+                await conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                    await conn.execute("COMMIT")
+                except BaseException:
+                    with suppress(sqlite3.Error, ValueError):
+                        await conn.execute("ROLLBACK")
+                    raise
+            except (sqlite3.OperationalError, sqlite3.InterfaceError) as exc:
+                raise StoreUnavailable(f"The session database is unavailable ({_describe(exc)}).") from exc
+            except sqlite3.DatabaseError as exc:
+                if isinstance(exc, sqlite3.IntegrityError | sqlite3.ProgrammingError):
+                    raise
+                # e.g. "file is not a database", "database disk image is malformed"
+                raise StoreUnavailable(f"The session database is unusable ({_describe(exc)}).") from exc
+
+    async def open(self) -> None:
+        """Open the file now if possible; a failure is not raised here but by the next call."""
+        try:
+            async with self._use():
+                pass
+        except StoreUnavailable as exc:
+            log.warning("session store not reachable at start: %s", exc.message)
+
+    async def close(self) -> None:
+        """Close the connection; later calls raise StoreUnavailable. Safe to call twice."""
+        async with self._lock:
+            self._closed = True
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                with suppress(sqlite3.Error, ValueError):
+                    await conn.close()
+
+    async def ping(self) -> None:
+        """Return when the file answers ``SELECT 1``; raise StoreUnavailable otherwise."""
+        async with self._use() as conn:
+            await conn.execute_fetchall("SELECT 1")
+
+    # -- migrations ------------------------------------------------------------------------------
+
+    async def migrate(self) -> list[str]:
+        """Apply pending migrations in order, each with its version row in one IMMEDIATE transaction.
+
+        The write lock serialises concurrent processes: each re-reads what is applied after taking it.
+        """
+        applied_now: list[str] = []
+        scripts = migration_scripts("sqlite")
+        while True:
+            async with self._use(write=True) as conn:
+                await conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations "
+                                   "(version TEXT PRIMARY KEY, applied_at REAL NOT NULL)")
+                done = {str(r[0]) for r in await conn.execute_fetchall("SELECT version FROM schema_migrations")}
+                pending = [(v, sql) for v, sql in scripts if v not in done]
+                if not pending:
+                    return applied_now
+                version, script = pending[0]
+                for statement in _split_statements(script):
+                    await conn.execute(statement)
+                await conn.execute("INSERT INTO schema_migrations (version, applied_at) VALUES (?, ?)",
+                                   (version, time.time()))
+                applied_now.append(version)
+
+    async def pending_migrations(self) -> list[str]:
+        """Versions not yet applied (every version when the database is empty)."""
+        async with self._use() as conn:
+            exists = await conn.execute_fetchall(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+            done: set[str] = set()
+            if exists:
+                done = {str(r[0]) for r in await conn.execute_fetchall("SELECT version FROM schema_migrations")}
+        return [v for v, _ in migration_scripts("sqlite") if v not in done]
+
+    # -- users -----------------------------------------------------------------------------------
+
+    async def upsert_user(self, upstream: str, subject: str, *, email: str, name: str = "",
+                          username: str = "", groups: Sequence[str] = (), roles: Sequence[str] = (),
+                          login_at: float | None = None) -> User:
+        """Create or refresh the user keyed by ``(upstream, subject)`` in one atomic upsert.
+
+        ``created_at`` keeps its first value; ``last_login_at`` changes only when ``login_at`` is given.
+        """
+        now = time.time()
+        async with self._use(write=True) as conn:
+            rows = await conn.execute_fetchall(
+                _UPSERT_USER,
+                (upstream, subject, email.strip(), name, username, encode_names(groups), encode_names(roles),
+                 now, now, login_at),
+            )
+        return user_from_row(_one(rows))
+
+    async def get_user(self, user_id: int) -> User | None:
+        """The user with this id, or None."""
+        async with self._use() as conn:
+            rows = list(await conn.execute_fetchall(_SELECT_USERS + " WHERE id = ?", (user_id,)))
+        return user_from_row(rows[0]) if rows else None
+
+    async def find_users_by_email(self, email: str) -> list[User]:
+        """Users whose email equals ``email`` ignoring case and surrounding space, oldest first."""
+        wanted = email.strip()
+        if not wanted:
+            return []
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(
+                _SELECT_USERS + " WHERE lower(email) = lower(?) ORDER BY id", (wanted,))
+        return [user_from_row(r) for r in rows]
+
+    async def list_users(self) -> list[User]:
+        """Every user, oldest first."""
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(_SELECT_USERS + " ORDER BY id")
+        return [user_from_row(r) for r in rows]
+
+    async def delete_user(self, user_id: int, *, actor: str) -> bool:
+        """Delete the user and (by cascade) their sessions, audit and broadcast it; False if unknown."""
+        now = time.time()
+        async with self._use(write=True) as conn:
+            found = list(await conn.execute_fetchall("SELECT upstream, subject FROM users WHERE id = ?",
+                                                     (user_id,)))
+            if not found:
+                return False
+            user_key = f"{found[0][0]}:{found[0][1]}"
+            active = _one(await conn.execute_fetchall(_COUNT_ACTIVE + " AND user_id = ?",
+                                                      (now, now, user_id)))[0]
+            if active:
+                await self._audit(conn, now, "revoke", user_id, user_key, actor,
+                                  {"reason": "user_delete", "sessions": str(active)})
+            await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
+            await self._audit(conn, now, "user_delete", user_id, user_key, actor, {"sessions": str(active)})
+            await self._broadcast(conn, now, Revocation(user_id=user_id))
+        return True
+
+    # -- sessions --------------------------------------------------------------------------------
+
+    async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
+                             expires_at: float, idle_timeout: float, client_addr: str = "",
+                             user_agent: str = "") -> SessionRecord:
+        """Insert a new session and return it.
+
+        Raises ValueError for a malformed hash, kind or idle timeout, or a hash already in use, and
+        NotFound when the user does not exist (e.g. deleted meanwhile).
+        """
+        check_new_session(token_hash, kind, expires_at, idle_timeout)
+        idle_expires_at = now + idle_timeout if idle_timeout > 0 else None
+        try:
+            async with self._use(write=True) as conn:
+                rows = await conn.execute_fetchall(
+                    _INSERT_SESSION,
+                    (token_hash, user_id, kind, now, expires_at, idle_timeout, now, idle_expires_at,
+                     client_addr, user_agent[:USER_AGENT_MAX]),
+                )
+        except sqlite3.IntegrityError as exc:
+            if "FOREIGN KEY" in str(exc):
+                raise NotFound(f"No user with id {user_id}.") from None
+            raise ValueError("a session with this token hash already exists") from None
+        return session_from_row(_one(rows))
+
+    async def lookup_session(self, token_hash: str) -> ActiveSession | None:
+        """The session and its user in one primary-key join, whatever its state; None when unknown."""
+        if not is_token_hash(token_hash):
+            return None
+        async with self._use() as conn:
+            rows = list(await conn.execute_fetchall(_LOOKUP_SESSION, (token_hash,)))
+        if not rows:
+            return None
+        row = tuple(rows[0])
+        return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
+                             user=user_from_row(row[len(SESSION_FIELDS):]))
+
+    async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
+        """Move ``last_seen_at`` (never backwards) and the idle deadline with it.
+
+        Revoked sessions, and sessions whose idle deadline has already passed, are left alone, so a
+        late touch never brings a dead session back.
+        """
+        async with self._use(write=True) as conn:
+            await conn.execute(
+                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?),"
+                " idle_expires_at = CASE WHEN idle_timeout > 0 THEN max(last_seen_at, ?) + idle_timeout END"
+                " WHERE token_hash = ? AND revoked_at IS NULL"
+                " AND (idle_expires_at IS NULL OR idle_expires_at > ?)",
+                (last_seen_at, last_seen_at, token_hash, last_seen_at),
+            )
+
+    async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
+        """Revoke one session, audit and broadcast it; True only if it was not revoked before."""
+        now = time.time()
+        async with self._use(write=True) as conn:
+            rows = list(await conn.execute_fetchall(
+                "UPDATE sessions SET revoked_at = ? WHERE token_hash = ? AND revoked_at IS NULL"
+                " RETURNING user_id", (now, token_hash)))
+            if not rows:
+                return False
+            user_id = int(rows[0][0])
+            await self._audit(conn, now, "revoke", user_id, await self._user_key(conn, user_id), actor,
+                              {"reason": reason, "session": token_hash[:12]})
+            await self._broadcast(conn, now, Revocation(token_hash=token_hash))
+        return True
+
+    async def revoke_user_sessions(self, user_id: int, *, actor: str, reason: str) -> int:
+        """Revoke every active session of the user, audit and broadcast it; return how many."""
+        now = time.time()
+        async with self._use(write=True) as conn:
+            rows = await conn.execute_fetchall(_REVOKE_USER_SESSIONS, (now, user_id, now, now))
+            count = len(list(rows))
+            await self._audit(conn, now, "revoke", user_id, await self._user_key(conn, user_id), actor,
+                              {"reason": reason, "sessions": str(count)})
+            await self._broadcast(conn, now, Revocation(user_id=user_id))
+        return count
+
+    async def list_sessions(self, user_id: int, *, include_inactive: bool = False,
+                            now: float | None = None) -> list[SessionRecord]:
+        """The user's sessions, newest first; only those active at ``now`` unless ``include_inactive``."""
+        at = time.time() if now is None else now
+        sql = _SELECT_SESSIONS + " WHERE user_id = ?"
+        params: tuple[Any, ...] = (user_id,)
+        if not include_inactive:
+            sql += " AND " + _ACTIVE
+            params += (at, at)
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(sql + " ORDER BY created_at DESC, token_hash", params)
+        return [session_from_row(r) for r in rows]
+
+    async def count_active_sessions(self, now: float) -> int:
+        """How many sessions are neither revoked, expired nor idle-expired at ``now``."""
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(_COUNT_ACTIVE, (now, now))
+        return int(_one(rows)[0])
+
+    # -- audit -----------------------------------------------------------------------------------
+
+    async def record_audit(self, event: str, *, user_id: int | None, user_key: str = "", actor: str,
+                           detail: Mapping[str, str] | None = None) -> None:
+        """Append one audit row stamped with the current time."""
+        async with self._use(write=True) as conn:
+            await self._audit(conn, time.time(), event, user_id, user_key, actor, detail)
+
+    async def list_audit(self, *, user_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+        """Newest audit rows first (by insertion order), optionally only those about ``user_id``."""
+        sql = _SELECT_AUDIT
+        params: tuple[Any, ...] = ()
+        if user_id is not None:
+            sql += " WHERE user_id = ?"
+            params = (user_id,)
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(sql + " ORDER BY id DESC LIMIT ?", (*params, max(0, limit)))
+        return [audit_from_row(r) for r in rows]
+
+    @staticmethod
+    async def _audit(conn: aiosqlite.Connection, at: float, event: str, user_id: int | None, user_key: str,
+                     actor: str, detail: Mapping[str, str] | None) -> None:
+        await conn.execute(
+            "INSERT INTO audit (at, event, user_id, user_key, actor, detail) VALUES (?, ?, ?, ?, ?, ?)",
+            (at, event, user_id, user_key, actor, encode_detail(detail)))
+
+    @staticmethod
+    async def _user_key(conn: aiosqlite.Connection, user_id: int) -> str:
+        rows = list(await conn.execute_fetchall("SELECT upstream, subject FROM users WHERE id = ?",
+                                                (user_id,)))
+        return f"{rows[0][0]}:{rows[0][1]}" if rows else ""
+
+    # -- revocation feed -------------------------------------------------------------------------
+
+    @staticmethod
+    async def _broadcast(conn: aiosqlite.Connection, at: float, revocation: Revocation) -> None:
+        await conn.execute("INSERT INTO revocations (token_hash, user_id, at) VALUES (?, ?, ?)",
+                           (revocation.token_hash, revocation.user_id, at))
+
+    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+        """Poll the ``revocations`` table every ``database.sqlite_poll_interval`` seconds until cancelled.
+
+        Starts after the newest row present when called; calls ``on_state(True)`` once the start point is
+        read, ``on_state(False)`` when the file cannot be read and True again when it can (rows written
+        meanwhile are still delivered: they stay in the table for 10 minutes). Returns when the store
+        is closed.
+        """
+        interval = max(0.01, float(self._settings.database.sqlite_poll_interval))
+        last_id: int | None = None
+        live: bool | None = None
+        next_prune = time.monotonic() + PRUNE_EVERY
+        while not self._closed:
+            try:
+                rows: list[Any] = []
+                async with self._use() as conn:
+                    if last_id is None:
+                        last_id = int(_one(await conn.execute_fetchall(
+                            "SELECT coalesce(max(id), 0) FROM revocations"))[0])
+                    else:
+                        rows = list(await conn.execute_fetchall(
+                            "SELECT id, token_hash, user_id FROM revocations WHERE id > ? ORDER BY id",
+                            (last_id,)))
+            except StoreUnavailable as exc:
+                if self._closed:
+                    return
+                if live is not False:
+                    log.warning("revocation feed lost: %s", exc.message)
+                    live = False
+                    on_state(False)
+            else:
+                if live is not True:
+                    live = True
+                    on_state(True)
+                for row in rows:
+                    last_id = int(row[0])
+                    _deliver(on_revoke, Revocation(token_hash=row[1], user_id=row[2]))
+                if time.monotonic() >= next_prune:
+                    next_prune = time.monotonic() + PRUNE_EVERY
+                    await self._prune_revocations()
+            await asyncio.sleep(interval)
+
+    async def _prune_revocations(self) -> None:
+        """Drop feed rows older than :data:`REVOCATION_RETENTION`; a busy file just means next time."""
+        try:
+            async with self._use(write=True) as conn:
+                await conn.execute("DELETE FROM revocations WHERE at < ?", (time.time() - REVOCATION_RETENTION,))
+        except StoreUnavailable as exc:
+            log.info("revocation feed not pruned: %s", exc.message)
+
+
+def _deliver(on_revoke: RevocationHandler, revocation: Revocation) -> None:
+    """Call the handler; its bugs are logged, never allowed to stop the feed."""
+    try:
+        on_revoke(revocation)
+    except Exception:
+        log.exception("revocation handler failed")
+
+
+def _one(rows: Iterable[Any]) -> Sequence[Any]:
+    for row in rows:
+        return tuple(row)
+    raise RuntimeError("query returned no row")
+
+
+def _describe(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__

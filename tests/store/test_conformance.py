@@ -1,0 +1,611 @@
+"""One conformance suite for the ``Store`` protocol, run against SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from gateway.errors import NotFound, StoreUnavailable
+from gateway.models import Revocation
+from gateway.settings import Settings
+from gateway.store import Store, make_store
+from gateway.store.postgres import PostgresStore
+from gateway.store.sqlite import SQLiteStore
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+StoreFactory = Callable[..., Awaitable[Store]]
+APPROX = 1e-3  # Postgres keeps microseconds; floats round-trip to well within a millisecond
+
+
+def token_hash(label: str) -> str:
+    """A distinct, well-formed session key per label."""
+    return hashlib.sha256(label.encode()).hexdigest()
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 1.0) -> bool:
+    """Let the event loop run until ``predicate()`` holds or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for the backend under test."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+@pytest.fixture
+async def store_factory(database_url: str, settings_factory: Callable[..., Settings]
+                        ) -> AsyncIterator[StoreFactory]:
+    """Open more stores (by default on the test's database); all are closed after the test."""
+    stores: list[Store] = []
+
+    async def factory(url: str | None = None, **overrides: Any) -> Store:
+        store = make_store(settings_factory(database_url=url or database_url, **overrides))
+        stores.append(store)
+        await store.open()
+        return store
+
+    yield factory
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> Store:
+    """An open store with the schema migrated."""
+    opened = await store_factory()
+    await opened.migrate()
+    return opened
+
+
+async def make_user(store: Store, subject: str = "alice", **fields: Any) -> int:
+    fields.setdefault("email", f"{subject}@example.com")
+    return (await store.upsert_user("oidc", subject, **fields)).id
+
+
+async def make_session(store: Store, user_id: int, label: str, *, now: float | None = None,
+                       lifetime: float = 3600, idle_timeout: float = 600, kind: Any = "browser") -> str:
+    start = time.time() if now is None else now
+    h = token_hash(label)
+    await store.create_session(token_hash=h, user_id=user_id, kind=kind, now=start,
+                               expires_at=start + lifetime, idle_timeout=idle_timeout)
+    return h
+
+
+# -- factory ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("url", "cls"), [
+    pytest.param("sqlite:///gw.db", SQLiteStore, id="sqlite"),
+    pytest.param("postgresql://u@127.0.0.1/db", PostgresStore, id="postgresql"),
+    pytest.param("postgres://u@127.0.0.1/db", PostgresStore, id="postgres"),
+])
+def test_make_store_picks_backend_by_scheme(settings_factory: Callable[..., Settings], url: str,
+                                            cls: type) -> None:
+    assert isinstance(make_store(settings_factory(database_url=url)), cls)
+
+
+@pytest.mark.parametrize("url", ["mysql://root:hunter2@db/gw", "hunter2", "redis:hunter2@x"],
+                         ids=["mysql", "no-scheme", "redis"])
+def test_make_store_rejects_other_schemes_without_echoing_the_url(
+        settings_factory: Callable[..., Settings], url: str) -> None:
+    settings = dataclasses.replace(settings_factory(), database_url=url)
+    with pytest.raises(ValueError, match="unsupported scheme") as caught:
+        make_store(settings)
+    assert "hunter2" not in str(caught.value)
+
+
+# -- migrations -------------------------------------------------------------------------------------
+
+
+async def test_migrate_is_idempotent(store_factory: StoreFactory) -> None:
+    store = await store_factory()
+    assert await store.pending_migrations() == ["0001_initial"]
+    assert await store.migrate() == ["0001_initial"]
+    assert await store.pending_migrations() == []
+    assert await store.migrate() == []
+    await store.ping()
+
+
+async def test_concurrent_migrations_apply_each_version_once(store_factory: StoreFactory) -> None:
+    stores = [await store_factory() for _ in range(4)]
+    results = await asyncio.gather(*(s.migrate() for s in stores))
+    assert sorted(v for applied in results for v in applied) == ["0001_initial"]
+    assert [await s.pending_migrations() for s in stores] == [[]] * len(stores)
+
+
+async def test_migrate_keeps_existing_rows(store: Store) -> None:
+    user_id = await make_user(store)
+    assert await store.migrate() == []
+    assert (await store.get_user(user_id)) is not None
+
+
+# -- users ------------------------------------------------------------------------------------------
+
+
+async def test_upsert_creates_then_refreshes_keeping_id_and_created_at(store: Store) -> None:
+    first = await store.upsert_user("oidc", "alice", email=" Alice@Example.com ", name="Alice",
+                                    username="alice", groups=["eng", "ops", "eng"], roles=["admin"],
+                                    login_at=1_700_000_000.25)
+    assert first.email == "Alice@Example.com"
+    assert first.groups == ("eng", "ops")
+    assert first.roles == ("admin",)
+    assert first.last_login_at == pytest.approx(1_700_000_000.25, abs=APPROX)
+    assert first.updated_at == pytest.approx(first.created_at, abs=APPROX)
+    assert await store.get_user(first.id) == first
+
+    again = await store.upsert_user("oidc", "alice", email="alice@new.example", name="Alice B",
+                                    groups=["ops"])
+    assert again.id == first.id
+    assert again.created_at == pytest.approx(first.created_at, abs=APPROX)
+    assert again.updated_at >= first.updated_at
+    assert (again.email, again.name, again.username) == ("alice@new.example", "Alice B", "")
+    assert (again.groups, again.roles) == (("ops",), ())
+    assert again.last_login_at == pytest.approx(1_700_000_000.25, abs=APPROX)  # no login_at: kept
+
+    other = await store.upsert_user("github", "alice", email="alice@example.com")
+    assert other.id != first.id
+    assert [u.id for u in await store.list_users()] == [first.id, other.id]
+    assert await store.get_user(other.id + 1000) is None
+
+
+async def test_concurrent_first_logins_give_one_row(store: Store, store_factory: StoreFactory) -> None:
+    # separate stores, so the upserts really race on separate connections
+    stores = [await store_factory(**{"database.pool_max": 2}) for _ in range(20)]
+    users = await asyncio.gather(*(s.upsert_user("oidc", "racer", email="racer@example.com",
+                                                 login_at=float(i)) for i, s in enumerate(stores)))
+    assert len({u.id for u in users}) == 1
+    assert len({u.created_at for u in users}) == 1
+    assert [u.subject for u in await store.list_users()] == ["racer"]
+
+
+async def test_find_users_by_email_ignores_case_and_space(store: Store) -> None:
+    a = await make_user(store, "a", email="Alice@Example.com")
+    b = await store.upsert_user("github", "a", email="alice@example.com")
+    await make_user(store, "c", email="attacker@evil.com@example.com")
+    await make_user(store, "d", email="")
+    found = await store.find_users_by_email("  ALICE@example.COM\t")
+    assert [u.id for u in found] == [a, b.id]
+    assert await store.find_users_by_email("example.com") == []
+    assert await store.find_users_by_email("") == []
+    assert await store.find_users_by_email("   ") == []
+
+
+async def test_upsert_rejects_a_bare_string_for_groups(store: Store) -> None:
+    with pytest.raises(TypeError):
+        await store.upsert_user("oidc", "x", email="x@example.com", groups="admins")
+
+
+# -- sessions ---------------------------------------------------------------------------------------
+
+
+async def test_create_and_lookup_round_trip(store: Store) -> None:
+    user = await store.upsert_user("oidc", "alice", email="alice@example.com", groups=["eng"])
+    now = 1_700_000_000.5
+    h = token_hash("browser")
+    created = await store.create_session(token_hash=h, user_id=user.id, kind="browser", now=now,
+                                         expires_at=now + 3600, idle_timeout=600,
+                                         client_addr="203.0.113.9", user_agent="x" * 600)
+    assert created.token_hash == h
+    assert created.user_id == user.id
+    assert created.kind == "browser"
+    assert created.created_at == pytest.approx(now, abs=APPROX)
+    assert created.last_seen_at == pytest.approx(now, abs=APPROX)
+    assert created.expires_at == pytest.approx(now + 3600, abs=APPROX)
+    assert created.idle_timeout == 600
+    assert created.idle_expires_at == pytest.approx(now + 600, abs=APPROX)
+    assert created.revoked_at is None
+    assert created.client_addr == "203.0.113.9"
+    assert created.user_agent == "x" * 512
+
+    found = await store.lookup_session(h)
+    assert found is not None
+    assert found.session == created
+    assert found.user == user
+    assert found.session.is_active(now + 1)
+
+    api = await store.create_session(token_hash=token_hash("api"), user_id=user.id, kind="api", now=now,
+                                     expires_at=now + 86400, idle_timeout=0)
+    assert (api.kind, api.idle_timeout, api.idle_expires_at) == ("api", 0, None)
+    assert api.is_active(now + 3600)
+
+
+async def test_lookup_unknown_or_malformed_hash_is_none(store: Store) -> None:
+    assert await store.lookup_session(token_hash("nobody")) is None
+    assert await store.lookup_session("not-a-hash") is None
+    assert await store.lookup_session(token_hash("x").upper()) is None
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"token_hash": "abc"}, id="short-hash"),
+    pytest.param({"token_hash": token_hash("x").upper()}, id="upper-case-hash"),
+    pytest.param({"kind": "robot"}, id="bad-kind"),
+    pytest.param({"idle_timeout": -1}, id="negative-idle"),
+])
+async def test_create_session_rejects_bad_values(store: Store, change: dict[str, Any]) -> None:
+    user_id = await make_user(store)
+    args: dict[str, Any] = {"token_hash": token_hash("s"), "user_id": user_id, "kind": "browser",
+                            "now": 1.0, "expires_at": 100.0, "idle_timeout": 10.0, **change}
+    with pytest.raises(ValueError):
+        await store.create_session(**args)
+
+
+async def test_create_session_for_unknown_user_or_duplicate_hash(store: Store) -> None:
+    with pytest.raises(NotFound):
+        await make_session(store, 424242, "orphan")
+    user_id = await make_user(store)
+    await make_session(store, user_id, "dup")
+    with pytest.raises(ValueError):
+        await make_session(store, user_id, "dup")
+
+
+async def test_touch_moves_last_seen_and_idle_deadline_forward_only(store: Store) -> None:
+    user_id = await make_user(store)
+    now = 1_700_000_000.0
+    h = await make_session(store, user_id, "s", now=now, lifetime=86400, idle_timeout=600)
+
+    await store.touch_session(h, last_seen_at=now + 100)
+    found = await store.lookup_session(h)
+    assert found is not None
+    assert found.session.last_seen_at == pytest.approx(now + 100, abs=APPROX)
+    assert found.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
+
+    await store.touch_session(h, last_seen_at=now + 50)  # late writer from another replica
+    found = await store.lookup_session(h)
+    assert found is not None
+    assert found.session.last_seen_at == pytest.approx(now + 100, abs=APPROX)
+    assert found.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
+
+    await store.touch_session(h, last_seen_at=now + 5000)  # idle deadline passed: stays dead
+    found = await store.lookup_session(h)
+    assert found is not None
+    assert found.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
+    assert not found.session.is_active(now + 5000)
+
+    api = await make_session(store, user_id, "api", now=now, idle_timeout=0, kind="api")
+    await store.touch_session(api, last_seen_at=now + 30)
+    found = await store.lookup_session(api)
+    assert found is not None
+    assert found.session.last_seen_at == pytest.approx(now + 30, abs=APPROX)
+    assert found.session.idle_expires_at is None
+
+    await store.touch_session(token_hash("unknown"), last_seen_at=now)  # no error
+
+
+async def test_touch_never_resurrects_a_revoked_session(store: Store) -> None:
+    user_id = await make_user(store)
+    now = time.time()
+    h = await make_session(store, user_id, "s", now=now)
+    assert await store.revoke_session(h, actor="test", reason="logout")
+    await store.touch_session(h, last_seen_at=now + 10)
+    found = await store.lookup_session(h)
+    assert found is not None
+    assert found.session.revoked_at is not None
+    assert found.session.last_seen_at == pytest.approx(now, abs=APPROX)
+    assert not found.session.is_active(now + 10)
+
+
+async def test_revoke_session_once(store: Store) -> None:
+    user_id = await make_user(store)
+    h = await make_session(store, user_id, "s")
+    assert await store.revoke_session(h, actor="alice", reason="logout") is True
+    found = await store.lookup_session(h)
+    assert found is not None and found.session.revoked_at is not None
+    first_revoked_at = found.session.revoked_at
+    assert await store.revoke_session(h, actor="alice", reason="logout") is False
+    found = await store.lookup_session(h)
+    assert found is not None and found.session.revoked_at == first_revoked_at
+    assert await store.revoke_session(token_hash("unknown"), actor="alice", reason="logout") is False
+
+    events = await store.list_audit(user_id=user_id)
+    assert [(e.event, e.actor, e.user_key, e.detail["reason"]) for e in events] == [
+        ("revoke", "alice", "oidc:alice", "logout")]
+
+
+async def test_revoke_user_sessions_counts_active_ones(store: Store) -> None:
+    user_id = await make_user(store)
+    bystander = await make_user(store, "bob")
+    now = time.time()
+    await make_session(store, user_id, "a1", now=now)
+    await make_session(store, user_id, "a2", now=now, kind="api", idle_timeout=0)
+    await make_session(store, user_id, "expired", now=now - 7200, lifetime=3600)
+    revoked = await make_session(store, user_id, "revoked", now=now)
+    await store.revoke_session(revoked, actor="t", reason="r")
+    bob = await make_session(store, bystander, "bob", now=now)
+
+    assert await store.revoke_user_sessions(user_id, actor="admin", reason="offboarded") == 2
+    assert await store.list_sessions(user_id) == []
+    assert await store.revoke_user_sessions(user_id, actor="admin", reason="again") == 0
+    found = await store.lookup_session(bob)
+    assert found is not None and found.session.revoked_at is None
+
+    latest = (await store.list_audit(user_id=user_id))[1]
+    assert (latest.event, latest.actor, latest.detail) == ("revoke", "admin",
+                                                           {"reason": "offboarded", "sessions": "2"})
+
+
+async def test_delete_user_removes_user_and_sessions_keeps_audit(store: Store) -> None:
+    user_id = await make_user(store)
+    other = await make_user(store, "bob")
+    h = await make_session(store, user_id, "s")
+    await store.record_audit("login", user_id=user_id, user_key="oidc:alice", actor="alice")
+
+    assert await store.delete_user(user_id, actor="admin") is True
+    assert await store.get_user(user_id) is None
+    assert await store.lookup_session(h) is None
+    assert await store.list_sessions(user_id, include_inactive=True) == []
+    assert [u.id for u in await store.list_users()] == [other]
+    assert await store.delete_user(user_id, actor="admin") is False
+
+    events = await store.list_audit(user_id=user_id)
+    assert [e.event for e in events] == ["user_delete", "revoke", "login"]
+    assert all(e.user_key == "oidc:alice" for e in events)
+    assert events[0].actor == "admin"
+
+    # a new user never inherits the deleted user's id (and so its audit trail)
+    assert await make_user(store, "carol") not in {user_id, other}
+
+
+async def test_list_sessions_filters_and_orders_newest_first(store: Store) -> None:
+    user_id = await make_user(store)
+    now = 1_700_000_000.0
+    old = await make_session(store, user_id, "old", now=now - 100)
+    new = await make_session(store, user_id, "new", now=now)
+    expired = await make_session(store, user_id, "expired", now=now - 5000, lifetime=1000, idle_timeout=0)
+    idle = await make_session(store, user_id, "idle", now=now - 700, lifetime=86400, idle_timeout=600)
+    revoked = await make_session(store, user_id, "revoked", now=now - 10)
+    await store.revoke_session(revoked, actor="t", reason="r")
+
+    active = await store.list_sessions(user_id, now=now + 1)
+    assert [s.token_hash for s in active] == [new, old]
+    everything = await store.list_sessions(user_id, include_inactive=True, now=now + 1)
+    assert [s.token_hash for s in everything] == [new, revoked, old, idle, expired]
+    assert [s.token_hash for s in await store.list_sessions(user_id, now=now - 150)] == [new, old, idle]
+    assert await store.list_sessions(user_id + 1000) == []
+
+
+async def test_count_active_sessions_ignores_expired_revoked_and_idle(store: Store) -> None:
+    user_id = await make_user(store)
+    now = 1_700_000_000.0
+    await make_session(store, user_id, "live", now=now)
+    await make_session(store, user_id, "api", now=now, lifetime=86400, idle_timeout=0, kind="api")
+    await make_session(store, user_id, "expired", now=now - 5000, lifetime=1000)
+    await make_session(store, user_id, "idle", now=now - 700, lifetime=86400, idle_timeout=600)
+    revoked = await make_session(store, user_id, "revoked", now=now)
+    await store.revoke_session(revoked, actor="t", reason="r")
+    assert await store.count_active_sessions(now + 1) == 2
+    assert await store.count_active_sessions(now + 4000) == 1  # only the api token outlives an hour
+    assert await store.count_active_sessions(now - 650) == 3   # "idle" had not gone idle yet
+
+
+# -- audit ------------------------------------------------------------------------------------------
+
+
+async def test_audit_is_newest_first_and_filters_by_user(store: Store) -> None:
+    alice = await make_user(store)
+    bob = await make_user(store, "bob")
+    before = time.time()
+    await store.record_audit("login", user_id=alice, user_key="oidc:alice", actor="alice",
+                             detail={"provider": "oidc", "ip": "203.0.113.9"})
+    await store.record_audit("login", user_id=bob, user_key="oidc:bob", actor="bob")
+    await store.record_audit("token_mint", user_id=alice, user_key="oidc:alice", actor="alice")
+    await store.record_audit("config_reload", user_id=None, actor="system")
+
+    events = await store.list_audit()
+    assert [(e.event, e.user_id) for e in events] == [("config_reload", None), ("token_mint", alice),
+                                                      ("login", bob), ("login", alice)]
+    assert [e.id for e in events] == sorted((e.id for e in events), reverse=True)
+    assert events[-1].detail == {"provider": "oidc", "ip": "203.0.113.9"}
+    assert events[0].detail == {}
+    assert all(before - 1 <= e.at <= time.time() + 1 for e in events)
+    assert [e.event for e in await store.list_audit(user_id=alice)] == ["token_mint", "login"]
+    assert [e.event for e in await store.list_audit(limit=2)] == ["config_reload", "token_mint"]
+    assert await store.list_audit(user_id=alice + bob + 1000) == []
+
+
+# -- revocation feed --------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def watching(store: Store) -> AsyncIterator[tuple[list[Revocation], list[bool]]]:
+    """Run ``store.watch_revocations`` in a task; yield what it reported; cancel it afterwards."""
+    revocations: list[Revocation] = []
+    states: list[bool] = []
+    task = asyncio.create_task(store.watch_revocations(revocations.append, states.append))
+    try:
+        assert await eventually(lambda: states == [True], timeout=5), states
+        yield revocations, states
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def test_watch_delivers_revocations_from_another_store(store: Store, store_factory: StoreFactory
+                                                             ) -> None:
+    other = await store_factory()
+    user_id = await make_user(other)
+    earlier = await make_session(other, user_id, "before-watch")
+    await other.revoke_session(earlier, actor="t", reason="r")  # made before watching: not replayed
+    h = await make_session(other, user_id, "s")
+    await make_session(other, user_id, "s2")
+    doomed = await make_user(other, "doomed")
+
+    async with watching(store) as (revocations, _):
+        assert await other.revoke_session(h, actor="alice", reason="logout")
+        assert await eventually(lambda: revocations == [Revocation(token_hash=h)]), revocations
+
+        assert await other.revoke_user_sessions(user_id, actor="admin", reason="offboarded") == 1
+        assert await eventually(lambda: revocations[1:] == [Revocation(user_id=user_id)]), revocations
+
+        assert await other.delete_user(doomed, actor="admin")
+        assert await eventually(lambda: revocations[2:] == [Revocation(user_id=doomed)]), revocations
+
+        assert not await other.revoke_session(h, actor="alice", reason="logout")  # already revoked
+        await asyncio.sleep(0.5)
+        assert len(revocations) == 3
+
+
+async def test_watch_ends_when_the_store_is_closed(store: Store) -> None:
+    states: list[bool] = []
+    task = asyncio.create_task(store.watch_revocations(lambda _r: None, states.append))
+    assert await eventually(lambda: states == [True], timeout=5)
+    await store.close()
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def test_open_succeeds_when_the_database_is_unreachable(database_url: str, tmp_path: Any,
+                                                              store_factory: StoreFactory) -> None:
+    if database_url.startswith("sqlite"):
+        unreachable = f"sqlite:///{tmp_path}/missing-directory/gateway.db"
+    else:
+        unreachable = database_url.replace(database_url.split("@")[1].split("/")[0], "127.0.0.1:1")
+    store = await store_factory(unreachable)
+    for call in (store.ping, store.migrate, store.pending_migrations, store.list_users):
+        with pytest.raises(StoreUnavailable):
+            await call()
+    with pytest.raises(StoreUnavailable):
+        await store.lookup_session(token_hash("x"))
+
+
+# -- PostgreSQL: outages and secrets ----------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_watcher_survives_a_database_restart(postgres_cluster: Any, postgres_url: str,
+                                                   settings_factory: Callable[..., Settings]) -> None:
+    watcher_store = make_store(settings_factory(database_url=postgres_url))
+    writer = make_store(settings_factory(database_url=postgres_url))
+    await watcher_store.open()
+    await writer.open()
+    try:
+        await writer.migrate()
+        user_id = await make_user(writer)
+        before = await make_session(writer, user_id, "before")
+        after = await make_session(writer, user_id, "after")
+        async with watching(watcher_store) as (revocations, states):
+            await writer.revoke_session(before, actor="t", reason="r")
+            hashes = [token_hash("before")]
+            assert await eventually(lambda: [r.token_hash for r in revocations] == hashes)
+
+            await asyncio.to_thread(postgres_cluster.stop)
+            assert await eventually(lambda: states == [True, False], timeout=3), states
+            await asyncio.to_thread(postgres_cluster.start)
+            assert await eventually(lambda: states == [True, False, True], timeout=5), states
+
+            await writer.revoke_session(after, actor="t", reason="r")
+            hashes.append(token_hash("after"))
+            assert await eventually(lambda: [r.token_hash for r in revocations] == hashes), revocations
+    finally:
+        await watcher_store.close()
+        await writer.close()
+
+
+@pytest.mark.postgres
+async def test_pool_recovers_after_a_database_restart(postgres_cluster: Any, postgres_url: str,
+                                                      settings_factory: Callable[..., Settings]) -> None:
+    store = make_store(settings_factory(database_url=postgres_url))
+    await store.open()
+    try:
+        await store.migrate()
+        user_id = await make_user(store)
+        await store.ping()
+
+        await asyncio.to_thread(postgres_cluster.stop)
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        with pytest.raises(StoreUnavailable):
+            await store.lookup_session(token_hash("x"))
+        with pytest.raises(StoreUnavailable):
+            await store.upsert_user("oidc", "bob", email="bob@example.com")
+
+        await asyncio.to_thread(postgres_cluster.start)
+        await store.ping()
+        assert (await store.get_user(user_id)) is not None
+        assert (await store.upsert_user("oidc", "bob", email="bob@example.com")).id != user_id
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_open_succeeds_while_the_database_is_down(postgres_cluster: Any, postgres_url: str,
+                                                        settings_factory: Callable[..., Settings]) -> None:
+    await asyncio.to_thread(postgres_cluster.stop)
+    store = make_store(settings_factory(database_url=postgres_url))
+    try:
+        await store.open()
+        with pytest.raises(StoreUnavailable):
+            await store.ping()
+        await asyncio.to_thread(postgres_cluster.start)
+        assert await store.migrate() == ["0001_initial"]
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("case", ["refused", "wrong-password", "malformed-password"])
+async def test_errors_never_reveal_the_password(postgres_cluster: Any, postgres_url: str,
+                                                settings_factory: Callable[..., Settings], case: str) -> None:
+    dbname = postgres_url.rsplit("/", 1)[1]
+    if case == "refused":
+        secret = "s3cret-refused-pw"
+        url = postgres_cluster.url(dbname, user=postgres_cluster.password_user, password=secret, port=1)
+    elif case == "wrong-password":
+        secret = "s3cret-wrong-pw"
+        url = postgres_cluster.url(dbname, user=postgres_cluster.password_user, password=secret)
+    else:
+        # libpq quotes a badly percent-encoded URL component verbatim in its error
+        secret = "s3cret%zz"
+        url = (f"postgresql://{postgres_cluster.password_user}:{secret}@127.0.0.1:"
+               f"{postgres_cluster.port}/{dbname}")
+    store = make_store(settings_factory(database_url=url, **{"database.connect_timeout": 2}))
+    await store.open()
+    try:
+        for call in (store.ping, store.migrate, store.list_users):
+            with pytest.raises(StoreUnavailable) as caught:
+                await call()
+            error = caught.value
+            assert secret not in str(error)
+            assert secret not in error.message
+            chained = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+            assert chained is None or secret not in str(chained)
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_password_authentication_works(postgres_cluster: Any, postgres_url: str,
+                                             settings_factory: Callable[..., Settings]) -> None:
+    """The password role really authenticates, so the wrong-password case above tests what it says."""
+    dbname = postgres_url.rsplit("/", 1)[1]
+    url = postgres_cluster.url(dbname, user=postgres_cluster.password_user,
+                               password=postgres_cluster.password)
+    store = make_store(settings_factory(database_url=url))
+    await store.open()
+    try:
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_calls_after_close_raise_store_unavailable(store: Store) -> None:
+    await store.close()
+    await store.close()  # twice is fine
+    with pytest.raises(StoreUnavailable):
+        await store.ping()

@@ -1,0 +1,341 @@
+"""The ``gateway`` command line, run for real in a subprocess (``python -m gateway``) against SQLite."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gateway import tokens
+from gateway.models import ActiveSession
+from gateway.store import make_store
+from tests.helpers import free_port, make_settings
+
+TOKEN_LINE = re.compile(r"gwt_[A-Za-z0-9_-]{43}\n")
+SHORT_HASH = re.compile(r"\b[0-9a-f]{8}\b")
+PASSWORD = "sekrit-pw-123"
+
+
+@dataclass
+class Cli:
+    """Runs ``python -m gateway`` with a clean GATEWAY_* environment pointing at one database."""
+
+    database_url: str
+    cwd: Path
+
+    def __call__(self, *args: str, stdin: str | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+        environ["GATEWAY_DATABASE_URL"] = self.database_url
+        environ.update(env or {})
+        result = subprocess.run([sys.executable, "-m", "gateway", *args], input=stdin, capture_output=True,
+                                text=True, env=environ, cwd=self.cwd, timeout=60, check=False)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result
+
+    def ok(self, *args: str, stdin: str | None = None) -> str:
+        """Run a command that must succeed; return its stdout."""
+        result = self(*args, stdin=stdin)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        return result.stdout
+
+    def mint(self, *args: str) -> str:
+        """Mint a token and return it (checking stdout holds exactly that token)."""
+        out = self.ok("tokens", "mint", *args)
+        assert TOKEN_LINE.fullmatch(out), out
+        return out.strip()
+
+
+@pytest.fixture
+def cli(sqlite_url: str, tmp_path: Path) -> Cli:
+    return Cli(sqlite_url, tmp_path)
+
+
+@pytest.fixture
+def migrated(cli: Cli) -> Cli:
+    cli.ok("migrate")
+    return cli
+
+
+async def lookup(database_url: str, token: str) -> ActiveSession | None:
+    """The session of ``token`` read straight from the store, by hash."""
+    store = make_store(make_settings(database_url=database_url))
+    await store.open()
+    try:
+        return await store.lookup_session(tokens.hash_token(token))
+    finally:
+        await store.close()
+
+
+# --- check-config ---------------------------------------------------------------------------------------
+
+
+def test_check_config_lists_every_problem_at_once(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('surprise = 1\n[cookie]\nname = "bad name"\n')
+    result = cli("check-config", "--config", str(config), env={
+        "GATEWAY_LISTEN": "no-port-here",
+        "GATEWAY_SESSION_LIFETIME": "forever",
+        "GATEWAY_DATABASE_URL": f"postgresql://gw:{PASSWORD}@db.internal:5432/gateway",
+    })
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = result.stderr.splitlines()
+    assert all(line.startswith("error: ") for line in errors)
+    for expected in ("surprise", "cookie.name", "GATEWAY_SESSION_LIFETIME", "listen"):
+        assert sum(expected in line for line in errors) == 1, (expected, errors)
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_check_config_ok_prints_settings_with_secrets_masked(cli: Cli) -> None:
+    result = cli("check-config", "--database-url", f"postgresql://gw:{PASSWORD}@db.internal:5432/gateway",
+                 env={"GATEWAY_COOKIE_NAME": "my_session"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "configuration OK"
+    assert 'cookie.name = "my_session"' in lines
+    assert 'database_url = "postgresql://gw:***@db.internal:5432/gateway"' in lines
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_check_config_connect_reports_an_unreachable_database(cli: Cli) -> None:
+    url = f"postgresql://gw:{PASSWORD}@127.0.0.1:{free_port()}/gateway"
+    result = cli("check-config", "--connect", env={"GATEWAY_DATABASE_URL": url,
+                                                  "GATEWAY_DATABASE_CONNECT_TIMEOUT": "2s"})
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: database: cannot connect")
+    assert PASSWORD not in result.stdout + result.stderr
+
+
+def test_check_config_connect_reports_the_schema(cli: Cli) -> None:
+    before = cli.ok("check-config", "--connect")
+    assert "database: reachable; migrations to apply at start" in before
+    cli.ok("migrate")
+    assert "database: reachable, schema current" in cli.ok("check-config", "--connect")
+    pending = cli("check-config", "--connect", "--database-url", cli.database_url.replace("gateway.db", "new.db"),
+                  env={"GATEWAY_MIGRATE_ON_START": "false"})
+    assert pending.returncode == 1
+    assert "gateway migrate" in pending.stderr
+
+
+# --- settings problems and an unreachable database ----------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["users", "list"], id="users-list"),
+    pytest.param(["migrate"], id="migrate"),
+    pytest.param(["serve"], id="serve"),
+])
+def test_commands_refuse_to_run_with_settings_problems(cli: Cli, args: list[str]) -> None:
+    result = cli(*args, env={"GATEWAY_LISTEN": "no-port-here", "GATEWAY_WORKERS": "many"})
+    assert result.returncode == 2
+    assert "listen" in result.stderr and "GATEWAY_WORKERS" in result.stderr
+
+
+def test_serve_flags_are_validated_like_settings(cli: Cli) -> None:
+    result = cli("serve", "--listen", "nowhere", "--public-url", "ftp://example.com")
+    assert result.returncode == 2
+    assert "listen" in result.stderr and "public_url" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["migrate"], id="migrate"),
+    pytest.param(["users", "list"], id="users-list"),
+    pytest.param(["sessions", "revoke", "--email", "ada@example.com"], id="sessions-revoke"),
+])
+def test_unreachable_database_is_one_line_and_exit_1(cli: Cli, tmp_path: Path, args: list[str]) -> None:
+    result = cli(*args, "--database-url", f"sqlite:///{tmp_path}/no/such/dir/gw.db")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and "unavailable" in line
+
+
+def test_global_options_work_before_and_after_the_command(cli: Cli, tmp_path: Path) -> None:
+    other = f"sqlite:///{tmp_path}/other.db"
+    assert cli.ok("--database-url", other, "migrate").startswith("applied ")
+    assert cli.ok("migrate", "--database-url", other) == "schema is current\n"
+
+
+# --- migrate --------------------------------------------------------------------------------------------
+
+
+def test_migrate_applies_once(cli: Cli) -> None:
+    first = cli.ok("migrate").splitlines()
+    assert first and all(re.fullmatch(r"applied \d{4}_\w+", line) for line in first)
+    assert cli.ok("migrate") == "schema is current\n"
+
+
+# --- users ----------------------------------------------------------------------------------------------
+
+
+def test_users_add_list_show_delete(migrated: Cli) -> None:
+    cli = migrated
+    added = cli.ok("users", "add", "--email", "Ada@Example.com", "--name", "Ada Lovelace",
+                   "--role", "admin", "--role", "dev")
+    assert added.startswith("added user 1: Ada@Example.com (local:ada@example.com)")
+    cli.ok("users", "add", "--email", "bob@example.com", "--upstream", "github", "--subject", "4242")
+
+    table = cli.ok("users", "list").splitlines()
+    assert table[0].split()[:3] == ["ID", "EMAIL", "NAME"]
+    assert "Ada Lovelace" in table[1] and "admin, dev" in table[1]
+    assert "github" in table[2] and "4242" in table[2]
+    listed = json.loads(cli.ok("users", "list", "--json"))
+    assert [(u["id"], u["email"], u["roles"]) for u in listed] == [
+        (1, "Ada@Example.com", ["admin", "dev"]), (2, "bob@example.com", [])]
+
+    token = cli.mint("--email", "ada@example.com")
+    shown = json.loads(cli.ok("users", "show", "--email", "ADA@example.com", "--json"))
+    assert shown["user"]["subject"] == "ada@example.com"
+    [session] = shown["sessions"]
+    assert session["kind"] == "api" and session["state"] == "active"
+    assert [a["event"] for a in shown["audit"]] == ["token_mint", "user_add"]
+    human = cli.ok("users", "show", "--id", "1")
+    assert "Ada Lovelace" in human and "active sessions: 1" in human and "token_mint" in human
+    assert token not in human and tokens.hash_token(token) not in human
+
+    assert cli.ok("users", "delete", "--email", "ada@example.com").startswith("deleted user 1")
+    assert [u["id"] for u in json.loads(cli.ok("users", "list", "--json"))] == [2]
+    assert cli("users", "show", "--id", "1").returncode == 1
+
+
+def test_users_add_twice_fails(migrated: Cli) -> None:
+    migrated.ok("users", "add", "--email", "ada@example.com")
+    result = migrated("users", "add", "--email", "ADA@example.com")
+    assert result.returncode == 1
+    assert "already exists (id 1)" in result.stderr
+
+
+@pytest.mark.parametrize("args", [
+    pytest.param(["users", "show", "--email", "nobody@example.com"], id="users-show"),
+    pytest.param(["users", "delete", "--email", "nobody@example.com"], id="users-delete"),
+    pytest.param(["sessions", "list", "--email", "nobody@example.com"], id="sessions-list"),
+    pytest.param(["sessions", "revoke", "--email", "nobody@example.com"], id="sessions-revoke"),
+])
+def test_unknown_email_is_a_clear_error(migrated: Cli, args: list[str]) -> None:
+    result = migrated(*args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert result.stderr == "error: no user with email 'nobody@example.com'\n"
+
+
+def test_unknown_id_is_a_clear_error(migrated: Cli) -> None:
+    result = migrated("tokens", "mint", "--id", "77")
+    assert (result.returncode, result.stdout, result.stderr) == (1, "", "error: no user with id 77\n")
+
+
+def test_shared_email_lists_the_user_ids(migrated: Cli) -> None:
+    migrated.ok("users", "add", "--email", "ada@example.com")
+    migrated.ok("users", "add", "--email", "ada@example.com", "--upstream", "github", "--subject", "7")
+    result = migrated("users", "delete", "--email", "ada@example.com")
+    assert result.returncode == 1
+    assert "ids 1, 2" in result.stderr and "--id" in result.stderr
+    assert len(json.loads(migrated.ok("users", "list", "--json"))) == 2
+
+
+# --- tokens ---------------------------------------------------------------------------------------------
+
+
+async def test_tokens_mint_prints_only_the_token_and_it_works(migrated: Cli) -> None:
+    before = time.time()
+    result = migrated("tokens", "mint", "--email", "Bot@Example.com", "--ttl", "2h", "--role", "deploy")
+    after = time.time()
+    assert result.returncode == 0, result.stderr
+    assert TOKEN_LINE.fullmatch(result.stdout), result.stdout
+    token = result.stdout.strip()
+    assert token not in result.stderr
+    assert "enrolled user 1" in result.stderr
+
+    found = await lookup(migrated.database_url, token)
+    assert found is not None
+    assert found.session.kind == "api" and found.session.is_active(time.time())
+    assert found.user.email == "Bot@Example.com" and found.user.roles == ("deploy",)
+    assert before + 7200 - 1 <= found.session.expires_at <= after + 7200 + 1
+
+
+def test_tokens_mint_checks_roles_of_an_existing_user(migrated: Cli) -> None:
+    migrated.ok("users", "add", "--email", "ada@example.com", "--role", "dev")
+    migrated.mint("--email", "ada@example.com", "--role", "dev")
+    result = migrated("tokens", "mint", "--email", "ada@example.com", "--role", "admin")
+    assert result.returncode == 1
+    assert result.stdout == ""
+    assert "admin" in result.stderr
+
+
+@pytest.mark.parametrize("ttl", ["forever", "0", "-5m"])
+def test_tokens_mint_rejects_a_bad_ttl(migrated: Cli, ttl: str) -> None:
+    result = migrated("tokens", "mint", "--email", "ada@example.com", f"--ttl={ttl}")
+    assert result.returncode == 2
+    assert result.stdout == ""
+
+
+async def test_tokens_revoke_reads_the_token_from_stdin(migrated: Cli) -> None:
+    token = migrated.mint("--email", "ada@example.com")
+    assert migrated.ok("tokens", "revoke", "-", stdin=token + "\n") == "revoked\n"
+    found = await lookup(migrated.database_url, token)
+    assert found is not None and found.session.revoked_at is not None
+
+    again = migrated("tokens", "revoke", "-", stdin=token + "\n")
+    assert (again.returncode, again.stdout) == (1, "not active\n")
+    unknown = migrated("tokens", "revoke", tokens.mint_token())
+    assert (unknown.returncode, unknown.stdout) == (1, "not active\n")
+
+
+def test_tokens_revoke_rejects_malformed_text_without_echoing_it(migrated: Cli) -> None:
+    almost = "gwt_" + "x" * 40
+    result = migrated("tokens", "revoke", "-", stdin=almost)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert "not a gateway token" in result.stderr and almost not in result.stderr
+
+
+# --- sessions -------------------------------------------------------------------------------------------
+
+
+def test_sessions_list_and_revoke(migrated: Cli) -> None:
+    cli = migrated
+    first = cli.mint("--email", "ada@example.com")
+    second = cli.mint("--email", "ada@example.com", "--ttl", "1d")
+    hashes = {tokens.hash_token(first), tokens.hash_token(second)}
+
+    table = cli.ok("sessions", "list", "--email", "ada@example.com")
+    rows = table.splitlines()[1:]
+    assert len(rows) == 2
+    assert {row.split()[0] for row in rows} == {h[:8] for h in hashes}
+    listed = json.loads(cli.ok("sessions", "list", "--email", "ada@example.com", "--json"))
+    assert {s["session"] for s in listed} == {h[:8] for h in hashes}
+    for output in (table, json.dumps(listed)):
+        assert not any(h in output for h in hashes)
+        assert first not in output and second not in output
+
+    assert cli.ok("sessions", "revoke", "--email", "ada@example.com") == "revoked 2 sessions\n"
+    assert cli.ok("sessions", "list", "--email", "ada@example.com") == "no active sessions\n"
+    everything = json.loads(cli.ok("sessions", "list", "--id", "1", "--all", "--json"))
+    assert [s["state"] for s in everything] == ["revoked", "revoked"]
+    assert cli.ok("sessions", "revoke", "--email", "ada@example.com") == "revoked 0 sessions\n"
+
+
+# --- PostgreSQL -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+async def test_tokens_mint_and_sessions_revoke_on_postgres(postgres_url: str, tmp_path: Path) -> None:
+    cli = Cli(postgres_url, tmp_path)
+    assert cli.ok("migrate").startswith("applied ")
+    token = cli.mint("--email", "ada@example.com", "--ttl", "30m")
+    found = await lookup(postgres_url, token)
+    assert found is not None and found.session.is_active(time.time())
+    assert found.session.expires_at - found.session.created_at == pytest.approx(1800)
+
+    assert cli.ok("sessions", "revoke", "--email", "ada@example.com") == "revoked 1 session\n"
+    found = await lookup(postgres_url, token)
+    assert found is not None and found.session.revoked_at is not None
+    assert SHORT_HASH.search(cli.ok("sessions", "list", "--email", "ada@example.com", "--all"))
