@@ -1,0 +1,133 @@
+"""`gateway serve` as a real process: workers sharing a port, revocation across them, SIGTERM, no secrets in logs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.helpers import free_port
+
+COOKIE = "gw_session"
+
+
+class Served:
+    """A `gateway serve` subprocess and its captured log."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], url: str, log: Path, env: dict[str, str]) -> None:
+        self.proc, self.url, self.log, self.env = proc, url, log, env
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "gateway", *args], env=self.env, input=stdin,
+                              capture_output=True, text=True, timeout=60, check=False)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _start(database_url: str, tmp_path: Path, workers: int) -> Iterator[Served]:
+    port = free_port()
+    env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LISTEN": f"127.0.0.1:{port}",
+           "GATEWAY_LOG_FORMAT": "json", "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_CACHE_TTL": "1h"}
+    env.pop("GATEWAY_CONFIG", None)
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", str(workers)],
+                                env=env, stdout=sink, stderr=subprocess.STDOUT)
+    served = Served(proc, f"http://127.0.0.1:{port}", log, env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(served.url + "/readyz", timeout=1) as resp:
+                    if resp.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None, served.log_text()
+            assert time.monotonic() < deadline, "gateway never became ready:\n" + served.log_text()
+            time.sleep(0.2)
+        yield served
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def two_workers(postgres_url: str, tmp_path: Path) -> Iterator[Served]:
+    yield from _start(postgres_url, tmp_path, workers=2)
+
+
+@pytest.fixture
+def one_sqlite(sqlite_url: str, tmp_path: Path) -> Iterator[Served]:
+    yield from _start(sqlite_url, tmp_path, workers=1)
+
+
+async def statuses(url: str, token: str, count: int) -> list[int]:
+    """``count`` checks, each on a new connection so SO_REUSEPORT spreads them over the workers."""
+    async def one() -> int:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
+            async with session.get(f"{url}/auth/check", headers={"Cookie": f"{COOKIE}={token}"}) as resp:
+                return resp.status
+    return list(await asyncio.gather(*(one() for _ in range(count))))
+
+
+@pytest.mark.postgres
+async def test_workers_share_the_port_and_revocation_reaches_all_of_them(two_workers: Served) -> None:
+    minted = two_workers.cli("tokens", "mint", "--email", "ops@example.com", "--role", "admin")
+    assert minted.returncode == 0, minted.stderr
+    token = minted.stdout.strip()
+    assert await statuses(two_workers.url, token, 40) == [200] * 40  # now cached in both workers
+
+    revoked = two_workers.cli("tokens", "revoke", "-", stdin=token + "\n")
+    assert revoked.returncode == 0, revoked.stderr
+    started = time.monotonic()
+    while set(await statuses(two_workers.url, token, 40)) != {401}:
+        assert time.monotonic() - started < 1.0, "a worker still admits a revoked token after 1 s"
+        await asyncio.sleep(0.05)
+
+    started_lines = [line for line in map(json.loads, filter(None, two_workers.log_text().splitlines()))
+                     if line.get("event") == "started workers"]
+    assert len(started_lines[0]["pids"]) == 2, two_workers.log_text()
+
+    two_workers.proc.send_signal(signal.SIGTERM)
+    assert two_workers.proc.wait(30) == 0
+
+
+async def test_sigterm_stops_cleanly_and_logs_never_hold_secrets(one_sqlite: Served) -> None:
+    minted = one_sqlite.cli("tokens", "mint", "--email", "dev@example.com")
+    token = minted.stdout.strip()
+    garbage = "gwt_" + "Z" * 43
+    async with aiohttp.ClientSession() as session:
+        for headers in ({"Cookie": f"{COOKIE}={token}"}, {"Authorization": f"Bearer {token}"},
+                        {"Cookie": f"{COOKIE}={garbage}"}, {"Cookie": f"{COOKIE}=notatoken-SECRETISH"},
+                        {"Authorization": "Bearer SECRETISH-bearer"}):
+            async with session.get(f"{one_sqlite.url}/auth/check", headers=headers):
+                pass
+            async with session.get(f"{one_sqlite.url}/auth/webhook", headers=headers):
+                pass
+    assert one_sqlite.cli("tokens", "revoke", "-", stdin=token).returncode == 0
+    one_sqlite.proc.send_signal(signal.SIGTERM)
+    assert one_sqlite.proc.wait(30) == 0
+    text = one_sqlite.log_text()
+    assert "check denied" in text and "webhook denied" in text
+    for secret in (token, token[4:20], garbage[4:20], "SECRETISH"):
+        assert secret not in text
+    lines = [json.loads(line) for line in text.splitlines() if line.strip()]
+    assert all("request_id" in line for line in lines if line.get("event") in {"check denied", "webhook denied"})
+    assert any(line.get("event") == "stopped" for line in lines)
