@@ -49,7 +49,7 @@ def _start(database_url: str, tmp_path: Path, workers: int) -> Iterator[Served]:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(served.url + "/readyz", timeout=1) as resp:
+                with urllib.request.urlopen(served.url + "/readyz", timeout=1) as resp:  # noqa: S310 - our http URL
                     if resp.status == 200:
                         break
             except OSError:
@@ -81,9 +81,9 @@ def one_sqlite(sqlite_url: str, tmp_path: Path) -> Iterator[Served]:
 async def statuses(url: str, token: str, count: int) -> list[int]:
     """``count`` checks, each on a new connection so SO_REUSEPORT spreads them over the workers."""
     async def one() -> int:
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session:
-            async with session.get(f"{url}/auth/check", headers={"Cookie": f"{COOKIE}={token}"}) as resp:
-                return resp.status
+        async with (aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as session,
+                    session.get(f"{url}/auth/check", headers={"Cookie": f"{COOKIE}={token}"}) as resp):
+            return resp.status
     return list(await asyncio.gather(*(one() for _ in range(count))))
 
 
