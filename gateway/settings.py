@@ -98,7 +98,8 @@ class HasuraSettings:
 
     default_role: str = "user"
     anonymous_role: str = ""
-    session_variables: Mapping[str, str] = field(default_factory=dict)
+    session_variables: Mapping[str, str] = field(
+        default_factory=lambda: types.MappingProxyType({"X-Hasura-Email": "email"}))
     max_body_bytes: int = 64 * 1024
 
 
