@@ -101,3 +101,29 @@ async def test_database_outage_while_serving(gateway_factory: GatewayFactory, po
     # and revocation works again across the recovered feed
     assert await gw.app[CHECKER].revoke_token(cached, actor="user", reason="logout")
     assert await status_of(gw, cached) == 401
+
+
+async def test_revocation_lands_within_a_second_even_while_the_listener_is_down(
+        gateway_factory: GatewayFactory, postgres_url: str) -> None:
+    """Kill only the gateway's LISTEN connection, revoke elsewhere at once: the notice is lost, the
+    revocation must still take effect within a second (the cache falls back to a short TTL)."""
+    import aiopg
+
+    from gateway.store import make_store
+    from gateway.tokens import hash_token
+
+    gw = await gateway_factory(database_url=postgres_url, **{"cache.ttl": "1h"})
+    await wait_for_feed(gw)
+    token = await gw.token("ada@example.com")
+    assert await status_of(gw, token) == 200
+    async with aiopg.connect(postgres_url) as conn, conn.cursor() as cur:
+        await cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND query ILIKE 'LISTEN%%'")
+        assert (await cur.fetchall()) == [(True,)]
+    other = make_store(gw.settings)
+    await other.open()
+    try:
+        assert await other.revoke_session(hash_token(token), actor="admin", reason="test")
+    finally:
+        await other.close()
+    await wait_for_status(gw, token, 401, within=1.0)
