@@ -71,7 +71,7 @@ def test_try_it_snippet(sandbox: Path) -> None:
         deadline = time.monotonic() + 20
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):  # noqa: S310
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
                     break
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline
