@@ -83,7 +83,7 @@ def test_try_it_snippet(sandbox: Path) -> None:
         server.wait(20)
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    first, _, rest = out.partition("HTTP/1.1 401")
+    first = out.partition("HTTP/1.1 401")[0]
     assert "HTTP/1.1 200" in first
     assert "X-Auth-Request-Email: ada@example.com" in first
     assert '"X-Hasura-Role": "editor"' in first
