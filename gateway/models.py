@@ -30,6 +30,7 @@ class SessionRecord:
     """One session row. ``token_hash`` is SHA-256 hex of the token; the token itself is never stored.
 
     ``idle_timeout`` is 0 for sessions without one (API tokens); then ``idle_expires_at`` is None.
+    ``mfa`` is True when the login that created the session used a second factor.
     """
 
     token_hash: str
@@ -43,6 +44,7 @@ class SessionRecord:
     revoked_at: float | None
     client_addr: str
     user_agent: str
+    mfa: bool = False
 
     def is_active(self, now: float) -> bool:
         """True when not revoked, not past its absolute expiry and not past its idle deadline."""
@@ -57,6 +59,26 @@ class ActiveSession:
 
     session: SessionRecord
     user: User
+
+
+@dataclass(frozen=True, slots=True)
+class LoginAttempt:
+    """A login in progress, kept server-side between the redirect to the upstream and its callback.
+
+    ``attempt_hash`` is SHA-256 hex of the browser-binding cookie value (the cookie itself is never
+    stored); ``state``, ``nonce`` and ``code_verifier`` are the OIDC/PKCE values sent with the redirect;
+    ``return_to`` is where the browser goes after the login. Single use: consuming it deletes it.
+    """
+
+    attempt_hash: str
+    upstream: str
+    state: str
+    nonce: str
+    code_verifier: str
+    return_to: str
+    client_addr: str
+    created_at: float
+    expires_at: float
 
 
 @dataclass(frozen=True, slots=True)

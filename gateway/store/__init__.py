@@ -10,7 +10,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, cast
 
-from gateway.models import AuditEvent, SessionKind, SessionRecord, User
+from gateway.models import AuditEvent, LoginAttempt, SessionKind, SessionRecord, User
 from gateway.settings import Settings
 from gateway.store.base import RevocationHandler, Store, WatchStateHandler
 
@@ -21,6 +21,19 @@ SESSION_KINDS = frozenset({"browser", "api"})
 
 USER_AGENT_MAX = 512
 """User-Agent strings are cut to this many characters before they are stored."""
+
+LOGIN_ATTEMPT_LIMITS: Mapping[str, int] = MappingProxyType({
+    "upstream": 128,
+    "state": 512,
+    "nonce": 512,
+    "code_verifier": 256,  # RFC 7636 allows 43 to 128 characters
+    "return_to": 2048,
+    "client_addr": 256,
+})
+"""Longest value, in characters, of each text field of a login attempt (mirrored by CHECKs in both schemas)."""
+
+CLIENT_ADDR_MAX = 256
+"""Longest client address a login-failure counter accepts (mirrored by a CHECK in both schemas)."""
 
 _TOKEN_HASH_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_RE = re.compile(r"\d{4}_[a-z0-9_]+")
@@ -86,6 +99,56 @@ def check_new_session(token_hash: str, kind: str, expires_at: float, idle_timeou
         raise ValueError("expires_at must be a number")
 
 
+def check_new_login_attempt(attempt_hash: str, fields: Mapping[str, str], now: float,
+                            expires_at: float) -> None:
+    """Reject a login attempt that no schema would accept, with a ValueError naming the field.
+
+    ``fields`` maps the text fields of :data:`LOGIN_ATTEMPT_LIMITS` to their values.
+    """
+    if not is_token_hash(attempt_hash):
+        raise ValueError("attempt_hash must be 64 lower-case hex characters (SHA-256 of the cookie value)")
+    for name, limit in LOGIN_ATTEMPT_LIMITS.items():
+        value = fields[name]
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string")
+        if len(value) > limit:
+            raise ValueError(f"{name} is longer than {limit} characters")
+        if "\x00" in value:
+            raise ValueError(f"{name} must not contain NUL characters")
+    if not (math.isfinite(now) and math.isfinite(expires_at)):
+        raise ValueError("now and expires_at must be finite numbers")
+
+
+def check_login_failure(client_addr: str, now: float, window: float, threshold: int, lock_for: float) -> None:
+    """Reject arguments of ``record_login_failure`` that make no sense, with a ValueError."""
+    check_client_addr(client_addr)
+    if not math.isfinite(now):
+        raise ValueError("now must be a finite number")
+    if not (math.isfinite(window) and window >= 0):
+        raise ValueError("window must be 0 or a positive number of seconds")
+    if not (math.isfinite(lock_for) and lock_for > 0):
+        raise ValueError("lock_for must be a positive number of seconds")
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ValueError("threshold must be a positive integer")
+
+
+def check_client_addr(client_addr: str) -> None:
+    """Reject a client address that cannot key a login-failure counter (empty, too long, NUL)."""
+    if not isinstance(client_addr, str):
+        raise TypeError("client_addr must be a string")
+    if not client_addr or len(client_addr) > CLIENT_ADDR_MAX or "\x00" in client_addr:
+        raise ValueError(f"client_addr must be 1 to {CLIENT_ADDR_MAX} characters without NUL")
+
+
+def is_client_addr(client_addr: str) -> bool:
+    """True when ``client_addr`` could key a login-failure counter (so lookups of others find nothing)."""
+    try:
+        check_client_addr(client_addr)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def encode_detail(detail: Mapping[str, str] | None) -> str:
     """Audit ``detail`` as compact JSON text with sorted keys."""
     return json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
@@ -141,8 +204,12 @@ USER_FIELDS = ("id", "upstream", "subject", "email", "name", "username", "groups
 """Column order of every user row the backends select (times as epoch seconds)."""
 
 SESSION_FIELDS = ("token_hash", "user_id", "kind", "created_at", "expires_at", "idle_timeout",
-                  "last_seen_at", "idle_expires_at", "revoked_at", "client_addr", "user_agent")
+                  "last_seen_at", "idle_expires_at", "revoked_at", "client_addr", "user_agent", "mfa")
 """Column order of every session row the backends select (times as epoch seconds)."""
+
+LOGIN_ATTEMPT_FIELDS = ("attempt_hash", "upstream", "state", "nonce", "code_verifier", "return_to",
+                        "client_addr", "created_at", "expires_at")
+"""Column order of every login-attempt row the backends select (times as epoch seconds)."""
 
 
 def _epoch(value: Any) -> float | None:
@@ -167,7 +234,16 @@ def session_from_row(row: Sequence[Any]) -> SessionRecord:
         token_hash=str(row[0]), user_id=int(row[1]), kind=cast(SessionKind, kind), created_at=float(row[3]),
         expires_at=float(row[4]), idle_timeout=float(row[5]), last_seen_at=float(row[6]),
         idle_expires_at=_epoch(row[7]), revoked_at=_epoch(row[8]), client_addr=str(row[9]),
-        user_agent=str(row[10]),
+        user_agent=str(row[10]), mfa=bool(row[11]),
+    )
+
+
+def login_attempt_from_row(row: Sequence[Any]) -> LoginAttempt:
+    """A :class:`LoginAttempt` from a row laid out as :data:`LOGIN_ATTEMPT_FIELDS`."""
+    return LoginAttempt(
+        attempt_hash=str(row[0]), upstream=str(row[1]), state=str(row[2]), nonce=str(row[3]),
+        code_verifier=str(row[4]), return_to=str(row[5]), client_addr=str(row[6]),
+        created_at=float(row[7]), expires_at=float(row[8]),
     )
 
 

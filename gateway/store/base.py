@@ -9,6 +9,8 @@ Implementations (``sqlite.SQLiteStore``, ``postgres.PostgresStore``) pass one co
   :class:`gateway.errors.StoreUnavailable`; nothing else leaks driver exceptions.
 - Revocations are broadcast to every process watching the same database (:meth:`Store.watch_revocations`).
 - The audit log is append-only; deleting a user keeps their audit rows.
+- Login attempts and login-failure counters live in the database, so every replica sees the same ones;
+  the operations that must not race (consuming an attempt, counting a failure) are single statements.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
-from gateway.models import ActiveSession, AuditEvent, Revocation, SessionKind, SessionRecord, User
+from gateway.models import (
+    ActiveSession,
+    AuditEvent,
+    LoginAttempt,
+    Revocation,
+    SessionKind,
+    SessionRecord,
+    User,
+)
 
 RevocationHandler = Callable[[Revocation], None]
 """Called for every revocation seen by the watcher, in any process (including this one)."""
@@ -26,7 +36,7 @@ WatchStateHandler = Callable[[bool], None]
 
 
 class Store(Protocol):
-    """Persistent users, sessions and audit log. Create with :func:`gateway.store.open_store`."""
+    """Persistent users, sessions, audit log and login state. Create with :func:`gateway.store.open_store`."""
 
     async def open(self) -> None:
         """Connect (pool or file). Must not fail if the database is down: later calls raise instead."""
@@ -72,8 +82,13 @@ class Store(Protocol):
 
     async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
                              expires_at: float, idle_timeout: float, client_addr: str = "",
-                             user_agent: str = "") -> SessionRecord:
-        """Insert a new session (``idle_timeout`` 0 means none) and return it."""
+                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
+        """Insert a new session (``idle_timeout`` 0 means none) and return it.
+
+        ``mfa`` records whether the login used a second factor; it is returned by :meth:`lookup_session`
+        and :meth:`list_sessions`. Raises ValueError for a malformed hash, kind or idle timeout, or a hash
+        already in use, and NotFound when the user does not exist.
+        """
 
     async def lookup_session(self, token_hash: str) -> ActiveSession | None:
         """The session with this hash joined with its user, whatever its state; None when unknown.
@@ -106,6 +121,46 @@ class Store(Protocol):
 
     async def list_audit(self, *, user_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
         """Newest audit rows first, optionally for one user id."""
+
+    async def create_login_attempt(self, *, attempt_hash: str, upstream: str, state: str, nonce: str,
+                                   code_verifier: str, return_to: str, client_addr: str, now: float,
+                                   expires_at: float) -> None:
+        """Store a login in progress under ``attempt_hash`` until :meth:`consume_login_attempt` or expiry.
+
+        ``attempt_hash`` is SHA-256 hex (64 lower-case characters) of the browser-binding cookie value.
+        Raises ValueError for a malformed hash, a hash already in use, a value containing NUL or longer
+        than its column (``return_to`` up to 2048 characters, ``upstream`` 128, ``state`` and ``nonce``
+        512, ``code_verifier`` 256, ``client_addr`` 256; see :data:`gateway.store.LOGIN_ATTEMPT_LIMITS`),
+        or a non-finite time. Also deletes (some of) the attempts that expired before ``now``, so
+        abandoned logins do not pile up.
+        """
+
+    async def consume_login_attempt(self, attempt_hash: str, *, now: float) -> LoginAttempt | None:
+        """Atomically delete the attempt and return it; None when unknown, already consumed or expired.
+
+        An attempt is expired when ``now >= expires_at``; an expired attempt is deleted as well. Of
+        several concurrent calls for one attempt (in any processes) at most one gets it. A malformed
+        hash is simply unknown.
+        """
+
+    async def record_login_failure(self, client_addr: str, *, now: float, window: float, threshold: int,
+                                   lock_for: float) -> float | None:
+        """Count one failed login callback from ``client_addr``; return the lock's end if now locked.
+
+        Failures are counted in a fixed window: when more than ``window`` seconds have passed since the
+        window started, it restarts at ``now`` with this failure as its first. When the count in the
+        window reaches ``threshold`` (and for every further failure in the window), the address is
+        locked until ``now + lock_for`` (a lock is never shortened) and that end is returned; otherwise
+        None. The count is one atomic statement: N concurrent failures (any processes) count N.
+        Raises ValueError for an empty or over-long (256) address, ``threshold < 1``, a negative
+        ``window``, a non-positive ``lock_for`` or a non-finite time.
+        """
+
+    async def locked_until(self, client_addr: str, *, now: float) -> float | None:
+        """When the lock on ``client_addr`` ends, if it is locked at ``now`` (``now < end``); else None."""
+
+    async def clear_login_failures(self, client_addr: str) -> None:
+        """Forget the address's failures and any lock (after a successful login). No error if none."""
 
     async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
         """Deliver every revocation made by any process on this database until cancelled.

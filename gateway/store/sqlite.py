@@ -14,17 +14,30 @@ from typing import Any
 import aiosqlite
 
 from gateway.errors import NotFound, StoreUnavailable
-from gateway.models import ActiveSession, AuditEvent, Revocation, SessionKind, SessionRecord, User
+from gateway.models import (
+    ActiveSession,
+    AuditEvent,
+    LoginAttempt,
+    Revocation,
+    SessionKind,
+    SessionRecord,
+    User,
+)
 from gateway.settings import Settings
 from gateway.store import (
+    LOGIN_ATTEMPT_FIELDS,
     SESSION_FIELDS,
     USER_AGENT_MAX,
     USER_FIELDS,
     audit_from_row,
+    check_login_failure,
+    check_new_login_attempt,
     check_new_session,
     encode_detail,
     encode_names,
+    is_client_addr,
     is_token_hash,
+    login_attempt_from_row,
     migration_scripts,
     session_from_row,
     user_from_row,
@@ -38,6 +51,9 @@ REVOCATION_RETENTION = 600.0
 
 PRUNE_EVERY = 60.0
 """Seconds between prunes of the revocation feed by one watcher."""
+
+PRUNE_BATCH = 100
+"""Most expired login attempts or stale failure counters one call deletes on the side."""
 
 _USER_COLUMNS = ", ".join(USER_FIELDS)
 _USER_COLUMNS_U = ", ".join("u." + c for c in USER_FIELDS)
@@ -62,9 +78,39 @@ _UPSERT_USER = (
     f" RETURNING {_USER_COLUMNS}"
 )
 _INSERT_SESSION = (f"INSERT INTO sessions ({_SESSION_COLUMNS})"  # noqa: S608
-                   f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?) RETURNING {_SESSION_COLUMNS}")
+                   f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?) RETURNING {_SESSION_COLUMNS}")
 _REVOKE_USER_SESSIONS = (f"UPDATE sessions SET revoked_at = ? WHERE user_id = ? AND {_ACTIVE}"  # noqa: S608
                          " RETURNING token_hash")
+_LOGIN_ATTEMPT_COLUMNS = ", ".join(LOGIN_ATTEMPT_FIELDS)
+_INSERT_LOGIN_ATTEMPT = (f"INSERT INTO login_attempts ({_LOGIN_ATTEMPT_COLUMNS})"  # noqa: S608
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
+_CONSUME_LOGIN_ATTEMPT = ("DELETE FROM login_attempts WHERE attempt_hash = ?"  # noqa: S608
+                          f" RETURNING {_LOGIN_ATTEMPT_COLUMNS}")
+_PRUNE_LOGIN_ATTEMPTS = (
+    "DELETE FROM login_attempts WHERE attempt_hash IN"
+    " (SELECT attempt_hash FROM login_attempts WHERE expires_at < :now ORDER BY expires_at LIMIT :batch)"
+)
+# One statement, so concurrent failures (other connections, other processes) are never lost. In DO
+# UPDATE, bare column names are the row as it was; a window older than :window restarts at :now.
+_RESTARTS = "login_failures.window_started_at < :now - :window"
+_COUNT_FAILURE = (
+    "INSERT INTO login_failures (client_addr, failures, window_started_at, locked_until)"  # noqa: S608
+    " VALUES (:addr, 1, :now, CASE WHEN 1 >= :threshold THEN :now + :lock_for END)"
+    " ON CONFLICT (client_addr) DO UPDATE SET"
+    f" failures = CASE WHEN {_RESTARTS} THEN 1 ELSE login_failures.failures + 1 END,"
+    f" window_started_at = CASE WHEN {_RESTARTS} THEN :now ELSE login_failures.window_started_at END,"
+    f" locked_until = CASE WHEN (CASE WHEN {_RESTARTS} THEN 1 ELSE login_failures.failures + 1 END)"
+    " >= :threshold THEN max(coalesce(login_failures.locked_until, :now + :lock_for), :now + :lock_for)"
+    " ELSE login_failures.locked_until END"
+    " RETURNING failures, locked_until"
+)
+# Counters whose window has passed and which hold no lock mean nothing any more: the next failure
+# would restart them anyway.
+_PRUNE_LOGIN_FAILURES = (
+    "DELETE FROM login_failures WHERE client_addr IN (SELECT client_addr FROM login_failures"
+    " WHERE window_started_at < :now - :window AND (locked_until IS NULL OR locked_until <= :now)"
+    " ORDER BY window_started_at LIMIT :batch)"
+)
 
 
 def sqlite_path(database_url: str) -> str:
@@ -288,7 +334,7 @@ class SQLiteStore:
 
     async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
                              expires_at: float, idle_timeout: float, client_addr: str = "",
-                             user_agent: str = "") -> SessionRecord:
+                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
         """Insert a new session and return it.
 
         Raises ValueError for a malformed hash, kind or idle timeout, or a hash already in use, and
@@ -301,7 +347,7 @@ class SQLiteStore:
                 rows = await conn.execute_fetchall(
                     _INSERT_SESSION,
                     (token_hash, user_id, kind, now, expires_at, idle_timeout, now, idle_expires_at,
-                     client_addr, user_agent[:USER_AGENT_MAX]),
+                     client_addr, user_agent[:USER_AGENT_MAX], bool(mfa)),
                 )
         except sqlite3.IntegrityError as exc:
             if "FOREIGN KEY" in str(exc):
@@ -380,6 +426,68 @@ class SQLiteStore:
         async with self._use() as conn:
             rows = await conn.execute_fetchall(_COUNT_ACTIVE, (now, now))
         return int(_one(rows)[0])
+
+    # -- login attempts and failures -------------------------------------------------------------
+
+    async def create_login_attempt(self, *, attempt_hash: str, upstream: str, state: str, nonce: str,
+                                   code_verifier: str, return_to: str, client_addr: str, now: float,
+                                   expires_at: float) -> None:
+        """Insert the attempt, first deleting up to :data:`PRUNE_BATCH` attempts expired before ``now``.
+
+        Raises ValueError for a malformed hash or value, or a hash already in use.
+        """
+        fields = {"upstream": upstream, "state": state, "nonce": nonce, "code_verifier": code_verifier,
+                  "return_to": return_to, "client_addr": client_addr}
+        check_new_login_attempt(attempt_hash, fields, now, expires_at)
+        try:
+            async with self._use(write=True) as conn:
+                await conn.execute(_PRUNE_LOGIN_ATTEMPTS, {"now": now, "batch": PRUNE_BATCH})
+                await conn.execute(_INSERT_LOGIN_ATTEMPT,
+                                   (attempt_hash, upstream, state, nonce, code_verifier, return_to,
+                                    client_addr, now, expires_at))
+        except sqlite3.IntegrityError:
+            raise ValueError("a login attempt with this hash already exists") from None
+
+    async def consume_login_attempt(self, attempt_hash: str, *, now: float) -> LoginAttempt | None:
+        """Delete the attempt and return it (one DELETE ... RETURNING); None if unknown or expired."""
+        if not is_token_hash(attempt_hash):
+            return None
+        async with self._use(write=True) as conn:
+            rows = list(await conn.execute_fetchall(_CONSUME_LOGIN_ATTEMPT, (attempt_hash,)))
+        if not rows:
+            return None
+        attempt = login_attempt_from_row(rows[0])
+        return attempt if now < attempt.expires_at else None
+
+    async def record_login_failure(self, client_addr: str, *, now: float, window: float, threshold: int,
+                                   lock_for: float) -> float | None:
+        """Count the failure in one upsert; return the lock's end when the window's count reaches
+        ``threshold``. Also deletes up to :data:`PRUNE_BATCH` counters that no longer mean anything.
+        """
+        check_login_failure(client_addr, now, window, threshold, lock_for)
+        params = {"addr": client_addr, "now": now, "window": window, "threshold": threshold,
+                  "lock_for": lock_for}
+        async with self._use(write=True) as conn:
+            failures, locked = _one(await conn.execute_fetchall(_COUNT_FAILURE, params))
+            await conn.execute(_PRUNE_LOGIN_FAILURES, {"now": now, "window": window, "batch": PRUNE_BATCH})
+        return float(locked) if int(failures) >= threshold and locked is not None else None
+
+    async def locked_until(self, client_addr: str, *, now: float) -> float | None:
+        """The end of the lock on ``client_addr`` if it is still locked at ``now``, else None."""
+        if not is_client_addr(client_addr):
+            return None
+        async with self._use() as conn:
+            rows = list(await conn.execute_fetchall(
+                "SELECT locked_until FROM login_failures WHERE client_addr = ? AND locked_until > ?",
+                (client_addr, now)))
+        return float(rows[0][0]) if rows else None
+
+    async def clear_login_failures(self, client_addr: str) -> None:
+        """Delete the address's failure counter and lock, if any."""
+        if not is_client_addr(client_addr):
+            return
+        async with self._use(write=True) as conn:
+            await conn.execute("DELETE FROM login_failures WHERE client_addr = ?", (client_addr,))
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -6,16 +6,21 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import math
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import psycopg2
 import pytest
 
 from gateway.errors import NotFound, StoreUnavailable
-from gateway.models import Revocation
+from gateway.models import LoginAttempt, Revocation
 from gateway.settings import Settings
-from gateway.store import Store, make_store
+from gateway.store import LOGIN_ATTEMPT_LIMITS, Store, make_store, migration_scripts
+from gateway.store import postgres as postgres_module
+from gateway.store import sqlite as sqlite_module
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 
@@ -26,6 +31,8 @@ BACKENDS = [
 
 StoreFactory = Callable[..., Awaitable[Store]]
 APPROX = 1e-3  # Postgres keeps microseconds; floats round-trip to well within a millisecond
+VERSIONS = ["0001_initial", "0002_login"]
+"""Every migration, in order (the same names for both dialects)."""
 
 
 def token_hash(label: str) -> str:
@@ -116,8 +123,8 @@ def test_make_store_rejects_other_schemes_without_echoing_the_url(
 
 async def test_migrate_is_idempotent(store_factory: StoreFactory) -> None:
     store = await store_factory()
-    assert await store.pending_migrations() == ["0001_initial"]
-    assert await store.migrate() == ["0001_initial"]
+    assert await store.pending_migrations() == VERSIONS
+    assert await store.migrate() == VERSIONS
     assert await store.pending_migrations() == []
     assert await store.migrate() == []
     await store.ping()
@@ -126,7 +133,7 @@ async def test_migrate_is_idempotent(store_factory: StoreFactory) -> None:
 async def test_concurrent_migrations_apply_each_version_once(store_factory: StoreFactory) -> None:
     stores = [await store_factory() for _ in range(4)]
     results = await asyncio.gather(*(s.migrate() for s in stores))
-    assert sorted(v for applied in results for v in applied) == ["0001_initial"]
+    assert sorted(v for applied in results for v in applied) == VERSIONS
     assert [await s.pending_migrations() for s in stores] == [[]] * len(stores)
 
 
@@ -134,6 +141,79 @@ async def test_migrate_keeps_existing_rows(store: Store) -> None:
     user_id = await make_user(store)
     assert await store.migrate() == []
     assert (await store.get_user(user_id)) is not None
+
+
+def _write_0001_sessions(database_url: str, rows: list[tuple[Any, ...]]) -> None:
+    """Insert sessions the way code from before 0002 did: every 0001 column, no ``mfa``.
+
+    Each row is ``(token_hash, user_id, kind, created_at, expires_at, idle_timeout, idle_expires_at,
+    client_addr, user_agent)``; ``last_seen_at`` is ``created_at``.
+    """
+    values = [(h, u, k, c, e, i, c, ie, a, ua) for h, u, k, c, e, i, ie, a, ua in rows]
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(sqlite_module.sqlite_path(database_url))) as conn, conn:
+            conn.executemany("INSERT INTO sessions (token_hash, user_id, kind, created_at, expires_at,"
+                             " idle_timeout, last_seen_at, idle_expires_at, client_addr, user_agent)"
+                             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
+        return
+    with contextlib.closing(psycopg2.connect(database_url)) as conn, conn, conn.cursor() as cur:
+        cur.executemany("INSERT INTO sessions (token_hash, user_id, kind, created_at, expires_at,"
+                        " idle_timeout, last_seen_at, idle_expires_at, client_addr, user_agent)"
+                        " VALUES (%s, %s, %s, to_timestamp(%s), to_timestamp(%s), %s, to_timestamp(%s),"
+                        " to_timestamp(%s), %s, %s)", values)
+
+
+async def test_migrating_a_0001_database_with_rows_to_0002_keeps_them(
+        store_factory: StoreFactory, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a gateway from before 0002: it only knows the first migration
+    for module in (sqlite_module, postgres_module):
+        monkeypatch.setattr(module, "migration_scripts", lambda dialect: migration_scripts(dialect)[:1])
+    old = await store_factory()
+    assert await old.migrate() == ["0001_initial"]
+    alice = await old.upsert_user("oidc", "alice", email="alice@example.com", groups=["eng"],
+                                  login_at=1_700_000_000.0)
+    bob = await old.upsert_user("oidc", "bob", email="bob@example.com")
+    now = 1_700_000_000.5
+    live, api, doomed = token_hash("live"), token_hash("api"), token_hash("doomed")
+    await asyncio.to_thread(_write_0001_sessions, database_url, [
+        (live, alice.id, "browser", now, now + 3600, 600.0, now + 600, "203.0.113.9", "old-agent"),
+        (api, alice.id, "api", now, now + 86400, 0.0, None, "", ""),
+        (doomed, bob.id, "browser", now, now + 3600, 600.0, now + 600, "", ""),
+    ])
+    assert await old.revoke_session(doomed, actor="admin", reason="test")
+    await old.record_audit("login", user_id=alice.id, user_key="oidc:alice", actor="alice",
+                           detail={"ip": "203.0.113.9"})
+    audit_before = await old.list_audit()
+    await old.close()
+
+    monkeypatch.undo()  # the new gateway knows every migration
+    new = await store_factory()
+    assert await new.pending_migrations() == ["0002_login"]
+    assert await new.migrate() == ["0002_login"]
+    assert await new.pending_migrations() == []
+
+    assert await new.list_users() == [alice, bob]
+    assert await new.list_audit() == audit_before
+    found = await new.lookup_session(live)
+    assert found is not None and found.user == alice
+    session = found.session
+    assert (session.kind, session.user_id, session.client_addr, session.user_agent, session.mfa) == (
+        "browser", alice.id, "203.0.113.9", "old-agent", False)
+    assert session.created_at == pytest.approx(now, abs=APPROX)
+    assert session.expires_at == pytest.approx(now + 3600, abs=APPROX)
+    assert session.idle_expires_at == pytest.approx(now + 600, abs=APPROX)
+    assert session.is_active(now + 1)
+    everything = await new.list_sessions(alice.id, include_inactive=True, now=now + 1)
+    assert sorted(s.token_hash for s in everything) == sorted([live, api])
+    assert not any(s.mfa for s in everything)
+    revoked = await new.lookup_session(doomed)
+    assert revoked is not None and revoked.session.revoked_at is not None and not revoked.session.mfa
+
+    # and the new tables work on the upgraded database
+    await new.create_login_attempt(**attempt_args("upgraded", now=now))
+    assert await new.consume_login_attempt(token_hash("attempt:upgraded"), now=now + 1) is not None
+    assert await new.record_login_failure("198.51.100.7", now=now, window=60, threshold=1,
+                                          lock_for=30) == pytest.approx(now + 30, abs=APPROX)
 
 
 # -- users ------------------------------------------------------------------------------------------
@@ -394,6 +474,253 @@ async def test_count_active_sessions_ignores_expired_revoked_and_idle(store: Sto
     assert await store.count_active_sessions(now - 650) == 3   # "idle" had not gone idle yet
 
 
+async def test_sessions_remember_whether_the_login_used_a_second_factor(store: Store) -> None:
+    user_id = await make_user(store)
+    now = 1_700_000_000.0
+    strong = await store.create_session(token_hash=token_hash("mfa"), user_id=user_id, kind="browser",
+                                        now=now, expires_at=now + 3600, idle_timeout=600, mfa=True)
+    weak = await make_session(store, user_id, "plain", now=now - 1)  # mfa not given: False
+    assert strong.mfa is True
+
+    found = await store.lookup_session(strong.token_hash)
+    assert found is not None and found.session == strong and found.session.mfa is True
+    found = await store.lookup_session(weak)
+    assert found is not None and found.session.mfa is False
+    listed = await store.list_sessions(user_id, now=now + 1)
+    assert [(s.token_hash, s.mfa) for s in listed] == [(strong.token_hash, True), (weak, False)]
+
+    # revoking and touching keep the flag
+    await store.touch_session(strong.token_hash, last_seen_at=now + 10)
+    await store.revoke_session(strong.token_hash, actor="t", reason="r")
+    found = await store.lookup_session(strong.token_hash)
+    assert found is not None and found.session.mfa is True
+
+
+# -- login attempts ---------------------------------------------------------------------------------
+
+
+def attempt_args(label: str, *, now: float = 1_700_000_000.0, ttl: float = 600, **change: Any
+                 ) -> dict[str, Any]:
+    """Keyword arguments of ``create_login_attempt`` for a distinct attempt per label."""
+    args: dict[str, Any] = {
+        "attempt_hash": token_hash("attempt:" + label), "upstream": "oidc", "state": "state-" + label,
+        "nonce": "nonce-" + label, "code_verifier": "v" * 64, "return_to": "https://app.example.com/x?y=1",
+        "client_addr": "203.0.113.9", "now": now, "expires_at": now + ttl,
+    }
+    args.update(change)
+    return args
+
+
+async def test_login_attempt_round_trip_is_single_use(store: Store) -> None:
+    now = 1_700_000_000.25
+    args = attempt_args("a", now=now, return_to="https://app.example.com/" + "é" * 2000,
+                        upstream="github", code_verifier="x" * 128, client_addr="2001:db8::1")
+    await store.create_login_attempt(**args)
+    await store.create_login_attempt(**attempt_args("b", now=now))
+
+    got = await store.consume_login_attempt(args["attempt_hash"], now=now + 599)
+    assert isinstance(got, LoginAttempt)
+    assert dataclasses.replace(got, created_at=now, expires_at=now + 600) == LoginAttempt(
+        attempt_hash=args["attempt_hash"], upstream="github", state="state-a", nonce="nonce-a",
+        code_verifier="x" * 128, return_to=args["return_to"], client_addr="2001:db8::1",
+        created_at=now, expires_at=now + 600)
+    assert got.created_at == pytest.approx(now, abs=APPROX)
+    assert got.expires_at == pytest.approx(now + 600, abs=APPROX)
+
+    assert await store.consume_login_attempt(args["attempt_hash"], now=now + 1) is None  # used up
+    other = await store.consume_login_attempt(token_hash("attempt:b"), now=now + 1)  # untouched
+    assert other is not None and other.state == "state-b"
+
+
+async def test_consume_unknown_malformed_or_expired_attempt_is_none(store: Store) -> None:
+    now = 1_700_000_000.0
+    assert await store.consume_login_attempt(token_hash("attempt:nobody"), now=now) is None
+    assert await store.consume_login_attempt("not-a-hash", now=now) is None
+    assert await store.consume_login_attempt(token_hash("attempt:nobody").upper(), now=now) is None
+
+    await store.create_login_attempt(**attempt_args("late", now=now, ttl=300))
+    assert await store.consume_login_attempt(token_hash("attempt:late"), now=now + 300) is None  # at expiry
+    # the expired attempt was deleted, not just refused: it is gone even for an earlier clock
+    assert await store.consume_login_attempt(token_hash("attempt:late"), now=now + 1) is None
+
+
+async def test_creating_an_attempt_prunes_expired_ones(store: Store) -> None:
+    now = 1_700_000_000.0
+    await store.create_login_attempt(**attempt_args("old1", now=now - 1000, ttl=300))
+    await store.create_login_attempt(**attempt_args("old2", now=now - 400, ttl=300))
+    await store.create_login_attempt(**attempt_args("fresh", now=now - 100, ttl=300))
+    await store.create_login_attempt(**attempt_args("new", now=now))
+    # consumed with an old clock, at which they would still be valid: gone only if pruned
+    assert await store.consume_login_attempt(token_hash("attempt:old1"), now=now - 999) is None
+    assert await store.consume_login_attempt(token_hash("attempt:old2"), now=now - 399) is None
+    assert await store.consume_login_attempt(token_hash("attempt:fresh"), now=now) is not None
+    assert await store.consume_login_attempt(token_hash("attempt:new"), now=now) is not None
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"attempt_hash": "abc"}, id="short-hash"),
+    pytest.param({"attempt_hash": token_hash("x").upper()}, id="upper-case-hash"),
+    pytest.param({"attempt_hash": "g" * 64}, id="non-hex-hash"),
+    pytest.param({"return_to": "https://a.example/" + "x" * 2031}, id="return-to-2049"),
+    pytest.param({"upstream": "u" * (LOGIN_ATTEMPT_LIMITS["upstream"] + 1)}, id="long-upstream"),
+    pytest.param({"state": "s" * (LOGIN_ATTEMPT_LIMITS["state"] + 1)}, id="long-state"),
+    pytest.param({"nonce": "n" * (LOGIN_ATTEMPT_LIMITS["nonce"] + 1)}, id="long-nonce"),
+    pytest.param({"code_verifier": "v" * (LOGIN_ATTEMPT_LIMITS["code_verifier"] + 1)}, id="long-verifier"),
+    pytest.param({"client_addr": "a" * (LOGIN_ATTEMPT_LIMITS["client_addr"] + 1)}, id="long-addr"),
+    pytest.param({"state": "a\x00b"}, id="nul"),
+    pytest.param({"expires_at": math.nan}, id="nan-expiry"),
+    pytest.param({"now": math.inf}, id="infinite-now"),
+])
+async def test_create_login_attempt_rejects_bad_values(store: Store, change: dict[str, Any]) -> None:
+    args = attempt_args("bad", **change)
+    with pytest.raises(ValueError):
+        await store.create_login_attempt(**args)
+    if args["attempt_hash"] == token_hash("attempt:bad"):  # nothing half-stored
+        assert await store.consume_login_attempt(args["attempt_hash"], now=args["now"]) is None
+
+
+async def test_create_login_attempt_accepts_values_at_their_limits(store: Store) -> None:
+    limits = {name: "x" * size for name, size in LOGIN_ATTEMPT_LIMITS.items()}
+    await store.create_login_attempt(**attempt_args("max", **limits))
+    got = await store.consume_login_attempt(token_hash("attempt:max"), now=1_700_000_000.0)
+    assert got is not None
+    assert {name: getattr(got, name) for name in LOGIN_ATTEMPT_LIMITS} == limits
+
+
+async def test_create_login_attempt_rejects_a_hash_in_use(store: Store) -> None:
+    await store.create_login_attempt(**attempt_args("dup"))
+    with pytest.raises(ValueError):
+        await store.create_login_attempt(**attempt_args("dup", state="other"))
+    got = await store.consume_login_attempt(token_hash("attempt:dup"), now=1_700_000_000.0)
+    assert got is not None and got.state == "state-dup"
+
+
+async def test_concurrent_consumes_of_one_attempt_give_it_once(store: Store, store_factory: StoreFactory
+                                                               ) -> None:
+    # two stores, so on PostgreSQL the DELETEs really race on separate connections
+    first, second = await store_factory(), await store_factory()
+    now = time.time()
+    labels = [f"race{i}" for i in range(20)]
+    for label in labels:
+        await store.create_login_attempt(**attempt_args(label, now=now))
+    for label in labels:
+        h = token_hash("attempt:" + label)
+        results = await asyncio.gather(first.consume_login_attempt(h, now=now + 1),
+                                       second.consume_login_attempt(h, now=now + 1))
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1, (label, results)
+        assert winners[0].state == "state-" + label
+
+
+# -- login failures ---------------------------------------------------------------------------------
+
+
+async def test_failures_lock_an_address_at_the_threshold(store: Store) -> None:
+    now = 1_700_000_000.0
+    addr = "203.0.113.9"
+
+    async def fail(at: float, threshold: int = 3) -> float | None:
+        return await store.record_login_failure(addr, now=at, window=60, threshold=threshold, lock_for=300)
+
+    assert await store.locked_until(addr, now=now) is None
+    assert await fail(now) is None
+    assert await fail(now + 10) is None
+    assert await store.locked_until(addr, now=now + 10) is None
+    assert await fail(now + 20) == pytest.approx(now + 320, abs=APPROX)
+    assert await store.locked_until(addr, now=now + 21) == pytest.approx(now + 320, abs=APPROX)
+    assert await store.locked_until(addr, now=now + 319) == pytest.approx(now + 320, abs=APPROX)
+    assert await store.locked_until(addr, now=now + 320) is None  # the lock has ended
+    assert await store.locked_until("203.0.113.10", now=now + 21) is None  # per address
+
+    # a further failure in the same window keeps the address locked, and never shortens the lock
+    assert await fail(now + 30) == pytest.approx(now + 330, abs=APPROX)
+    assert await store.record_login_failure(addr, now=now + 40, window=60, threshold=3,
+                                            lock_for=1) == pytest.approx(now + 330, abs=APPROX)
+
+    await store.clear_login_failures(addr)
+    assert await store.locked_until(addr, now=now + 41) is None
+    assert await fail(now + 41) is None  # counting starts again
+    await store.clear_login_failures(addr)
+    await store.clear_login_failures("198.51.100.1")  # nothing to clear: no error
+
+
+async def test_failures_outside_the_window_restart_the_count(store: Store) -> None:
+    now = 1_700_000_000.0
+    addr = "2001:db8::7"
+
+    async def fail(at: float) -> float | None:
+        return await store.record_login_failure(addr, now=at, window=60, threshold=3, lock_for=300)
+
+    assert await fail(now) is None
+    assert await fail(now + 50) is None
+    assert await fail(now + 60) == pytest.approx(now + 360, abs=APPROX)  # 60 s after: same window
+    await store.clear_login_failures(addr)
+
+    assert await fail(now + 100) is None
+    assert await fail(now + 150) is None
+    assert await fail(now + 161) is None  # more than 60 s after the window began: a new one, count 1
+    assert await fail(now + 170) is None
+    assert await fail(now + 180) == pytest.approx(now + 480, abs=APPROX)
+    assert await store.locked_until(addr, now=now + 181) == pytest.approx(now + 480, abs=APPROX)
+
+
+async def test_stale_failure_counters_are_pruned_without_changing_anything(store: Store) -> None:
+    now = 1_700_000_000.0
+    for i in range(5):
+        await store.record_login_failure(f"192.0.2.{i}", now=now - 1000, window=60, threshold=1,
+                                         lock_for=10)
+    await store.record_login_failure("192.0.2.99", now=now - 1000, window=60, threshold=1, lock_for=5000)
+    await store.record_login_failure("192.0.2.50", now=now, window=60, threshold=2, lock_for=300)
+    # pruned or not, what the counters say is the same
+    assert await store.locked_until("192.0.2.0", now=now) is None
+    assert await store.locked_until("192.0.2.99", now=now) == pytest.approx(now + 4000, abs=APPROX)
+    assert await store.record_login_failure("192.0.2.0", now=now, window=60, threshold=2,
+                                            lock_for=300) is None
+    assert await store.record_login_failure("192.0.2.50", now=now + 1, window=60, threshold=2,
+                                            lock_for=300) == pytest.approx(now + 301, abs=APPROX)
+
+
+async def test_concurrent_failures_count_exactly(store: Store, store_factory: StoreFactory) -> None:
+    # separate stores, so the upserts really race on separate connections (or processes' worth of them)
+    stores = [await store_factory(**{"database.pool_max": 2}) for _ in range(10)]
+    now = time.time()
+    addr = "203.0.113.66"
+    results = await asyncio.gather(*(s.record_login_failure(addr, now=now, window=60, threshold=5,
+                                                            lock_for=300) for s in stores))
+    # failures 1-4 lock nothing; the 5th locks the address and 6-10 find it locked: no update is lost
+    assert sum(r is None for r in results) == 4, results
+    assert all(r == pytest.approx(now + 300, abs=APPROX) for r in results if r is not None)
+    assert await store.locked_until(addr, now=now + 1) == pytest.approx(now + 300, abs=APPROX)
+
+    # and with the threshold above what was counted, nothing locks until the count really reaches it
+    other = "203.0.113.67"
+    results = await asyncio.gather(*(s.record_login_failure(other, now=now, window=60, threshold=11,
+                                                            lock_for=300) for s in stores))
+    assert results == [None] * 10
+    assert await store.locked_until(other, now=now + 1) is None
+    assert await store.record_login_failure(other, now=now, window=60, threshold=11,
+                                            lock_for=300) == pytest.approx(now + 300, abs=APPROX)
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"client_addr": ""}, id="empty-addr"),
+    pytest.param({"client_addr": "a" * 257}, id="long-addr"),
+    pytest.param({"client_addr": "a\x00"}, id="nul-addr"),
+    pytest.param({"threshold": 0}, id="zero-threshold"),
+    pytest.param({"window": -1}, id="negative-window"),
+    pytest.param({"lock_for": 0}, id="zero-lock"),
+    pytest.param({"now": math.nan}, id="nan-now"),
+])
+async def test_record_login_failure_rejects_bad_arguments(store: Store, change: dict[str, Any]) -> None:
+    args: dict[str, Any] = {"client_addr": "203.0.113.9", "now": 1_700_000_000.0, "window": 60,
+                            "threshold": 1, "lock_for": 300, **change}
+    addr = args.pop("client_addr")
+    with pytest.raises(ValueError):
+        await store.record_login_failure(addr, **args)
+    assert await store.locked_until("203.0.113.9", now=1_700_000_000.0) is None
+    assert await store.locked_until(addr, now=1_700_000_000.0) is None
+
+
 # -- audit ------------------------------------------------------------------------------------------
 
 
@@ -553,7 +880,7 @@ async def test_open_succeeds_while_the_database_is_down(postgres_cluster: Any, p
         with pytest.raises(StoreUnavailable):
             await store.ping()
         await asyncio.to_thread(postgres_cluster.start)
-        assert await store.migrate() == ["0001_initial"]
+        assert await store.migrate() == VERSIONS
     finally:
         await store.close()
 
