@@ -1,0 +1,1 @@
+"""Fake upstream servers: real aiohttp apps speaking the providers' protocols, served with ``aiohttp_server``."""

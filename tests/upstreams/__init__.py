@@ -1,0 +1,1 @@
+"""Tests for ``upstreams``: each provider against its fake server."""

@@ -1,0 +1,162 @@
+"""The ``Provider`` protocol every upstream implements, the ``Identity`` it returns, and shared pieces.
+
+An upstream turns a browser's round trip through an identity provider into a verified ``Identity``.
+The gateway owns everything around it (login attempts, cookies, sessions, policy); a provider only:
+
+1. builds the URL that starts the login (:meth:`Provider.authorization_url`),
+2. turns the callback into an identity (:meth:`Provider.redeem`), verifying everything it received,
+3. optionally names a URL that ends the upstream session (:meth:`Provider.logout_url`),
+4. optionally verifies a bearer JWT the provider issued (:meth:`Provider.verify_bearer`).
+
+Providers never import ``aiohttp.web`` or anything from ``gateway``; they receive a shared
+``aiohttp.ClientSession`` and must bound every call with ``timeout``. Failures raise
+:class:`ProviderError` with a ``reason`` the gateway maps to a page; messages never hold a code, token
+or secret.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+import aiohttp
+
+
+class FailureReason(enum.Enum):
+    """Why a login through an upstream failed (the gateway picks the page and status from it)."""
+
+    ACCESS_DENIED = "access_denied"
+    """The user or the provider refused (``error=access_denied``, consent declined, not in org)."""
+
+    UNAVAILABLE = "unavailable"
+    """The provider could not be reached, timed out or answered 5xx / garbage."""
+
+    INVALID = "invalid"
+    """What came back failed verification (signature, iss, aud, nonce, expiry, unverified email...)."""
+
+
+class ProviderError(Exception):
+    """A login through an upstream failed; ``reason`` says how, the message is safe to log and show."""
+
+    def __init__(self, reason: FailureReason, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A verified user as one upstream describes them.
+
+    ``subject`` is stable and never reassigned by the provider (OIDC ``sub``, GitHub numeric id): the
+    gateway keys users on ``(upstream name, subject)``. ``email`` is "" when unknown; it is only to be
+    trusted for policy when ``email_verified``. ``groups`` are the provider's own group/role/permission
+    names (GitHub: ``org`` and ``org/team``). ``mfa`` is True when the provider says a second factor was
+    used (``amr``/``acr``). ``claims`` holds the raw claims for mapping and debugging.
+    """
+
+    subject: str
+    email: str = ""
+    email_verified: bool = False
+    name: str = ""
+    username: str = ""
+    groups: tuple[str, ...] = ()
+    mfa: bool = False
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    id_token: str = ""
+    """The raw ID token, kept only to hint the provider's end-session endpoint at logout."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoginSecrets:
+    """Per-attempt secrets the gateway generates and keeps server-side for one login attempt."""
+
+    state: str
+    nonce: str
+    code_verifier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Callback:
+    """What the browser brought back to ``/callback/<name>``: the query parameters and its cookies.
+
+    ``cookies`` matter to upstreams that hand over through a shared cookie (vouch-proxy).
+    """
+
+    params: Mapping[str, str]
+    cookies: Mapping[str, str]
+
+
+class Provider(Protocol):
+    """One configured upstream. Instances are built by :func:`build_provider` and live for the app."""
+
+    type_name: ClassVar[str]
+    name: str
+    display_name: str
+
+    async def authorization_url(self, *, redirect_uri: str, secrets: LoginSecrets) -> str:
+        """The URL to send the browser to; raises ProviderError(UNAVAILABLE) if discovery fails."""
+
+    async def redeem(self, *, callback: Callback, redirect_uri: str, secrets: LoginSecrets) -> Identity:
+        """Verify the callback (state was already checked by the gateway) and return the identity.
+
+        Must check ``error`` parameters, the RFC 9207 ``iss`` parameter when present, redeem the code
+        with the PKCE verifier, validate every token fully before using it. Raises ProviderError.
+        """
+
+    async def logout_url(self, *, return_to: str, id_token: str) -> str | None:
+        """Where to send the browser to end the upstream session too, or None when unsupported."""
+
+    async def verify_bearer(self, token: str) -> Identity | None:
+        """Verify a JWT access token this provider issued (signature, iss, aud, exp); None if not
+        supported or not valid. Never raises for a bad token; may raise ProviderError(UNAVAILABLE)."""
+
+
+class ProviderFactory(Protocol):
+    """A provider class: validates its config table and builds instances."""
+
+    type_name: str
+
+    @classmethod
+    def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
+        """Every problem with ``[upstreams.<name>]`` (each prefixed with ``upstreams.<name>``)."""
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
+        """Build the provider from a config table that :meth:`config_problems` accepted."""
+
+
+# ---- shared helpers for implementations -------------------------------------------------------------
+
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+"""Upstream calls never wait longer than this unless configured (``timeout`` key, seconds)."""
+
+
+def config_str(config: Mapping[str, Any], key: str, default: str = "") -> str:
+    """A string config value (the table was validated; missing keys give ``default``)."""
+    value = config.get(key, default)
+    return value if isinstance(value, str) else default
+
+
+def config_list(config: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    """A list-of-strings config value as a tuple (a single string becomes a one-item tuple)."""
+    value = config.get(key, ())
+    if isinstance(value, str):
+        return (value,)
+    return tuple(str(v) for v in value) if isinstance(value, list | tuple) else ()
+
+
+def require_keys(name: str, config: Mapping[str, Any], keys: Sequence[str]) -> list[str]:
+    """Problems for required string keys that are missing or empty."""
+    return [f"upstreams.{name}.{key}: required" for key in keys
+            if not isinstance(config.get(key), str) or not config.get(key)]
+
+
+def timeout_from(config: Mapping[str, Any]) -> aiohttp.ClientTimeout:
+    """The per-call timeout: ``timeout`` seconds from config, else :data:`DEFAULT_TIMEOUT`."""
+    value = config.get("timeout")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+        return aiohttp.ClientTimeout(total=float(value), connect=min(float(value), 5.0))
+    return DEFAULT_TIMEOUT
