@@ -16,7 +16,7 @@ run: $(BIN)/.installed
 
 ## test: lint, type-check and run the whole test suite (starts its own PostgreSQL)
 test: $(BIN)/.installed
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway upstreams tests bench
 	$(BIN)/mypy
 	$(BIN)/pytest
 

@@ -12,22 +12,30 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 
+import aiohttp
 import structlog
 from aiohttp import web
 
+from gateway import __version__
+from gateway.access import AccessPolicy, parse_rules
 from gateway.cache import SessionCache
 from gateway.core import Checker
 from gateway.errors import StoreUnavailable
 from gateway.facts import TrustedProxies
 from gateway.handlers.check import CheckHandler
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
+from gateway.handlers.login import LoginHandlers
 from gateway.handlers.webhook import WebhookHandler
+from gateway.login import LoginService
 from gateway.metrics import Metrics
 from gateway.middleware import make_middleware
 from gateway.policy import AllowAll, Policy
+from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.store import make_store
 from gateway.store.base import Store
+from upstreams import build_provider
+from upstreams.base import DEFAULT_TIMEOUT
 
 log = structlog.get_logger("gateway.app")
 
@@ -36,6 +44,7 @@ STORE = web.AppKey("store", Store)
 CHECKER = web.AppKey("checker", Checker)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", RuntimeState)
+LOGIN = web.AppKey("login", LoginService)
 
 _MIGRATION_RETRY = 2.0
 
@@ -56,8 +65,9 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
                          clock=clock, on_evict=metrics.cache_eviction.inc)
     # Until the revocation feed is confirmed live, cache only briefly.
     cache.degraded = True
-    checker = Checker(store=store, cache=cache, policy=policy or AllowAll(), metrics=metrics,
+    checker = Checker(store=store, cache=cache, policy=policy or configured_policy(settings), metrics=metrics,
                       last_seen_grain=settings.session.last_seen_grain, clock=clock)
+    login = LoginService(settings=settings, store=store, checker=checker, metrics=metrics, clock=clock)
     state = RuntimeState()
     proxies = TrustedProxies(settings.trusted_networks)
 
@@ -67,7 +77,9 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app[CHECKER] = checker
     app[METRICS] = metrics
     app[STATE] = state
+    app[LOGIN] = login
     app.cleanup_ctx.append(_store_lifecycle)
+    app.cleanup_ctx.append(_upstreams_lifecycle)
 
     check = CheckHandler(checker, settings, metrics, proxies)
     webhook = WebhookHandler(checker, settings, metrics, clock)
@@ -75,6 +87,15 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.router.add_route("*", "/auth/check/{tail:.*}", check.handle)
     app.router.add_get("/auth/webhook", webhook.handle)
     app.router.add_post("/auth/webhook", webhook.handle)
+    pages = LoginHandlers(login, checker, settings, proxies, RateLimiter(settings.login.rate_limit, clock))
+    app.router.add_get("/login", pages.login)
+    app.router.add_get("/login/dev/{name}", pages.dev_form)
+    app.router.add_get("/callback", pages.callback)
+    app.router.add_get("/callback/{name}", pages.callback)
+    app.router.add_route("GET", "/logout", pages.logout)
+    app.router.add_route("POST", "/logout", pages.logout)
+    app.router.add_get("/auth/userinfo", pages.userinfo)
+    app.router.add_get("/", pages.home)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", Readiness(store, state).handle)
     app.router.add_get("/metrics", MetricsEndpoint(store, metrics, state).handle)
@@ -107,6 +128,31 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
                 await task
         await checker.drain()
         await store.close()
+
+
+def configured_policy(settings: Settings) -> Policy:
+    """The access policy from ``[access]``: admit-all when there are no rules and the default allows."""
+    if not settings.access.rules and settings.access.default == "allow":
+        return AllowAll()
+    return AccessPolicy(parse_rules(settings.access.rules), settings.access.default == "allow")
+
+
+async def _upstreams_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """One HTTP client for every upstream call, and the configured providers built on it."""
+    settings, login = app[SETTINGS], app[LOGIN]
+    # No cookie jar: a cookie one upstream answer sets must never ride along on another user's call.
+    http = aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT, cookie_jar=aiohttp.DummyCookieJar(),
+                                 headers={"User-Agent": f"forward-auth-gateway/{__version__}"})
+    try:
+        for name, table in settings.upstreams.items():
+            login.providers[name] = build_provider(name, table, http)
+            if table.get("type") == "dev":
+                log.warning("DEVELOPMENT SIGN-IN ENABLED: upstream accepts any email; never use it in production",
+                            upstream=name)
+        yield
+    finally:
+        login.providers.clear()
+        await http.close()
 
 
 async def _migrate_until_done(store: Store) -> None:

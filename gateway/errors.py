@@ -12,11 +12,15 @@ class GatewayError(Exception):
 
     status = 500
     code = "internal_error"
+    title = "Something went wrong"
 
-    def __init__(self, message: str = "", *, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, message: str = "", *, headers: dict[str, str] | None = None,
+                 link: tuple[str, str] | None = None) -> None:
         super().__init__(message or self.__class__.__doc__ or self.code)
         self.message = message or (self.__class__.__doc__ or self.code).strip().splitlines()[0]
         self.headers = headers or {}
+        self.link = link
+        """An optional ``(href, label)`` the HTML page offers to recover (e.g. sign in again)."""
 
 
 class BadRequest(GatewayError):
@@ -24,6 +28,7 @@ class BadRequest(GatewayError):
 
     status = 400
     code = "bad_request"
+    title = "Bad request"
 
 
 class Unauthenticated(GatewayError):
@@ -31,6 +36,7 @@ class Unauthenticated(GatewayError):
 
     status = 401
     code = "unauthenticated"
+    title = "Sign-in required"
 
 
 class Forbidden(GatewayError):
@@ -38,6 +44,7 @@ class Forbidden(GatewayError):
 
     status = 403
     code = "forbidden"
+    title = "Not allowed"
 
 
 class PayloadTooLarge(GatewayError):
@@ -45,6 +52,7 @@ class PayloadTooLarge(GatewayError):
 
     status = 413
     code = "payload_too_large"
+    title = "Request too large"
 
 
 class HeadersTooLarge(GatewayError):
@@ -52,6 +60,7 @@ class HeadersTooLarge(GatewayError):
 
     status = 431
     code = "headers_too_large"
+    title = "Request too large"
 
 
 class StoreUnavailable(GatewayError):
@@ -59,6 +68,7 @@ class StoreUnavailable(GatewayError):
 
     status = 503
     code = "store_unavailable"
+    title = "Temporarily unavailable"
 
 
 class NotFound(GatewayError):
@@ -66,3 +76,44 @@ class NotFound(GatewayError):
 
     status = 404
     code = "not_found"
+    title = "Not found"
+
+
+class LoginExpired(GatewayError):
+    """This sign-in attempt has expired or was already used. Please start again."""
+
+    status = 400
+    code = "login_expired"
+    title = "Sign-in expired"
+
+
+class AccessDenied(GatewayError):
+    """The sign-in provider refused the sign-in."""
+
+    status = 403
+    code = "access_denied"
+    title = "Access denied"
+
+
+class NotAllowed(GatewayError):
+    """Your account is not allowed to use this site."""
+
+    status = 403
+    code = "not_allowed"
+    title = "Not allowed"
+
+
+class ProviderUnavailable(GatewayError):
+    """The sign-in provider could not be reached. Please try again in a moment."""
+
+    status = 502
+    code = "provider_unavailable"
+    title = "Sign-in provider unavailable"
+
+
+class TooManyRequests(GatewayError):
+    """Too many sign-in attempts from your address. Please wait and try again."""
+
+    status = 429
+    code = "too_many_requests"
+    title = "Too many attempts"

@@ -98,7 +98,10 @@ def _wants_html(headers: Mapping[str, str]) -> bool:
     return "text/html" in headers.get("Accept", "")
 
 
-def _client_ip(headers: Mapping[str, str], peer: str, proxies: TrustedProxies) -> str:
+def client_address(headers: Mapping[str, str], peer: str, proxies: TrustedProxies) -> str:
+    """The client's address: from X-Forwarded-For / X-Real-IP when ``peer`` is a trusted proxy, else ``peer``."""
+    if not peer or not proxies.is_trusted(peer):
+        return peer
     forwarded_for = headers.get("X-Forwarded-For")
     if forwarded_for:
         hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
@@ -126,7 +129,7 @@ def request_facts(headers: Mapping[str, str], *, peer: str, method: str, own_pat
         return RequestFacts(method, "", "", path, "", peer, wants_html)
 
     method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or method
-    client_ip = _client_ip(headers, peer, proxies)
+    client_ip = client_address(headers, peer, proxies)
     original_url = headers.get("X-Original-URL")
     if original_url:
         parts = _parse_absolute(original_url)

@@ -6,7 +6,6 @@ anything unexpected is logged with its traceback and answered 500 without intern
 
 from __future__ import annotations
 
-import html
 import itertools
 import json
 import os
@@ -17,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.errors import GatewayError
+from gateway.pages import PAGE_HEADERS, error_page
 
 log = structlog.get_logger("gateway.http")
 
@@ -25,13 +25,9 @@ REQUEST_ID = web.RequestKey("request_id", str)
 
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
-_PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
-<title>{title}</title>
-<style>body{{font:16px/1.5 system-ui,sans-serif;max-width:36rem;margin:4rem auto;padding:0 1rem;color:#222}}
-h1{{font-size:1.4rem}}code{{color:#666}}</style></head>
-<body><h1>{title}</h1><p>{message}</p><p><code>{status} &middot; request {request_id}</code></p></body></html>
-"""
+_TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Not allowed", 404: "Not found",
+           405: "Method not allowed", 413: "Request too large", 429: "Too many requests",
+           503: "Temporarily unavailable"}
 
 
 def wants_json(request: web.Request) -> bool:
@@ -41,21 +37,18 @@ def wants_json(request: web.Request) -> bool:
 
 
 def error_response(request: web.Request, status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None) -> web.Response:
+                   headers: dict[str, str] | None = None, *, title: str = "",
+                   link: tuple[str, str] | None = None) -> web.Response:
     """Render one error as JSON or HTML by ``Accept``; the only place error bodies are made."""
     request_id = request.get(REQUEST_ID, "")
     if wants_json(request):
         body = json.dumps({"error": code, "message": message, "request_id": request_id})
         return web.Response(status=status, text=body, content_type="application/json", headers=headers)
-    title = {400: "Bad request", 401: "Sign-in required", 403: "Not allowed", 404: "Not found",
-             405: "Method not allowed", 413: "Request too large", 429: "Too many requests",
-             503: "Temporarily unavailable"}.get(status, "Something went wrong")
-    page = _PAGE.format(title=title, message=html.escape(message), status=status,
-                        request_id=html.escape(request_id))
-    out_headers = {"Referrer-Policy": "no-referrer", "Cache-Control": "no-store",
-                   "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'"}
+    title = title or _TITLES.get(status, "Something went wrong")
+    out_headers = dict(PAGE_HEADERS)
     out_headers.update(headers or {})
-    return web.Response(status=status, text=page, content_type="text/html", headers=out_headers)
+    return web.Response(status=status, text=error_page(title, message, status, request_id, link),
+                        content_type="text/html", headers=out_headers)
 
 
 def make_middleware(trust_request_id: bool = True) -> Middleware:
@@ -75,7 +68,8 @@ def make_middleware(trust_request_id: bool = True) -> Middleware:
         except GatewayError as exc:
             log.info("request refused", path=request.path, status=exc.status, error=exc.code,
                      reason=exc.message)
-            return error_response(request, exc.status, exc.code, exc.message, exc.headers)
+            return error_response(request, exc.status, exc.code, exc.message, exc.headers, title=exc.title,
+                                  link=exc.link)
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise

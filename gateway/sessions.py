@@ -10,11 +10,11 @@ from gateway.store.base import Store
 
 async def start_session(store: Store, settings: SessionSettings, *, user_id: int, kind: SessionKind,
                         now: float, lifetime: float | None = None, client_addr: str = "",
-                        user_agent: str = "") -> tuple[str, SessionRecord]:
+                        user_agent: str = "", mfa: bool = False) -> tuple[str, SessionRecord]:
     """Create a session and return ``(token, record)``; the token exists only in this return value.
 
     Browser sessions get ``session.lifetime`` and the idle timeout; API tokens get ``lifetime`` (default
-    ``session.api_token_lifetime``) and no idle timeout.
+    ``session.api_token_lifetime``) and no idle timeout. ``mfa`` records that the login used a second factor.
     """
     idle_timeout: float
     if kind == "browser":
@@ -26,5 +26,5 @@ async def start_session(store: Store, settings: SessionSettings, *, user_id: int
     token = tokens.mint_token()
     record = await store.create_session(token_hash=tokens.hash_token(token), user_id=user_id, kind=kind,
                                         now=now, expires_at=now + ttl, idle_timeout=idle_timeout,
-                                        client_addr=client_addr, user_agent=user_agent[:512])
+                                        client_addr=client_addr, user_agent=user_agent[:512], mfa=mfa)
     return token, record

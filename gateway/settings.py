@@ -13,7 +13,6 @@ import ipaddress
 import os
 import re
 import tomllib
-import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +23,31 @@ from urllib.parse import urlsplit
 Duration = typing.NewType("Duration", float)
 """Seconds; written in config as ``90``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"7d"``."""
 
+UpstreamTables = typing.NewType("UpstreamTables", Mapping[str, Mapping[str, Any]])
+"""``[upstreams.<name>]`` tables, validated by each provider type."""
+
+RuleTables = typing.NewType("RuleTables", tuple[Mapping[str, Any], ...])
+"""``[[access.rules]]`` tables, validated by :mod:`gateway.access`."""
+
+RoleMap = typing.NewType("RoleMap", Mapping[str, tuple[str, ...]])
+"""Upstream group -> gateway roles."""
+
+class FrozenDict(dict[str, Any]):
+    """A read-only dict that pickles (settings cross to ``--workers`` processes; MappingProxyType can't)."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> typing.NoReturn:
+        raise TypeError("settings are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+
+
+_UPSTREAM_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
 _HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
@@ -99,7 +123,7 @@ class HasuraSettings:
     default_role: str = "user"
     anonymous_role: str = ""
     session_variables: Mapping[str, str] = field(
-        default_factory=lambda: types.MappingProxyType({"X-Hasura-Email": "email"}))
+        default_factory=lambda: FrozenDict({"X-Hasura-Email": "email"}))
     max_body_bytes: int = 64 * 1024
 
 
@@ -108,6 +132,45 @@ class CheckSettings:
     """The proxy check endpoint."""
 
     redirect_browsers: bool = False
+
+
+@dataclass(frozen=True)
+class LoginSettings:
+    """The login dance: attempts, redirect targets, abuse limits."""
+
+    attempt_ttl: Duration = Duration(600)
+    cookie_name: str = "gw_login"
+    redirect_hosts: tuple[str, ...] = ()
+    default_redirect: str = "/"
+    rate_limit: int = 30
+    lockout_threshold: int = 5
+    lockout_window: Duration = Duration(900)
+    lockout_duration: Duration = Duration(900)
+
+
+@dataclass(frozen=True)
+class EnrolmentSettings:
+    """Who may become a user at first login (empty lists: anyone the upstream admits)."""
+
+    emails: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may pass where: ordered rules, first match wins, else ``default``."""
+
+    default: str = "allow"
+    rules: RuleTables = RuleTables(())
+
+
+@dataclass(frozen=True)
+class RolesSettings:
+    """Gateway roles from upstream groups, refreshed at every login."""
+
+    map: RoleMap = field(default_factory=lambda: RoleMap(FrozenDict({})))
+    passthrough_groups: bool = True
 
 
 @dataclass(frozen=True)
@@ -132,12 +195,27 @@ class Settings:
     database: DatabaseSettings = field(default_factory=DatabaseSettings)
     hasura: HasuraSettings = field(default_factory=HasuraSettings)
     check: CheckSettings = field(default_factory=CheckSettings)
+    login: LoginSettings = field(default_factory=LoginSettings)
+    enrolment: EnrolmentSettings = field(default_factory=EnrolmentSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    roles: RolesSettings = field(default_factory=RolesSettings)
+    upstreams: UpstreamTables = field(default_factory=lambda: UpstreamTables(FrozenDict({})))
 
     @property
     def listen_host_port(self) -> tuple[str, int]:
         """``listen`` split into host and port (validated by :func:`validate`)."""
         host, _, port = self.listen.rpartition(":")
         return host.strip("[]") or "0.0.0.0", int(port)
+
+    @property
+    def public_host(self) -> str:
+        """``public_url``'s host[:port], lower-cased (validated by :func:`validate`)."""
+        return urlsplit(self.public_url).netloc.rpartition("@")[2].lower()
+
+    @property
+    def redirect_hosts(self) -> tuple[str, ...]:
+        """Hosts a login may return to: the gateway's own plus ``login.redirect_hosts``."""
+        return (self.public_host, *self.login.redirect_hosts)
 
     @property
     def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
@@ -182,6 +260,26 @@ def _convert(hint: Any, value: Any, from_text: bool) -> Any:
     """Coerce a raw TOML/env value to the setting's type; raise ValueError with a readable message."""
     if hint is Duration:
         return Duration(parse_duration(value.strip() if isinstance(value, str) else value))
+    if hint is UpstreamTables:
+        if from_text or not isinstance(value, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in value.items()):
+            raise ValueError("expected [upstreams.<name>] tables in the config file")
+        return UpstreamTables(FrozenDict(
+            {k: FrozenDict(dict(v)) for k, v in value.items()}))
+    if hint is RuleTables:
+        if from_text or not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ValueError("expected [[access.rules]] tables in the config file")
+        return RuleTables(tuple(FrozenDict(dict(v)) for v in value))
+    if hint is RoleMap:
+        if from_text or not isinstance(value, dict):
+            raise ValueError("expected a [roles.map] table in the config file")
+        out: dict[str, tuple[str, ...]] = {}
+        for group, roles in value.items():
+            roles = [roles] if isinstance(roles, str) else roles
+            if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
+                raise ValueError(f"roles.map.{group!r}: expected a role name or a list of role names")
+            out[str(group)] = tuple(roles)
+        return RoleMap(FrozenDict(out))
     if hint is bool:
         if isinstance(value, bool):
             return value
@@ -216,7 +314,7 @@ def _convert(hint: Any, value: Any, from_text: bool) -> Any:
                 raise ValueError("expected KEY=VALUE pairs separated by commas")
             value = {k.strip(): v.strip() for k, v in (p.split("=", 1) for p in pairs)}
         if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
-            return types.MappingProxyType(dict(value))
+            return FrozenDict(dict(value))
         raise ValueError(f"expected a table of strings, got {value!r}")
     raise ValueError(f"unsupported setting type {hint!r}")  # pragma: no cover - guards new fields
 
@@ -290,6 +388,8 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             else:
                 raw[path] = (text, True, file_var)
 
+    _upstream_env(raw, env, problems)
+
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -309,6 +409,32 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
     settings: Settings = _build(Settings, values)
     problems.extend(validate(settings))
     return settings, problems
+
+
+def _upstream_env(raw: dict[tuple[str, ...], tuple[Any, bool, str]], env: Mapping[str, str],
+                  problems: list[str]) -> None:
+    """Apply ``GATEWAY_UPSTREAMS_<NAME>_<KEY>[_FILE]`` to upstreams named in the config file (secrets)."""
+    entry = raw.get(("upstreams",))
+    if entry is None or not isinstance(entry[0], dict):
+        return
+    tables = {name: dict(table) if isinstance(table, dict) else table for name, table in entry[0].items()}
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            continue
+        prefix = "GATEWAY_UPSTREAMS_" + name.upper().replace("-", "_") + "_"
+        for var, value in env.items():
+            if not var.startswith(prefix):
+                continue
+            key = var[len(prefix):].lower()
+            if key.endswith("_file"):
+                try:
+                    value = Path(value).read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError) as exc:
+                    problems.append(f"{var}: cannot read {value!r}: {exc}")
+                    continue
+                key = key[: -len("_file")]
+            table[key] = value
+    raw[("upstreams",)] = (tables, False, entry[2])
 
 
 def load_or_raise(config_file: str | os.PathLike[str] | None = None,
@@ -395,6 +521,43 @@ def validate(s: Settings) -> list[str]:
                             f"{user_field!r} (one of {', '.join(USER_FIELDS)})")
     if s.hasura.max_body_bytes < 1024:
         problems.append("hasura.max_body_bytes: must be at least 1024")
+    problems.extend(_login_problems(s))
+    return problems
+
+
+def _login_problems(s: Settings) -> list[str]:
+    """Problems with upstreams, redirects, enrolment, access rules and roles."""
+    from gateway.access import rule_problems
+    from gateway.redirects import policy_problems
+    from upstreams import config_problems
+
+    problems: list[str] = []
+    for name, table in s.upstreams.items():
+        if not _UPSTREAM_NAME_RE.fullmatch(name):
+            problems.append(f"upstreams.{name}: names are lower-case letters, digits and dashes")
+            continue
+        problems.extend(config_problems(name, table))
+    if not re.fullmatch(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+", s.login.cookie_name):
+        problems.append(f"login.cookie_name: {s.login.cookie_name!r} is not a valid cookie name")
+    elif s.login.cookie_name == s.cookie.name:
+        problems.append("login.cookie_name: must differ from cookie.name")
+    if not 60 <= s.login.attempt_ttl <= 3600:
+        problems.append("login.attempt_ttl: must be between 1m and 1h")
+    if s.login.rate_limit < 1:
+        problems.append("login.rate_limit: must be at least 1 request per minute")
+    if s.login.lockout_threshold < 1 or s.login.lockout_window <= 0 or s.login.lockout_duration <= 0:
+        problems.append("login.lockout_*: threshold must be >= 1, window and duration positive")
+    problems.extend(f"login.{p}" for p in policy_problems(
+        s.redirect_hosts, s.login.default_redirect, allow_http=s.public_url.startswith("http://")))
+    for domain in s.enrolment.domains:
+        if "@" in domain or not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain.strip()):
+            problems.append(f"enrolment.domains: {domain!r} is not a domain (write example.com)")
+    for email in s.enrolment.emails:
+        if email.count("@") != 1:
+            problems.append(f"enrolment.emails: {email!r} is not an email address")
+    if s.access.default not in {"allow", "deny"}:
+        problems.append(f"access.default: expected allow or deny, got {s.access.default!r}")
+    problems.extend(rule_problems(s.access.rules))
     return problems
 
 
@@ -406,14 +569,20 @@ def redacted(settings: Settings) -> dict[str, Any]:
         for part in path:
             value = getattr(value, part)
         name = ".".join(path)
-        if name in SECRET_SETTINGS:
-            value = _mask_url(str(value))
-        elif isinstance(value, Mapping):
-            value = dict(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        out[name] = value
+        out[name] = _printable(name, value)
     return out
+
+
+def _printable(name: str, value: Any) -> Any:
+    """A setting value as plain data with every secret masked."""
+    if name in SECRET_SETTINGS:
+        return _mask_url(str(value))
+    if isinstance(value, Mapping):
+        return {k: "***" if any(w in str(k).lower() for w in ("secret", "password", "token")) and v
+                else _printable(f"{name}.{k}", v) for k, v in value.items()}
+    if isinstance(value, tuple | list):
+        return [_printable(name, v) for v in value]
+    return value
 
 
 def _mask_url(url: str) -> str:

@@ -1,0 +1,38 @@
+"""Setting and clearing the gateway's cookies with the attributes security.md requires.
+
+Session cookie: ``HttpOnly``, ``Secure`` (unless configured off for plain-http development),
+``SameSite=Lax``, ``Path=/``, ``Domain`` only when configured, ``Max-Age`` = session lifetime. Login
+attempt cookies: the same, host-only, living as long as the attempt.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.settings import CookieSettings
+
+
+def set_session_cookie(response: web.StreamResponse, cookie: CookieSettings, token: str, max_age: float) -> None:
+    """Put the session token on the browser."""
+    response.set_cookie(cookie.name, token, max_age=int(max_age), path="/", domain=cookie.domain or None,
+                        secure=cookie.secure, httponly=True, samesite=cookie.samesite)
+
+
+def clear_session_cookie(response: web.StreamResponse, cookie: CookieSettings) -> None:
+    """Remove the session cookie (same name, path and domain, so the browser really drops it)."""
+    response.set_cookie(cookie.name, "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", path="/",
+                        domain=cookie.domain or None, secure=cookie.secure, httponly=True,
+                        samesite=cookie.samesite)
+
+
+def set_attempt_cookie(response: web.StreamResponse, cookie: CookieSettings, name: str, value: str,
+                       max_age: float) -> None:
+    """Bind a login attempt to this browser (host-only; Lax so it rides the provider's redirect back)."""
+    response.set_cookie(name, value, max_age=int(max_age), path="/", secure=cookie.secure, httponly=True,
+                        samesite="Lax")
+
+
+def clear_attempt_cookie(response: web.StreamResponse, cookie: CookieSettings, name: str) -> None:
+    """Drop a used login attempt's cookie."""
+    response.set_cookie(name, "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", path="/",
+                        secure=cookie.secure, httponly=True, samesite="Lax")
