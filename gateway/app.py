@@ -26,9 +26,9 @@ from gateway.handlers.check import CheckHandler
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
 from gateway.handlers.login import LoginHandlers
 from gateway.handlers.webhook import WebhookHandler
+from gateway.http_errors import ErrorMapper, not_found
 from gateway.login import LoginService
 from gateway.metrics import Metrics
-from gateway.middleware import make_middleware
 from gateway.policy import AllowAll, Policy
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
@@ -62,7 +62,7 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
                          negative_max_entries=settings.cache.negative_max_entries,
                          negative_ttl=settings.cache.negative_ttl, degraded_ttl=settings.cache.degraded_ttl,
                          stale_if_error=settings.cache.stale_if_error,
-                         clock=clock, on_evict=metrics.cache_eviction.inc)
+                         clock=clock, on_evict=lambda: metrics.cache_event("eviction"))
     # Until the revocation feed is confirmed live, cache only briefly.
     cache.degraded = True
     checker = Checker(store=store, cache=cache, policy=policy or configured_policy(settings), metrics=metrics,
@@ -71,7 +71,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     state = RuntimeState()
     proxies = TrustedProxies(settings.trusted_networks)
 
-    app = web.Application(middlewares=[make_middleware()], client_max_size=settings.hasura.max_body_bytes)
+    errors = ErrorMapper()
+    app = web.Application(client_max_size=settings.hasura.max_body_bytes)
     app[SETTINGS] = settings
     app[STORE] = store
     app[CHECKER] = checker
@@ -81,24 +82,27 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(_upstreams_lifecycle)
 
-    check = CheckHandler(checker, settings, metrics, proxies)
-    webhook = WebhookHandler(checker, settings, metrics, clock)
+    # The check path is not wrapped (see gateway.http_errors); everything else is guarded.
+    check = CheckHandler(checker, settings, metrics, proxies, errors)
+    webhook = WebhookHandler(checker, settings, metrics, errors, clock)
     app.router.add_route("*", "/auth/check", check.handle)
     app.router.add_route("*", "/auth/check/{tail:.*}", check.handle)
     app.router.add_get("/auth/webhook", webhook.handle)
     app.router.add_post("/auth/webhook", webhook.handle)
     pages = LoginHandlers(login, checker, settings, proxies, RateLimiter(settings.login.rate_limit, clock))
-    app.router.add_get("/login", pages.login)
-    app.router.add_get("/login/dev/{name}", pages.dev_form)
-    app.router.add_get("/callback", pages.callback)
-    app.router.add_get("/callback/{name}", pages.callback)
-    app.router.add_route("GET", "/logout", pages.logout)
-    app.router.add_route("POST", "/logout", pages.logout)
-    app.router.add_get("/auth/userinfo", pages.userinfo)
-    app.router.add_get("/", pages.home)
+    guard = errors.guard
+    app.router.add_get("/login", guard(pages.login))
+    app.router.add_get("/login/dev/{name}", guard(pages.dev_form))
+    app.router.add_get("/callback", guard(pages.callback))
+    app.router.add_get("/callback/{name}", guard(pages.callback))
+    app.router.add_route("GET", "/logout", guard(pages.logout))
+    app.router.add_route("POST", "/logout", guard(pages.logout))
+    app.router.add_get("/auth/userinfo", guard(pages.userinfo))
+    app.router.add_get("/", guard(pages.home))
     app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", Readiness(store, state).handle)
-    app.router.add_get("/metrics", MetricsEndpoint(store, metrics, state).handle)
+    app.router.add_get("/readyz", guard(Readiness(store, state).handle))
+    app.router.add_get("/metrics", guard(MetricsEndpoint(store, metrics, state).handle))
+    app.router.add_route("*", "/{tail:.*}", guard(not_found))
     return app
 
 

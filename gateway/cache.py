@@ -1,7 +1,10 @@
 """In-process session cache: bounded TTL caches of good sessions and of known-bad token hashes.
 
-A positive entry is *fresh* for the configured TTL (``degraded_ttl`` while the cross-process revocation
-feed is down) and never past its session's expiry or idle deadline. A stale entry is kept a while longer
+Both caches are cachetools ``FIFOCache``s bounded in entries, with the TTL kept per entry (a session's
+TTL is capped by its own expiry, so one global timer would not do; and a plain lookup is ~10x cheaper
+than ``TTLCache``'s, which matters on every request). A positive entry is *fresh* for the configured TTL
+(``degraded_ttl`` while the cross-process revocation feed is down) and never past its session's expiry
+or idle deadline. A stale entry is kept a while longer
 (``stale_if_error``) only so that it can still be served while the database is unreachable: nobody can
 revoke a session then. A generation counter lets a lookup that raced a revocation notice that its result
 is outdated and must not be cached.
@@ -10,8 +13,9 @@ is outdated and must not be cached.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from cachetools import TTLCache
+from cachetools import FIFOCache
 
 from gateway.models import ActiveSession
 
@@ -19,7 +23,7 @@ from gateway.models import ActiveSession
 class CacheEntry:
     """A cached good session plus what this process learned since (last use, moved idle deadline)."""
 
-    __slots__ = ("active", "fresh_until", "idle_deadline", "last_seen")
+    __slots__ = ("active", "fresh_until", "idle_deadline", "last_seen", "memo")
 
     def __init__(self, active: ActiveSession, fresh_until: float) -> None:
         self.active = active
@@ -27,14 +31,15 @@ class CacheEntry:
         session = active.session
         self.last_seen = session.last_seen_at
         self.idle_deadline = session.idle_expires_at
+        self.memo: dict[Any, Any] = {}
+        """Front-ends may keep what they render for this session here; it goes with the entry."""
 
 
-class _CountingTTLCache(TTLCache[str, CacheEntry]):
-    """A TTLCache that reports entries pushed out for room (not expiry) to a callback."""
+class _CountingCache(FIFOCache[str, CacheEntry]):
+    """A FIFOCache that reports entries pushed out for room to a callback."""
 
-    def __init__(self, maxsize: int, ttl: float, timer: Callable[[], float],
-                 on_evict: Callable[[], None]) -> None:
-        super().__init__(maxsize, ttl, timer)
+    def __init__(self, maxsize: int, on_evict: Callable[[], None]) -> None:
+        super().__init__(maxsize)
         self._on_evict = on_evict
 
     def popitem(self) -> tuple[str, CacheEntry]:
@@ -53,10 +58,9 @@ class SessionCache:
         self._degraded_ttl = degraded_ttl
         self._stale_if_error = stale_if_error
         self._clock = clock
-        self._good = _CountingTTLCache(max_entries, max(ttl, degraded_ttl, 0.001) + stale_if_error, clock,
-                                       on_evict)
-        self._bad: TTLCache[str, bool] = TTLCache(negative_max_entries, max(negative_ttl, 0.001), clock)
-        self._negative_enabled = negative_ttl > 0
+        self._good: _CountingCache = _CountingCache(max_entries, on_evict)
+        self._bad: FIFOCache[str, float] = FIFOCache(negative_max_entries)  # hash -> remembered until
+        self._negative_ttl = negative_ttl
         self.degraded = False
         self.generation = 0
 
@@ -94,9 +98,10 @@ class SessionCache:
             return None
         return entry
 
-    def is_known_bad(self, token_hash: str) -> bool:
+    def is_known_bad(self, token_hash: str, now: float) -> bool:
         """True when this hash was recently found unknown, expired or revoked."""
-        return token_hash in self._bad
+        until = self._bad.get(token_hash)
+        return until is not None and now < until
 
     def put(self, token_hash: str, active: ActiveSession, now: float, generation: int) -> None:
         """Cache a good session, unless a revocation arrived since ``generation`` was read."""
@@ -108,18 +113,20 @@ class SessionCache:
         # The idle deadline is checked on every get (it moves with use); the absolute expiry never moves.
         fresh_until = min(now + ttl, active.session.expires_at)
         if fresh_until > now:
+            self._good.pop(token_hash, None)  # re-insert at the back of the eviction order
             self._good[token_hash] = CacheEntry(active, fresh_until)
 
-    def put_bad(self, token_hash: str) -> None:
+    def put_bad(self, token_hash: str, now: float) -> None:
         """Remember briefly that this hash admits nobody."""
-        if self._negative_enabled:
-            self._bad[token_hash] = True
+        if self._negative_ttl > 0:
+            self._bad.pop(token_hash, None)  # re-insert at the back of the eviction order
+            self._bad[token_hash] = now + self._negative_ttl
 
     def evict(self, token_hash: str) -> None:
         """Forget one session now (it was revoked)."""
         self.generation += 1
         self._good.pop(token_hash, None)
-        self._bad[token_hash] = True
+        self.put_bad(token_hash, self._clock())
 
     def evict_user(self, user_id: int) -> None:
         """Forget every cached session of one user (revocations of a whole user are rare: a scan is fine)."""

@@ -13,6 +13,7 @@ import enum
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -61,6 +62,8 @@ class Decision:
 
     outcome: Outcome
     active: ActiveSession | None = None
+    memo: dict[Any, Any] | None = None
+    """The cached session's scratch space (see :class:`CacheEntry`), for front-ends to keep renderings."""
 
     @property
     def allowed(self) -> bool:
@@ -81,6 +84,7 @@ class Checker:
         self.cache = cache
         self._policy = policy
         self._metrics = metrics
+        self._counts = metrics.hot.cache
         self._grain = last_seen_grain
         self._clock = clock
         self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
@@ -99,45 +103,48 @@ class Checker:
         now = self._clock()
         entry = self.cache.get(token_hash, now)
         if entry is not None:
-            self._metrics.cache_hit.inc()
+            self._counts["hit"] += 1
             active = entry.active
             if now - entry.last_seen >= self._grain:
                 self._touch(token_hash, entry, now, active.session.idle_timeout)
-        else:
-            try:
-                found = await self._lookup(token_hash, now)
-            except StoreUnavailable:
-                stale = self.cache.get_stale(token_hash, now)
-                if stale is None:
-                    return Decision(Outcome.UNAVAILABLE)
-                self._metrics.cache_stale_hit.inc()
-                found = stale.active
-            if not isinstance(found, ActiveSession):
-                return Decision(found)
-            active = found
-            entry = self.cache.peek(token_hash)
-            last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
-            if now - last_seen >= self._grain:
-                self._touch(token_hash, entry, now, active.session.idle_timeout)
+            if not self._policy.allows(active, facts):
+                return Decision(Outcome.FORBIDDEN, active, entry.memo)
+            return Decision(Outcome.ALLOW, active, entry.memo)
+        try:
+            found = await self._lookup(token_hash, now)
+        except StoreUnavailable:
+            stale = self.cache.get_stale(token_hash, now)
+            if stale is None:
+                return Decision(Outcome.UNAVAILABLE)
+            self._counts["stale_hit"] += 1
+            found = stale.active
+        if not isinstance(found, ActiveSession):
+            return Decision(found)
+        active = found
+        entry = self.cache.peek(token_hash)
+        last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
+        if now - last_seen >= self._grain:
+            self._touch(token_hash, entry, now, active.session.idle_timeout)
+        memo = entry.memo if entry is not None else None
         if not self._policy.allows(active, facts):
-            return Decision(Outcome.FORBIDDEN, active)
-        return Decision(Outcome.ALLOW, active)
+            return Decision(Outcome.FORBIDDEN, active, memo)
+        return Decision(Outcome.ALLOW, active, memo)
 
     async def _lookup(self, token_hash: str, now: float) -> ActiveSession | Outcome:
-        if self.cache.is_known_bad(token_hash):
-            self._metrics.cache_negative_hit.inc()
+        if self.cache.is_known_bad(token_hash, now):
+            self._counts["negative_hit"] += 1
             return Outcome.UNKNOWN
         task = self._inflight.get(token_hash)
         if task is None:
             if time.monotonic() < self._database_down_until:
                 # Fail fast while the database is known to be down, instead of queueing on timeouts.
                 raise StoreUnavailable("database unavailable (recent failure)")
-            self._metrics.cache_miss.inc()
+            self._counts["miss"] += 1
             task = asyncio.ensure_future(self._load(token_hash, now))
             self._inflight[token_hash] = task
             task.add_done_callback(lambda _t: self._inflight.pop(token_hash, None))
         else:
-            self._metrics.cache_coalesced.inc()
+            self._counts["coalesced"] += 1
         # shield: one waiter being cancelled must not cancel the query the others share
         active = await asyncio.shield(task)
         if active is None:
@@ -159,7 +166,7 @@ class Checker:
             log.error("session lookup failed: database unavailable", error=str(exc))
             raise
         if active is None or not active.session.is_active(now):
-            self.cache.put_bad(token_hash)
+            self.cache.put_bad(token_hash, now)
         else:
             self.cache.put(token_hash, active, now, generation)
         return active

@@ -78,22 +78,23 @@ def _bearer_token(values: Sequence[str]) -> Credential | CredentialProblem | Non
 
 
 def _cookie_token(values: Sequence[str], name: str) -> Credential | CredentialProblem:
-    if sum(len(v) for v in values) > MAX_COOKIE_HEADER_BYTES:
+    header = values[0] if len(values) == 1 else "; ".join(values)
+    if len(header) > MAX_COOKIE_HEADER_BYTES:
         return CredentialProblem.OVERSIZED
+    if header.count(";") >= MAX_COOKIES:
+        return CredentialProblem.OVERSIZED
+    # Find "name=" at a pair boundary without splitting every pair: this runs on every request.
     prefix = name + "="
-    seen = 0
-    for header in values:
-        for pair in header.split(";"):
-            seen += 1
-            if seen > MAX_COOKIES:
-                return CredentialProblem.OVERSIZED
-            pair = pair.strip(" \t")
-            if not pair.startswith(prefix):
-                continue
-            token = pair[len(prefix):]
-            if len(token) >= 2 and token[0] == token[-1] == '"':
-                token = token[1:-1]
-            if tokens.is_well_formed(token):
-                return Credential(token, CredentialSource.COOKIE)
-            return CredentialProblem.MALFORMED
-    return CredentialProblem.MISSING
+    at = header.find(prefix)
+    while at > 0 and header[at - 1] not in "; \t":
+        at = header.find(prefix, at + 1)
+    if at < 0:
+        return CredentialProblem.MISSING
+    start = at + len(prefix)
+    end = header.find(";", start)
+    token = (header[start:] if end < 0 else header[start:end]).strip(" \t")
+    if len(token) >= 2 and token[0] == token[-1] == '"':
+        token = token[1:-1]
+    if tokens.is_well_formed(token):
+        return Credential(token, CredentialSource.COOKIE)
+    return CredentialProblem.MALFORMED

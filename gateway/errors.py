@@ -1,4 +1,4 @@
-"""The gateway's error hierarchy; ``gateway.middleware`` maps each class to one HTTP answer."""
+"""The gateway's error hierarchy; ``gateway.http_errors`` maps each class to one HTTP answer."""
 
 from __future__ import annotations
 

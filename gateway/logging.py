@@ -1,6 +1,6 @@
 """Structured logging with structlog: JSON lines in production, readable lines in development.
 
-Every line carries the request id bound by the request middleware. Callers must never pass a token,
+Every line made while serving a request carries its request id. Callers must never pass a token,
 cookie, code or secret as a value: log token *hashes* or nothing.
 """
 

@@ -1,26 +1,73 @@
-"""Prometheus metrics, one registry per application (no global registry, so tests and workers stay apart)."""
+"""Prometheus metrics, one registry per application (no global registry, so tests and workers stay apart).
+
+The check path counts into plain integers (no locks, no label lookups: one event loop per process owns
+them) and a custom collector turns them into counters and a histogram at scrape time. Cold-path metrics
+use prometheus_client's own types.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.metrics import MetricWrapperBase
+from bisect import bisect_left
+from collections.abc import Iterator
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+CACHE_EVENTS = ("hit", "miss", "negative_hit", "coalesced", "stale_hit", "eviction")
+
+
+class HotCounters(Collector):
+    """Check-path counts kept as plain numbers, exported as Prometheus families on scrape."""
+
+    def __init__(self) -> None:
+        self.checks: dict[tuple[str, str], int] = {}
+        self.latency: dict[str, list[float]] = {}  # per endpoint: bucket counts..., +Inf count, sum
+        self.cache = dict.fromkeys(CACHE_EVENTS, 0)
+
+    def count_check(self, endpoint: str, outcome: str, seconds: float) -> None:
+        """Record one decision and how long it took."""
+        key = (endpoint, outcome)
+        self.checks[key] = self.checks.get(key, 0) + 1
+        row = self.latency.get(endpoint)
+        if row is None:
+            row = self.latency[endpoint] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        row[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        row[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        """Render the current numbers (called by the registry at scrape time)."""
+        checks = CounterMetricFamily("gateway_checks", "Check decisions by endpoint and outcome.",
+                                     labels=["endpoint", "outcome"])
+        for (endpoint, outcome), count in sorted(self.checks.items()):
+            checks.add_metric([endpoint, outcome], count)
+        yield checks
+        latency = HistogramMetricFamily("gateway_check_duration_seconds", "Time to decide a check, by endpoint.",
+                                        labels=["endpoint"])
+        for endpoint, row in sorted(self.latency.items()):
+            running = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, in_bucket in zip((*LATENCY_BUCKETS, float("inf")), row[:-1], strict=True):
+                running += in_bucket
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), running))
+            latency.add_metric([endpoint], buckets, row[-1])
+        yield latency
+        cache = CounterMetricFamily("gateway_session_cache_events", "Session cache lookups and evictions.",
+                                    labels=["event"])
+        for event, count in self.cache.items():
+            cache.add_metric([event], count)
+        yield cache
 
 
 class Metrics:
-    """Every metric the gateway exports. Label children on the hot path are bound once and reused."""
+    """Every metric the gateway exports."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.checks = Counter("gateway_checks", "Check decisions by endpoint and outcome.",
-                              ["endpoint", "outcome"], registry=r)
-        self.check_latency = Histogram("gateway_check_duration_seconds",
-                                       "Time to decide a check, by endpoint.", ["endpoint"],
-                                       buckets=_LATENCY_BUCKETS, registry=r)
-        self.cache_events = Counter("gateway_session_cache_events",
-                                    "Session cache lookups and evictions.", ["event"], registry=r)
+        self.hot = HotCounters()
+        r.register(self.hot)
         self.db_errors = Counter("gateway_database_errors", "Database calls that failed.", ["operation"],
                                  registry=r)
         self.active_sessions = Gauge("gateway_active_sessions",
@@ -33,26 +80,14 @@ class Metrics:
                                             "TCP connections accepted by this process.", registry=r)
         self.logins = Counter("gateway_logins", "Login attempts by upstream and outcome.",
                               ["upstream", "outcome"], registry=r)
-        self.cache_hit = self.cache_events.labels("hit")
-        self.cache_miss = self.cache_events.labels("miss")
-        self.cache_negative_hit = self.cache_events.labels("negative_hit")
-        self.cache_eviction = self.cache_events.labels("eviction")
-        self.cache_coalesced = self.cache_events.labels("coalesced")
-        self.cache_stale_hit = self.cache_events.labels("stale_hit")
-        self._children: dict[tuple[str, str], MetricWrapperBase] = {}
-        self._latency_children: dict[str, MetricWrapperBase] = {}
 
     def count_check(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Record one decision and how long it took."""
-        key = (endpoint, outcome)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = self.checks.labels(endpoint, outcome)
-        child.inc()  # type: ignore[attr-defined]
-        latency = self._latency_children.get(endpoint)
-        if latency is None:
-            latency = self._latency_children[endpoint] = self.check_latency.labels(endpoint)
-        latency.observe(seconds)  # type: ignore[attr-defined]
+        self.hot.count_check(endpoint, outcome, seconds)
+
+    def cache_event(self, event: str) -> None:
+        """Count one session-cache event (one of :data:`CACHE_EVENTS`)."""
+        self.hot.cache[event] += 1
 
     def render(self) -> bytes:
         """The exposition text for ``/metrics``."""

@@ -19,6 +19,7 @@ from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Outcome
 from gateway.credentials import Credential, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
 from gateway.hasura import effective_roles
+from gateway.http_errors import ErrorMapper
 from gateway.metrics import Metrics
 from gateway.settings import Settings
 
@@ -52,9 +53,11 @@ def identity_headers(decision: Decision, default_role: str) -> dict[str, str]:
 class CheckHandler:
     """Adapts aiohttp requests to :meth:`Checker.decide` for the proxy check endpoints."""
 
-    def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, proxies: TrustedProxies) -> None:
+    def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, proxies: TrustedProxies,
+                 errors: ErrorMapper) -> None:
         self._checker = checker
-        self._metrics = metrics
+        self._count = metrics.count_check
+        self._errors = errors
         self._proxies = proxies
         self._cookie_name = settings.cookie.name
         self._default_role = settings.hasura.default_role
@@ -77,29 +80,33 @@ class CheckHandler:
                                       own_path="/" + tail if tail is not None else "", proxies=self._proxies)
         except MalformedOriginalRequest as exc:
             decision = DENY_BAD_ORIGINAL_REQUEST
-            log.info("check denied", outcome=decision.outcome.value, reason=str(exc), client=request.remote)
+            log.info("check denied", outcome=decision.outcome.value, reason=str(exc), client=request.remote,
+                     request_id=self._errors.request_id(request))
         else:
             decision = await self._checker.decide(credential, facts)
         response = self._render(decision, facts, redirect)
         if not decision.allowed:
             self._log_denial(request, decision, credential, response.status)
-        self._metrics.count_check("check", decision.outcome.value, time.perf_counter() - started)
+        self._count("check", decision.outcome.value, time.perf_counter() - started)
         return response
 
     def _render(self, decision: Decision, facts: RequestFacts | None, redirect: bool) -> web.Response:
         status = _STATUS.get(decision.outcome, 401)
-        headers = identity_headers(decision, self._default_role)
+        memo = decision.memo
+        headers = memo.get("check") if memo is not None else None
+        if headers is None:
+            headers = identity_headers(decision, self._default_role)
+            if memo is not None:
+                memo["check"] = headers
         if status == 401 and redirect and facts is not None and facts.wants_html:
             target = self._login_url + ("?rd=" + quote(facts.url, safe="") if facts.url else "")
-            headers["Location"] = target
-            headers["Cache-Control"] = "no-store"
-            return web.Response(status=302, headers=headers)
+            return web.Response(status=302, headers={**headers, "Location": target, "Cache-Control": "no-store"})
         return web.Response(status=status, headers=headers)
 
-    @staticmethod
-    def _log_denial(request: web.Request, decision: Decision, credential: object, status: int) -> None:
+    def _log_denial(self, request: web.Request, decision: Decision, credential: object, status: int) -> None:
         event = log.error if decision.outcome is Outcome.UNAVAILABLE else log.info
         source = credential.source.value if isinstance(credential, Credential) else None
         event("check denied", endpoint="check", outcome=decision.outcome.value, status=status,
               source=source, client=request.remote,
-              user_id=decision.active.user.id if decision.active else None)
+              user_id=decision.active.user.id if decision.active else None,
+              request_id=self._errors.request_id(request))

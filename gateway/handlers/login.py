@@ -1,7 +1,7 @@
 """``/login``, ``/callback/<name>``, ``/logout``, ``/auth/userinfo``, ``/`` and the dev sign-in form.
 
 Thin adapters over :class:`gateway.login.LoginService`: parse, call, render. Every page carries
-``Referrer-Policy: no-referrer``; errors are raised as GatewayErrors and rendered by the middleware
+``Referrer-Policy: no-referrer``; errors are raised as GatewayErrors and rendered by ``ErrorMapper.guard``
 (HTML for browsers, JSON for API clients).
 """
 
@@ -19,8 +19,8 @@ from gateway.credentials import Credential, find_credential
 from gateway.errors import NotFound, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
 from gateway.hasura import effective_roles
+from gateway.http_errors import wants_json
 from gateway.login import LoginService
-from gateway.middleware import wants_json
 from gateway.models import ActiveSession
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings

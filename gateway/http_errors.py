@@ -1,0 +1,115 @@
+"""Request ids, and every error mapped to HTTP here: JSON for API clients, a small HTML page for browsers.
+
+Cold-path handlers are wrapped by :meth:`ErrorMapper.guard`, which binds the request id to every log line
+and turns GatewayErrors (and anything unexpected: logged, 500 without internals) into responses. The two
+check-path handlers are not wrapped, because an aiohttp middleware or wrapper costs a measurable share
+of a cached check: they never raise for an outcome, and render their few errors through the same
+:meth:`ErrorMapper.render`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from gateway.errors import GatewayError
+from gateway.pages import PAGE_HEADERS, error_page
+
+log = structlog.get_logger("gateway.http")
+
+REQUEST_ID = web.RequestKey("request_id", str)
+"""Where the middleware keeps the request id on each request."""
+
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+_TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Not allowed", 404: "Not found",
+           405: "Method not allowed", 413: "Request too large", 429: "Too many requests",
+           503: "Temporarily unavailable"}
+
+
+def wants_json(request: web.Request) -> bool:
+    """True unless the client asks for HTML (browsers do; API clients and proxies mostly do not)."""
+    accept = request.headers.get("Accept", "")
+    return "application/json" in accept or "text/html" not in accept
+
+
+def error_response(request: web.Request, status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None, *, title: str = "",
+                   link: tuple[str, str] | None = None) -> web.Response:
+    """Render one error as JSON or HTML by ``Accept``; the only place error bodies are made."""
+    request_id = request.get(REQUEST_ID, "")
+    if wants_json(request):
+        body = json.dumps({"error": code, "message": message, "request_id": request_id})
+        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+    title = title or _TITLES.get(status, "Something went wrong")
+    out_headers = dict(PAGE_HEADERS)
+    out_headers.update(headers or {})
+    return web.Response(status=status, text=error_page(title, message, status, request_id, link),
+                        content_type="text/html", headers=out_headers)
+
+
+class ErrorMapper:
+    """Request ids (from ``X-Request-ID`` when sane, else a per-process counter) and error rendering."""
+
+    def __init__(self) -> None:
+        self._counter = itertools.count(1)
+        self._prefix = f"{os.getpid():x}-"
+
+    def request_id(self, request: web.Request) -> str:
+        """This request's id, assigned once."""
+        request_id = request.get(REQUEST_ID)
+        if request_id is None:
+            incoming = request.headers.get("X-Request-ID", "")
+            request_id = (incoming if incoming and _REQUEST_ID_RE.fullmatch(incoming)
+                          else self._prefix + str(next(self._counter)))
+            request[REQUEST_ID] = request_id
+        return request_id
+
+    def render(self, request: web.Request, exc: GatewayError) -> web.Response:
+        """Log and render one GatewayError."""
+        log.info("request refused", path=request.path, status=exc.status, error=exc.code, reason=exc.message,
+                 request_id=self.request_id(request))
+        return error_response(request, exc.status, exc.code, exc.message, exc.headers, title=exc.title,
+                              link=exc.link)
+
+    def guard(self, handler: Handler) -> Handler:
+        """Wrap a cold-path handler: request id on every log line, every error mapped to a response."""
+
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            structlog.contextvars.clear_contextvars()
+            structlog.contextvars.bind_contextvars(request_id=self.request_id(request))
+            try:
+                return await handler(request)
+            except GatewayError as exc:
+                return self.render(request, exc)
+            except web.HTTPException as exc:
+                if exc.status < 400:
+                    raise
+                log.info("request refused", path=request.path, status=exc.status, error=exc.reason)
+                return error_response(request, exc.status, exc.reason.lower().replace(" ", "_"), exc.reason,
+                                      {k: v for k, v in exc.headers.items() if k.lower() == "allow"})
+            except Exception:
+                log.exception("unhandled error", path=request.path)
+                return error_response(request, 500, "internal_error", "The gateway hit an unexpected error.")
+
+        return guarded
+
+
+async def not_found(request: web.Request) -> web.Response:
+    """The catch-all route: 405 with ``Allow`` when another route has this path, else 404."""
+    allowed: set[str] = set()
+    for resource in request.app.router.resources():
+        if resource.canonical == "/{tail}":
+            continue
+        match, methods = await resource.resolve(request)
+        if match is None:
+            allowed |= methods
+    if allowed:
+        raise web.HTTPMethodNotAllowed(request.method, sorted(allowed))
+    raise web.HTTPNotFound()
