@@ -68,6 +68,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     checker = Checker(store=store, cache=cache, policy=policy or configured_policy(settings), metrics=metrics,
                       last_seen_grain=settings.session.last_seen_grain, clock=clock)
     login = LoginService(settings=settings, store=store, checker=checker, metrics=metrics, clock=clock)
+    if settings.check.jwt_upstreams:
+        checker.jwt_verifier = login.verify_bearer_session
     state = RuntimeState()
     proxies = TrustedProxies(settings.trusted_networks)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import structlog
 
 from gateway import tokens
 from gateway.cache import CacheEntry, SessionCache
-from gateway.credentials import Credential, CredentialProblem
+from gateway.credentials import Credential, CredentialProblem, CredentialSource
 from gateway.errors import StoreUnavailable
 from gateway.facts import RequestFacts
 from gateway.metrics import Metrics
@@ -48,6 +48,9 @@ class Outcome(enum.Enum):
     BAD_ORIGINAL_REQUEST = "bad_original_request"
     UNAVAILABLE = "unavailable"
 
+
+JwtVerifier = Callable[[str, str, float], Awaitable[ActiveSession | None]]
+"""``(jwt, its hash, now) -> session`` for a verified, enrolled bearer JWT, else None."""
 
 _PROBLEM_OUTCOMES = {
     CredentialProblem.MISSING: Outcome.MISSING,
@@ -90,6 +93,8 @@ class Checker:
         self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
         self._touches: set[asyncio.Task[None]] = set()
         self._database_down_until = 0.0
+        self.jwt_verifier: JwtVerifier | None = None
+        """Turns an upstream-issued bearer JWT into a session (set when ``check.jwt_upstreams`` is)."""
 
     async def decide(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision:
         """Judge one request: ALLOW with the identity, or the reason it is refused.
@@ -111,7 +116,7 @@ class Checker:
                 return Decision(Outcome.FORBIDDEN, active, entry.memo)
             return Decision(Outcome.ALLOW, active, entry.memo)
         try:
-            found = await self._lookup(token_hash, now)
+            found = await self._lookup(token_hash, now, credential)
         except StoreUnavailable:
             stale = self.cache.get_stale(token_hash, now)
             if stale is None:
@@ -130,7 +135,7 @@ class Checker:
             return Decision(Outcome.FORBIDDEN, active, memo)
         return Decision(Outcome.ALLOW, active, memo)
 
-    async def _lookup(self, token_hash: str, now: float) -> ActiveSession | Outcome:
+    async def _lookup(self, token_hash: str, now: float, credential: Credential) -> ActiveSession | Outcome:
         if self.cache.is_known_bad(token_hash, now):
             self._counts["negative_hit"] += 1
             return Outcome.UNKNOWN
@@ -140,7 +145,7 @@ class Checker:
                 # Fail fast while the database is known to be down, instead of queueing on timeouts.
                 raise StoreUnavailable("database unavailable (recent failure)")
             self._counts["miss"] += 1
-            task = asyncio.ensure_future(self._load(token_hash, now))
+            task = asyncio.ensure_future(self._load(token_hash, now, credential))
             self._inflight[token_hash] = task
             task.add_done_callback(lambda _t: self._inflight.pop(token_hash, None))
         else:
@@ -156,10 +161,13 @@ class Checker:
             return Outcome.EXPIRED
         return active
 
-    async def _load(self, token_hash: str, now: float) -> ActiveSession | None:
+    async def _load(self, token_hash: str, now: float, credential: Credential) -> ActiveSession | None:
         generation = self.cache.generation
         try:
-            active = await self._store.lookup_session(token_hash)
+            if credential.source is CredentialSource.JWT:
+                active = await self.jwt_verifier(credential.token, token_hash, now) if self.jwt_verifier else None
+            else:
+                active = await self._store.lookup_session(token_hash)
         except StoreUnavailable as exc:
             self._metrics.db_errors.labels("lookup_session").inc()
             self._database_down_until = time.monotonic() + _RETRY_DATABASE_AFTER

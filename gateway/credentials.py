@@ -7,6 +7,7 @@ Bounds are enforced here: an oversized or ambiguous credential is rejected, neve
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,6 +35,8 @@ class CredentialSource(enum.Enum):
 
     COOKIE = "cookie"
     BEARER = "bearer"
+    JWT = "jwt"
+    """A bearer JWT issued by a configured upstream (only when ``check.jwt_upstreams`` is set)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,17 +47,22 @@ class Credential:
     source: CredentialSource
 
 
+_JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+
+
 def find_credential(cookie_headers: Sequence[str], authorization_headers: Sequence[str],
-                    cookie_name: str) -> Credential | CredentialProblem:
+                    cookie_name: str, *, accept_jwt: bool = False) -> Credential | CredentialProblem:
     """Return the request's token, or why there is none.
 
     ``Authorization: Bearer`` wins when present (an API client's explicit choice); it is then the only
     source considered, so a bad bearer token is never rescued by a cookie. Other schemes (``Basic``...)
     are ignored. Among cookies, the first one named ``cookie_name`` counts (browsers send the most
-    specific path first). A token of the wrong shape is MALFORMED and must not be looked up.
+    specific path first). A token of the wrong shape is MALFORMED and must not be looked up. With
+    ``accept_jwt``, a bearer value shaped like a compact JWT is returned as a JWT credential (to be
+    verified against the configured upstreams, never looked up).
     """
     if authorization_headers:
-        bearer = _bearer_token(authorization_headers)
+        bearer = _bearer_token(authorization_headers, accept_jwt)
         if bearer is not None:
             return bearer
     if not cookie_headers:
@@ -62,7 +70,7 @@ def find_credential(cookie_headers: Sequence[str], authorization_headers: Sequen
     return _cookie_token(cookie_headers, cookie_name)
 
 
-def _bearer_token(values: Sequence[str]) -> Credential | CredentialProblem | None:
+def _bearer_token(values: Sequence[str], accept_jwt: bool) -> Credential | CredentialProblem | None:
     if len(values) > 1:
         return CredentialProblem.MALFORMED
     value = values[0]
@@ -72,9 +80,11 @@ def _bearer_token(values: Sequence[str]) -> Credential | CredentialProblem | Non
     if scheme.lower() != "bearer":
         return None
     token = rest.strip()
-    if not tokens.is_well_formed(token):
-        return CredentialProblem.MALFORMED
-    return Credential(token, CredentialSource.BEARER)
+    if tokens.is_well_formed(token):
+        return Credential(token, CredentialSource.BEARER)
+    if accept_jwt and _JWT_RE.fullmatch(token):
+        return Credential(token, CredentialSource.JWT)
+    return CredentialProblem.MALFORMED
 
 
 def _cookie_token(values: Sequence[str], name: str) -> Credential | CredentialProblem:

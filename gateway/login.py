@@ -25,7 +25,7 @@ from gateway.access import EnrolmentPolicy, map_roles
 from gateway.core import Checker
 from gateway.errors import AccessDenied, LoginExpired, NotAllowed, NotFound, ProviderUnavailable, TooManyRequests
 from gateway.metrics import Metrics
-from gateway.models import User
+from gateway.models import ActiveSession, SessionRecord, User
 from gateway.redirects import RedirectPolicy, safe_redirect_target
 from gateway.sessions import start_session
 from gateway.settings import Settings
@@ -200,6 +200,42 @@ class LoginService:
         self._metrics.logins.labels(name, "success").inc()
         log.info("login succeeded", upstream=name, user_id=user.id, client=client, mfa=identity.mfa)
         return LoginFinished(token, attempt.return_to, user, self.attempt_cookie_name(state))
+
+    async def verify_bearer_session(self, token: str, token_hash: str, now: float) -> ActiveSession | None:
+        """Turn a bearer JWT from one of ``check.jwt_upstreams`` into a session, or None.
+
+        The JWT is verified by its provider (signature via JWKS, ``iss``, ``aud``, ``exp``); the enrolment
+        policy applies; the user is upserted with roles mapped like at a login, so the identity has the
+        same shape as a browser session's. The session lives until the JWT's ``exp`` and is not stored.
+        """
+        for name in self._settings.check.jwt_upstreams:
+            provider = self.providers.get(name)
+            if provider is None:
+                continue
+            try:
+                identity = await provider.verify_bearer(token)
+            except ProviderError as exc:
+                log.warning("bearer JWT not checked: provider unavailable", upstream=name, reason=exc.message)
+                continue
+            if identity is None:
+                continue
+            expires = identity.claims.get("exp")
+            if not isinstance(expires, int | float) or isinstance(expires, bool) or expires <= now:
+                return None
+            if self._enrolment.refusal(identity.email, identity.email_verified, identity.groups) is not None:
+                log.info("bearer JWT refused by enrolment policy", upstream=name)
+                return None
+            roles = map_roles(identity.groups, self._settings.roles.map, self._settings.roles.passthrough_groups)
+            user = await self._store.upsert_user(
+                name, identity.subject, email=identity.email.strip() if identity.email_verified else "",
+                name=identity.name, username=identity.username, groups=identity.groups, roles=roles)
+            # last_seen_at = expiry: nothing to write back, the JWT is the session.
+            session = SessionRecord(token_hash=token_hash, user_id=user.id, kind="api", created_at=now,
+                                    expires_at=float(expires), idle_timeout=0.0, last_seen_at=float(expires),
+                                    idle_expires_at=None, revoked_at=None, client_addr="", user_agent="",
+                                    mfa=identity.mfa)
+            return ActiveSession(session, user)
+        return None
 
     async def _fail(self, name: str, client: str, reason: str) -> None:
         """Count a failed callback towards the client's lockout."""

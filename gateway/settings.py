@@ -132,6 +132,7 @@ class CheckSettings:
     """The proxy check endpoint."""
 
     redirect_browsers: bool = False
+    jwt_upstreams: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -555,6 +556,12 @@ def _login_problems(s: Settings) -> list[str]:
     for email in s.enrolment.emails:
         if email.count("@") != 1:
             problems.append(f"enrolment.emails: {email!r} is not an email address")
+    for name in s.check.jwt_upstreams:
+        jwt_table = s.upstreams.get(name)
+        if jwt_table is None:
+            problems.append(f"check.jwt_upstreams: {name!r} is not a configured upstream")
+        elif jwt_table.get("type") not in {"oidc", "auth0", "authing", "cognito", "google", "keycloak"}:
+            problems.append(f"check.jwt_upstreams: {name!r} issues no JWTs (needs an OIDC upstream)")
     if s.access.default not in {"allow", "deny"}:
         problems.append(f"access.default: expected allow or deny, got {s.access.default!r}")
     problems.extend(rule_problems(s.access.rules))

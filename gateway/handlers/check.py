@@ -60,6 +60,7 @@ class CheckHandler:
         self._errors = errors
         self._proxies = proxies
         self._cookie_name = settings.cookie.name
+        self._accept_jwt = bool(settings.check.jwt_upstreams)
         self._default_role = settings.hasura.default_role
         self._redirect_browsers = settings.check.redirect_browsers
         self._login_url = settings.public_url.rstrip("/") + "/login"
@@ -69,7 +70,8 @@ class CheckHandler:
         started = time.perf_counter()
         headers = request.headers
         credential = find_credential(headers.getall(hdrs.COOKIE, ()), headers.getall(hdrs.AUTHORIZATION, ()),
-                                     self._cookie_name)
+                                     self._cookie_name,
+                                     accept_jwt=self._accept_jwt)
         redirect = self._redirect_browsers or "mode=redirect" in request.query_string
         tail = request.match_info.get("tail")
         facts: RequestFacts | None = None

@@ -130,7 +130,8 @@ class LoginHandlers:
     async def userinfo(self, request: web.Request) -> web.Response:
         """``GET /auth/userinfo``: the current identity as JSON; 401 without a session."""
         credential = find_credential(request.headers.getall(hdrs.COOKIE, ()),
-                                     request.headers.getall(hdrs.AUTHORIZATION, ()), self._settings.cookie.name)
+                                     request.headers.getall(hdrs.AUTHORIZATION, ()), self._settings.cookie.name,
+                                     accept_jwt=bool(self._settings.check.jwt_upstreams))
         decision = await self._checker.decide(credential, None)
         if decision.active is None or decision.outcome not in _SIGNED_IN:
             raise Unauthenticated("Sign in to see who you are.", link=("/login", "Sign in"))

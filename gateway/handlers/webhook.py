@@ -50,6 +50,7 @@ class WebhookHandler:
         self._anonymous = _json(anonymous_variables(settings.hasura.anonymous_role)) \
             if settings.hasura.anonymous_role else None
         self._cookie_name = settings.cookie.name
+        self._accept_jwt = bool(settings.check.jwt_upstreams)
         self._max_body = settings.hasura.max_body_bytes
         self._clock = clock
 
@@ -69,7 +70,8 @@ class WebhookHandler:
             cookies = headers.getall(hdrs.COOKIE, ())
             authorization = headers.getall(hdrs.AUTHORIZATION, ())
             roles = headers.getall("X-Hasura-Role", None)
-        credential = find_credential(cookies, authorization, self._cookie_name)
+        credential = find_credential(cookies, authorization, self._cookie_name,
+                                     accept_jwt=self._accept_jwt)
         decision = await self._checker.decide(credential, None)
         outcome = decision.outcome
         body: bytes | None = None
