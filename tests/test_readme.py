@@ -109,3 +109,15 @@ def test_check_config_snippet(sandbox: Path) -> None:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert "configuration OK" in result.stdout
+
+
+def test_every_toml_snippet_is_a_valid_config(tmp_path: Path) -> None:
+    from gateway.settings import load_settings
+
+    blocks = re.findall(r"```toml\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2
+    for index, block in enumerate(blocks):
+        path = tmp_path / f"snippet{index}.toml"
+        path.write_text(block)
+        _, problems = load_settings(path, env={})
+        assert problems == [], (block, problems)
