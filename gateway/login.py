@@ -178,8 +178,7 @@ class LoginService:
         email = identity.email.strip() if identity.email_verified else ""
         refusal = self._enrolment.refusal(identity.email, identity.email_verified, identity.groups)
         if refusal is not None:
-            self._metrics.logins.labels(name, "not_allowed").inc()
-            log.info("login refused by enrolment policy", upstream=name, client=client)
+            await self._fail(name, client, "refused by the enrolment policy")
             raise NotAllowed(f"You signed in, but {refusal}.")
 
         now = self._clock()
@@ -206,7 +205,8 @@ class LoginService:
 
         The JWT is verified by its provider (signature via JWKS, ``iss``, ``aud``, ``exp``); the enrolment
         policy applies; the user is upserted with roles mapped like at a login, so the identity has the
-        same shape as a browser session's. The session lives until the JWT's ``exp`` and is not stored.
+        same shape as a browser session's (a known user keeps the profile of their last sign-in). The
+        session lives until the JWT's ``exp`` and is not stored.
         """
         for name in self._settings.check.jwt_upstreams:
             provider = self.providers.get(name)
@@ -225,10 +225,15 @@ class LoginService:
             if self._enrolment.refusal(identity.email, identity.email_verified, identity.groups) is not None:
                 log.info("bearer JWT refused by enrolment policy", upstream=name)
                 return None
-            roles = map_roles(identity.groups, self._settings.roles.map, self._settings.roles.passthrough_groups)
-            user = await self._store.upsert_user(
-                name, identity.subject, email=identity.email.strip() if identity.email_verified else "",
-                name=identity.name, username=identity.username, groups=identity.groups, roles=roles)
+            # A known user keeps the profile from their last sign-in (access tokens rarely carry email,
+            # name or groups); only a first-time API user is enrolled from the token's claims.
+            user = await self._store.get_user_by_key(name, identity.subject)
+            if user is None:
+                roles = map_roles(identity.groups, self._settings.roles.map,
+                                  self._settings.roles.passthrough_groups)
+                user = await self._store.upsert_user(
+                    name, identity.subject, email=identity.email.strip() if identity.email_verified else "",
+                    name=identity.name, username=identity.username, groups=identity.groups, roles=roles)
             # last_seen_at = expiry: nothing to write back, the JWT is the session.
             session = SessionRecord(token_hash=token_hash, user_id=user.id, kind="api", created_at=now,
                                     expires_at=float(expires), idle_timeout=0.0, last_seen_at=float(expires),

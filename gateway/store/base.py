@@ -68,6 +68,9 @@ class Store(Protocol):
     async def get_user(self, user_id: int) -> User | None:
         """The user with this id, or None."""
 
+    async def get_user_by_key(self, upstream: str, subject: str) -> User | None:
+        """The user keyed by ``(upstream, subject)``, or None."""
+
     async def find_users_by_email(self, email: str) -> list[User]:
         """Users whose email matches case-insensitively after trimming, oldest first."""
 

@@ -399,6 +399,15 @@ class PostgresStore:
 
         return await self._run(work, retry=True)
 
+    async def get_user_by_key(self, upstream: str, subject: str) -> User | None:
+        """The user keyed by ``(upstream, subject)``, or None."""
+        async def work(cur: aiopg.Cursor) -> User | None:
+            await cur.execute(_SELECT_USERS + " WHERE upstream = %s AND subject = %s", (upstream, subject))
+            row = await cur.fetchone()
+            return None if row is None else user_from_row(row)
+
+        return await self._run(work, retry=True)
+
     async def find_users_by_email(self, email: str) -> list[User]:
         """Users whose email equals ``email`` ignoring case and surrounding space, oldest first."""
         wanted = email.strip()

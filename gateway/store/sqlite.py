@@ -295,6 +295,13 @@ class SQLiteStore:
             rows = list(await conn.execute_fetchall(_SELECT_USERS + " WHERE id = ?", (user_id,)))
         return user_from_row(rows[0]) if rows else None
 
+    async def get_user_by_key(self, upstream: str, subject: str) -> User | None:
+        """The user keyed by ``(upstream, subject)``, or None."""
+        async with self._use() as conn:
+            rows = list(await conn.execute_fetchall(_SELECT_USERS + " WHERE upstream = ? AND subject = ?",
+                                                    (upstream, subject)))
+        return user_from_row(rows[0]) if rows else None
+
     async def find_users_by_email(self, email: str) -> list[User]:
         """Users whose email equals ``email`` ignoring case and surrounding space, oldest first."""
         wanted = email.strip()

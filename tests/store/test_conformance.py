@@ -267,6 +267,14 @@ async def test_find_users_by_email_ignores_case_and_space(store: Store) -> None:
     assert await store.find_users_by_email("   ") == []
 
 
+async def test_get_user_by_key(store: Store) -> None:
+    alice = await store.upsert_user("oidc", "alice", email="alice@example.com")
+    await store.upsert_user("github", "alice", email="other@example.com")
+    assert await store.get_user_by_key("oidc", "alice") == alice
+    assert await store.get_user_by_key("oidc", "ALICE") is None
+    assert await store.get_user_by_key("dev", "alice") is None
+
+
 async def test_upsert_rejects_a_bare_string_for_groups(store: Store) -> None:
     with pytest.raises(TypeError):
         await store.upsert_user("oidc", "x", email="x@example.com", groups="admins")
