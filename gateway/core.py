@@ -90,7 +90,7 @@ class Checker:
         self._counts = metrics.hot.cache
         self._grain = last_seen_grain
         self._clock = clock
-        self._inflight: dict[str, asyncio.Task[ActiveSession | None]] = {}
+        self._inflight: dict[str, asyncio.Future[ActiveSession | None]] = {}
         self._touches: set[asyncio.Task[None]] = set()
         self._database_down_until = 0.0
         self.jwt_verifier: JwtVerifier | None = None
@@ -139,19 +139,28 @@ class Checker:
         if self.cache.is_known_bad(token_hash, now):
             self._counts["negative_hit"] += 1
             return Outcome.UNKNOWN
-        task = self._inflight.get(token_hash)
-        if task is None:
+        pending = self._inflight.get(token_hash)
+        if pending is not None:
+            self._counts["coalesced"] += 1
+            active = await pending
+        else:
             if time.monotonic() < self._database_down_until:
                 # Fail fast while the database is known to be down, instead of queueing on timeouts.
                 raise StoreUnavailable("database unavailable (recent failure)")
             self._counts["miss"] += 1
-            task = asyncio.ensure_future(self._load(token_hash, now, credential))
-            self._inflight[token_hash] = task
-            task.add_done_callback(lambda _t: self._inflight.pop(token_hash, None))
-        else:
-            self._counts["coalesced"] += 1
-        # shield: one waiter being cancelled must not cancel the query the others share
-        active = await asyncio.shield(task)
+            # The first asker queries inline; later askers for the same token wait on its future.
+            pending = self._inflight[token_hash] = asyncio.get_running_loop().create_future()
+            try:
+                active = await self._load(token_hash, now, credential)
+            except BaseException as exc:
+                failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("lookup interrupted")
+                pending.set_exception(failure)
+                pending.exception()  # retrieved here, so an unawaited failure is not reported as lost
+                raise
+            else:
+                pending.set_result(active)
+            finally:
+                del self._inflight[token_hash]
         if active is None:
             return Outcome.UNKNOWN
         session = active.session
