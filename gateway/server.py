@@ -2,8 +2,8 @@
 
 Each worker is a complete gateway (its own cache, pool and revocation listener on the shared database),
 so a revocation reaches every worker the same way it reaches other replicas. On SIGTERM or SIGINT a
-worker fails readiness at once, stops accepting, lets in-flight requests finish (bounded by
-``shutdown_timeout``) and exits 0. The parent restarts a worker that dies unexpectedly.
+worker fails readiness at once, keeps accepting for ``shutdown_delay`` (so load balancers notice), stops
+accepting, lets in-flight requests finish (bounded by ``shutdown_timeout``) and exits 0. The parent restarts a worker that dies unexpectedly.
 """
 
 from __future__ import annotations
@@ -101,8 +101,10 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     await stop.wait()
 
     log.info("shutting down: readiness off, finishing in-flight requests",
-             timeout=settings.shutdown_timeout)
+             delay=settings.shutdown_delay, timeout=settings.shutdown_timeout)
     app[STATE].draining = True
+    if settings.shutdown_delay > 0:
+        await asyncio.sleep(settings.shutdown_delay)
     listener.close()
     await runner.cleanup()
     log.info("stopped")

@@ -189,6 +189,7 @@ class Settings:
     workers: int = 1
     keepalive_timeout: Duration = Duration(75)
     shutdown_timeout: Duration = Duration(10)
+    shutdown_delay: Duration = Duration(0)
     max_header_bytes: int = 16384
     cookie: CookieSettings = field(default_factory=CookieSettings)
     session: SessionSettings = field(default_factory=SessionSettings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -35,12 +36,13 @@ class Served:
         return self.log.read_text(errors="replace")
 
 
-def _start(database_url: str, tmp_path: Path, workers: int) -> Iterator[Served]:
+def _start(database_url: str, tmp_path: Path, workers: int, name: str = "gateway",
+           **extra_env: str) -> Iterator[Served]:
     port = free_port()
     env = {**os.environ, "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LISTEN": f"127.0.0.1:{port}",
-           "GATEWAY_LOG_FORMAT": "json", "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_CACHE_TTL": "1h"}
+           "GATEWAY_LOG_FORMAT": "json", "GATEWAY_LOG_LEVEL": "debug", "GATEWAY_CACHE_TTL": "1h", **extra_env}
     env.pop("GATEWAY_CONFIG", None)
-    log = tmp_path / "gateway.log"
+    log = tmp_path / f"{name}.log"
     with log.open("wb") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--workers", str(workers)],
                                 env=env, stdout=sink, stderr=subprocess.STDOUT)
@@ -131,3 +133,51 @@ async def test_sigterm_stops_cleanly_and_logs_never_hold_secrets(one_sqlite: Ser
     lines = [json.loads(line) for line in text.splitlines() if line.strip()]
     assert all("request_id" in line for line in lines if line.get("event") in {"check denied", "webhook denied"})
     assert any(line.get("event") == "stopped" for line in lines)
+
+
+@pytest.mark.postgres
+async def test_three_instances_on_one_database_behave_as_one(postgres_url: str, tmp_path: Path) -> None:
+    """Sign in once, get cached on three separate instances, log out on one: all three refuse within 1 s."""
+    with contextlib.ExitStack() as stack:
+        instances = [stack.enter_context(contextlib.contextmanager(_start)(postgres_url, tmp_path, 1, f"gw{i}"))
+                     for i in range(3)]
+        minted = instances[0].cli("tokens", "mint", "--email", "trio@example.com")
+        assert minted.returncode == 0, minted.stderr
+        token = minted.stdout.strip()
+        for served in instances:
+            assert await statuses(served.url, token, 5) == [200] * 5
+        async with (aiohttp.ClientSession() as session,
+                    session.get(f"{instances[1].url}/logout", headers={"Cookie": f"{COOKIE}={token}"},
+                                allow_redirects=False) as resp):
+            assert resp.status == 302
+        started = time.monotonic()
+        for served in instances:
+            while set(await statuses(served.url, token, 3)) != {401}:
+                assert time.monotonic() - started < 1.0, f"{served.url} still admits a logged-out token after 1 s"
+                await asyncio.sleep(0.05)
+
+
+async def test_sigterm_fails_readiness_then_finishes_in_flight_requests(sqlite_url: str, tmp_path: Path) -> None:
+    """A webhook call whose body is still arriving when SIGTERM lands is answered 200, readiness turns 503
+    during the drain delay, and the process exits 0."""
+    with contextlib.contextmanager(_start)(sqlite_url, tmp_path, 1, GATEWAY_SHUTDOWN_DELAY="0.6s") as served:
+        token = served.cli("tokens", "mint", "--email", "slow@example.com").stdout.strip()
+        host, port = served.url.removeprefix("http://").split(":")
+        body = json.dumps({"headers": {"Cookie": f"{COOKIE}={token}"}, "request": None}).encode()
+        reader, writer = await asyncio.open_connection(host, int(port))
+        writer.write(b"POST /auth/webhook HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.2)
+        served.proc.send_signal(signal.SIGTERM)
+        await asyncio.sleep(0.2)
+        async with aiohttp.ClientSession() as session, session.get(f"{served.url}/readyz") as ready:
+            assert ready.status == 503
+            assert (await ready.json())["status"] == "draining"
+        writer.write(body[10:])
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), timeout=10)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200"), response[:200]
+        assert b"X-Hasura-Role" in response
+        assert served.proc.wait(30) == 0
