@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.facts import RequestFacts
+from gateway.facts import RequestFacts, ip_in_networks
 from gateway.models import ActiveSession
 
 _RULE_KEYS = frozenset({"action", "hosts", "paths", "methods", "networks", "groups", "emails", "domains", "mfa",
@@ -142,7 +142,7 @@ class AccessRule:
                 return False
             if self.methods and facts.method.upper() not in self.methods:
                 return False
-            if self.networks and not _in_networks(facts.client_ip, self.networks):
+            if self.networks and not ip_in_networks(facts.client_ip, self.networks):
                 return False
         if self.groups and not self.groups.intersection(g.casefold() for g in (*user.roles, *user.groups)):
             return False
@@ -152,16 +152,6 @@ class AccessRule:
         if self.domains and email_domain(email) not in self.domains:
             return False
         return self.mfa is None or active.session.mfa == self.mfa
-
-
-def _in_networks(address: str, networks: Sequence[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip in net for net in networks)
 
 
 def _strings(table: Mapping[str, Any], key: str) -> tuple[str, ...]:

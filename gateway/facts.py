@@ -49,13 +49,18 @@ class TrustedProxies:
         self.is_trusted = lru_cache(maxsize=1024)(self._is_trusted)
 
     def _is_trusted(self, address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address.split("%", 1)[0])
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        return any(ip in net for net in self._networks)
+        return ip_in_networks(address, self._networks)
+
+
+def ip_in_networks(address: str, networks: Sequence[Network]) -> bool:
+    """True when ``address`` (IPv4, IPv6, IPv4-mapped IPv6; a zone suffix ignored) is in any network."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip in net for net in networks)
 
 
 def normalise_path(raw_path: str) -> str:

@@ -3,7 +3,8 @@
 Each worker is a complete gateway (its own cache, pool and revocation listener on the shared database),
 so a revocation reaches every worker the same way it reaches other replicas. On SIGTERM or SIGINT a
 worker fails readiness at once, keeps accepting for ``shutdown_delay`` (so load balancers notice), stops
-accepting, lets in-flight requests finish (bounded by ``shutdown_timeout``) and exits 0. The parent restarts a worker that dies unexpectedly.
+accepting, lets in-flight requests finish (bounded by ``shutdown_timeout``) and exits 0. The parent
+restarts a worker that dies unexpectedly.
 """
 
 from __future__ import annotations

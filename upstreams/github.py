@@ -26,7 +26,6 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
 import aiohttp
 from authlib.oauth2.rfc6749.parameters import prepare_grant_uri  # type: ignore[import-untyped]
@@ -44,6 +43,8 @@ from upstreams.base import (
     config_str,
     require_keys,
     timeout_from,
+    timeout_problems,
+    url_problem,
 )
 
 GITHUB_URL = "https://github.com"
@@ -394,32 +395,3 @@ def _is_str_list(value: object) -> bool:
 def _valid_team(value: str) -> bool:
     org, sep, slug = value.partition("/")
     return bool(sep) and bool(_ORG_RE.match(org)) and bool(_TEAM_SLUG_RE.match(slug))
-
-
-def url_problem(value: object, *, insecure_ok: bool) -> str:
-    """Why ``value`` is not a usable upstream base URL ("" when it is).
-
-    https is required because client secrets, codes, tokens and session cookies cross it; plain http
-    only with ``allow_insecure_http = true`` (tests and local development), as for OIDC upstreams.
-    """
-    if not isinstance(value, str) or not value:
-        return "expected an absolute URL"
-    parts = urlsplit(value)
-    if parts.scheme == "http" and not insecure_ok:
-        return "must use https (allow_insecure_http = true permits http for tests and development)"
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return f"expected an absolute https URL, got {value!r}"
-    if parts.username is not None or parts.password is not None or parts.query or parts.fragment:
-        return "must not hold credentials, a query or a fragment"
-    try:
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return f"bad port in {value!r}"
-    return ""
-
-
-def timeout_problems(prefix: str, value: object) -> list[str]:
-    """Problems with a ``timeout`` setting (seconds, a positive number)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 300:
-        return [f"{prefix}.timeout: expected a number of seconds between 0 and 300"]
-    return []

@@ -40,8 +40,9 @@ from upstreams.base import (
     config_str,
     require_keys,
     timeout_from,
+    timeout_problems,
+    url_problem,
 )
-from upstreams.github import timeout_problems, url_problem
 
 DEFAULT_COOKIE_NAME = "VouchCookie"
 DEFAULT_CLAIMS_PREFIX = "X-Vouch-IdP-Claims-"
