@@ -130,12 +130,16 @@ def request_facts(headers: Mapping[str, str], *, peer: str, method: str, own_pat
     wants_html = _wants_html(headers)
     trusted = bool(peer) and proxies.is_trusted(peer)
     if not trusted:
-        path = normalise_path(own_path) if own_path else ""
+        path = normalise_path(own_path.split("?", 1)[0]) if own_path else ""
         return RequestFacts(method, "", "", path, "", peer, wants_html)
 
     method = headers.get("X-Original-Method") or headers.get("X-Forwarded-Method") or method
     client_ip = client_address(headers, peer, proxies)
     original_url = headers.get("X-Original-URL")
+    if (original_url or "X-Original-URI" in headers) and "X-Forwarded-Uri" in headers:
+        # nginx sets X-Original-*, Traefik and Caddy X-Forwarded-*; each passes the other family through
+        # from the client untouched. Both at once means one was forged: refuse rather than pick.
+        raise MalformedOriginalRequest("both X-Original-* and X-Forwarded-Uri describe the request")
     if original_url:
         parts = _parse_absolute(original_url)
         host = parts.netloc.rpartition("@")[2].lower()

@@ -78,3 +78,13 @@ def test_ipv4_mapped_peer_is_trusted() -> None:
     assert PROXIES.is_trusted("::ffff:127.0.0.1")
     assert not PROXIES.is_trusted("::ffff:8.8.8.8")
     assert not PROXIES.is_trusted("garbage")
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Original-URL": "https://app.example.com/a", "X-Forwarded-Uri": "/b"},
+    {"X-Original-URI": "/a", "X-Forwarded-Uri": "/b", "Host": "app.example.com"},
+], ids=["url-and-forwarded-uri", "uri-and-forwarded-uri"])
+def test_both_header_families_at_once_are_refused(headers: dict[str, str]) -> None:
+    """nginx passes a client's X-Forwarded-Uri through, Caddy/Traefik a client's X-Original-*: one is forged."""
+    with pytest.raises(MalformedOriginalRequest):
+        facts(headers)

@@ -29,6 +29,7 @@ _UNSAFE_HEADER_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 IDENTITY_HEADERS = ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups",
                     "X-Auth-Request-User-Id")
 _EMPTY_IDENTITY = dict.fromkeys(IDENTITY_HEADERS, "")
+_ENVOY_PREFIX = "/auth/check/"
 _STATUS = {Outcome.ALLOW: 200, Outcome.FORBIDDEN: 403, Outcome.UNAVAILABLE: 503}
 
 
@@ -72,14 +73,18 @@ class CheckHandler:
         credential = find_credential(headers.getall(hdrs.COOKIE, ()), headers.getall(hdrs.AUTHORIZATION, ()),
                                      self._cookie_name,
                                      accept_jwt=self._accept_jwt)
-        redirect = self._redirect_browsers or "mode=redirect" in request.query_string
         tail = request.match_info.get("tail")
+        # On /auth/check/{path} (Envoy) the query string is the end user's: it never selects browser mode.
+        query = request.query_string
+        redirect = self._redirect_browsers or (
+            tail is None and "mode=" in query and request.query.get("mode") == "redirect")
         facts: RequestFacts | None = None
         decision: Decision
         try:
             if redirect or tail is not None or has_forwarded_headers(headers):
                 facts = request_facts(headers, peer=request.remote or "", method=request.method,
-                                      own_path="/" + tail if tail is not None else "", proxies=self._proxies)
+                                      own_path=self._envoy_path(request) if tail is not None else "",
+                                      proxies=self._proxies)
         except MalformedOriginalRequest as exc:
             decision = DENY_BAD_ORIGINAL_REQUEST
             log.info("check denied", outcome=decision.outcome.value, reason=str(exc), client=request.remote,
@@ -91,6 +96,15 @@ class CheckHandler:
             self._log_denial(request, decision, credential, response.status)
         self._count("check", decision.outcome.value, time.perf_counter() - started)
         return response
+
+    @staticmethod
+    def _envoy_path(request: web.Request) -> str:
+        """The original path and query Envoy appended to the check prefix, still percent-encoded (decoded
+        exactly once later, as the app will); raises MalformedOriginalRequest for an encoded prefix."""
+        raw = request.raw_path
+        if not raw.startswith(_ENVOY_PREFIX):
+            raise MalformedOriginalRequest("check prefix is percent-encoded")
+        return raw[len(_ENVOY_PREFIX) - 1:]
 
     def _render(self, decision: Decision, facts: RequestFacts | None, redirect: bool) -> web.Response:
         status = _STATUS.get(decision.outcome, 401)

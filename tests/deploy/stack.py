@@ -1,0 +1,541 @@
+"""The gateway behind real nginx, for deployment tests: processes, generated configs, a small HTTP client.
+
+:func:`start_stack` runs three real processes on free loopback ports and stops them on exit:
+
+- the echo app (:mod:`tests.deploy.echo_app`), standing in for the protected app;
+- ``gateway serve`` with a temporary TOML config: SQLite in the test's directory, the ``dev`` sign-in
+  upstream, plain-http cookies, ``public_url`` = the nginx URL and an access rule denying
+  ``/forbidden/**`` and ``/api/forbidden/**``;
+- nginx, configured from ``deploy/nginx/protect-app.conf`` itself (only the placeholders substituted) inside
+  a minimal main ``nginx.conf`` whose pid, logs and temp files live in the test's directory.
+
+Without nginx the tests skip, or fail under ``GATEWAY_TEST_STRICT=1``. A test module uses it like this::
+
+    @pytest.fixture(scope="module")
+    def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+        with start_stack(tmp_path_factory.mktemp("stack")) as running:
+            yield running
+
+    def test_something(stack: Stack) -> None:
+        token = stack.sign_in("ada@example.com")
+        reply = http("GET", stack.url + "/hello", [("Cookie", f"{COOKIE}={token}")])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import html
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import quote, urlencode, urljoin, urlsplit
+
+import pytest
+
+from tests.helpers import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_CONFIGS = REPO / "deploy" / "nginx"
+COOKIE = "gw_session"
+STARTUP_TIMEOUT = 30.0
+
+DEFAULT_ACCESS_TOML = """
+[access]
+default = "allow"
+
+[[access.rules]]
+action = "deny"
+paths = ["/forbidden/**", "/api/forbidden/**"]
+"""
+"""The access policy :func:`start_stack` gives the gateway unless told otherwise."""
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip a test whose tools are missing, or fail it when GATEWAY_TEST_STRICT=1 demands every test run."""
+    if os.environ.get("GATEWAY_TEST_STRICT") == "1":
+        pytest.fail(f"{reason} (GATEWAY_TEST_STRICT=1)", pytrace=False)
+    pytest.skip(reason)
+
+
+def find_nginx() -> str | None:
+    """The nginx binary (on PATH, or Debian's /usr/sbin/nginx, which is not on a normal user's PATH)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/local/nginx/sbin/nginx"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def wait_until(ready: Callable[[], bool], what: str, *, timeout: float = STARTUP_TIMEOUT,
+               proc: subprocess.Popen[bytes] | None = None, log: Path | None = None) -> None:
+    """Poll ``ready`` every 0.1 s; fail (with the log) after ``timeout`` or when ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{_tail(log)}", pytrace=False)
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} not ready after {timeout:.0f} s:\n{_tail(log)}", pytrace=False)
+        time.sleep(0.1)
+
+
+def _tail(log: Path | None, lines: int = 40) -> str:
+    if log is None:
+        return ""
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def port_open(port: int) -> bool:
+    """True when something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def stop_process(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 15.0) -> None:
+    """Send ``sig``, wait, then kill the process's own group (it was started in a new session)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):  # its group: nginx workers outlive a killed master
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+
+@contextlib.contextmanager
+def running(args: Sequence[str], log: Path, *, env: Mapping[str, str] | None = None,
+            stop_signal: int = signal.SIGTERM) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``args`` with stdout and stderr in ``log`` (in its own session); stop it on exit."""
+    with log.open("ab") as sink:
+        proc = subprocess.Popen(list(args), env=dict(env) if env is not None else None, cwd=REPO,
+                                stdout=sink, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+    try:
+        yield proc
+    finally:
+        stop_process(proc, stop_signal)
+
+
+# ---- a small HTTP client: exact control over header names, case and duplicates ------------------------
+
+@dataclass
+class Reply:
+    """One HTTP response, headers in arrival order."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        """The first header called ``name`` (any case), or None."""
+        values = self.all(name)
+        return values[0] if values else None
+
+    def all(self, name: str) -> list[str]:
+        """Every header called ``name`` (any case)."""
+        return [v for k, v in self.headers if k.lower() == name.lower()]
+
+    def json(self) -> Any:
+        """The body parsed as JSON."""
+        return json.loads(self.body)
+
+    @property
+    def text(self) -> str:
+        """The body as text."""
+        return self.body.decode("utf-8", "replace")
+
+    def cookies(self) -> dict[str, str]:
+        """``name -> value`` of every Set-Cookie (attributes dropped)."""
+        out: dict[str, str] = {}
+        for line in self.all("Set-Cookie"):
+            name, _, value = line.split(";", 1)[0].partition("=")
+            out[name.strip()] = value.strip()
+        return out
+
+
+def http(method: str, url: str, headers: Sequence[tuple[str, str]] = (), body: bytes | None = None,
+         timeout: float = 10.0) -> Reply:
+    """Send one request exactly as given (no redirects followed, no headers added but Host)."""
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    conn = HTTPConnection(parts.hostname or "127.0.0.1", parts.port or 80, timeout=timeout)
+    try:
+        conn.putrequest(method, target, skip_accept_encoding=True)
+        for name, value in headers:
+            conn.putheader(name, value)
+        if body is not None:
+            conn.putheader("Content-Length", str(len(body)))
+        conn.endheaders(body)
+        response = conn.getresponse()
+        return Reply(response.status, response.getheaders(), response.read())
+    finally:
+        conn.close()
+
+
+def cookie_header(cookies: Mapping[str, str]) -> tuple[str, str]:
+    """A ``Cookie`` request header for these cookies."""
+    return ("Cookie", "; ".join(f"{k}={v}" for k, v in cookies.items()))
+
+
+# ---- the processes ---------------------------------------------------------------------------------------
+
+@dataclass
+class Gateway:
+    """A running ``gateway serve`` and the means to run its admin CLI against the same database."""
+
+    url: str
+    config: Path
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def port(self) -> int:
+        """The port the gateway listens on (127.0.0.1)."""
+        return int(self.url.rsplit(":", 1)[1])
+
+    def cli(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``gateway ARGS...`` with this gateway's config; fails the test on a non-zero exit."""
+        result = subprocess.run([sys.executable, "-m", "gateway", *args], env=self.env, input=stdin, cwd=REPO,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 0, f"gateway {' '.join(args)} failed:\n{result.stderr}"
+        return result
+
+    def mint(self, email: str, *roles: str, ttl: str = "1h") -> str:
+        """A fresh API token for ``email`` (enrolled with ``roles`` if new)."""
+        role_args = [arg for role in roles for arg in ("--role", role)]
+        return self.cli("tokens", "mint", "--email", email, "--ttl", ttl, *role_args).stdout.strip()
+
+    def metrics(self) -> str:
+        """The Prometheus text of ``/metrics``, read directly from the gateway."""
+        reply = http("GET", self.url + "/metrics")
+        assert reply.status == 200, reply
+        return reply.text
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of every sample called ``name`` whose labels include ``labels``."""
+        return metric_sum(self.metrics(), name, **labels)
+
+    def log_text(self) -> str:
+        """Everything the gateway logged so far."""
+        return self.log.read_text(errors="replace")
+
+
+_SAMPLE_RE = re.compile(r'^([A-Za-z_:][A-Za-z0-9_:]*)(?:\{(.*)\})?\s+(\S+)')
+_LABEL_RE = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_sum(text: str, name: str, **labels: str) -> float:
+    """Sum the samples of ``name`` in Prometheus text format whose labels include ``labels``."""
+    total = 0.0
+    for line in text.splitlines():
+        match = _SAMPLE_RE.match(line)
+        if not match or match.group(1) != name:
+            continue
+        found = dict(_LABEL_RE.findall(match.group(2) or ""))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += float(match.group(3))
+    return total
+
+
+def gateway_toml(*, port: int, public_url: str, database: Path, redirect_hosts: Sequence[str],
+                 access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "") -> str:
+    """The gateway's config: dev sign-in, plain-http cookies, generous login rate limit, ``access_toml``.
+
+    ``extra_toml`` is appended at the end, so it must start with a ``[table]`` header.
+    """
+    hosts = ", ".join(json.dumps(h) for h in redirect_hosts)
+    return f"""\
+listen = "127.0.0.1:{port}"
+public_url = {json.dumps(public_url)}
+database_url = {json.dumps(f"sqlite:///{database}")}
+log_format = "json"
+log_level = "info"
+
+[cookie]
+secure = false                  # plain http on loopback
+
+[login]
+redirect_hosts = [{hosts}]
+rate_limit = 10000              # tests sign in often from 127.0.0.1
+
+[upstreams.dev]
+type = "dev"
+{access_toml}
+{extra_toml}
+"""
+
+
+def gateway_env(config: Path) -> dict[str, str]:
+    """The environment for gateway processes: this one minus any GATEWAY_* setting, plus the config file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
+    env["GATEWAY_CONFIG"] = str(config)
+    return env
+
+
+@contextlib.contextmanager
+def start_gateway(directory: Path, *, port: int, public_url: str, redirect_hosts: Sequence[str],
+                  access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "") -> Iterator[Gateway]:
+    """Run ``gateway serve`` (one worker, SQLite in ``directory``) until the block ends."""
+    config = directory / "gateway.toml"
+    config.write_text(gateway_toml(port=port, public_url=public_url, database=directory / "gateway.db",
+                                   redirect_hosts=redirect_hosts, access_toml=access_toml,
+                                   extra_toml=extra_toml))
+    env = gateway_env(config)
+    log = directory / "gateway.log"
+    with running([sys.executable, "-m", "gateway", "serve"], log, env=env) as proc:
+        gateway = Gateway(f"http://127.0.0.1:{port}", config, env, log, proc)
+
+        def ready() -> bool:
+            try:
+                return http("GET", gateway.url + "/readyz", timeout=1).status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, "gateway", proc=proc, log=log)
+        yield gateway
+
+
+@dataclass
+class Echo:
+    """The running echo app."""
+
+    url: str
+    port: int
+    log: Path
+
+
+@contextlib.contextmanager
+def start_echo(directory: Path, port: int | None = None) -> Iterator[Echo]:
+    """Run the echo app as a subprocess until the block ends."""
+    port = port or free_port()
+    log = directory / "echo.log"
+    with running([sys.executable, "-m", "tests.deploy.echo_app", "--port", str(port)], log) as proc:
+        wait_until(lambda: port_open(port), "echo app", proc=proc, log=log)
+        yield Echo(f"http://127.0.0.1:{port}", port, log)
+
+
+# ---- nginx -----------------------------------------------------------------------------------------------
+
+def render_site(name: str, substitutions: Mapping[str, str]) -> str:
+    """``deploy/nginx/<name>`` with each placeholder replaced; every placeholder must occur exactly once."""
+    text = (NGINX_CONFIGS / name).read_text()
+    for placeholder, value in substitutions.items():
+        count = text.count(placeholder)
+        assert count == 1, f"{name}: expected {placeholder!r} exactly once, found it {count} times"
+        text = text.replace(placeholder, value)
+    return text
+
+
+def site_substitutions(*, listen_port: int, gateway_port: int, app_port: int) -> dict[str, str]:
+    """The placeholders of ``protect-app.conf`` / ``hasura.conf`` mapped to loopback test values."""
+    return {
+        "listen 80;": f"listen 127.0.0.1:{listen_port};",
+        "server_name app.example.com;": "server_name 127.0.0.1 localhost;",
+        "server 127.0.0.1:4180;": f"server 127.0.0.1:{gateway_port};",
+        "server 127.0.0.1:8080;": f"server 127.0.0.1:{app_port};",
+    }
+
+
+def _nginx_version(binary: str) -> tuple[int, ...]:
+    out = subprocess.run([binary, "-v"], capture_output=True, text=True, timeout=10, check=False)
+    match = re.search(r"nginx/(\d+)\.(\d+)\.(\d+)", out.stderr + out.stdout)
+    return tuple(int(g) for g in match.groups()) if match else (0, 0, 0)
+
+
+def main_conf(directory: Path, site: Path) -> str:
+    """A minimal main nginx.conf: foreground, every file in ``directory``, ``site`` included in http {}."""
+    user = "user root;\n" if os.geteuid() == 0 else ""  # workers must reach the test's 0700 directories
+    temp = "\n".join(f"    {kind}_temp_path {directory / 'temp' / kind};"
+                     for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    return f"""\
+{user}daemon off;
+master_process on;
+worker_processes 1;
+pid {directory / 'nginx.pid'};
+lock_file {directory / 'nginx.lock'};
+error_log {directory / 'error.log'} info;
+
+events {{
+    worker_connections 1024;
+}}
+
+http {{
+    access_log {directory / 'access.log'};
+    default_type application/octet-stream;
+{temp}
+    include {site};
+}}
+"""
+
+
+@dataclass
+class Nginx:
+    """A running nginx."""
+
+    url: str
+    port: int
+    directory: Path
+    site: Path
+    proc: subprocess.Popen[bytes]
+
+    def error_log(self) -> str:
+        """nginx's error log so far."""
+        return _tail(self.directory / "error.log", lines=10_000)
+
+
+def nginx_command(binary: str, directory: Path, *extra: str) -> list[str]:
+    """``nginx -p DIR -c DIR/nginx.conf [-e DIR/error.log] EXTRA...``."""
+    command = [binary, "-p", str(directory), "-c", str(directory / "nginx.conf")]
+    if _nginx_version(binary) >= (1, 19, 5):  # -e: early messages too go to our log, not /var/log/nginx
+        command += ["-e", str(directory / "error.log")]
+    return [*command, *extra]
+
+
+def prepare_nginx(directory: Path, site_text: str) -> tuple[str, Path]:
+    """Write the main config and the site into ``directory`` and check them with ``nginx -t``.
+
+    Returns the nginx binary and the site file. Skips (or fails under strict mode) without nginx.
+    """
+    binary = find_nginx()
+    if binary is None:
+        unavailable("nginx not found (apt-get install nginx)")
+    directory.mkdir(parents=True, exist_ok=True)
+    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (directory / "temp" / kind).mkdir(parents=True, exist_ok=True)
+    site = directory / "site.conf"
+    site.write_text(site_text)
+    (directory / "nginx.conf").write_text(main_conf(directory, site))
+    test = subprocess.run(nginx_command(binary, directory, "-t"), capture_output=True, text=True, timeout=30,
+                          check=False)
+    if test.returncode != 0:
+        pytest.fail(f"nginx -t rejected the configuration:\n{test.stderr}{test.stdout}", pytrace=False)
+    return binary, site
+
+
+@contextlib.contextmanager
+def start_nginx(directory: Path, site_text: str, port: int) -> Iterator[Nginx]:
+    """Run nginx in the foreground with ``site_text`` (listening on ``port``) until the block ends."""
+    binary, site = prepare_nginx(directory, site_text)
+    log = directory / "nginx.out"
+    # SIGQUIT: graceful stop (open keep-alive connections are closed, in-flight requests finish)
+    with running(nginx_command(binary, directory), log, stop_signal=signal.SIGQUIT) as proc:
+        wait_until(lambda: port_open(port), "nginx", proc=proc, log=directory / "error.log")
+        yield Nginx(f"http://127.0.0.1:{port}", port, directory, site, proc)
+
+
+# ---- the whole stack -------------------------------------------------------------------------------------
+
+@dataclass
+class Stack:
+    """nginx (from ``deploy/nginx/protect-app.conf``) in front of the echo app, checking with the gateway."""
+
+    nginx: Nginx
+    gateway: Gateway
+    echo: Echo
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        """The site's base URL (through nginx), e.g. ``http://127.0.0.1:41234``."""
+        return self.nginx.url
+
+    def get(self, path: str, headers: Sequence[tuple[str, str]] = (), *, token: str | None = None,
+            browser: bool = False) -> Reply:
+        """GET ``path`` through nginx as a browser (HTML ``Accept``) or an API client, ``token`` as cookie."""
+        sent = list(headers)
+        sent.append(("Accept", "text/html,application/xhtml+xml" if browser else "application/json"))
+        if token is not None:
+            sent.append(cookie_header({COOKIE: token}))
+        return http("GET", self.url + path, sent)
+
+    def sign_in(self, email: str, *, groups: str = "", rd: str | None = None) -> SignIn:
+        """Sign in through nginx with the dev upstream, as a browser would; see :func:`sign_in`."""
+        return sign_in(self.url, email, groups=groups, rd=rd)
+
+
+@dataclass
+class SignIn:
+    """The outcome of a browser sign-in."""
+
+    token: str
+    cookies: dict[str, str]
+    location: str
+    set_cookie: str
+
+
+def sign_in(base_url: str, email: str, *, groups: str = "", rd: str | None = None) -> SignIn:
+    """Sign in through ``base_url`` with the ``dev`` upstream: /login -> the form -> /callback/dev.
+
+    Cookies are carried between the steps like a browser's jar; the form is read from the page, so its
+    action and hidden ``state`` are exercised as served. Returns the session token and where the final
+    redirect went.
+    """
+    rd = rd or base_url + "/"
+    browser = [("Accept", "text/html")]
+    jar: dict[str, str] = {}
+
+    start = http("GET", f"{base_url}/login?rd={quote(rd, safe='')}", browser)
+    assert start.status == 302, (start.status, start.text)
+    jar.update(start.cookies())
+    form_url = urljoin(base_url + "/login", start.header("Location") or "")
+    assert form_url.startswith(base_url + "/login/dev/"), form_url
+
+    form = http("GET", form_url, [*browser, cookie_header(jar)])
+    assert form.status == 200, (form.status, form.text)
+    action = re.search(r'<form[^>]*action="([^"]+)"', form.text)
+    state = re.search(r'name="state" value="([^"]*)"', form.text)
+    assert action and state, form.text
+    params = {"state": html.unescape(state.group(1)), "email": email, "name": "", "groups": groups}
+    callback_url = urljoin(form_url, html.unescape(action.group(1))) + "?" + urlencode(params)
+
+    done = http("GET", callback_url, [*browser, cookie_header(jar)])
+    assert done.status == 302, (done.status, done.text)
+    jar.update(done.cookies())
+    session_lines = [c for c in done.all("Set-Cookie") if c.startswith(COOKIE + "=")]
+    assert jar.get(COOKIE) and session_lines, done.headers
+    return SignIn(jar[COOKIE], jar, done.header("Location") or "", session_lines[0])
+
+
+@contextlib.contextmanager
+def start_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "",
+                site: str = "protect-app.conf") -> Iterator[Stack]:
+    """Start the echo app, the gateway and nginx (configured from ``deploy/nginx/<site>``); stop them after.
+
+    nginx is looked for first, so a machine without it skips (or fails under strict mode) before anything
+    starts.
+    """
+    if find_nginx() is None:
+        unavailable("nginx not found (apt-get install nginx)")
+    nginx_port, gateway_port = free_port(), free_port()
+    nginx_url = f"http://127.0.0.1:{nginx_port}"
+    with contextlib.ExitStack() as stack:
+        echo = stack.enter_context(start_echo(directory))
+        gateway = stack.enter_context(start_gateway(
+            directory, port=gateway_port, public_url=nginx_url,
+            redirect_hosts=[f"127.0.0.1:{nginx_port}", f"localhost:{nginx_port}"],
+            access_toml=access_toml, extra_toml=extra_toml))
+        site_text = render_site(site, site_substitutions(listen_port=nginx_port, gateway_port=gateway_port,
+                                                   app_port=echo.port))
+        nginx = stack.enter_context(start_nginx(directory / "nginx", site_text, nginx_port))
+        yield Stack(nginx, gateway, echo, directory)

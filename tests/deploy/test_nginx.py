@@ -1,0 +1,325 @@
+"""The gateway behind real nginx, configured from the very files users copy: deploy/nginx/*.conf.
+
+Every request below goes through nginx to the echo app (or to the gateway's sign-in pages), so what is
+asserted is what a deployment does: redirects, plain 401s, identity headers the app can trust, revocation,
+the 403 page and keep-alive to the gateway under load.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from gateway.settings import Settings
+from tests.deploy.stack import (
+    COOKIE,
+    NGINX_CONFIGS,
+    Reply,
+    Stack,
+    http,
+    metric_sum,
+    prepare_nginx,
+    render_site,
+    site_substitutions,
+    start_nginx,
+    start_stack,
+)
+from tests.helpers import free_port
+
+IDENTITY = ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups", "X-Auth-Request-User-Id")
+REVOCATION_DEADLINE = 1.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with start_stack(tmp_path_factory.mktemp("nginx-stack")) as running:
+        yield running
+
+
+def seen_by_app(reply: Reply) -> list[tuple[str, str]]:
+    """The headers the echo app received, from its JSON answer."""
+    assert reply.status == 200, (reply.status, reply.text)
+    return [(name, value) for name, value in reply.json()["headers"]]
+
+
+def named(headers: list[tuple[str, str]], name: str) -> list[str]:
+    return [v for k, v in headers if k.lower() == name.lower()]
+
+
+def refused_within(stack: Stack, token: str, deadline: float, started: float) -> tuple[Reply, Reply]:
+    """Poll a browser and an API request with ``token`` until both are refused; fail after ``deadline`` s."""
+    while True:
+        page = stack.get("/dashboard", token=token, browser=True)
+        api = stack.get("/api/me", token=token)
+        if page.status == 302 and api.status == 401:
+            return page, api
+        assert page.status == 200 and api.status == 200, (page.status, api.status)
+        elapsed = time.monotonic() - started
+        assert elapsed < deadline, f"the session still works {elapsed:.2f} s after it was revoked"
+        time.sleep(0.05)
+
+
+# ---- anonymous ------------------------------------------------------------------------------------------
+
+def test_anonymous_browser_is_sent_to_sign_in_with_the_original_url(stack: Stack) -> None:
+    reply = stack.get("/reports/2024?year=2024", browser=True)
+    assert reply.status == 302
+    assert reply.header("Location") == f"/login?rd={stack.url}/reports/2024?year=2024"
+    assert reply.header("Cache-Control") == "no-store"
+
+    # the sign-in page it points at is the gateway's, on the same host, and starts a real attempt
+    start = stack.get(reply.header("Location") or "", browser=True)
+    assert start.status == 302
+    assert (start.header("Location") or "").startswith(stack.url + "/login/dev/dev?state=")
+    assert any(name.startswith("gw_login_") for name in start.cookies())
+
+
+def test_anonymous_api_call_gets_a_plain_json_401(stack: Stack) -> None:
+    for accept_html in (False, True):  # under /api/ the path decides, not the Accept header
+        reply = stack.get("/api/items", browser=accept_html)
+        assert reply.status == 401
+        assert reply.header("Location") is None
+        assert reply.header("Content-Type") == "application/json"
+        assert reply.json()["error"] == "unauthenticated"
+
+
+def test_garbage_and_spoofed_headers_do_not_get_an_anonymous_caller_in(stack: Stack) -> None:
+    spoofed = [("X-Auth-Request-User", "admin"), ("X-User", "admin"), ("Authorization", "Bearer gwt_" + "A" * 43),
+               ("X-Original-URL", stack.url + "/login"), ("X-Original-URI", "/login")]
+    assert stack.get("/api/items", spoofed, token="gwt_" + "B" * 43).status == 401
+    assert stack.get("/dashboard", spoofed, browser=True).status == 302
+
+
+def test_the_check_location_is_internal(stack: Stack) -> None:
+    token = stack.gateway.mint("internal@example.com")
+    assert stack.get("/_gateway/check", token=token).status == 404
+
+
+# ---- signed in -------------------------------------------------------------------------------------------
+
+def test_browser_sign_in_through_nginx_returns_to_the_page_with_a_session_cookie(stack: Stack) -> None:
+    target = stack.url + "/projects/7?tab=files"
+    signed = stack.sign_in("grace@example.com", groups="editors", rd=target)
+    assert signed.location == target
+    attributes = [a.strip().lower() for a in signed.set_cookie.split(";")[1:]]
+    assert {"httponly", "path=/", "samesite=lax"} <= set(attributes)
+    assert not any(a.startswith("domain=") for a in attributes)  # host-only: sign-in is on this host
+
+    seen = seen_by_app(stack.get("/projects/7?tab=files", token=signed.token, browser=True))
+    assert named(seen, "X-Auth-Request-User") == ["grace"]
+    assert named(seen, "X-Auth-Request-Email") == ["grace@example.com"]
+    assert named(seen, "X-Auth-Request-Groups") == ["editors"]
+    assert named(seen, "X-Auth-Request-User-Id")[0].isdigit()
+
+    info = stack.get("/auth/userinfo", token=signed.token)  # proxied to the gateway on the same host
+    assert info.status == 200 and info.json()["email"] == "grace@example.com"
+
+
+def test_the_app_sees_the_identity_headers_for_a_minted_token(stack: Stack) -> None:
+    token = stack.gateway.mint("ada@example.com", "user", "editor")
+    info = stack.get("/auth/userinfo", token=token).json()
+    seen = seen_by_app(stack.get("/api/whoami", token=token))
+    assert named(seen, "X-Auth-Request-User") == [info["username"] or info["email"]]
+    assert named(seen, "X-Auth-Request-Email") == ["ada@example.com"]
+    assert named(seen, "X-Auth-Request-Groups") == [",".join(info["roles"])]
+    assert named(seen, "X-Auth-Request-User-Id") == [info["user_id"]]
+
+
+def test_post_body_reaches_the_app_but_not_the_check(stack: Stack) -> None:
+    token = stack.gateway.mint("poster@example.com")
+    body = json.dumps({"name": "x" * 5000}).encode()
+    reply = http("POST", stack.url + "/api/items", [("Cookie", f"{COOKIE}={token}"),
+                                                    ("Content-Type", "application/json")], body)
+    assert reply.status == 200
+    echoed = reply.json()
+    assert echoed["method"] == "POST" and echoed["body"] == body.decode()
+
+
+SPOOFS = [
+    ("X-Auth-Request-User", "SPOOFED-admin"),
+    ("x-auth-request-user", "SPOOFED-admin"),
+    ("X-AUTH-REQUEST-EMAIL", "SPOOFED@evil.example"),
+    ("X-Auth-Request-Groups", "SPOOFED-admin"),
+    ("x-Auth-request-user-ID", "SPOOFED-0"),
+    ("X_Auth_Request_User", "SPOOFED-admin"),
+    ("X-User", "SPOOFED-admin"),
+    ("x-user", "SPOOFED-admin"),
+    ("X-Email", "SPOOFED@evil.example"),
+    ("X-Groups", "SPOOFED-admin"),
+    ("X-Remote-User", "SPOOFED-admin"),
+    ("Remote-User", "SPOOFED-admin"),
+    ("X-Forwarded-User", "SPOOFED-admin"),
+    ("X-Forwarded-Email", "SPOOFED@evil.example"),
+    ("X-Forwarded-Groups", "SPOOFED-admin"),
+    ("X-Forwarded-Preferred-Username", "SPOOFED-admin"),
+]
+
+
+@pytest.mark.parametrize("path", ["/dashboard", "/api/items"])
+def test_client_sent_identity_headers_never_reach_the_app(stack: Stack, path: str) -> None:
+    token = stack.gateway.mint("mallory@example.com")
+    seen = seen_by_app(stack.get(path, SPOOFS, token=token, browser=path == "/dashboard"))
+    assert "SPOOFED" not in json.dumps(seen)
+    names = [name.lower() for name, _ in seen]
+    for header in IDENTITY:
+        assert names.count(header.lower()) == 1, (header, seen)
+    assert named(seen, "X-Auth-Request-Email") == ["mallory@example.com"]
+    assert not any("_" in name for name in names)
+    for lookalike in ("x-user", "x-email", "x-groups", "remote-user", "x-remote-user", "x-forwarded-user",
+                      "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username"):
+        assert lookalike not in names
+
+
+def test_client_cannot_redescribe_the_original_request_to_the_check(stack: Stack) -> None:
+    token = stack.gateway.mint("sneaky@example.com")
+    lies = [("X-Original-URL", stack.url + "/public"), ("X-Original-URI", "/public"),
+            ("X-Forwarded-Uri", "/public"), ("X-Forwarded-Host", "elsewhere.example"),
+            ("X-Original-Method", "OPTIONS"), ("X-Forwarded-Method", "OPTIONS")]
+    assert stack.get("/forbidden/secrets", lies, token=token, browser=True).status == 403
+    assert stack.get("/api/forbidden/secrets", lies, token=token).status == 403
+
+
+# ---- policy deny -----------------------------------------------------------------------------------------
+
+def test_policy_deny_shows_the_403_page_not_a_sign_in_loop(stack: Stack) -> None:
+    token = stack.gateway.mint("denied@example.com")
+    page = stack.get("/forbidden/payroll", token=token, browser=True)
+    assert page.status == 403
+    assert page.header("Location") is None
+    assert (page.header("Content-Type") or "").startswith("text/html")
+    assert "Access denied" in page.text and "/logout" in page.text
+
+    api = stack.get("/api/forbidden/payroll", token=token)
+    assert api.status == 403 and api.json() == {"error": "forbidden"}
+    assert stack.get("/payroll", token=token).status == 200  # the rule is only for /forbidden/**
+
+
+# ---- logout and revocation ------------------------------------------------------------------------------
+
+def test_logout_through_nginx_refuses_the_same_cookie_at_once(stack: Stack) -> None:
+    signed = stack.sign_in("leaving@example.com")
+    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
+
+    out = stack.get("/logout?rd=/", token=signed.token, browser=True)
+    assert out.status == 302
+    cleared = [c for c in out.all("Set-Cookie") if c.startswith(COOKIE + "=")]
+    assert cleared and "max-age=0" in cleared[0].lower()
+    page, _ = refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
+    assert (page.header("Location") or "").startswith("/login?rd=")
+
+
+def test_admin_token_revoke_refuses_the_cookie_within_a_second(stack: Stack) -> None:
+    token = stack.gateway.mint("revoked@example.com")
+    assert stack.get("/dashboard", token=token, browser=True).status == 200  # cached by the gateway now
+    stack.gateway.cli("tokens", "revoke", "-", stdin=token + "\n")
+    refused_within(stack, token, REVOCATION_DEADLINE, time.monotonic())
+
+
+def test_admin_session_revoke_refuses_a_browser_session_within_a_second(stack: Stack) -> None:
+    signed = stack.sign_in("fired@example.com")
+    assert stack.get("/api/me", token=signed.token).status == 200
+    stack.gateway.cli("sessions", "revoke", "--email", "fired@example.com")
+    refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
+
+
+# ---- the config itself -----------------------------------------------------------------------------------
+
+def config_text() -> str:
+    return (NGINX_CONFIGS / "protect-app.conf").read_text()
+
+
+def test_the_config_copies_set_cookie_from_the_check() -> None:
+    text = config_text()
+    assert re.search(r"^\s*auth_request_set \$auth_cookie\s+\$upstream_http_set_cookie;", text, re.M)
+    assert re.search(r"^\s*add_header Set-Cookie \$auth_cookie;", text, re.M)
+
+
+def test_the_gateway_keeps_connections_longer_than_nginx() -> None:
+    upstream = re.search(r"upstream gateway \{(.*?)\}", config_text(), re.S)
+    assert upstream, "protect-app.conf has no `upstream gateway` block"
+    nginx_timeout = re.search(r"^\s*keepalive_timeout (\d+)s;", upstream.group(1), re.M)
+    assert nginx_timeout and re.search(r"^\s*keepalive \d+;", upstream.group(1), re.M)
+    assert Settings().keepalive_timeout > int(nginx_timeout.group(1))
+
+
+# ---- keep-alive under load -------------------------------------------------------------------------------
+
+async def test_nginx_reuses_its_connections_to_the_gateway_under_load(stack: Stack) -> None:
+    token = await asyncio.to_thread(stack.gateway.mint, "load@example.com")
+    requests, concurrency = 500, 20
+    before = await asyncio.to_thread(stack.gateway.metrics)
+
+    async def one(session: aiohttp.ClientSession, i: int) -> int:
+        async with session.get(f"{stack.url}/api/items/{i}", headers={"Cookie": f"{COOKIE}={token}"}) as resp:
+            await resp.read()
+            return resp.status
+
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        statuses = await asyncio.gather(*(one(session, i) for i in range(requests)))
+    assert statuses == [200] * requests
+
+    after = await asyncio.to_thread(stack.gateway.metrics)
+    checks = (metric_sum(after, "gateway_checks_total", endpoint="check")
+              - metric_sum(before, "gateway_checks_total", endpoint="check"))
+    opened = (metric_sum(after, "gateway_connections_accepted_total")
+              - metric_sum(before, "gateway_connections_accepted_total"))
+    assert checks >= requests
+    assert opened < 50, f"nginx opened {opened:.0f} connections to the gateway for {requests} checks"
+    assert "prematurely closed" not in stack.nginx.error_log()
+
+
+# ---- Hasura behind nginx ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def hasura_site(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """deploy/nginx/hasura.conf in front of the same gateway, the echo app standing in for Hasura."""
+    port = free_port()
+    text = render_site("hasura.conf", site_substitutions(listen_port=port, gateway_port=stack.gateway.port,
+                                                          app_port=stack.echo.port))
+    with start_nginx(tmp_path_factory.mktemp("nginx-hasura"), text, port) as nginx:
+        yield nginx.url
+
+
+def test_hasura_config_is_accepted_by_nginx(tmp_path: Path) -> None:
+    text = render_site("hasura.conf", site_substitutions(listen_port=free_port(), gateway_port=free_port(),
+                                                         app_port=free_port()))
+    prepare_nginx(tmp_path, text)  # runs nginx -t
+
+
+def test_hasura_site_serves_sign_in_and_proxies_graphql_with_the_cookie(stack: Stack, hasura_site: str) -> None:
+    # The gateway's public_url is the protect-app site; here we only need /login to be the gateway's.
+    start = http("GET", hasura_site + "/login?rd=/", [("Accept", "text/html")])
+    assert start.status == 302 and "/login/dev/dev?state=" in (start.header("Location") or "")
+
+    token = stack.gateway.mint("hasura@example.com")
+    body = json.dumps({"query": "{ __typename }"}).encode()
+    reply = http("POST", hasura_site + "/v1/graphql",
+                 [("Cookie", f"{COOKIE}={token}"), ("Content-Type", "application/json"),
+                  ("X-Hasura-Admin-Secret", "guessed"), ("X-Hasura-Role", "editor")], body)
+    seen = seen_by_app(reply)
+    assert reply.json()["path"] == "/v1/graphql"
+    assert named(seen, "Cookie") == [f"{COOKIE}={token}"]      # Hasura forwards it to the webhook
+    assert named(seen, "X-Hasura-Role") == ["editor"]          # the webhook decides whether to grant it
+    assert named(seen, "X-Hasura-Admin-Secret") == []          # never from the public site
+    assert named(seen, "Connection") == []                     # keep-alive to Hasura
+
+
+async def test_hasura_site_passes_websocket_upgrades(stack: Stack, hasura_site: str) -> None:
+    token = await asyncio.to_thread(stack.gateway.mint, "subscriber@example.com")
+    async with (aiohttp.ClientSession() as session,
+                session.ws_connect(hasura_site + "/v1/graphql", headers={"Cookie": f"{COOKIE}={token}"}) as ws):
+        first = await asyncio.wait_for(ws.receive_json(), 10)
+        seen = [(k, v) for k, v in first["headers"]]
+        assert named(seen, "Upgrade") == ["websocket"]
+        assert named(seen, "Connection") == ["upgrade"]
+        assert named(seen, "Cookie") == [f"{COOKIE}={token}"]
+        await ws.send_str("ping")
+        assert await asyncio.wait_for(ws.receive_str(), 10) == "ping"
