@@ -121,3 +121,17 @@ def test_every_toml_snippet_is_a_valid_config(tmp_path: Path) -> None:
         path.write_text(block)
         _, problems = load_settings(path, env={})
         assert problems == [], (block, problems)
+
+
+def test_deploy_snippets_are_the_files() -> None:
+    """Each README block marked ``<!-- from PATH -->`` is PATH itself, or a verbatim piece of it."""
+    blocks = re.findall(r"<!-- from (\S+) -->\n```[a-z]*\n(.*?)```", README, re.S)
+    assert {path for path, _ in blocks} >= {"deploy/nginx/protect-app.conf", "deploy/nginx/hasura.conf",
+                                            "deploy/caddy/Caddyfile", "deploy/traefik/dynamic.yml",
+                                            "deploy/envoy/envoy.yaml"}
+    for path, text in blocks:
+        source = (ROOT / path).read_text()
+        assert text in source, f"README's copy of {path} differs from the file"
+    whole = {path: text for path, text in blocks if path.endswith((".conf", "Caddyfile"))}
+    for path, text in whole.items():
+        assert text == (ROOT / path).read_text(), f"README must show all of {path}"
