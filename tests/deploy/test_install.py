@@ -12,6 +12,7 @@ The install downloads the dependencies from PyPI (a few minutes at most). Desele
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -24,7 +25,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import yaml
+
+# Test dependencies (the `test` extra); without them the module is skipped, and under GATEWAY_TEST_STRICT=1
+# the import error fails the run.
+try:
+    import yaml
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    if os.environ.get("GATEWAY_TEST_STRICT") == "1":
+        raise
+    pytest.skip(f"{exc.name} is not installed (pip install pyyaml)", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
@@ -130,6 +139,7 @@ def _pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile(out)
 
 
+@functools.cache
 def dockerignore_rules() -> list[tuple[bool, re.Pattern[str]]]:
     """(excludes, regex) for every .dockerignore line, in order; the last rule matching a path wins."""
     rules = []
@@ -173,6 +183,7 @@ def assemble_build_dir(stage: Stage, destination: Path) -> Path:
             for source in sources:
                 src = REPO / source
                 assert src.exists(), f"COPY {source}: not in the repository"
+                assert src.is_dir() or in_context(source), f"COPY {source}: excluded by .dockerignore"
                 files = [src] if src.is_file() else sorted(p for p in src.rglob("*") if p.is_file())
                 for file in files:
                     relative = file.relative_to(REPO).as_posix()
@@ -247,8 +258,9 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
 
 
 def _clean_env(venv: Path, **extra: str) -> dict[str, str]:
+    # Keep PIP_* (a CI may point pip at a mirror); drop what would leak this test run's Python or settings.
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GATEWAY_", "PYTHON", "PIP_", "VIRTUAL_ENV"))}
+           if not k.startswith(("GATEWAY_", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV"))}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PIP_DISABLE_PIP_VERSION_CHECK="1",
                VIRTUAL_ENV=str(venv), **extra)
     return env

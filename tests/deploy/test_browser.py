@@ -1,0 +1,343 @@
+"""A real browser signs in through nginx: headless Chromium, driven by Playwright, against the real stack.
+
+The gateway (behind nginx, configured from ``deploy/nginx/protect-app.conf``) offers two upstreams: the
+built-in ``dev`` form and an OpenID Connect provider (:class:`tests.fakes.oidc.FakeOIDC`, served on
+127.0.0.1 from a thread of this process; its ``/authorize`` approves at once and redirects straight back).
+Each flow opens the protected app, lands on the sign-in chooser, signs in, sees the app's JSON with its own
+email in ``X-Auth-Request-Email``, signs out, and is refused. Along the way it checks what a person gets:
+every page is served from loopback only (no third-party requests), with ``Referrer-Policy: no-referrer``,
+and no ``Referer`` leaks to the provider.
+
+Screenshots of the sign-in chooser and the dev form are taken at a fixed 900x640 viewport into the
+test's directory; with ``GATEWAY_UPDATE_SCREENSHOTS=1`` they are written to ``docs/signin.png`` and
+``docs/signin-dev.png`` (the README shows the first), so a plain test run never modifies the tree.
+
+Needs Chromium (``apt-get install chromium``, see :func:`find_chromium`) and the ``playwright`` package
+(only its driver: Playwright's own browser download is not used). Without them the tests skip, or fail
+under ``GATEWAY_TEST_STRICT=1``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from tests.deploy.stack import COOKIE, REPO, Stack, start_stack, unavailable
+from tests.fakes.oidc import FakeOIDC, FakeUser
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, BrowserContext, Page, Request, Response
+
+DOCS = REPO / "docs"
+OIDC_NAME = "corp"
+OIDC_DISPLAY = "Example SSO"
+DEV_DISPLAY = "Development sign-in"  # the dev upstream's default display name (stack.py sets none)
+OIDC_USER = FakeUser(sub="user-alice", email="alice@example.com", name="Alice Liddell", preferred_username="alice")
+LOCAL_HOSTS = {"127.0.0.1", "localhost"}
+VIEWPORT_WIDTH, VIEWPORT_HEIGHT = 900, 640
+STEP_MS = 5_000
+"""Playwright's timeout for each action and navigation."""
+LAUNCH_MS = 30_000
+CHROMIUM_ARGS = [
+    "--no-sandbox",  # tests may run as root
+    "--disable-dev-shm-usage",  # containers often have a tiny /dev/shm
+    "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+    # the browser's own traffic (updates, safe browsing, sync...) has no place on a closed test network
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--font-render-hinting=none",  # steadier glyph rendering for the committed screenshot
+]
+
+
+def find_chromium() -> str | None:
+    """A Chromium (or Chrome) binary: Debian's ``chromium`` first."""
+    for name in ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
+# ---- the fake OpenID Connect provider, in a thread with its own event loop ------------------------------
+
+class ThreadedOIDC:
+    """:class:`FakeOIDC` served on 127.0.0.1 by aiohttp in a background thread.
+
+    A thread, not the test's event loop: the stack starts (synchronously) before any test loop exists,
+    and the gateway subprocess must reach the provider whatever the test is awaiting at that moment.
+    """
+
+    def __init__(self, fake: FakeOIDC) -> None:
+        self.fake = fake
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="fake-oidc", daemon=True)
+
+    def __enter__(self) -> FakeOIDC:
+        self.thread.start()
+
+        async def serve(app: web.Application, **_: Any) -> TestServer:
+            server = TestServer(app, host="127.0.0.1")
+            await server.start_server()
+            return server
+
+        asyncio.run_coroutine_threadsafe(self.fake.start(serve), self.loop).result(timeout=30)
+        return self.fake
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self.fake.server is not None:
+                asyncio.run_coroutine_threadsafe(self.fake.server.close(), self.loop).result(timeout=30)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=30)
+            self.loop.close()
+
+
+@dataclass
+class Site:
+    """The running stack and the fake provider it signs in with."""
+
+    stack: Stack
+    oidc: FakeOIDC
+    chromium: str
+
+    @property
+    def url(self) -> str:
+        return self.stack.url
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        unavailable("the playwright package is not installed (pip install playwright)")
+    chromium = find_chromium()
+    if chromium is None:
+        unavailable("Chromium not found (apt-get install chromium)")
+    assert chromium is not None
+    with ThreadedOIDC(FakeOIDC(users=[OIDC_USER])) as oidc:
+        upstream = oidc.config(display_name=OIDC_DISPLAY)
+        extra = f"[upstreams.{OIDC_NAME}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in upstream.items())
+        with start_stack(tmp_path_factory.mktemp("browser-stack"), extra_toml=extra) as stack:
+            yield Site(stack, oidc, chromium)
+
+
+# ---- the browser ------------------------------------------------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def launched(chromium: str) -> AsyncIterator[Browser]:
+    """Headless Chromium for one test; closed (and Playwright's driver stopped) whatever happens."""
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS, headless=True,
+                                                   timeout=LAUNCH_MS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+@dataclass
+class Traffic:
+    """Every request a browser context made, and the document responses it got."""
+
+    requests: list[Request] = field(default_factory=list)
+    documents: list[Response] = field(default_factory=list)
+
+    def watch(self, context: BrowserContext) -> None:
+        context.on("request", self._request)
+        context.on("response", self._response)
+
+    def _request(self, request: Request) -> None:
+        self.requests.append(request)
+
+    def _response(self, response: Response) -> None:
+        if response.request.resource_type == "document":
+            self.documents.append(response)
+
+    def foreign(self) -> list[str]:
+        """URLs of requests to anything but loopback (``data:``, ``blob:`` and ``about:`` go nowhere)."""
+        return [r.url for r in self.requests
+                if urlsplit(r.url).scheme not in ("data", "blob", "about")
+                and urlsplit(r.url).hostname not in LOCAL_HOSTS]
+
+    def to(self, url_prefix: str) -> list[Request]:
+        return [r for r in self.requests if r.url.startswith(url_prefix)]
+
+
+async def new_page(browser: Browser) -> tuple[BrowserContext, Page, Traffic]:
+    """A fresh context (its own cookie jar: a new private window) with a fixed look and bounded steps."""
+    context = await browser.new_context(
+        viewport={"width": VIEWPORT_WIDTH, "height": VIEWPORT_HEIGHT}, device_scale_factor=1, locale="en-US",
+        timezone_id="UTC", color_scheme="light", reduced_motion="reduce")
+    context.set_default_timeout(STEP_MS)
+    context.set_default_navigation_timeout(STEP_MS)
+    traffic = Traffic()
+    traffic.watch(context)
+    return context, await context.new_page(), traffic
+
+
+async def referer(request: Request) -> str | None:
+    """The ``Referer`` header Chromium actually sent with ``request``."""
+    return await request.header_value("referer")
+
+
+async def shows_app(page: Page) -> dict[str, Any]:
+    """The echo app's JSON as the page shows it (Chromium renders a JSON body as text in a ``<pre>``)."""
+    echoed: dict[str, Any] = json.loads(await page.locator("pre").first.inner_text())
+    return echoed
+
+
+def header(echoed: dict[str, Any], name: str) -> list[str]:
+    return [value for key, value in echoed["headers"] if key.lower() == name.lower()]
+
+
+async def assert_sign_in_chooser(site: Site, page: Page, rd: str) -> None:
+    """The page is the gateway's sign-in chooser for ``rd``, with one button per upstream."""
+    await page.wait_for_url(lambda url: urlsplit(url).path == "/login")
+    assert page.url == f"{site.url}/login?rd={rd}", page.url
+    assert await page.title() == "Sign in"
+    await page.get_by_role("heading", level=1, name="Sign in").wait_for()
+    buttons = page.locator("main a.button")
+    assert await buttons.all_inner_texts() == [f"Continue with {DEV_DISPLAY}", f"Continue with {OIDC_DISPLAY}"]
+    for link in await buttons.all():
+        href = await link.get_attribute("href") or ""
+        assert href.startswith("/login?upstream="), href
+    assert await page.locator("pre").count() == 0  # not the app's JSON
+
+
+def assert_page_headers(response: Response | None) -> None:
+    """A gateway page's protective headers: no referrer, not cached, nothing loadable from elsewhere."""
+    assert response is not None
+    headers = response.headers
+    assert headers.get("referrer-policy") == "no-referrer", (response.url, headers)
+    assert headers.get("cache-control") == "no-store", (response.url, headers)
+    assert "default-src 'none'" in headers.get("content-security-policy", ""), (response.url, headers)
+
+
+def gateway_documents(site: Site, traffic: Traffic) -> list[Response]:
+    """The HTML pages the gateway served (through nginx) in this context."""
+    return [r for r in traffic.documents
+            if r.url.startswith((site.url + "/login", site.url + "/logout", site.url + "/callback"))]
+
+
+async def sign_out_and_check_refused(site: Site, context: BrowserContext, page: Page, target: str) -> None:
+    """Open /logout, then the app again: back on the sign-in chooser, and the old session token is dead."""
+    session = [c["value"] for c in await context.cookies(site.url) if c["name"] == COOKIE]
+    assert len(session) == 1, await context.cookies(site.url)
+
+    await page.goto(site.url + "/logout")
+    await assert_sign_in_chooser(site, page, site.url + "/")  # /logout -> / -> the app -> sign in
+    assert [c for c in await context.cookies(site.url) if c["name"] == COOKIE] == []
+
+    assert_page_headers(await page.goto(target))
+    await assert_sign_in_chooser(site, page, target)
+
+    # the old token itself is dead, not just forgotten by this browser
+    refused = site.stack.get(urlsplit(target).path, token=session[0], browser=True)
+    assert refused.status == 302, (refused.status, refused.text)
+
+
+# ---- the flows ------------------------------------------------------------------------------------------
+
+def shot_path(name: str, tmp_path: Path) -> Path:
+    """Where a screenshot goes: docs/ when refreshing them on purpose, else the test's directory."""
+    if os.environ.get("GATEWAY_UPDATE_SCREENSHOTS") == "1":
+        DOCS.mkdir(exist_ok=True)
+        return DOCS / name
+    return tmp_path / name
+
+
+async def test_dev_sign_in_in_a_real_browser(site: Site, tmp_path: Path) -> None:
+    target = site.url + "/dashboard/7?tab=files"
+    email = "grace@example.com"
+    async with launched(site.chromium) as browser:
+        context, page, traffic = await new_page(browser)
+        try:
+            first = await page.goto(target)
+            assert_page_headers(first)
+            await assert_sign_in_chooser(site, page, target)
+            signin = shot_path("signin.png", tmp_path)
+            await page.screenshot(path=signin, animations="disabled", caret="hide")
+            assert signin.stat().st_size > 5000
+
+            await page.get_by_role("link", name=f"Continue with {DEV_DISPLAY}").click()
+            await page.wait_for_url(lambda url: urlsplit(url).path == "/login/dev/dev")
+            await page.get_by_role("heading", level=1, name=DEV_DISPLAY).wait_for()
+            await page.get_by_text("Development only").wait_for()
+            await page.screenshot(path=shot_path("signin-dev.png", tmp_path), animations="disabled", caret="hide")
+
+            await page.get_by_label("Email").fill(email)
+            async with page.expect_navigation(url=target):
+                await page.get_by_role("button", name="Sign in").click()
+            echoed = await shows_app(page)
+            assert echoed["path"] == "/dashboard/7" and echoed["query"] == "tab=files"
+            assert header(echoed, "X-Auth-Request-Email") == [email]
+            assert header(echoed, "X-Auth-Request-User") == ["grace"]
+
+            # the sign-in pages came from the gateway, through nginx, with their protective headers
+            pages = gateway_documents(site, traffic)
+            assert {urlsplit(r.url).path for r in pages} >= {"/login", "/login/dev/dev", "/callback/dev"}
+            for response in pages:
+                assert_page_headers(response)
+            # no-referrer at work: leaving the chooser told the next page nothing
+            chosen = traffic.to(site.url + "/login?upstream=dev")
+            assert len(chosen) == 1
+            assert await referer(chosen[0]) is None
+
+            await sign_out_and_check_refused(site, context, page, target)
+            assert traffic.to(site.oidc.base) == []  # the dev flow never touches the provider
+            assert traffic.foreign() == []
+        finally:
+            await context.close()
+
+
+async def test_oidc_sign_in_in_a_real_browser(site: Site) -> None:
+    target = site.url + "/reports/2024"
+    fake = site.oidc
+    authorized_before, logouts_before = fake.hits["authorize"], fake.hits["logout"]
+    async with launched(site.chromium) as browser:
+        context, page, traffic = await new_page(browser)
+        try:
+            await page.goto(target)
+            await assert_sign_in_chooser(site, page, target)
+
+            # the provider approves at once: Chromium follows /login -> /authorize -> /callback/corp -> target
+            async with page.expect_navigation(url=target):
+                await page.get_by_role("link", name=f"Continue with {OIDC_DISPLAY}").click()
+            echoed = await shows_app(page)
+            assert echoed["path"] == "/reports/2024"
+            assert header(echoed, "X-Auth-Request-Email") == [OIDC_USER.email]
+            assert fake.hits["authorize"] == authorized_before + 1
+
+            at_provider = traffic.to(fake.base + "/authorize")
+            assert len(at_provider) == 1
+            assert await referer(at_provider[0]) is None  # the provider does not learn where the user was
+            assert fake.authorize_requests[-1]["redirect_uri"] == f"{site.url}/callback/{OIDC_NAME}"
+            back = traffic.to(f"{site.url}/callback/{OIDC_NAME}?")
+            assert len(back) == 1
+            for response in gateway_documents(site, traffic):
+                assert_page_headers(response)
+
+            await sign_out_and_check_refused(site, context, page, target)
+            # RP-initiated logout: the browser went through the provider's end-session endpoint and back
+            assert fake.hits["logout"] == logouts_before + 1
+            assert fake.logout_requests[-1].get("post_logout_redirect_uri") == site.url + "/"
+            assert traffic.foreign() == []
+        finally:
+            await context.close()
+
