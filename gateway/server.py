@@ -75,7 +75,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(RuntimeError):  # no running loop's signal support: rely on `stop`
             loop.add_signal_handler(signum, stop.set)
 
     app = create_app(settings)

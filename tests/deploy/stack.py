@@ -295,10 +295,12 @@ def gateway_env(config: Path) -> dict[str, str]:
 
 @contextlib.contextmanager
 def start_gateway(directory: Path, *, port: int, public_url: str, redirect_hosts: Sequence[str],
-                  access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "") -> Iterator[Gateway]:
-    """Run ``gateway serve`` (one worker, SQLite in ``directory``) until the block ends."""
+                  access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "",
+                  database: Path | None = None) -> Iterator[Gateway]:
+    """Run ``gateway serve`` (one worker; SQLite ``database``, default in ``directory``) until the block ends."""
+    directory.mkdir(exist_ok=True)
     config = directory / "gateway.toml"
-    config.write_text(gateway_toml(port=port, public_url=public_url, database=directory / "gateway.db",
+    config.write_text(gateway_toml(port=port, public_url=public_url, database=database or directory / "gateway.db",
                                    redirect_hosts=redirect_hosts, access_toml=access_toml,
                                    extra_toml=extra_toml))
     env = gateway_env(config)

@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -15,39 +13,21 @@ import aiohttp
 from tests.deploy.stack import (
     COOKIE,
     Gateway,
-    gateway_env,
-    gateway_toml,
     http,
     render_site,
-    running,
     site_substitutions,
     start_echo,
+    start_gateway,
     start_nginx,
-    wait_until,
 )
 from tests.helpers import free_port
 
 
-@contextlib.contextmanager
-def gateway_on(directory: Path, port: int, database: Path, public_url: str) -> Iterator[Gateway]:
-    """``gateway serve`` on ``port`` with the shared SQLite ``database``."""
-    directory.mkdir(exist_ok=True)
-    config = directory / "gateway.toml"
-    config.write_text(gateway_toml(port=port, public_url=public_url, database=database,
-                                   redirect_hosts=["127.0.0.1"], access_toml=""))
-    env = gateway_env(config)
-    log = directory / "gateway.log"
-    with running([sys.executable, "-m", "gateway", "serve"], log, env=env) as proc:
-        gateway = Gateway(f"http://127.0.0.1:{port}", config, env, log, proc)
-
-        def ready() -> bool:
-            try:
-                return http("GET", gateway.url + "/readyz", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, "gateway", proc=proc, log=log)
-        yield gateway
+def gateway_on(directory: Path, port: int, database: Path,
+               public_url: str) -> contextlib.AbstractContextManager[Gateway]:
+    """``gateway serve`` on ``port`` with the shared SQLite ``database`` and no access rules."""
+    return start_gateway(directory, port=port, public_url=public_url, redirect_hosts=["127.0.0.1"], access_toml="",
+                         database=database)
 
 
 async def test_no_request_fails_while_one_of_two_gateways_restarts(tmp_path: Path) -> None:
