@@ -1,0 +1,5 @@
+"""``python -m bench``: run the whole benchmark (``--help`` for options)."""
+
+from bench.run import main
+
+raise SystemExit(main())
