@@ -114,6 +114,7 @@ class DatabaseSettings:
     connect_timeout: Duration = Duration(5)
     query_timeout: Duration = Duration(2)
     sqlite_poll_interval: Duration = Duration(0.25)
+    prepared_statements: bool = True
 
 
 @dataclass(frozen=True)

@@ -127,3 +127,20 @@ async def test_revocation_lands_within_a_second_even_while_the_listener_is_down(
     finally:
         await other.close()
     await wait_for_status(gw, token, 401, within=1.0)
+
+
+@pytest.mark.parametrize("prepared", [True, False], ids=["prepared", "plain"])
+async def test_lookups_with_and_without_prepared_statements(gateway_factory: GatewayFactory, postgres_url: str,
+                                                            prepared: bool) -> None:
+    """Both lookup paths answer alike, including after the pool's connections were replaced."""
+    import aiopg
+
+    gw = await gateway_factory(database_url=postgres_url, **{"database.prepared_statements": prepared,
+                                                             "cache.ttl": 0, "cache.negative_ttl": 0})
+    token = await gw.token("ada@example.com")
+    assert await status_of(gw, token) == 200
+    assert await status_of(gw, mint_token()) == 401
+    async with aiopg.connect(postgres_url) as conn, conn.cursor() as cur:
+        await cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    await wait_for_status(gw, token, 200, within=5.0)

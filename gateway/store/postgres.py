@@ -104,6 +104,29 @@ _SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
 _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
 _LOOKUP_SESSION = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
                    " JOIN users u ON u.id = s.user_id WHERE s.token_hash = %s")
+_LOOKUP_SESSION_NAME = "gateway_lookup_session"
+
+
+async def _execute_prepared(cur: aiopg.Cursor, name: str, query: str, params: tuple[str, ...]) -> None:
+    """Run ``query`` as the connection's prepared statement ``name``, preparing it on first use.
+
+    Planning the lookup costs several times its execution; a server-side prepared statement plans once
+    per connection. Prepared again when missing (a new connection) or stale (the schema changed).
+    """
+    execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
+    try:
+        await cur.execute(execute, params)
+        return
+    except psycopg2.errors.InvalidSqlStatementName:
+        pass
+    except psycopg2.errors.FeatureNotSupported:  # "cached plan must not change result type"
+        await cur.execute(f"DEALLOCATE {name}")
+    parts = query.split("%s")
+    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+    await cur.execute(f"PREPARE {name}({', '.join(['text'] * len(params))}) AS {numbered}")
+    await cur.execute(execute, params)
+
+
 _UPSERT_USER = (
     "INSERT INTO users AS u (upstream, subject, email, name, username, groups, roles, created_at,"  # noqa: S608
     " updated_at, last_login_at) VALUES (%(upstream)s, %(subject)s, %(email)s, %(name)s, %(username)s,"
@@ -209,6 +232,10 @@ class PostgresStore:
         self._pool: aiopg.Pool | None = None
         self._listeners: set[aiopg.Connection] = set()
         self._closed = False
+        # FIFO admission to the pool: aiopg lets newcomers overtake callers already waiting, which
+        # stretches the latency tail under load.
+        self._gate = asyncio.Semaphore(settings.database.pool_max)
+        self._prepared = settings.database.prepared_statements
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -277,7 +304,11 @@ class PostgresStore:
         if self._closed or self._pool is None:
             raise StoreUnavailable("The session store is closed." if self._closed
                                    else "The session store is not open.")
-        pool = self._pool
+        async with self._gate:
+            return await self._run_admitted(self._pool, work, transaction, retry, statement_timeout)
+
+    async def _run_admitted(self, pool: aiopg.Pool, work: Work[T], transaction: bool, retry: bool,
+                            statement_timeout: float | None) -> T:
         for attempt in (1, 2):
             try:
                 conn = await pool.acquire()
@@ -481,7 +512,10 @@ class PostgresStore:
             return None
 
         async def work(cur: aiopg.Cursor) -> ActiveSession | None:
-            await cur.execute(_LOOKUP_SESSION, (token_hash,))
+            if self._prepared:
+                await _execute_prepared(cur, _LOOKUP_SESSION_NAME, _LOOKUP_SESSION, (token_hash,))
+            else:
+                await cur.execute(_LOOKUP_SESSION, (token_hash,))
             row = await cur.fetchone()
             if row is None:
                 return None
