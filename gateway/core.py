@@ -3,12 +3,13 @@
 Known tokens are answered from the in-process cache; concurrent misses for one token share one
 database query; known-bad hashes are remembered briefly. Revocations evict locally at once and reach
 other processes through the store's revocation feed. Last use is written back at a coarse grain, off
-the request path.
+the request path, batched into one statement per half second.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import time
 from collections.abc import Awaitable, Callable
@@ -29,7 +30,9 @@ from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.core")
 
-_MAX_PENDING_TOUCHES = 1000
+_MAX_PENDING_TOUCHES = 10_000
+_TOUCH_BATCH_DELAY = 0.5
+"""Uses are written back in one batch per this many seconds (the grain is a minute: nothing is lost)."""
 _RETRY_DATABASE_AFTER = 0.5
 """After a failed lookup, misses fail fast for this long instead of each waiting on the database."""
 
@@ -91,7 +94,8 @@ class Checker:
         self._grain = last_seen_grain
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[ActiveSession | None]] = {}
-        self._touches: set[asyncio.Task[None]] = set()
+        self._pending_touches: dict[str, tuple[float, float]] = {}  # hash -> (first, last) unwritten use
+        self._flusher: asyncio.Task[None] | None = None
         self._database_down_until = 0.0
         self.jwt_verifier: JwtVerifier | None = None
         """Turns an upstream-issued bearer JWT into a session (set when ``check.jwt_upstreams`` is)."""
@@ -194,18 +198,30 @@ class Checker:
             entry.last_seen = now
             if idle_timeout > 0:
                 entry.idle_deadline = now + idle_timeout
-        if len(self._touches) >= _MAX_PENDING_TOUCHES:
-            return
-        task = asyncio.ensure_future(self._write_touch(token_hash, now))
-        self._touches.add(task)
-        task.add_done_callback(self._touches.discard)
+        pending = self._pending_touches
+        if len(pending) >= _MAX_PENDING_TOUCHES and token_hash not in pending:
+            return  # best effort: under a flood, later uses are recorded by later touches
+        earlier = pending.get(token_hash)
+        pending[token_hash] = (earlier[0], max(now, earlier[1])) if earlier else (now, now)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_touches_soon())
 
-    async def _write_touch(self, token_hash: str, now: float) -> None:
+    async def _flush_touches_soon(self) -> None:
+        """Write pending uses in batches, one round trip per :data:`_TOUCH_BATCH_DELAY`."""
+        while self._pending_touches:
+            await asyncio.sleep(_TOUCH_BATCH_DELAY)
+            await self.flush_touches()
+
+    async def flush_touches(self) -> None:
+        """Write every pending use now (one statement); failures are logged and dropped."""
+        batch, self._pending_touches = self._pending_touches, {}
+        if not batch:
+            return
         try:
-            await self._store.touch_session(token_hash, last_seen_at=now)
+            await self._store.touch_sessions(batch)
         except StoreUnavailable as exc:
-            self._metrics.db_errors.labels("touch_session").inc()
-            log.warning("could not record session use", error=str(exc))
+            self._metrics.db_errors.labels("touch_sessions").inc()
+            log.warning("could not record session use", sessions=len(batch), error=str(exc))
 
     async def revoke_token(self, token: str, *, actor: str, reason: str) -> bool:
         """Revoke a session by its token: evict here at once, then in the database and everywhere else."""
@@ -237,6 +253,9 @@ class Checker:
         self.cache.mark_all_stale(self._clock())
 
     async def drain(self) -> None:
-        """Wait for background writes (at shutdown)."""
-        if self._touches:
-            await asyncio.gather(*self._touches, return_exceptions=True)
+        """Write pending uses now and stop the batch writer (at shutdown, and in tests)."""
+        if self._flusher is not None and not self._flusher.done():
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+        await self.flush_touches()

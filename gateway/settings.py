@@ -113,7 +113,7 @@ class DatabaseSettings:
     pool_max: int = 10
     connect_timeout: Duration = Duration(5)
     query_timeout: Duration = Duration(2)
-    sqlite_poll_interval: Duration = Duration(0.25)
+    sqlite_poll_interval: Duration = Duration(0.1)
     prepared_statements: bool = True
 
 

@@ -105,6 +105,13 @@ class Store(Protocol):
         Never resurrects a revoked session and never moves ``last_seen_at`` backwards.
         """
 
+    async def touch_sessions(self, touches: Mapping[str, tuple[float, float]]) -> None:
+        """Record batched uses in one round trip: ``token_hash -> (first use, last use)`` since the last write.
+
+        Like :meth:`touch_session` at the last use, except that the session must still have been alive at
+        the *first* use (the writer saw every use in between, each within the idle timeout).
+        """
+
     async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
         """Revoke one session, audit it and broadcast it; True if it was active until now."""
 

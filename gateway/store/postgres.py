@@ -541,6 +541,26 @@ class PostgresStore:
 
         await self._run(work)
 
+    async def touch_sessions(self, touches: Mapping[str, tuple[float, float]]) -> None:
+        """Batched uses (``hash -> (first, last)``) in one statement (``unnest``); see the protocol."""
+        if not touches:
+            return
+        hashes = list(touches)
+        firsts = [touches[h][0] for h in hashes]
+        times = [touches[h][1] for h in hashes]
+
+        async def work(cur: aiopg.Cursor) -> None:
+            await cur.execute(
+                "UPDATE sessions s SET last_seen_at = greatest(s.last_seen_at, to_timestamp(t.ts)),"
+                " idle_expires_at = CASE WHEN s.idle_timeout > 0 THEN greatest(s.last_seen_at,"
+                " to_timestamp(t.ts)) + s.idle_timeout * interval '1 second' END"
+                " FROM unnest(%s::text[], %s::float8[], %s::float8[]) AS t(h, first_ts, ts)"
+                " WHERE s.token_hash = t.h AND s.revoked_at IS NULL"
+                " AND (s.idle_expires_at IS NULL OR s.idle_expires_at > to_timestamp(t.first_ts))",
+                (hashes, firsts, times))
+
+        await self._run(work)
+
     async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
         """Revoke one session, audit and broadcast it; True only if it was not revoked before."""
         now = time.time()

@@ -389,6 +389,19 @@ class SQLiteStore:
                 (last_seen_at, last_seen_at, token_hash, last_seen_at),
             )
 
+    async def touch_sessions(self, touches: Mapping[str, tuple[float, float]]) -> None:
+        """Batched uses (``hash -> (first, last)``) in one transaction; see the protocol."""
+        if not touches:
+            return
+        async with self._use(write=True) as conn:
+            await conn.executemany(
+                "UPDATE sessions SET last_seen_at = max(last_seen_at, ?),"
+                " idle_expires_at = CASE WHEN idle_timeout > 0 THEN max(last_seen_at, ?) + idle_timeout END"
+                " WHERE token_hash = ? AND revoked_at IS NULL"
+                " AND (idle_expires_at IS NULL OR idle_expires_at > ?)",
+                [(last, last, h, first) for h, (first, last) in touches.items()],
+            )
+
     async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
         """Revoke one session, audit and broadcast it; True only if it was not revoked before."""
         now = time.time()

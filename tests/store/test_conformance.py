@@ -944,3 +944,27 @@ async def test_calls_after_close_raise_store_unavailable(store: Store) -> None:
     await store.close()  # twice is fine
     with pytest.raises(StoreUnavailable):
         await store.ping()
+
+
+async def test_touch_sessions_in_one_batch(store: Store) -> None:
+    user = await store.upsert_user("oidc", "batch", email="batch@example.com")
+    now = 1_700_000_000.0
+    hashes = [token_hash(f"batch{i}") for i in range(3)]
+    for h in hashes:
+        await store.create_session(token_hash=h, user_id=user.id, kind="browser", now=now, expires_at=now + 9000,
+                                   idle_timeout=600)
+    await store.revoke_session(hashes[2], actor="test", reason="test")
+    await store.touch_sessions({hashes[0]: (now + 60, now + 100), hashes[1]: (now + 50, now + 50),
+                                hashes[2]: (now + 100, now + 100)})
+    await store.touch_sessions({hashes[0]: (now + 10, now + 10)})  # never backwards
+    await store.touch_sessions({})
+    # uses seen from before the idle deadline carry the session past it; uses only after it do not
+    await store.touch_sessions({hashes[1]: (now + 600, now + 1200)})
+    await store.touch_sessions({hashes[0]: (now + 800, now + 800)})
+    first, second, revoked = [await store.lookup_session(h) for h in hashes]
+    assert first is not None and second is not None and revoked is not None
+    assert first.session.last_seen_at == pytest.approx(now + 100, abs=APPROX)
+    assert first.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
+    assert second.session.last_seen_at == pytest.approx(now + 1200, abs=APPROX)
+    assert second.session.idle_expires_at == pytest.approx(now + 1800, abs=APPROX)
+    assert revoked.session.last_seen_at == pytest.approx(now, abs=APPROX)
