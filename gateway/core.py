@@ -114,30 +114,25 @@ class Checker:
         if entry is not None:
             self._counts["hit"] += 1
             active = entry.active
-            if now - entry.last_seen >= self._grain:
-                self._touch(token_hash, entry, now, active.session.idle_timeout)
-            if not self._policy.allows(active, facts):
-                return Decision(Outcome.FORBIDDEN, active, entry.memo)
-            return Decision(Outcome.ALLOW, active, entry.memo)
-        try:
-            found = await self._lookup(token_hash, now, credential)
-        except StoreUnavailable:
-            stale = self.cache.get_stale(token_hash, now)
-            if stale is None:
-                return Decision(Outcome.UNAVAILABLE)
-            self._counts["stale_hit"] += 1
-            found = stale.active
-        if not isinstance(found, ActiveSession):
-            return Decision(found)
-        active = found
-        entry = self.cache.peek(token_hash)
-        last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
+            last_seen = entry.last_seen
+        else:
+            try:
+                found = await self._lookup(token_hash, now, credential)
+            except StoreUnavailable:
+                stale = self.cache.get_stale(token_hash, now)
+                if stale is None:
+                    return Decision(Outcome.UNAVAILABLE)
+                self._counts["stale_hit"] += 1
+                found = stale.active
+            if not isinstance(found, ActiveSession):
+                return Decision(found)
+            active = found
+            entry = self.cache.peek(token_hash)
+            last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
         if now - last_seen >= self._grain:
             self._touch(token_hash, entry, now, active.session.idle_timeout)
-        memo = entry.memo if entry is not None else None
-        if not self._policy.allows(active, facts):
-            return Decision(Outcome.FORBIDDEN, active, memo)
-        return Decision(Outcome.ALLOW, active, memo)
+        outcome = Outcome.ALLOW if self._policy.allows(active, facts) else Outcome.FORBIDDEN
+        return Decision(outcome, active, entry.memo if entry is not None else None)
 
     async def _lookup(self, token_hash: str, now: float, credential: Credential) -> ActiveSession | Outcome:
         if self.cache.is_known_bad(token_hash, now):
