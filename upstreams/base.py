@@ -155,6 +155,12 @@ def require_keys(name: str, config: Mapping[str, Any], keys: Sequence[str]) -> l
             if not isinstance(config.get(key), str) or not config.get(key)]
 
 
+def unknown_key_problems(name: str, config: Mapping[str, Any], known: frozenset[str]) -> list[str]:
+    """Problems for keys a provider type does not know (a typo would otherwise be silently ignored)."""
+    return [f"upstreams.{name}.{key}: unknown setting (expected one of {', '.join(sorted(known))})"
+            for key in config if key not in known]
+
+
 def timeout_from(config: Mapping[str, Any]) -> aiohttp.ClientTimeout:
     """The per-call timeout: ``timeout`` seconds from config, else :data:`DEFAULT_TIMEOUT`."""
     value = config.get("timeout")

@@ -14,9 +14,19 @@ from urllib.parse import urlencode
 
 import aiohttp
 
-from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, Provider, ProviderError, config_list
+from upstreams.base import (
+    Callback,
+    FailureReason,
+    Identity,
+    LoginSecrets,
+    Provider,
+    ProviderError,
+    config_list,
+    unknown_key_problems,
+)
 
 _EMAIL_RE = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}")
+_KNOWN_KEYS = frozenset({"type", "display_name", "groups"})
 _GROUP_RE = re.compile(r"[A-Za-z0-9_./:-]{1,64}")
 
 
@@ -33,8 +43,7 @@ class DevProvider:
     @classmethod
     def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
         """Unknown keys and malformed groups."""
-        problems = [f"upstreams.{name}.{key}: unknown setting for type dev"
-                    for key in config if key not in {"type", "display_name", "groups"}]
+        problems = unknown_key_problems(name, config, _KNOWN_KEYS)
         groups = config.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) and _GROUP_RE.fullmatch(g) for g in groups):
             problems.append(f"upstreams.{name}.groups: expected a list of group names")

@@ -44,6 +44,7 @@ from upstreams.base import (
     require_keys,
     timeout_from,
     timeout_problems,
+    unknown_key_problems,
     url_problem,
 )
 
@@ -105,8 +106,7 @@ class GitHubProvider:
         """Every problem with a ``type = "github"`` table, each prefixed ``upstreams.<name>``."""
         prefix = f"upstreams.{name}"
         problems = require_keys(name, config, ("client_id", "client_secret"))
-        problems += [f"{prefix}.{key}: unknown setting (expected one of {', '.join(sorted(KNOWN_KEYS))})"
-                     for key in config if key not in KNOWN_KEYS]
+        problems += unknown_key_problems(name, config, KNOWN_KEYS)
         if "display_name" in config and not isinstance(config["display_name"], str):
             problems.append(f"{prefix}.display_name: expected a string")
         insecure_ok = config.get("allow_insecure_http") is True

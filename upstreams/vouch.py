@@ -41,6 +41,7 @@ from upstreams.base import (
     require_keys,
     timeout_from,
     timeout_problems,
+    unknown_key_problems,
     url_problem,
 )
 
@@ -86,8 +87,7 @@ class VouchProvider:
         """Every problem with a ``type = "vouch"`` table, each prefixed ``upstreams.<name>``."""
         prefix = f"upstreams.{name}"
         problems = require_keys(name, config, ("url",))
-        problems += [f"{prefix}.{key}: unknown setting (expected one of {', '.join(sorted(KNOWN_KEYS))})"
-                     for key in config if key not in KNOWN_KEYS]
+        problems += unknown_key_problems(name, config, KNOWN_KEYS)
         if isinstance(config.get("url"), str) and config["url"]:
             problem = url_problem(config["url"], insecure_ok=config.get("allow_insecure_http") is True)
             if problem:
