@@ -11,7 +11,6 @@ GATEWAY_TEST_STRICT=1.
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import os
 import re
@@ -29,6 +28,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import pytest
 
+from tests.deploy.stack import Reply as StackReply
+from tests.deploy.stack import http, unavailable
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,49 +84,21 @@ ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Echo).serve_forever()
 '''
 
 
-def _unavailable(reason: str) -> None:
-    """Skip, or fail when GATEWAY_TEST_STRICT=1 demands that every test runs (as tests/conftest.py does)."""
-    if os.environ.get("GATEWAY_TEST_STRICT") == "1":
-        pytest.fail(f"{reason} (GATEWAY_TEST_STRICT=1)", pytrace=False)
-    pytest.skip(reason)
+# --- HTTP: the stack's exact client (no redirects, no jar), with a stricter header() ----------------------
 
-
-# --- a tiny HTTP client: exact headers (duplicates, any case), no redirects, no cookie jar ---------------
-
-@dataclass
-class Reply:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
+class Reply(StackReply):
+    """A reply whose ``header`` insists the header came at most once (duplicates would hide spoofing)."""
 
     def header(self, name: str) -> str | None:
         values = self.all(name)
         assert len(values) <= 1, f"{name} sent {len(values)} times: {values}"
         return values[0] if values else None
 
-    def all(self, name: str) -> list[str]:
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-    def json(self) -> dict[str, object]:
-        value = json.loads(self.body)
-        assert isinstance(value, dict)
-        return value
-
 
 def http_request(port: int, method: str, target: str, headers: Sequence[tuple[str, str]] = (),
                  body: bytes | None = None) -> Reply:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=15)
-    try:
-        conn.putrequest(method, target, skip_accept_encoding=True)
-        for name, value in headers:
-            conn.putheader(name, value)
-        if body is not None:
-            conn.putheader("Content-Length", str(len(body)))
-        conn.endheaders(body)
-        resp = conn.getresponse()
-        return Reply(resp.status, list(resp.getheaders()), resp.read())
-    finally:
-        conn.close()
+    reply = http(method, f"http://127.0.0.1:{port}{target}", headers, body, timeout=15)
+    return Reply(reply.status, list(reply.headers), reply.body)
 
 
 def app_headers(reply: Reply) -> list[tuple[str, str]]:
@@ -271,7 +244,7 @@ paths = ["/admin"]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     caddy = shutil.which("caddy")
     if caddy is None:
-        _unavailable("the caddy binary is not installed (Debian: apt-get install caddy)")
+        unavailable("the caddy binary is not installed (Debian: apt-get install caddy)")
     assert caddy is not None
     workdir = tmp_path_factory.mktemp("caddy-stack")
     ports: set[int] = set()
