@@ -1,4 +1,8 @@
-"""``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY."""
+"""``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY.
+
+Session lookups are batched under load: while every pooled connection is busy, lookups queue, and
+the next free connection answers all queued hashes (up to :data:`LOOKUP_BATCH_MAX`) in one query.
+"""
 
 from __future__ import annotations
 
@@ -67,6 +71,9 @@ RECONNECT_BACKOFF = (0.1, 2.0)
 PRUNE_BATCH = 100
 """Most expired login attempts or stale failure counters one call deletes on the side."""
 
+LOOKUP_BATCH_MAX = 256
+"""Most distinct token hashes one batched session lookup asks for; more wait for the next batch."""
+
 _TIME_FIELDS = frozenset({"created_at", "updated_at", "last_login_at", "expires_at", "last_seen_at",
                           "idle_expires_at", "revoked_at", "at", "window_started_at", "locked_until"})
 
@@ -105,14 +112,23 @@ _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
 _LOOKUP_SESSION = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
                    " JOIN users u ON u.id = s.user_id WHERE s.token_hash = %s")
 _LOOKUP_SESSION_NAME = "gateway_lookup_session"
+_LOOKUP_SESSIONS = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
+                    " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
+_LOOKUP_SESSIONS_NAME = "gateway_lookup_sessions"
+
+LookupWaiters = dict[str, list[asyncio.Future[ActiveSession | None]]]
+"""Queued session lookups: each token hash with the futures of the callers waiting for it."""
 
 
-async def _execute_prepared(cur: aiopg.Cursor, name: str, query: str, params: tuple[str, ...]) -> None:
+async def _execute_prepared(cur: aiopg.Cursor, name: str, query: str, params: tuple[Any, ...],
+                            types: tuple[str, ...] | None = None) -> None:
     """Run ``query`` as the connection's prepared statement ``name``, preparing it on first use.
 
-    Planning the lookup costs several times its execution; a server-side prepared statement plans once
-    per connection. Prepared again when missing (a new connection) or stale (the schema changed).
+    ``types`` are the parameters' SQL types (all ``text`` by default). Planning the lookup costs
+    several times its execution; a server-side prepared statement plans once per connection. Prepared
+    again when missing (a new connection) or stale (the schema changed).
     """
+    types = types or ("text",) * len(params)
     execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
     try:
         await cur.execute(execute, params)
@@ -123,7 +139,7 @@ async def _execute_prepared(cur: aiopg.Cursor, name: str, query: str, params: tu
         await cur.execute(f"DEALLOCATE {name}")
     parts = query.split("%s")
     numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-    await cur.execute(f"PREPARE {name}({', '.join(['text'] * len(params))}) AS {numbered}")
+    await cur.execute(f"PREPARE {name}({', '.join(types)}) AS {numbered}")
     await cur.execute(execute, params)
 
 
@@ -222,7 +238,8 @@ class PostgresStore:
 
     The pool is created by :meth:`open` without connecting; connections are made on demand, and a
     connection the server dropped is discarded, so the store recovers by itself when the database
-    comes back. Every statement is bounded by ``database.query_timeout``.
+    comes back. Every statement is bounded by ``database.query_timeout``. Session lookups that arrive
+    while every connection is busy are answered together (see :meth:`lookup_session`).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -236,6 +253,16 @@ class PostgresStore:
         # stretches the latency tail under load.
         self._gate = asyncio.Semaphore(settings.database.pool_max)
         self._prepared = settings.database.prepared_statements
+        # Lookups waiting for the next batch, in arrival order. Invariant: while it is not empty,
+        # exactly one batch task waits at the gate to take it.
+        self._queued_lookups: LookupWaiters = {}
+        self._lookup_batches: set[asyncio.Task[None]] = set()  # strong references to running batches
+        self._lookup_queries = 0
+
+    @property
+    def lookup_queries(self) -> int:
+        """How many session lookup queries (point or batched, retries included) this store has sent."""
+        return self._lookup_queries
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -279,20 +306,31 @@ class PostgresStore:
                 await self._pool.release(conn)
 
     async def close(self) -> None:
-        """Close the pool (waiting briefly for queries in flight) and any listener connection."""
+        """Close the pool (waiting briefly for queries in flight) and any listener connection.
+
+        Returns once every queued session lookup is answered (those still queued get StoreUnavailable).
+        """
         self._closed = True
         for conn in list(self._listeners):
             await conn.close()
         pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        pool.close()
-        try:
-            async with asyncio.timeout(self._settings.database.query_timeout + 1):
+        if pool is not None:
+            pool.close()
+            try:
+                async with asyncio.timeout(self._settings.database.query_timeout + 1):
+                    await pool.wait_closed()
+            except TimeoutError:
+                pool.terminate()
                 await pool.wait_closed()
-        except TimeoutError:
-            pool.terminate()
-            await pool.wait_closed()
+        if self._lookup_batches:
+            await asyncio.wait(set(self._lookup_batches))
+
+    def _open_pool(self) -> aiopg.Pool:
+        """The pool; raises StoreUnavailable before :meth:`open` and after :meth:`close`."""
+        if self._closed or self._pool is None:
+            raise StoreUnavailable("The session store is closed." if self._closed
+                                   else "The session store is not open.")
+        return self._pool
 
     async def _run(self, work: Work[T], *, transaction: bool = False, retry: bool = False,
                    statement_timeout: float | None = None) -> T:
@@ -301,11 +339,10 @@ class PostgresStore:
         A connection found already closed is replaced once (nothing was sent on it). With ``retry``
         (read-only work), any lost connection is retried once on a fresh one. Raises StoreUnavailable.
         """
-        if self._closed or self._pool is None:
-            raise StoreUnavailable("The session store is closed." if self._closed
-                                   else "The session store is not open.")
+        self._open_pool()
         async with self._gate:
-            return await self._run_admitted(self._pool, work, transaction, retry, statement_timeout)
+            # checked again: the store may have been closed while this call waited at the gate
+            return await self._run_admitted(self._open_pool(), work, transaction, retry, statement_timeout)
 
     async def _run_admitted(self, pool: aiopg.Pool, work: Work[T], transaction: bool, retry: bool,
                             statement_timeout: float | None) -> T:
@@ -507,22 +544,100 @@ class PostgresStore:
             raise ValueError("a session with this token hash already exists") from None
 
     async def lookup_session(self, token_hash: str) -> ActiveSession | None:
-        """The session and its user in one primary-key join, whatever its state; None when unknown."""
+        """The session and its user, whatever its state; None when unknown or not a well-formed hash.
+
+        With a connection free, one primary-key join runs at once (no added delay). While all
+        ``database.pool_max`` connections are busy, the lookup queues instead, and the next connection
+        to free up answers every queued hash (up to :data:`LOOKUP_BATCH_MAX`, the rest go to the
+        following batch) with one ``= ANY(...)`` query, so concurrent misses cost few round trips.
+        Lookups are retried once on a lost connection; raises StoreUnavailable when the database cannot
+        answer (every lookup of a failed batch gets the same error). A caller cancelled while queued
+        gives up its own answer only: the batch goes on for the others.
+        """
         if not is_token_hash(token_hash):
             return None
+        self._open_pool()
+        # FIFO: once lookups queue, newcomers join them even if a connection just freed up
+        if self._queued_lookups or self._gate.locked():
+            return await self._queue_lookup(token_hash)
 
         async def work(cur: aiopg.Cursor) -> ActiveSession | None:
+            self._lookup_queries += 1
             if self._prepared:
                 await _execute_prepared(cur, _LOOKUP_SESSION_NAME, _LOOKUP_SESSION, (token_hash,))
             else:
                 await cur.execute(_LOOKUP_SESSION, (token_hash,))
             row = await cur.fetchone()
-            if row is None:
-                return None
-            return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
-                                 user=user_from_row(row[len(SESSION_FIELDS):]))
+            return None if row is None else _active_session(row)
 
         return await self._run(work, retry=True)
+
+    def _queue_lookup(self, token_hash: str) -> asyncio.Future[ActiveSession | None]:
+        """Queue a lookup for the next batch, starting a batch task if none waits; its future."""
+        waiter: asyncio.Future[ActiveSession | None] = asyncio.get_running_loop().create_future()
+        if not self._queued_lookups:
+            self._start_lookup_batch()
+        self._queued_lookups.setdefault(token_hash, []).append(waiter)
+        return waiter
+
+    def _start_lookup_batch(self) -> None:
+        """Start the task that will take the queued lookups once it passes the gate."""
+        task = asyncio.create_task(self._answer_lookup_batch())
+        self._lookup_batches.add(task)
+        task.add_done_callback(self._lookup_batches.discard)
+
+    def _take_lookup_batch(self, limit: int = LOOKUP_BATCH_MAX) -> LookupWaiters:
+        """Take up to ``limit`` queued hashes that someone still waits for, oldest first.
+
+        Starts the task for the next batch when lookups remain queued, keeping the queue's invariant.
+        """
+        queued = self._queued_lookups
+        batch: LookupWaiters = {}
+        while queued and len(batch) < limit:
+            token_hash = next(iter(queued))
+            waiters = [waiter for waiter in queued.pop(token_hash) if not waiter.done()]  # not cancelled
+            if waiters:
+                batch[token_hash] = waiters
+        if queued:
+            self._start_lookup_batch()
+        return batch
+
+    async def _answer_lookup_batch(self) -> None:
+        """The body of a batch task: wait at the gate, take the queued lookups, answer them in one query.
+
+        Never raises to the event loop, except when cancelled itself (then its lookups get
+        StoreUnavailable): every failure is handed to the waiting callers instead.
+        """
+        batch: LookupWaiters | None = None
+        try:
+            async with self._gate:
+                batch = self._take_lookup_batch()
+                found = await self._lookup_sessions(self._open_pool(), list(batch)) if batch else {}
+        except BaseException as exc:
+            if batch is None:  # cancelled at the gate: this task still owns the whole queue
+                batch = self._take_lookup_batch(len(self._queued_lookups))
+            if isinstance(exc, Exception):
+                _fail_lookups(batch, exc)
+                return
+            _fail_lookups(batch, StoreUnavailable("The session lookup was abandoned."))
+            raise
+        for token_hash, waiters in batch.items():
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(found.get(token_hash))
+
+    async def _lookup_sessions(self, pool: aiopg.Pool, hashes: list[str]) -> dict[str, ActiveSession]:
+        """The sessions (with their users) of those ``hashes`` that exist, in one query on ``pool``."""
+        async def work(cur: aiopg.Cursor) -> dict[str, ActiveSession]:
+            self._lookup_queries += 1
+            if self._prepared:
+                await _execute_prepared(cur, _LOOKUP_SESSIONS_NAME, _LOOKUP_SESSIONS, (hashes,), ("text[]",))
+            else:
+                await cur.execute(_LOOKUP_SESSIONS, (hashes,))
+            found = [_active_session(row) for row in await cur.fetchall()]
+            return {active.session.token_hash: active for active in found}
+
+        return await self._run_admitted(pool, work, transaction=False, retry=True, statement_timeout=None)
 
     async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
         """Move ``last_seen_at`` (never backwards) and the idle deadline with it.
@@ -799,6 +914,20 @@ class PostgresStore:
                 on_revoke(revocation)
             except Exception:
                 log.exception("revocation handler failed")
+
+
+def _active_session(row: Sequence[Any]) -> ActiveSession:
+    """An :class:`ActiveSession` from a lookup row: the session's columns, then its user's."""
+    return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
+                         user=user_from_row(row[len(SESSION_FIELDS):]))
+
+
+def _fail_lookups(batch: LookupWaiters, error: BaseException) -> None:
+    """Hand ``error`` to every caller of ``batch`` still waiting (a cancelled caller wants nothing)."""
+    for waiters in batch.values():
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_exception(error)
 
 
 async def _audit(cur: aiopg.Cursor, at: float, event: str, user_id: int | None, user_key: str, actor: str,
