@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -22,10 +23,10 @@ from gateway.cache import SessionCache
 from gateway.core import Checker
 from gateway.errors import StoreUnavailable
 from gateway.facts import TrustedProxies
-from gateway.handlers.check import CheckHandler
+from gateway.handlers.check import CheckEndpoint, CheckHandler
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
 from gateway.handlers.login import LoginHandlers
-from gateway.handlers.webhook import WebhookHandler
+from gateway.handlers.webhook import WebhookEndpoint, WebhookHandler
 from gateway.http_errors import ErrorMapper, not_found
 from gateway.login import LoginService
 from gateway.metrics import Metrics
@@ -45,6 +46,17 @@ CHECKER = web.AppKey("checker", Checker)
 METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", RuntimeState)
 LOGIN = web.AppKey("login", LoginService)
+
+
+@dataclass(frozen=True, slots=True)
+class HotEndpoints:
+    """The check-path endpoints' framework-free logic, for front-ends other than aiohttp's router."""
+
+    check: CheckEndpoint
+    webhook: WebhookEndpoint
+
+
+HOT = web.AppKey("hot", HotEndpoints)
 
 _MIGRATION_RETRY = 2.0
 
@@ -85,8 +97,11 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.cleanup_ctx.append(_upstreams_lifecycle)
 
     # The check path is not wrapped (see gateway.http_errors); everything else is guarded.
-    check = CheckHandler(checker, settings, metrics, proxies, errors)
-    webhook = WebhookHandler(checker, settings, metrics, errors, clock)
+    hot = HotEndpoints(CheckEndpoint(checker, settings, metrics, proxies, errors),
+                       WebhookEndpoint(checker, settings, metrics, errors, clock))
+    app[HOT] = hot
+    check = CheckHandler(hot.check)
+    webhook = WebhookHandler(hot.webhook)
     app.router.add_route("*", "/auth/check", check.handle)
     app.router.add_route("*", "/auth/check/{tail:.*}", check.handle)
     app.router.add_get("/auth/webhook", webhook.handle)

@@ -100,44 +100,60 @@ class Checker:
         self.jwt_verifier: JwtVerifier | None = None
         """Turns an upstream-issued bearer JWT into a session (set when ``check.jwt_upstreams`` is)."""
 
-    async def decide(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision:
-        """Judge one request: ALLOW with the identity, or the reason it is refused.
+    def decide_now(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision | None:
+        """The decision when it needs no I/O (a bad credential, a cached or known-bad token), else None.
 
-        Never raises for bad input or an unreachable database: those are outcomes (UNAVAILABLE means the
-        token could not be checked, and the caller must fail closed).
+        Front-ends that can answer without scheduling anything call this first and fall back to
+        :meth:`decide` on None; the result is exactly what :meth:`decide` would return.
         """
         if not isinstance(credential, Credential):
             return Decision(_PROBLEM_OUTCOMES[credential])
         token_hash = tokens.hash_token(credential.token)
         now = self._clock()
         entry = self.cache.get(token_hash, now)
-        if entry is not None:
-            self._counts["hit"] += 1
-            active = entry.active
-            last_seen = entry.last_seen
-        else:
-            try:
-                found = await self._lookup(token_hash, now, credential)
-            except StoreUnavailable:
-                stale = self.cache.get_stale(token_hash, now)
-                if stale is None:
-                    return Decision(Outcome.UNAVAILABLE)
-                self._counts["stale_hit"] += 1
-                found = stale.active
-            if not isinstance(found, ActiveSession):
-                return Decision(found)
-            active = found
-            entry = self.cache.peek(token_hash)
-            last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
+        if entry is None:
+            if self.cache.is_known_bad(token_hash, now):
+                self._counts["negative_hit"] += 1
+                return Decision(Outcome.UNKNOWN)
+            return None
+        self._counts["hit"] += 1
+        return self._conclude(token_hash, entry, entry.active, entry.last_seen, now, facts)
+
+    async def decide(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision:
+        """Judge one request: ALLOW with the identity, or the reason it is refused.
+
+        Never raises for bad input or an unreachable database: those are outcomes (UNAVAILABLE means the
+        token could not be checked, and the caller must fail closed).
+        """
+        decision = self.decide_now(credential, facts)
+        if decision is not None:
+            return decision
+        assert isinstance(credential, Credential)
+        token_hash = tokens.hash_token(credential.token)
+        now = self._clock()
+        try:
+            found = await self._lookup(token_hash, now, credential)
+        except StoreUnavailable:
+            stale = self.cache.get_stale(token_hash, now)
+            if stale is None:
+                return Decision(Outcome.UNAVAILABLE)
+            self._counts["stale_hit"] += 1
+            found = stale.active
+        if not isinstance(found, ActiveSession):
+            return Decision(found)
+        entry = self.cache.peek(token_hash)
+        last_seen = entry.last_seen if entry is not None else found.session.last_seen_at
+        return self._conclude(token_hash, entry, found, last_seen, now, facts)
+
+    def _conclude(self, token_hash: str, entry: CacheEntry | None, active: ActiveSession, last_seen: float,
+                  now: float, facts: RequestFacts | None) -> Decision:
+        """The tail shared by hits and misses: note the use, apply the policy."""
         if now - last_seen >= self._grain:
             self._touch(token_hash, entry, now, active.session.idle_timeout)
         outcome = Outcome.ALLOW if self._policy.allows(active, facts) else Outcome.FORBIDDEN
         return Decision(outcome, active, entry.memo if entry is not None else None)
 
     async def _lookup(self, token_hash: str, now: float, credential: Credential) -> ActiveSession | Outcome:
-        if self.cache.is_known_bad(token_hash, now):
-            self._counts["negative_hit"] += 1
-            return Outcome.UNKNOWN
         pending = self._inflight.get(token_hash)
         if pending is not None:
             self._counts["coalesced"] += 1

@@ -13,6 +13,7 @@ import itertools
 import json
 import os
 import re
+from collections.abc import Mapping
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,7 @@ from aiohttp.typedefs import Handler
 
 from gateway.errors import GatewayError
 from gateway.pages import PAGE_HEADERS, error_page
+from gateway.reply import Reply
 
 log = structlog.get_logger("gateway.http")
 
@@ -35,23 +37,35 @@ _TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Not allowed", 404:
 
 def wants_json(request: web.Request) -> bool:
     """True unless the client asks for HTML (browsers do; API clients and proxies mostly do not)."""
-    accept = request.headers.get("Accept", "")
+    return accepts_json(request.headers.get("Accept", ""))
+
+
+def accepts_json(accept: str) -> bool:
+    """:func:`wants_json` for a raw ``Accept`` value."""
     return "application/json" in accept or "text/html" not in accept
 
 
-def error_response(request: web.Request, status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None, *, title: str = "",
-                   link: tuple[str, str] | None = None) -> web.Response:
+def error_reply(accept: str, request_id: str, status: int, code: str, message: str,
+                headers: Mapping[str, str] | None = None, *, title: str = "",
+                link: tuple[str, str] | None = None) -> Reply:
     """Render one error as JSON or HTML by ``Accept``; the only place error bodies are made."""
-    request_id = request.get(REQUEST_ID, "")
-    if wants_json(request):
+    if accepts_json(accept):
         body = json.dumps({"error": code, "message": message, "request_id": request_id})
-        return web.Response(status=status, text=body, content_type="application/json", headers=headers)
+        return Reply(status, {**(headers or {}), "Content-Type": "application/json; charset=utf-8"},
+                     body.encode())
     title = title or _TITLES.get(status, "Something went wrong")
     out_headers = dict(PAGE_HEADERS)
     out_headers.update(headers or {})
-    return web.Response(status=status, text=error_page(title, message, status, request_id, link),
-                        content_type="text/html", headers=out_headers)
+    out_headers["Content-Type"] = "text/html; charset=utf-8"
+    return Reply(status, out_headers, error_page(title, message, status, request_id, link).encode())
+
+
+def error_response(request: web.Request, status: int, code: str, message: str,
+                   headers: Mapping[str, str] | None = None, *, title: str = "",
+                   link: tuple[str, str] | None = None) -> web.Response:
+    """:func:`error_reply` for an aiohttp request, as an aiohttp response."""
+    return error_reply(request.headers.get("Accept", ""), request.get(REQUEST_ID, ""), status, code, message,
+                       headers, title=title, link=link).to_response()
 
 
 class ErrorMapper:
@@ -65,11 +79,14 @@ class ErrorMapper:
         """This request's id, assigned once."""
         request_id = request.get(REQUEST_ID)
         if request_id is None:
-            incoming = request.headers.get("X-Request-ID", "")
-            request_id = (incoming if incoming and _REQUEST_ID_RE.fullmatch(incoming)
-                          else self._prefix + str(next(self._counter)))
-            request[REQUEST_ID] = request_id
+            request_id = request[REQUEST_ID] = self.new_request_id(request.headers.get("X-Request-ID", ""))
         return request_id
+
+    def new_request_id(self, incoming: str) -> str:
+        """A request id: the client's ``X-Request-ID`` when it is sane, else a fresh per-process one."""
+        if incoming and _REQUEST_ID_RE.fullmatch(incoming):
+            return incoming
+        return self._prefix + str(next(self._counter))
 
     def render(self, request: web.Request, exc: GatewayError) -> web.Response:
         """Log and render one GatewayError."""

@@ -25,7 +25,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from gateway.app import METRICS, STATE, create_app
+from gateway.app import HOT, METRICS, STATE, create_app
+from gateway.fastlane import FastLane
 from gateway.logging import configure_logging
 from gateway.settings import Settings
 
@@ -64,6 +65,23 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
+def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for the listening socket: the fast lane (handing everything else to aiohttp),
+    or aiohttp alone when ``fast_lane`` is off or ``access_log`` is on. Call with the runner set up."""
+    server = runner.server
+    assert server is not None
+    metrics = app[METRICS]
+    if settings.fast_lane and not settings.access_log:
+        return FastLane(app[HOT], server, metrics, keepalive_timeout=settings.keepalive_timeout,
+                        max_head_bytes=settings.max_header_bytes)
+
+    def counting_factory() -> asyncio.Protocol:
+        metrics.connections_accepted.inc()
+        return server()
+
+    return counting_factory
+
+
 def _run_worker(settings: Settings, *, reuse_port: bool) -> int:
     with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
         return runner.run(run_until_signalled(settings, reuse_port=reuse_port))
@@ -81,24 +99,18 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     app = create_app(settings)
     runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
     await runner.setup()
-    protocol_factory = runner.server
-    assert protocol_factory is not None
-    connections = app[METRICS].connections_accepted
-
-    def counting_factory() -> Any:
-        connections.inc()
-        return protocol_factory()
-
+    front = front_end(app, runner, settings)
     host, port = settings.listen_host_port
     try:
-        listener = await loop.create_server(counting_factory, host, port, reuse_port=reuse_port or None,
+        listener = await loop.create_server(front, host, port, reuse_port=reuse_port or None,
                                             reuse_address=True, backlog=2048)
     except OSError as exc:
         log.error("cannot listen", listen=settings.listen, error=exc.strerror or str(exc))
         await runner.cleanup()
         return 1
     log.info("gateway listening", listen=settings.listen, public_url=settings.public_url,
-             database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port)
+             database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port,
+             event_loop=type(loop).__module__.split(".")[0], fast_lane=isinstance(front, FastLane))
     await stop.wait()
 
     log.info("shutting down: readiness off, finishing in-flight requests",
@@ -107,6 +119,8 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     if settings.shutdown_delay > 0:
         await asyncio.sleep(settings.shutdown_delay)
     listener.close()
+    if isinstance(front, FastLane):
+        await front.shutdown(settings.shutdown_timeout)
     await runner.cleanup()
     log.info("stopped")
     return 0

@@ -187,6 +187,7 @@ class Settings:
     log_format: str = "auto"
     log_level: str = "info"
     access_log: bool = False
+    fast_lane: bool = True
     workers: int = 1
     keepalive_timeout: Duration = Duration(75)
     shutdown_timeout: Duration = Duration(10)

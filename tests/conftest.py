@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import Settings
-from tests.harness import gateway_factory, gw  # noqa: F401 - fixtures shared by the endpoint tests
+from tests.harness import frontend, gateway_factory, gw  # noqa: F401 - fixtures shared by the endpoint tests
 from tests.helpers import PostgresCluster, find_postgres_bindir, make_settings
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -10,11 +11,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from yarl import URL
 
 from gateway.app import CHECKER, METRICS, STORE, create_app
+from gateway.fastlane import FastLane
 from gateway.models import SessionKind, User
 from gateway.policy import Policy
-from gateway.server import runner_options
+from gateway.server import front_end, runner_options
 from gateway.sessions import start_session
 from gateway.settings import Settings
 from gateway.store.base import Store
@@ -76,15 +79,49 @@ class Gateway:
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
+FRONT_ENDS = ("fastlane", "aiohttp")
+"""What serves the port in endpoint tests: the production listener (fast lane, handing everything
+it does not answer to aiohttp), or aiohttp alone (as with ``fast_lane = false``)."""
 
-def _gateway_factory(aiohttp_client: Any, default_url: str) -> Callable[..., Awaitable[Gateway]]:
+
+class ListenerTestServer(TestServer):
+    """A TestServer whose socket is served by :func:`gateway.server.front_end`, as in production."""
+
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        super().__init__(app)
+        self._settings = settings
+        self._listener: asyncio.Server | None = None
+        self._front: Callable[[], asyncio.Protocol] | None = None
+
+    async def start_server(self, loop: asyncio.AbstractEventLoop | None = None, **kwargs: Any) -> None:
+        if self.runner:
+            return
+        self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
+        await self.runner.setup()
+        assert isinstance(self.runner, web.AppRunner)
+        self._front = front_end(self.app, self.runner, self._settings)
+        self._listener = await asyncio.get_running_loop().create_server(self._front, self.host, 0)
+        self.port = self._listener.sockets[0].getsockname()[1]
+        self.scheme = "http"
+        self._root = URL(f"http://{self.host}:{self.port}")
+
+    async def close(self) -> None:
+        if self._listener is not None and not self.closed:
+            self._listener.close()
+            if isinstance(self._front, FastLane):
+                await self._front.shutdown(1.0)
+        await super().close()
+
+
+def _gateway_factory(aiohttp_client: Any, default_url: str, frontend: str) -> Callable[..., Awaitable[Gateway]]:
     async def start(*, policy: Policy | None = None, database_url: str | None = None,
                     **overrides: Any) -> Gateway:
         overrides.setdefault("database_url", database_url or default_url)
+        overrides.setdefault("fast_lane", frontend == "fastlane")
         settings = make_settings(overrides)
         clock = FakeClock()
         app = create_app(settings, policy=policy, clock=clock)
-        server = TestServer(app)
+        server = ListenerTestServer(app, settings)
         await server.start_server(**runner_options(settings))
         client = await aiohttp_client(server)
         return Gateway(client, app, settings, clock)
@@ -92,9 +129,15 @@ def _gateway_factory(aiohttp_client: Any, default_url: str) -> Callable[..., Awa
 
 
 @pytest.fixture
-async def gateway_factory(aiohttp_client: Any, tmp_path: Any) -> AsyncIterator[GatewayFactory]:
+def frontend() -> str:
+    """The front-end endpoint tests run through; modules that test the check path run both."""
+    return "fastlane"
+
+
+@pytest.fixture
+async def gateway_factory(aiohttp_client: Any, tmp_path: Any, frontend: str) -> AsyncIterator[GatewayFactory]:
     """Start gateways on a fresh SQLite file (pass ``database_url=`` for Postgres)."""
-    yield _gateway_factory(aiohttp_client, f"sqlite:///{tmp_path}/gateway.db")
+    yield _gateway_factory(aiohttp_client, f"sqlite:///{tmp_path}/gateway.db", frontend)
 
 
 @pytest.fixture

@@ -11,7 +11,14 @@ from gateway.app import CHECKER
 from gateway.handlers.check import IDENTITY_HEADERS
 from gateway.policy import DenyAll
 from gateway.tokens import mint_token
-from tests.harness import Gateway, GatewayFactory
+from tests.harness import FRONT_ENDS, Gateway, GatewayFactory
+
+
+@pytest.fixture(params=FRONT_ENDS)
+def frontend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through the fast lane and through aiohttp alone."""
+    return str(request.param)
+
 
 COOKIE = "gw_session"
 HTML = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"

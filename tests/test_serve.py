@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import aiohttp
 import pytest
 
 from tests.helpers import free_port
+from tests.test_fastlane import read_answer
 
 COOKIE = "gw_session"
 
@@ -181,3 +183,22 @@ async def test_sigterm_fails_readiness_then_finishes_in_flight_requests(sqlite_u
         assert response.startswith(b"HTTP/1.1 200"), response[:200]
         assert b"X-Hasura-Role" in response
         assert served.proc.wait(30) == 0
+
+
+async def test_the_served_port_answers_checks_on_the_fast_lane_and_hands_the_rest_to_aiohttp(
+        one_sqlite: Served) -> None:
+    """The real process (uvloop when installed): pipelined checks, then a hand-over mid-connection."""
+    token = one_sqlite.cli("tokens", "mint", "--email", "dev@example.com").stdout.strip()
+    host, port = one_sqlite.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    check = f"GET /auth/check HTTP/1.1\r\nHost: gw\r\nCookie: {COOKIE}={token}\r\n\r\n".encode()
+    writer.write(check + check + b"GET /healthz HTTP/1.1\r\nHost: gw\r\n\r\n" + check)
+    answers = [await read_answer(reader) for _ in range(4)]
+    writer.close()
+    assert [a.status for a in answers] == [200, 200, 200, 200]
+    assert [a.headers["server"].split("/")[0] for a in answers] == \
+        ["forward-auth-gateway", "forward-auth-gateway", "Python", "Python"]
+    assert answers[3].headers["x-auth-request-email"] == "dev@example.com"
+    listening = [json.loads(line) for line in one_sqlite.log_text().splitlines() if "gateway listening" in line]
+    assert listening and listening[0]["fast_lane"] is True
+    assert listening[0]["event_loop"] == ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")

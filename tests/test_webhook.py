@@ -10,7 +10,14 @@ import pytest
 from gateway.app import CHECKER
 from gateway.policy import DenyAll
 from gateway.tokens import mint_token
-from tests.harness import Gateway, GatewayFactory
+from tests.harness import FRONT_ENDS, Gateway, GatewayFactory
+
+
+@pytest.fixture(params=FRONT_ENDS)
+def frontend(request: pytest.FixtureRequest) -> str:
+    """Every test here runs through the fast lane and through aiohttp alone."""
+    return str(request.param)
+
 
 COOKIE = "gw_session"
 

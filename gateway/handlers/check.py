@@ -10,17 +10,20 @@ from __future__ import annotations
 
 import re
 import time
-from urllib.parse import quote
+from collections.abc import Awaitable
+from urllib.parse import parse_qsl, quote
 
 import structlog
 from aiohttp import hdrs, web
+from multidict import MultiMapping
 
 from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Outcome
-from gateway.credentials import Credential, find_credential
+from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
 from gateway.hasura import effective_roles
 from gateway.http_errors import ErrorMapper
 from gateway.metrics import Metrics
+from gateway.reply import Reply
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.check")
@@ -51,8 +54,8 @@ def identity_headers(decision: Decision, default_role: str) -> dict[str, str]:
     }
 
 
-class CheckHandler:
-    """Adapts aiohttp requests to :meth:`Checker.decide` for the proxy check endpoints."""
+class CheckEndpoint:
+    """The check endpoints' logic over plain request parts; every front-end adapts to it."""
 
     def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, proxies: TrustedProxies,
                  errors: ErrorMapper) -> None:
@@ -66,63 +69,96 @@ class CheckHandler:
         self._redirect_browsers = settings.check.redirect_browsers
         self._login_url = settings.public_url.rstrip("/") + "/login"
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """Answer one check request."""
+    def answer(self, method: str, target: str, headers: MultiMapping[str], peer: str,
+               envoy: bool) -> Reply | Awaitable[Reply]:
+        """Answer one check: at once when no I/O is needed (a cached session), else an awaitable.
+
+        ``target`` is the request target as sent (path and query, still percent-encoded); ``envoy`` is
+        true when the request was routed to ``/auth/check/{anything}`` (the original path follows the
+        prefix). ``headers`` must look names up case-insensitively.
+        """
         started = time.perf_counter()
-        headers = request.headers
         credential = find_credential(headers.getall(hdrs.COOKIE, ()), headers.getall(hdrs.AUTHORIZATION, ()),
-                                     self._cookie_name,
-                                     accept_jwt=self._accept_jwt)
-        tail = request.match_info.get("tail")
+                                     self._cookie_name, accept_jwt=self._accept_jwt)
         # On /auth/check/{path} (Envoy) the query string is the end user's: it never selects browser mode.
-        query = request.query_string
-        redirect = self._redirect_browsers or (
-            tail is None and "mode=" in query and request.query.get("mode") == "redirect")
+        query = target.partition("?")[2]
+        redirect = self._redirect_browsers or (not envoy and "mode=" in query and _mode(query) == "redirect")
         facts: RequestFacts | None = None
-        decision: Decision
         try:
-            if redirect or tail is not None or has_forwarded_headers(headers):
-                facts = request_facts(headers, peer=request.remote or "", method=request.method,
-                                      own_path=self._envoy_path(request) if tail is not None else "",
-                                      proxies=self._proxies)
+            if redirect or envoy or has_forwarded_headers(headers):
+                facts = request_facts(headers, peer=peer, method=method,
+                                      own_path=_envoy_path(target) if envoy else "", proxies=self._proxies)
         except MalformedOriginalRequest as exc:
-            decision = DENY_BAD_ORIGINAL_REQUEST
-            log.info("check denied", outcome=decision.outcome.value, reason=str(exc), client=request.remote,
-                     request_id=self._errors.request_id(request))
-        else:
-            decision = await self._checker.decide(credential, facts)
-        response = self._render(decision, facts, redirect)
+            log.info("check denied", outcome=DENY_BAD_ORIGINAL_REQUEST.outcome.value, reason=str(exc),
+                     client=peer, request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
+            return self._finish(DENY_BAD_ORIGINAL_REQUEST, facts, redirect, credential, started, peer, headers)
+        decision = self._checker.decide_now(credential, facts)
+        if decision is None:
+            return self._answer_later(credential, facts, redirect, started, peer, headers)
+        return self._finish(decision, facts, redirect, credential, started, peer, headers)
+
+    async def _answer_later(self, credential: Credential | CredentialProblem, facts: RequestFacts | None,
+                            redirect: bool, started: float, peer: str, headers: MultiMapping[str]) -> Reply:
+        decision = await self._checker.decide(credential, facts)
+        return self._finish(decision, facts, redirect, credential, started, peer, headers)
+
+    def _finish(self, decision: Decision, facts: RequestFacts | None, redirect: bool,
+                credential: Credential | CredentialProblem, started: float, peer: str,
+                headers: MultiMapping[str]) -> Reply:
+        reply = self._render(decision, facts, redirect)
         if not decision.allowed:
-            self._log_denial(request, decision, credential, response.status)
+            event = log.error if decision.outcome is Outcome.UNAVAILABLE else log.info
+            source = credential.source.value if isinstance(credential, Credential) else None
+            event("check denied", endpoint="check", outcome=decision.outcome.value, status=reply.status,
+                  source=source, client=peer, user_id=decision.active.user.id if decision.active else None,
+                  request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
         self._count("check", decision.outcome.value, time.perf_counter() - started)
-        return response
+        return reply
 
-    @staticmethod
-    def _envoy_path(request: web.Request) -> str:
-        """The original path and query Envoy appended to the check prefix, still percent-encoded (decoded
-        exactly once later, as the app will); raises MalformedOriginalRequest for an encoded prefix."""
-        raw = request.raw_path
-        if not raw.startswith(_ENVOY_PREFIX):
-            raise MalformedOriginalRequest("check prefix is percent-encoded")
-        return raw[len(_ENVOY_PREFIX) - 1:]
-
-    def _render(self, decision: Decision, facts: RequestFacts | None, redirect: bool) -> web.Response:
+    def _render(self, decision: Decision, facts: RequestFacts | None, redirect: bool) -> Reply:
         status = _STATUS.get(decision.outcome, 401)
         memo = decision.memo
-        headers = memo.get("check") if memo is not None else None
-        if headers is None:
-            headers = identity_headers(decision, self._default_role)
-            if memo is not None:
-                memo["check"] = headers
+        key = ("check", status)
+        if memo is not None:
+            cached: Reply | None = memo.get(key)
+            if cached is not None:
+                return cached
+        headers = identity_headers(decision, self._default_role)
         if status == 401 and redirect and facts is not None and facts.wants_html:
             target = self._login_url + ("?rd=" + quote(facts.url, safe="") if facts.url else "")
-            return web.Response(status=302, headers={**headers, "Location": target, "Cache-Control": "no-store"})
-        return web.Response(status=status, headers=headers)
+            return Reply(302, {**headers, "Location": target, "Cache-Control": "no-store"})
+        reply = Reply(status, headers)
+        if memo is not None:
+            memo[key] = reply
+        return reply
 
-    def _log_denial(self, request: web.Request, decision: Decision, credential: object, status: int) -> None:
-        event = log.error if decision.outcome is Outcome.UNAVAILABLE else log.info
-        source = credential.source.value if isinstance(credential, Credential) else None
-        event("check denied", endpoint="check", outcome=decision.outcome.value, status=status,
-              source=source, client=request.remote,
-              user_id=decision.active.user.id if decision.active else None,
-              request_id=self._errors.request_id(request))
+
+def _mode(query: str) -> str:
+    """The first ``mode`` parameter of a query string ('' when absent)."""
+    for name, value in parse_qsl(query, keep_blank_values=True):
+        if name == "mode":
+            return value
+    return ""
+
+
+def _envoy_path(target: str) -> str:
+    """The original path and query Envoy appended to the check prefix, still percent-encoded (decoded
+    exactly once later, as the app will); raises MalformedOriginalRequest for an encoded prefix."""
+    if not target.startswith(_ENVOY_PREFIX):
+        raise MalformedOriginalRequest("check prefix is percent-encoded")
+    return target[len(_ENVOY_PREFIX) - 1:]
+
+
+class CheckHandler:
+    """Adapts aiohttp requests to :class:`CheckEndpoint`."""
+
+    def __init__(self, endpoint: CheckEndpoint) -> None:
+        self._endpoint = endpoint
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Answer one check request."""
+        reply = self._endpoint.answer(request.method, request.raw_path, request.headers, request.remote or "",
+                                      "tail" in request.match_info)
+        if not isinstance(reply, Reply):
+            reply = await reply
+        return reply.to_response()

@@ -11,34 +11,34 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import cast
 
 import structlog
 from aiohttp import hdrs, web
+from multidict import MultiMapping
 
 from gateway.core import Checker, Decision, Outcome
-from gateway.credentials import Credential, find_credential
+from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.hasura import anonymous_variables, choose_role, header_lookup, parse_post_body, session_variables
-from gateway.http_errors import ErrorMapper
+from gateway.http_errors import ErrorMapper, error_reply
 from gateway.metrics import Metrics
+from gateway.reply import Reply
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.webhook")
 
-_DENY_BODY = b'{"error":"unauthenticated"}'
-
-
 _JSON = {"Content-Type": "application/json"}
+_DENY = Reply(401, _JSON, b'{"error":"unauthenticated"}')
 
 
 def _json(body: Mapping[str, str]) -> bytes:
     return json.dumps(body).encode()
 
 
-class WebhookHandler:
-    """Adapts Hasura's webhook calls to :meth:`Checker.decide`."""
+class WebhookEndpoint:
+    """The webhook's logic over plain request parts; every front-end adapts to it."""
 
     def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, errors: ErrorMapper,
                  clock: Callable[[], float]) -> None:
@@ -47,56 +47,75 @@ class WebhookHandler:
         self._errors = errors
         self._hasura = settings.hasura
         self._default_role = settings.hasura.default_role
-        self._anonymous = _json(anonymous_variables(settings.hasura.anonymous_role)) \
+        self._anonymous = Reply(200, _JSON, _json(anonymous_variables(settings.hasura.anonymous_role))) \
             if settings.hasura.anonymous_role else None
         self._cookie_name = settings.cookie.name
         self._accept_jwt = bool(settings.check.jwt_upstreams)
-        self._max_body = settings.hasura.max_body_bytes
+        self.max_body = settings.hasura.max_body_bytes
+        """POST bodies longer than this are refused (413) by the front-end before they are read."""
         self._clock = clock
 
-    async def handle(self, request: web.Request) -> web.Response:
-        """Answer one webhook call."""
+    def answer(self, method: str, headers: MultiMapping[str], body: bytes, peer: str) -> Reply | Awaitable[Reply]:
+        """Answer one webhook call: at once when no I/O is needed (a cached session), else an awaitable.
+
+        ``body`` is the whole POST body (ignored for GET); ``headers`` must look names up case-insensitively.
+        """
         started = time.perf_counter()
-        if request.method == hdrs.METH_POST:
+        if method == hdrs.METH_POST:
             try:
-                client = header_lookup(parse_post_body(await self._read_body(request)))
+                client = header_lookup(parse_post_body(body))
             except GatewayError as exc:
-                return self._errors.render(request, exc)
+                return self.refuse(exc, headers)
             cookies = client.get("cookie", ())
             authorization = client.get("authorization", ())
             roles = client.get("x-hasura-role")
         else:
-            headers = request.headers
             cookies = headers.getall(hdrs.COOKIE, ())
             authorization = headers.getall(hdrs.AUTHORIZATION, ())
             roles = headers.getall("X-Hasura-Role", None)
-        credential = find_credential(cookies, authorization, self._cookie_name,
-                                     accept_jwt=self._accept_jwt)
+        credential = find_credential(cookies, authorization, self._cookie_name, accept_jwt=self._accept_jwt)
+        decision = self._checker.decide_now(credential, None)
+        if decision is None:
+            return self._answer_later(credential, roles, started, peer, headers)
+        return self._finish(decision, credential, roles, started, peer, headers)
+
+    def refuse(self, exc: GatewayError, headers: MultiMapping[str]) -> Reply:
+        """Log and answer a malformed call (Hasura never sends one)."""
+        request_id = self._errors.new_request_id(headers.get("X-Request-ID", ""))
+        log.info("request refused", path="/auth/webhook", status=exc.status, error=exc.code, reason=exc.message,
+                 request_id=request_id)
+        return error_reply(headers.get("Accept", ""), request_id, exc.status, exc.code, exc.message, exc.headers,
+                           title=exc.title, link=exc.link)
+
+    async def _answer_later(self, credential: Credential | CredentialProblem, roles: list[str] | None,
+                            started: float, peer: str, headers: MultiMapping[str]) -> Reply:
         decision = await self._checker.decide(credential, None)
+        return self._finish(decision, credential, roles, started, peer, headers)
+
+    def _finish(self, decision: Decision, credential: Credential | CredentialProblem, roles: list[str] | None,
+                started: float, peer: str, headers: MultiMapping[str]) -> Reply:
         outcome = decision.outcome
-        body: bytes | None = None
+        reply: Reply | None = None
         if outcome is Outcome.ALLOW and decision.active is not None:
-            body = self._allowed_body(decision, roles)
-            if body is None:
+            reply = self._allowed(decision, roles)
+            if reply is None:
                 outcome = Outcome.FORBIDDEN
         elif outcome is Outcome.MISSING and self._anonymous is not None:
             outcome = Outcome.ALLOW
-            body = self._anonymous
-        if body is None:
-            response = web.Response(status=401, body=_DENY_BODY, headers=_JSON)
+            reply = self._anonymous
+        if reply is None:
+            reply = _DENY
             event = log.error if outcome is Outcome.UNAVAILABLE else log.info
             event("webhook denied", endpoint="webhook", outcome=outcome.value,
                   source=credential.source.value if isinstance(credential, Credential) else None,
-                  requested_role=roles[-1][:64] if roles else None, client=request.remote,
+                  requested_role=roles[-1][:64] if roles else None, client=peer,
                   user_id=decision.active.user.id if decision.active else None,
-                  request_id=self._errors.request_id(request))
-        else:
-            response = web.Response(body=body, headers=_JSON)
+                  request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
         self._count("webhook", outcome.value, time.perf_counter() - started)
-        return response
+        return reply
 
-    def _allowed_body(self, decision: Decision, roles: list[str] | None) -> bytes | None:
-        """The session-variables body for an allowed session, or None when the requested role is not held.
+    def _allowed(self, decision: Decision, roles: list[str] | None) -> Reply | None:
+        """The session-variables answer for an allowed session, or None when the requested role is not held.
 
         Rendered once per session, role and second (max-age counts down by the second) and kept in the
         cached session's memo: repeated calls for a known token do no JSON work.
@@ -112,23 +131,44 @@ class WebhookHandler:
         if memo is not None:
             cached = memo.get(key)
             if cached is not None and cached[0] == second:
-                return cast(bytes | None, cached[1])
+                return cast(Reply | None, cached[1])
         active = decision.active
         assert active is not None
         role = choose_role(active.user, requested, self._default_role)
-        body = None if role is None else _json(session_variables(active, role, self._hasura, now))
+        reply = None if role is None else Reply(200, _JSON, _json(session_variables(active, role, self._hasura, now)))
         if memo is not None:
-            memo[key] = (second, body)
-        return body
+            memo[key] = (second, reply)
+        return reply
+
+
+class WebhookHandler:
+    """Adapts aiohttp requests to :class:`WebhookEndpoint`."""
+
+    def __init__(self, endpoint: WebhookEndpoint) -> None:
+        self._endpoint = endpoint
+
+    async def handle(self, request: web.Request) -> web.Response:
+        """Answer one webhook call."""
+        body = b""
+        if request.method == hdrs.METH_POST:
+            try:
+                body = await self._read_body(request)
+            except GatewayError as exc:
+                return self._endpoint.refuse(exc, request.headers).to_response()
+        reply = self._endpoint.answer(request.method, request.headers, body, request.remote or "")
+        if not isinstance(reply, Reply):
+            reply = await reply
+        return reply.to_response()
 
     async def _read_body(self, request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > self._max_body:
-            raise PayloadTooLarge(f"webhook body over {self._max_body} bytes")
+        limit = self._endpoint.max_body
+        if request.content_length is not None and request.content_length > limit:
+            raise PayloadTooLarge(f"webhook body over {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        while chunk := await request.content.read(self._max_body + 1 - size):
+        while chunk := await request.content.read(limit + 1 - size):
             chunks.append(chunk)
             size += len(chunk)
-            if size > self._max_body:
-                raise PayloadTooLarge(f"webhook body over {self._max_body} bytes")
+            if size > limit:
+                raise PayloadTooLarge(f"webhook body over {limit} bytes")
         return b"".join(chunks)

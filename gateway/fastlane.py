@@ -1,0 +1,280 @@
+"""The fast lane: a lean HTTP/1.1 front-end for the check path, in front of aiohttp on the same port.
+
+Every connection starts here. A request for ``/auth/check``, ``/auth/check/{anything}`` or
+``/auth/webhook`` in the plain form proxies send (HTTP/1.1 or 1.0, ASCII head, ``Content-Length`` framing or
+no body) is parsed, decided by the same framework-free endpoints the aiohttp routes use, and answered with
+bytes written straight to the transport; a cached session is answered without scheduling anything.
+Anything else (another path, chunked bodies, ``Expect``, ``Upgrade``, odd header bytes, a head
+or body over the limits) is handed, from the first byte of that request on, to aiohttp's own protocol,
+which then owns the connection for the rest of its life. So the fast lane only ever accepts a strict
+subset of HTTP and aiohttp answers everything else exactly as it would on its own.
+
+Connections idle (or stuck mid-request) longer than ``keepalive_timeout`` are closed; at shutdown, idle
+connections close at once and requests in flight get ``shutdown_timeout`` to finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import cast
+
+import structlog
+from multidict import CIMultiDict
+
+from gateway import __version__
+from gateway.app import HotEndpoints
+from gateway.metrics import Metrics
+from gateway.reply import Reply
+
+log = structlog.get_logger("gateway.fastlane")
+
+# Request line and header lines of the strict subset; the blank line is matched by the caller.
+_HEAD = re.compile(
+    r"([A-Z]{1,16}) (/auth/(?:check|webhook)[!-~]*) HTTP/1\.([01])\r\n"
+    r"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t -~]*\r\n)*)"
+)
+_HANDOVER_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "content-encoding"})
+_SERVER = f"forward-auth-gateway/{__version__}"
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
+_SWEEP_EVERY = 1.0
+_KEEP = b"\r\n"
+_KEEP_1_0 = b"Connection: keep-alive\r\n\r\n"
+_CLOSE = b"Connection: close\r\n\r\n"
+
+
+class FastLane:
+    """The protocol factory for the listening socket, and the state every connection shares."""
+
+    def __init__(self, endpoints: HotEndpoints, fallback: Callable[[], asyncio.Protocol], metrics: Metrics, *,
+                 keepalive_timeout: float, max_head_bytes: int) -> None:
+        self.check = endpoints.check
+        self.webhook = endpoints.webhook
+        self.fallback = fallback
+        self.max_head_bytes = max_head_bytes
+        self.max_body_bytes = endpoints.webhook.max_body
+        self._keepalive_timeout = keepalive_timeout
+        self._accepted = metrics.connections_accepted
+        self.connections: set[_Connection] = set()
+        self.date = b""
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._tick()
+
+    def __call__(self) -> asyncio.Protocol:
+        """A protocol for one new connection."""
+        self._accepted.inc()
+        return _Connection(self)
+
+    def _tick(self) -> None:
+        """Once a second: refresh the ``Date`` header and close connections idle too long."""
+        self.date = b"Date: " + formatdate(usegmt=True).encode() + b"\r\n"
+        deadline = time.monotonic() - self._keepalive_timeout
+        for conn in [c for c in self.connections if c.last_active < deadline and c.task is None]:
+            conn.close()
+        self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._tick)
+
+    async def shutdown(self, grace: float) -> None:
+        """Close idle connections now; give requests in flight ``grace`` seconds, then close the rest."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for conn in list(self.connections):
+            conn.closing = True
+            if conn.task is None:
+                conn.close()
+        busy = [c.task for c in self.connections if c.task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=grace)
+        for conn in list(self.connections):
+            conn.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection while the fast lane owns it."""
+
+    __slots__ = ("buffer", "closing", "lane", "last_active", "peer", "read_paused", "task", "transport",
+                 "write_paused")
+
+    def __init__(self, lane: FastLane) -> None:
+        self.lane = lane
+        self.transport: asyncio.Transport | None = None
+        self.peer = ""
+        self.buffer = b""
+        self.task: asyncio.Future[Reply] | None = None
+        self.last_active = time.monotonic()
+        self.closing = False
+        self.write_paused = False
+        self.read_paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio.Transport subclasses
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else ""
+        self.lane.connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lane.connections.discard(self)
+        self.transport = None
+        if self.task is not None:
+            self.task.cancel()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        if self.transport is not None:
+            self.transport.resume_reading()
+            self._process()
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer = self.buffer + data if self.buffer else data
+        self.last_active = time.monotonic()
+        if self.task is None and not self.write_paused:
+            self._process()
+        elif len(self.buffer) > self.lane.max_head_bytes and self.transport is not None and not self.read_paused:
+            # Requests pipelined behind one that waits: stop reading until it is answered.
+            self.read_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        # Half-closed by the client: finish what is in flight, then close (False closes the transport).
+        if self.task is None:
+            return False
+        self.closing = True
+        return True
+
+    def close(self) -> None:
+        """Close the connection (a request in flight is cancelled)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def _process(self) -> None:
+        """Answer every complete request in the buffer, in order; stop at one that must wait."""
+        lane = self.lane
+        while self.buffer and self.transport is not None and self.task is None and not self.write_paused:
+            buffer = self.buffer
+            end = buffer.find(b"\r\n\r\n")
+            if end < 0:
+                # A head ended by bare LFs never contains CRLFCRLF: let aiohttp judge it.
+                if len(buffer) > lane.max_head_bytes or b"\n\n" in buffer or b"\n\r\n" in buffer:
+                    self._hand_over()
+                return
+            if end > lane.max_head_bytes or (not buffer.isascii() and not buffer[:end].isascii()):
+                self._hand_over()
+                return
+            match = _HEAD.fullmatch(buffer[:end + 2].decode("ascii"))
+            if match is None:
+                self._hand_over()
+                return
+            method, target, minor, lines = match.groups()
+            headers = CIMultiDict(_split(line) for line in lines.split("\r\n")[:-1])
+            length = 0
+            lengths = headers.getall("Content-Length", ())
+            if lengths:
+                if len(lengths) > 1 or not lengths[0].isdigit() or len(lengths[0]) > 12:
+                    self._hand_over()
+                    return
+                length = int(lengths[0])
+            if length > lane.max_body_bytes or any(name in headers for name in _HANDOVER_HEADERS):
+                self._hand_over()
+                return
+            start = end + 4
+            if len(buffer) < start + length:
+                return  # wait for the rest of the body
+            path = target.partition("?")[0]
+            if path.startswith("/auth/check"):
+                if path != "/auth/check" and not path.startswith("/auth/check/"):
+                    self._hand_over()
+                    return
+                answer = lane.check.answer(method, target, headers, self.peer, path != "/auth/check")
+            elif path == "/auth/webhook" and method in ("GET", "POST"):
+                answer = lane.webhook.answer(method, headers, buffer[start:start + length], self.peer)
+            else:
+                self._hand_over()
+                return
+            self.buffer = buffer[start + length:]
+            connection = headers.get("Connection", "").lower()
+            if minor == "1":
+                persist = _CLOSE if "close" in connection else _KEEP
+            else:
+                persist = _KEEP_1_0 if "keep-alive" in connection else _CLOSE
+            if isinstance(answer, Reply):
+                self._send(answer, persist)
+            else:
+                self._wait_for(answer, persist)
+
+    def _wait_for(self, answer: Awaitable[Reply], persist: bytes) -> None:
+        """Send an answer that needs I/O when it is ready; later requests on this connection wait for it."""
+        task = self.task = asyncio.ensure_future(answer)
+
+        def done(finished: asyncio.Future[Reply]) -> None:
+            self.task = None
+            if finished.cancelled() or self.transport is None:
+                return
+            error = finished.exception()
+            if error is not None:
+                log.error("check failed unexpectedly", error=repr(error), exc_info=error)
+                self._send(_INTERNAL_ERROR, _CLOSE)
+                return
+            self._send(finished.result(), persist)
+            if self.read_paused and self.transport is not None:
+                self.read_paused = False
+                self.transport.resume_reading()
+            self._process()
+
+        task.add_done_callback(done)
+
+    def _send(self, reply: Reply, persist: bytes) -> None:
+        """Write one answer; ``persist`` is the connection header line (:data:`_CLOSE` closes after it)."""
+        transport = self.transport
+        if transport is None:
+            return
+        wire = reply.wire
+        if wire is None:
+            wire = reply.wire = _serialise_head(reply)
+        if self.closing:
+            persist = _CLOSE
+        transport.write(wire + self.lane.date + persist + reply.body)
+        if persist is _CLOSE:
+            self.buffer = b""
+            transport.close()
+        self.last_active = time.monotonic()
+
+    def _hand_over(self) -> None:
+        """Give this connection, from the current request on, to aiohttp's protocol."""
+        transport = self.transport
+        assert transport is not None
+        self.lane.connections.discard(self)
+        self.transport = None
+        protocol = self.lane.fallback()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        buffer, self.buffer = self.buffer, b""
+        if self.read_paused or self.write_paused:
+            with contextlib.suppress(RuntimeError):
+                transport.resume_reading()
+        protocol.data_received(buffer)
+
+
+def _split(line: str) -> tuple[str, str]:
+    name, _, value = line.partition(":")
+    return name, value.strip(" \t")
+
+
+def _serialise_head(reply: Reply) -> bytes:
+    """Status line and headers (no ``Date``, no final blank line); UTF-8 like aiohttp."""
+    lines = [f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"]
+    lines.extend(f"{name}: {value}\r\n" for name, value in reply.headers.items())
+    lines.append(f"Content-Length: {len(reply.body)}\r\nServer: {_SERVER}\r\n")
+    return "".join(lines).encode()
+
+
+_INTERNAL_ERROR = Reply(500, {"Content-Type": "application/json"}, b'{"error":"internal_error"}')
