@@ -60,6 +60,7 @@ class FastLane:
         self.max_body_bytes = endpoints.webhook.max_body
         self._keepalive_timeout = keepalive_timeout
         self._accepted = metrics.connections_accepted
+        self.counts = metrics.hot.fast_lane
         self.connections: set[_Connection] = set()
         self.date = b""
         self._sweeper: asyncio.TimerHandle | None = None
@@ -118,10 +119,10 @@ class _Connection(asyncio.Protocol):
         self.lane.connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        # A check in flight runs to its end (as aiohttp's handlers do): other requests for the same
+        # token may be waiting on its lookup. Its answer is dropped.
         self.lane.connections.discard(self)
         self.transport = None
-        if self.task is not None:
-            self.task.cancel()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -152,7 +153,7 @@ class _Connection(asyncio.Protocol):
         return True
 
     def close(self) -> None:
-        """Close the connection (a request in flight is cancelled)."""
+        """Close the connection (the answer to a request in flight is dropped)."""
         if self.transport is not None:
             self.transport.close()
 
@@ -201,6 +202,7 @@ class _Connection(asyncio.Protocol):
                 self._hand_over()
                 return
             self.buffer = buffer[start + length:]
+            lane.counts["requests"] += 1
             connection = headers.get("Connection", "").lower()
             if minor == "1":
                 persist = _CLOSE if "close" in connection else _KEEP
@@ -252,6 +254,7 @@ class _Connection(asyncio.Protocol):
         """Give this connection, from the current request on, to aiohttp's protocol."""
         transport = self.transport
         assert transport is not None
+        self.lane.counts["handovers"] += 1
         self.lane.connections.discard(self)
         self.transport = None
         protocol = self.lane.fallback()

@@ -25,6 +25,8 @@ class HotCounters(Collector):
         self.checks: dict[tuple[str, str], int] = {}
         self.latency: dict[str, list[float]] = {}  # per endpoint: bucket counts..., +Inf count, sum
         self.cache = dict.fromkeys(CACHE_EVENTS, 0)
+        self.fast_lane = {"requests": 0, "handovers": 0}
+        """Requests the fast lane answered, and connections it handed to aiohttp."""
 
     def count_check(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Record one decision and how long it took."""
@@ -58,6 +60,11 @@ class HotCounters(Collector):
         for event, count in self.cache.items():
             cache.add_metric([event], count)
         yield cache
+        yield CounterMetricFamily("gateway_fast_lane_requests", "Check-path requests answered by the fast lane.",
+                                  value=self.fast_lane["requests"])
+        yield CounterMetricFamily("gateway_fast_lane_handovers",
+                                  "Connections the fast lane handed to aiohttp (a request it does not serve).",
+                                  value=self.fast_lane["handovers"])
 
 
 class Metrics:

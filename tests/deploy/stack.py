@@ -340,13 +340,18 @@ def start_echo(directory: Path, port: int | None = None) -> Iterator[Echo]:
 # ---- nginx -----------------------------------------------------------------------------------------------
 
 def render_site(name: str, substitutions: Mapping[str, str]) -> str:
-    """``deploy/nginx/<name>`` with each placeholder replaced; every placeholder must occur exactly once."""
+    """``deploy/nginx/<name>`` with each placeholder replaced; every placeholder must occur exactly as often
+    as :data:`PLACEHOLDER_COUNTS` says (once unless listed)."""
     text = (NGINX_CONFIGS / name).read_text()
     for placeholder, value in substitutions.items():
-        count = text.count(placeholder)
-        assert count == 1, f"{name}: expected {placeholder!r} exactly once, found it {count} times"
+        count, expected = text.count(placeholder), PLACEHOLDER_COUNTS.get(placeholder, 1)
+        assert count == expected, f"{name}: expected {placeholder!r} {expected} time(s), found it {count} times"
         text = text.replace(placeholder, value)
     return text
+
+
+PLACEHOLDER_COUNTS = {"server 127.0.0.1:4180;": 2}
+"""The gateway is named twice in each site: ``upstream gateway`` (checks) and ``gateway_pages`` (sign-in)."""
 
 
 def site_substitutions(*, listen_port: int, gateway_port: int, app_port: int) -> dict[str, str]:

@@ -252,7 +252,11 @@ def test_the_gateway_keeps_connections_longer_than_nginx() -> None:
 # ---- keep-alive under load -------------------------------------------------------------------------------
 
 async def test_nginx_reuses_its_connections_to_the_gateway_under_load(stack: Stack) -> None:
+    """Keep-alive to the gateway, and every check on its fast lane even after sign-ins went through
+    nginx (the sign-in pages have their own upstream pool, so they never take over a check connection)."""
     token = await asyncio.to_thread(stack.gateway.mint, "load@example.com")
+    for i in range(3):
+        await asyncio.to_thread(stack.sign_in, f"pages{i}@example.com")
     requests, concurrency = 500, 20
     before = await asyncio.to_thread(stack.gateway.metrics)
 
@@ -273,6 +277,10 @@ async def test_nginx_reuses_its_connections_to_the_gateway_under_load(stack: Sta
               - metric_sum(before, "gateway_connections_accepted_total"))
     assert checks >= requests
     assert opened < 50, f"nginx opened {opened:.0f} connections to the gateway for {requests} checks"
+    fast = (metric_sum(after, "gateway_fast_lane_requests_total")
+            - metric_sum(before, "gateway_fast_lane_requests_total"))
+    assert fast >= requests, f"only {fast:.0f} of {requests} checks were answered on the fast lane"
+    assert metric_sum(after, "gateway_fast_lane_handovers_total") >= 3  # the sign-in pages
     assert "prematurely closed" not in stack.nginx.error_log()
 
 
