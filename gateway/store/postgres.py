@@ -371,22 +371,27 @@ class PostgresStore:
                        statement_timeout: float | None) -> T:
         """One try of :meth:`_run` on ``conn``; leaves it idle (committed or rolled back) or closed."""
         async with conn.cursor(timeout=statement_timeout or self._settings.database.query_timeout) as cur:
-            if not transaction:
-                return await work(cur)
-            await cur.execute("BEGIN")
             try:
-                result = await work(cur)
-                await cur.execute("COMMIT")
-            except BaseException:
-                # aiopg closes the connection itself on a timeout or cancellation
-                if not conn.closed:
-                    try:
-                        await cur.execute("ROLLBACK")
-                    except BaseException:
-                        await conn.close()
-                        raise
-                raise
-            return result
+                if not transaction:
+                    return await work(cur)
+                await cur.execute("BEGIN")
+                try:
+                    result = await work(cur)
+                    await cur.execute("COMMIT")
+                except BaseException:
+                    # aiopg closes the connection itself on a timeout or cancellation
+                    if not conn.closed:
+                        try:
+                            await cur.execute("ROLLBACK")
+                        except BaseException:
+                            await conn.close()
+                            raise
+                    raise
+                return result
+            finally:
+                # aiopg's Cursor and its Transaction refer to each other: break the cycle so the pair
+                # (and the psycopg2 cursor) dies with the call instead of waiting for a full collection.
+                vars(cur).pop("_transaction", None)
 
     async def ping(self) -> None:
         """Return when the database answers ``SELECT 1``; raise StoreUnavailable otherwise."""
