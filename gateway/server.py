@@ -27,6 +27,7 @@ from aiohttp import web
 
 from gateway.app import HOT, METRICS, STATE, create_app
 from gateway.fastlane import FastLane
+from gateway.gcpolicy import GcPolicy
 from gateway.logging import configure_logging
 from gateway.settings import Settings
 
@@ -108,6 +109,8 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
         log.error("cannot listen", listen=settings.listen, error=exc.strerror or str(exc))
         await runner.cleanup()
         return 1
+    gc_policy = GcPolicy(settings.gc_full_interval)
+    gc_policy.start()
     log.info("gateway listening", listen=settings.listen, public_url=settings.public_url,
              database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port,
              event_loop=type(loop).__module__.split(".")[0], fast_lane=isinstance(front, FastLane))
@@ -122,6 +125,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     if isinstance(front, FastLane):
         await front.shutdown(settings.shutdown_timeout)
     await runner.cleanup()
+    await gc_policy.stop()
     log.info("stopped")
     return 0
 

@@ -192,6 +192,7 @@ class Settings:
     keepalive_timeout: Duration = Duration(75)
     shutdown_timeout: Duration = Duration(10)
     shutdown_delay: Duration = Duration(0)
+    gc_full_interval: Duration = Duration(300)
     max_header_bytes: int = 16384
     cookie: CookieSettings = field(default_factory=CookieSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
@@ -483,6 +484,8 @@ def validate(s: Settings) -> list[str]:
         problems.append(f"log_level: expected debug, info, warning or error, got {s.log_level!r}")
     if s.workers < 1:
         problems.append("workers: must be at least 1")
+    if 0 < s.gc_full_interval < 1:
+        problems.append("gc_full_interval: must be 0 (CPython's own policy) or at least 1s")
     if s.max_header_bytes < 1024:
         problems.append("max_header_bytes: must be at least 1024")
 
