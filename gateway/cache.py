@@ -1,8 +1,9 @@
 """In-process session cache: bounded TTL caches of good sessions and of known-bad token hashes.
 
-Both caches are cachetools ``FIFOCache``s bounded in entries, with the TTL kept per entry (a session's
-TTL is capped by its own expiry, so one global timer would not do; and a plain lookup is ~10x cheaper
-than ``TTLCache``'s, which matters on every request). A positive entry is *fresh* for the configured TTL
+Good sessions live in a cachetools ``FIFOCache`` bounded in entries, with the TTL kept per entry (a
+session's TTL is capped by its own expiry, so one global timer would not do; and a plain lookup is ~10x
+cheaper than ``TTLCache``'s, which matters on every request). Known-bad hashes live in
+:class:`NegativeCache`, time slices of plain sets. A positive entry is *fresh* for the configured TTL
 (``degraded_ttl`` while the cross-process revocation feed is down) and never past its session's expiry
 or idle deadline. A stale entry is kept a while longer
 (``stale_if_error``) only so that it can still be served while the database is unreachable: nobody can
@@ -12,6 +13,7 @@ is outdated and must not be cached.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +50,50 @@ class _CountingCache(FIFOCache[str, CacheEntry]):
         return item
 
 
+class NegativeCache:
+    """Token hashes recently found to admit nobody, kept in time slices.
+
+    A hash is remembered for at most ``ttl`` (at least ``ttl`` minus one slice); slices are dropped
+    whole once too old, or oldest first when more than ``max_entries`` hashes are held. Sets of strings
+    cost a fraction of an ordered mapping per entry, need no per-entry timestamp, are invisible to the
+    garbage collector, and free their memory together, so a flood of distinct garbage tokens keeps
+    memory flat.
+    """
+
+    SLICES = 4
+
+    def __init__(self, max_entries: int, ttl: float) -> None:
+        self._ttl = ttl
+        self._width = ttl / self.SLICES
+        self._max = max_entries
+        self._slice_max = max(1, max_entries // self.SLICES)
+        self._slices: deque[tuple[float, set[str]]] = deque()  # (start, members), oldest first
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def add(self, token_hash: str, now: float) -> None:
+        """Remember ``token_hash`` from ``now`` on."""
+        if self._ttl <= 0:
+            return
+        slices = self._slices
+        if (not slices or not slices[-1][0] <= now < slices[-1][0] + self._width
+                or len(slices[-1][1]) >= self._slice_max):
+            slices.append((now, set()))
+        members = slices[-1][1]
+        if token_hash not in members:
+            members.add(token_hash)
+            self._size += 1
+        while len(slices) > 1 and (self._size > self._max or now >= slices[0][0] + self._ttl):
+            self._size -= len(slices.popleft()[1])
+
+    def holds(self, token_hash: str, now: float) -> bool:
+        """True when ``token_hash`` was added less than ``ttl`` ago (slices round that down)."""
+        ttl = self._ttl
+        return any(token_hash in members and now < start + ttl for start, members in self._slices)
+
+
 class SessionCache:
     """Positive and negative caches keyed by token hash. Not thread-safe: one event loop per process."""
 
@@ -59,8 +105,7 @@ class SessionCache:
         self._stale_if_error = stale_if_error
         self._clock = clock
         self._good: _CountingCache = _CountingCache(max_entries, on_evict)
-        self._bad: FIFOCache[str, float] = FIFOCache(negative_max_entries)  # hash -> remembered until
-        self._negative_ttl = negative_ttl
+        self._bad = NegativeCache(negative_max_entries, negative_ttl)
         self.degraded = False
         self.generation = 0
 
@@ -100,8 +145,7 @@ class SessionCache:
 
     def is_known_bad(self, token_hash: str, now: float) -> bool:
         """True when this hash was recently found unknown, expired or revoked."""
-        until = self._bad.get(token_hash)
-        return until is not None and now < until
+        return self._bad.holds(token_hash, now)
 
     def put(self, token_hash: str, active: ActiveSession, now: float, generation: int) -> None:
         """Cache a good session, unless a revocation arrived since ``generation`` was read."""
@@ -118,9 +162,7 @@ class SessionCache:
 
     def put_bad(self, token_hash: str, now: float) -> None:
         """Remember briefly that this hash admits nobody."""
-        if self._negative_ttl > 0:
-            self._bad.pop(token_hash, None)  # re-insert at the back of the eviction order
-            self._bad[token_hash] = now + self._negative_ttl
+        self._bad.add(token_hash, now)
 
     def evict(self, token_hash: str) -> None:
         """Forget one session now (it was revoked)."""
