@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from types import FrameType
 
-from bench import database, procs, promtext, report, wrk
+from bench import database, openloop, procs, promtext, report, wrk
 from bench.procs import ProcessSet
 from bench.report import Measurement, Memory, Results
 from gateway.cache import SessionCache
@@ -40,6 +40,8 @@ from tests.helpers import free_port
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 READY_TIMEOUT = 60.0
+OPEN_LOOP_LOAD = 0.5
+"""Open-loop latency is measured at this fraction of the same scenario's saturated (closed-loop) throughput."""
 
 
 class Interrupted(Exception):
@@ -62,7 +64,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--memory-tokens", type=int,
                         help="distinct unknown tokens for the memory step (default 1000000; quick 50000)")
     parser.add_argument("--memory-seconds", type=float,
-                        help="time bound of the memory step (default 90; quick 20)")
+                        help="time bound of the memory step (default 150; quick 20)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="repeat scenarios a-d' this many times and report the median round (default 1; each "
                              "round adds about 90 s)")
@@ -77,7 +79,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup if args.warmup is not None else (1.0 if quick else 2.0)
     args.sessions = args.sessions or (10_000 if quick else 100_000)
     args.memory_tokens = args.memory_tokens or (50_000 if quick else 1_000_000)
-    args.memory_seconds = args.memory_seconds or (20.0 if quick else 90.0)
+    args.memory_seconds = args.memory_seconds or (20.0 if quick else 150.0)
     if args.output is None and not quick:
         args.output = DEFAULT_OUTPUT
     for name in ("workers", "connections", "threads", "sessions", "memory_tokens", "rounds"):
@@ -176,6 +178,8 @@ class Bench:
                     self.cache_miss("miss_touch", "gateway cache miss + last-use write-back (info)",
                                     seen_ago=3600.0)
                 self._settle_rounds()
+                self.open_loop("hit_open", "gateway cache hit, open loop at half load", distinct=False)
+                self.open_loop("miss_open", "gateway cache miss, open loop at half load", distinct=True)
                 memory = self.memory()
             finally:
                 self.procs.stop_all()
@@ -460,6 +464,50 @@ class Bench:
                           distinct=True)
         finally:
             self.procs.stop(proc)
+
+    def open_loop(self, key: str, label: str, *, distinct: bool) -> None:
+        """f. Latency at a fixed offered load, the same for hits and misses: half of c's saturated cache-miss
+        throughput (a load even an all-miss stream sustains), offered on the same number of connections by
+        ``bench/openloop.c`` and timed from each request's scheduled send (so a stalled server is fully
+        counted), on a fresh gateway."""
+        a = self.args
+        of = "miss"
+        saturated = self.runs.get(of)
+        if saturated is None or not saturated.rps:
+            return
+        rate = OPEN_LOOP_LOAD * saturated.rps
+        say(f"f. {label}: {rate:,.0f} req/s offered on {a.connections} connections")
+        database.mark_sessions_seen(self.database_url, 0.0)
+        proc, base = self.start_gateway(f"gateway-{key}")
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+        cookie = self.settings.cookie.name
+        try:
+            server0, pg0, load0 = procs.tree_cpu_seconds(proc.pid), self._postgres_cpu(), _children_cpu()
+            result = openloop.run(host, int(port), rate=rate, duration=a.duration, warmup=a.warmup,
+                                  connections=a.connections, path="/auth/webhook",
+                                  headers=None if distinct else self._cookie_header(),
+                                  tokens_file=self.tokens_file if distinct else None,
+                                  token_header=f"Cookie: {cookie}=%s" if distinct else None, workdir=self.workdir)
+            share = a.duration / (a.duration + a.warmup)  # CPU was read over warm-up and measured run alike
+            cpu = report.Cpu(server=(procs.tree_cpu_seconds(proc.pid) - server0) * share,
+                             postgres=(self._postgres_cpu() - pg0) * share, load=(_children_cpu() - load0) * share)
+            stats = promtext.summary(self._scrape(proc, base))
+        finally:
+            self.procs.stop(proc)
+        m = Measurement(key=key, label=label, rps=result.rate_achieved, p50=result.p(50), p90=result.p(90),
+                        p99=result.p(99), requests=result.completed, seconds=result.measured_seconds,
+                        non_2xx=result.non_2xx, errors=result.errors, cpu=cpu)
+        worst = result.latency_ms.get("max", math.nan)
+        m.notes.append(f"offered {rate:,.0f} req/s ({OPEN_LOOP_LOAD:.0%} of {of}'s {saturated.rps:,.0f}); p99.9 "
+                       f"{result.p(99.9):.2f} ms, max {worst:.2f} ms; largest backlog {result.max_queue} "
+                       f"requests; generator late by more than 1 ms {result.late_sends_over_1ms:,} times "
+                       f"(most {result.behind_schedule_ms:.1f} ms); /metrics: {stats.get('cache_hit', 0):,.0f} hits, "
+                       f"{stats.get('cache_miss', 0):,.0f} misses" + self._other_outcomes(stats))
+        if result.tokens_wrapped:
+            m.notes.append("tokens wrapped round: some were sent twice")
+        say(f"  {key}: {result.rate_achieved:,.0f} req/s, p50 {m.p50:.2f} ms, p99 {m.p99:.2f} ms, "
+            f"max {worst:.2f} ms")
+        self.runs[key] = m
 
     def memory(self) -> Memory:
         """e. RSS before and after a flood of distinct unknown tokens."""
