@@ -115,6 +115,7 @@ class DatabaseSettings:
     query_timeout: Duration = Duration(2)
     sqlite_poll_interval: Duration = Duration(0.1)
     prepared_statements: bool = True
+    lookup_concurrency: int = 2
 
 
 @dataclass(frozen=True)
@@ -511,6 +512,8 @@ def validate(s: Settings) -> list[str]:
         problems.append("cache.max_entries and cache.negative_max_entries: must be at least 1")
     if s.cache.degraded_ttl > 1:
         problems.append("cache.degraded_ttl: must be at most 1s to keep the revocation promise")
+    if s.database.lookup_concurrency < 1:
+        problems.append("database.lookup_concurrency: must be at least 1")
     if s.database.pool_min < 0 or s.database.pool_max < 1 or s.database.pool_min > s.database.pool_max:
         problems.append("database.pool_min/pool_max: need 0 <= pool_min <= pool_max and pool_max >= 1")
     if s.database.query_timeout <= 0 or s.database.connect_timeout <= 0:

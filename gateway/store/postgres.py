@@ -1,7 +1,9 @@
 """``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY.
 
-Session lookups are batched under load: while every pooled connection is busy, lookups queue, and
-the next free connection answers all queued hashes (up to :data:`LOOKUP_BATCH_MAX`) in one query.
+Session lookups are batched under load: while ``database.lookup_concurrency`` lookups (or every pooled
+connection) are busy, lookups queue, and the next free slot answers all queued hashes (up to
+:data:`LOOKUP_BATCH_MAX`) in one query. A point query costs several times a batched row in CPU, on
+both sides, so a low concurrency keeps a process efficient as load rises.
 """
 
 from __future__ import annotations
@@ -252,6 +254,8 @@ class PostgresStore:
         # FIFO admission to the pool: aiopg lets newcomers overtake callers already waiting, which
         # stretches the latency tail under load.
         self._gate = asyncio.Semaphore(settings.database.pool_max)
+        # Session lookups in flight at once; more queue and are answered together (see lookup_session).
+        self._lookup_gate = asyncio.Semaphore(min(settings.database.lookup_concurrency, settings.database.pool_max))
         self._prepared = settings.database.prepared_statements
         # Lookups waiting for the next batch, in arrival order. Invariant: while it is not empty,
         # exactly one batch task waits at the gate to take it.
@@ -551,9 +555,9 @@ class PostgresStore:
     async def lookup_session(self, token_hash: str) -> ActiveSession | None:
         """The session and its user, whatever its state; None when unknown or not a well-formed hash.
 
-        With a connection free, one primary-key join runs at once (no added delay). While all
-        ``database.pool_max`` connections are busy, the lookup queues instead, and the next connection
-        to free up answers every queued hash (up to :data:`LOOKUP_BATCH_MAX`, the rest go to the
+        With fewer than ``database.lookup_concurrency`` lookups in flight and a connection free, one
+        primary-key join runs at once (no added delay). Otherwise the lookup queues, and the next lookup
+        slot to free up answers every queued hash (up to :data:`LOOKUP_BATCH_MAX`, the rest go to the
         following batch) with one ``= ANY(...)`` query, so concurrent misses cost few round trips.
         Lookups are retried once on a lost connection; raises StoreUnavailable when the database cannot
         answer (every lookup of a failed batch gets the same error). A caller cancelled while queued
@@ -563,7 +567,7 @@ class PostgresStore:
             return None
         self._open_pool()
         # FIFO: once lookups queue, newcomers join them even if a connection just freed up
-        if self._queued_lookups or self._gate.locked():
+        if self._queued_lookups or self._lookup_gate.locked() or self._gate.locked():
             return await self._queue_lookup(token_hash)
 
         async def work(cur: aiopg.Cursor) -> ActiveSession | None:
@@ -575,7 +579,8 @@ class PostgresStore:
             row = await cur.fetchone()
             return None if row is None else _active_session(row)
 
-        return await self._run(work, retry=True)
+        async with self._lookup_gate:
+            return await self._run(work, retry=True)
 
     def _queue_lookup(self, token_hash: str) -> asyncio.Future[ActiveSession | None]:
         """Queue a lookup for the next batch, starting a batch task if none waits; its future."""
@@ -615,7 +620,7 @@ class PostgresStore:
         """
         batch: LookupWaiters | None = None
         try:
-            async with self._gate:
+            async with self._lookup_gate, self._gate:
                 batch = self._take_lookup_batch()
                 found = await self._lookup_sessions(self._open_pool(), list(batch)) if batch else {}
         except BaseException as exc:

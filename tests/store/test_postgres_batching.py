@@ -168,7 +168,7 @@ async def test_duplicate_and_malformed_hashes_in_one_batch(open_store: StoreFact
 
 
 async def test_at_low_load_a_lookup_is_one_point_query_at_once(open_store: StoreFactory) -> None:
-    store = await open_store(**{"database.pool_max": 3})
+    store = await open_store(**{"database.pool_max": 3, "database.lookup_concurrency": 3})
     known = await add_sessions(store, ["ada", "bob", "cy"])
     hashes = list(known)
     for h in [*hashes, token_hash("ghost")]:
@@ -176,12 +176,22 @@ async def test_at_low_load_a_lookup_is_one_point_query_at_once(open_store: Store
         check_answers([h], [await store.lookup_session(h)], known)
         assert store.lookup_queries == before + 1
 
-    # as many lookups as connections: each starts its own query at once, none waits for a batch
+    # as many lookups as lookup slots: each starts its own query at once, none waits for a batch
     before_tasks = asyncio.all_tasks()
     lookups = [asyncio.create_task(store.lookup_session(h)) for h in hashes]
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before_tasks == set(lookups)
     check_answers(hashes, list(await asyncio.gather(*lookups)), known)
+
+
+async def test_lookups_beyond_lookup_concurrency_batch_even_with_connections_free(
+        open_store: StoreFactory) -> None:
+    store = await open_store(**{"database.pool_max": 10, "database.lookup_concurrency": 1})
+    known = await add_sessions(store, ["ada", "bob", "cy", "dee"])
+    hashes = [*known, token_hash("ghost")] * 8
+    before = store.lookup_queries
+    check_answers(hashes, list(await asyncio.gather(*(store.lookup_session(h) for h in hashes))), known)
+    assert store.lookup_queries - before == 2  # the first lookup alone, then everyone who queued behind it
 
 
 # -- failures ------------------------------------------------------------------------------------------
