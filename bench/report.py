@@ -471,6 +471,7 @@ def markdown(results: Results) -> str:
         "- **f. open loop at half load** (`hit_open`, `miss_open`): a fresh gateway, then `bench/openloop.c` "
         "(built with gcc on the spot) offers half of c's measured cache-miss throughput, for hits and misses "
         "alike, at a constant rate on the same number of connections (distinct tokens for the miss, as c). "
+        "Three runs, each on a fresh gateway; the table shows the one with the median p99. "
         "Latency runs from each request's "
         "*scheduled* send time, so a stall in the server counts in full for every request that queued behind "
         "it (no coordinated omission, unlike wrk's closed loop). A latency target is about a service under a "

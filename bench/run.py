@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUTPUT = ROOT / "docs" / "benchmarks.md"
 READY_TIMEOUT = 60.0
 OPEN_LOOP_LOAD = 0.5
-"""Open-loop latency is measured at this fraction of the same scenario's saturated (closed-loop) throughput."""
+"""Open-loop latency is measured at this fraction of the saturated (closed-loop) cache-miss throughput."""
+OPEN_LOOP_RUNS = 3
 
 
 class Interrupted(Exception):
@@ -469,14 +470,24 @@ class Bench:
         """f. Latency at a fixed offered load, the same for hits and misses: half of c's saturated cache-miss
         throughput (a load even an all-miss stream sustains), offered on the same number of connections by
         ``bench/openloop.c`` and timed from each request's scheduled send (so a stalled server is fully
-        counted), on a fresh gateway."""
+        counted). :data:`OPEN_LOOP_RUNS` runs, each on a fresh gateway; the run with the median p99 is
+        reported (tails are what a shared machine disturbs most), every run's p99 listed."""
         a = self.args
-        of = "miss"
-        saturated = self.runs.get(of)
+        saturated = self.runs.get("miss")
         if saturated is None or not saturated.rps:
             return
         rate = OPEN_LOOP_LOAD * saturated.rps
-        say(f"f. {label}: {rate:,.0f} req/s offered on {a.connections} connections")
+        say(f"f. {label}: {rate:,.0f} req/s offered on {a.connections} connections, {OPEN_LOOP_RUNS} runs")
+        runs = sorted((self._open_loop_run(key, label, rate, distinct) for _ in range(OPEN_LOOP_RUNS)),
+                      key=lambda m: m.p99)
+        chosen = runs[(len(runs) - 1) // 2]
+        chosen.notes.insert(0, f"offered {rate:,.0f} req/s ({OPEN_LOOP_LOAD:.0%} of miss's {saturated.rps:,.0f}); "
+                               f"p99 per run: {', '.join(f'{m.p99:.2f} ms' for m in runs)} (the table shows the "
+                               "median run)")
+        self.runs[key] = chosen
+
+    def _open_loop_run(self, key: str, label: str, rate: float, distinct: bool) -> Measurement:
+        a = self.args
         database.mark_sessions_seen(self.database_url, 0.0)
         proc, base = self.start_gateway(f"gateway-{key}")
         host, port = base.removeprefix("http://").rsplit(":", 1)
@@ -498,8 +509,7 @@ class Bench:
                         p99=result.p(99), requests=result.completed, seconds=result.measured_seconds,
                         non_2xx=result.non_2xx, errors=result.errors, cpu=cpu)
         worst = result.latency_ms.get("max", math.nan)
-        m.notes.append(f"offered {rate:,.0f} req/s ({OPEN_LOOP_LOAD:.0%} of {of}'s {saturated.rps:,.0f}); p99.9 "
-                       f"{result.p(99.9):.2f} ms, max {worst:.2f} ms; largest backlog {result.max_queue} "
+        m.notes.append(f"p99.9 {result.p(99.9):.2f} ms, max {worst:.2f} ms; largest backlog {result.max_queue} "
                        f"requests; generator late by more than 1 ms {result.late_sends_over_1ms:,} times "
                        f"(most {result.behind_schedule_ms:.1f} ms); /metrics: {stats.get('cache_hit', 0):,.0f} hits, "
                        f"{stats.get('cache_miss', 0):,.0f} misses" + self._other_outcomes(stats))
@@ -507,7 +517,7 @@ class Bench:
             m.notes.append("tokens wrapped round: some were sent twice")
         say(f"  {key}: {result.rate_achieved:,.0f} req/s, p50 {m.p50:.2f} ms, p99 {m.p99:.2f} ms, "
             f"max {worst:.2f} ms")
-        self.runs[key] = m
+        return m
 
     def memory(self) -> Memory:
         """e. RSS before and after a flood of distinct unknown tokens."""
