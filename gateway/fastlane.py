@@ -191,15 +191,20 @@ class _Connection(asyncio.Protocol):
             if len(buffer) < start + length:
                 return  # wait for the rest of the body
             path = target.partition("?")[0]
-            if path.startswith("/auth/check"):
-                if path != "/auth/check" and not path.startswith("/auth/check/"):
+            try:
+                if path.startswith("/auth/check"):
+                    if path != "/auth/check" and not path.startswith("/auth/check/"):
+                        self._hand_over()
+                        return
+                    answer = lane.check.answer(method, target, headers, self.peer, path != "/auth/check")
+                elif path == "/auth/webhook" and method in ("GET", "POST"):
+                    answer = lane.webhook.answer(method, headers, buffer[start:start + length], self.peer)
+                else:
                     self._hand_over()
                     return
-                answer = lane.check.answer(method, target, headers, self.peer, path != "/auth/check")
-            elif path == "/auth/webhook" and method in ("GET", "POST"):
-                answer = lane.webhook.answer(method, headers, buffer[start:start + length], self.peer)
-            else:
-                self._hand_over()
+            except Exception:  # a bug: fail closed, visibly
+                log.exception("check failed unexpectedly", path=path)
+                self._send(_INTERNAL_ERROR, _CLOSE)
                 return
             self.buffer = buffer[start + length:]
             lane.counts["requests"] += 1
@@ -223,7 +228,7 @@ class _Connection(asyncio.Protocol):
                 return
             error = finished.exception()
             if error is not None:
-                log.error("check failed unexpectedly", error=repr(error), exc_info=error)
+                log.error("check failed unexpectedly", exc_info=error)
                 self._send(_INTERNAL_ERROR, _CLOSE)
                 return
             self._send(finished.result(), persist)

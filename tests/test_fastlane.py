@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from gateway.app import CHECKER
 from gateway.handlers.check import IDENTITY_HEADERS
 from tests.harness import Gateway, GatewayFactory
 
@@ -260,3 +261,24 @@ async def test_the_fast_lane_answers_exactly_as_aiohttp_does(gateway_factory: Ga
     for header in (*[h.lower() for h in IDENTITY_HEADERS], "location", "cache-control", "content-type"):
         assert fast.headers.get(header) == plain.headers.get(header), (name, header)
 
+
+
+async def test_a_bug_in_the_check_fails_closed_with_a_500(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = await gw.token()
+    checker = gw.app[CHECKER]
+
+    def broken(*args: object) -> None:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(checker, "decide_now", broken)
+    [answer] = await exchange(gw, get("/auth/check", token))
+    assert answer.status == 500 and answer.headers["connection"] == "close"
+    gw.flush_cache()
+
+    async def broken_later(*args: object) -> None:
+        raise RuntimeError("boom later")
+
+    monkeypatch.setattr(checker, "decide_now", lambda *args: None)
+    monkeypatch.setattr(checker, "decide", broken_later)
+    [answer] = await exchange(gw, get("/auth/webhook", token))
+    assert answer.status == 500 and answer.headers["connection"] == "close"
