@@ -77,6 +77,14 @@ class Decision:
         return self.outcome is Outcome.ALLOW
 
 
+@dataclass(frozen=True, slots=True)
+class Miss:
+    """A credential the cache could not answer for: :meth:`Checker.resolve` looks it up."""
+
+    credential: Credential
+    token_hash: str
+
+
 DENY_MISSING = Decision(Outcome.MISSING)
 DENY_BAD_ORIGINAL_REQUEST = Decision(Outcome.BAD_ORIGINAL_REQUEST)
 
@@ -100,11 +108,13 @@ class Checker:
         self.jwt_verifier: JwtVerifier | None = None
         """Turns an upstream-issued bearer JWT into a session (set when ``check.jwt_upstreams`` is)."""
 
-    def decide_now(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision | None:
-        """The decision when it needs no I/O (a bad credential, a cached or known-bad token), else None.
+    def decide_now(self, credential: Credential | CredentialProblem,
+                   facts: RequestFacts | None) -> Decision | Miss:
+        """The decision when it needs no I/O (a bad credential, a cached or known-bad token), else a
+        :class:`Miss` to pass to :meth:`resolve`.
 
-        Front-ends that can answer without scheduling anything call this first and fall back to
-        :meth:`decide` on None; the result is exactly what :meth:`decide` would return.
+        Front-ends that can answer without scheduling anything call this first; together the two give
+        exactly what :meth:`decide` gives.
         """
         if not isinstance(credential, Credential):
             return Decision(_PROBLEM_OUTCOMES[credential])
@@ -115,7 +125,7 @@ class Checker:
             if self.cache.is_known_bad(token_hash, now):
                 self._counts["negative_hit"] += 1
                 return Decision(Outcome.UNKNOWN)
-            return None
+            return Miss(credential, token_hash)
         self._counts["hit"] += 1
         return self._conclude(token_hash, entry, entry.active, entry.last_seen, now, facts)
 
@@ -126,13 +136,16 @@ class Checker:
         token could not be checked, and the caller must fail closed).
         """
         decision = self.decide_now(credential, facts)
-        if decision is not None:
-            return decision
-        assert isinstance(credential, Credential)
-        token_hash = tokens.hash_token(credential.token)
+        if isinstance(decision, Miss):
+            return await self.resolve(decision, facts)
+        return decision
+
+    async def resolve(self, miss: Miss, facts: RequestFacts | None) -> Decision:
+        """Finish a decision :meth:`decide_now` could not make without the store (or a JWT verifier)."""
+        token_hash = miss.token_hash
         now = self._clock()
         try:
-            found = await self._lookup(token_hash, now, credential)
+            found = await self._lookup(token_hash, now, miss.credential)
         except StoreUnavailable:
             stale = self.cache.get_stale(token_hash, now)
             if stale is None:

@@ -17,7 +17,7 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
-from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Outcome
+from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
 from gateway.hasura import effective_roles
@@ -93,14 +93,14 @@ class CheckEndpoint:
                      client=peer, request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
             return self._finish(DENY_BAD_ORIGINAL_REQUEST, facts, redirect, credential, started, peer, headers)
         decision = self._checker.decide_now(credential, facts)
-        if decision is None:
-            return self._answer_later(credential, facts, redirect, started, peer, headers)
+        if isinstance(decision, Miss):
+            return self._answer_later(decision, facts, redirect, started, peer, headers)
         return self._finish(decision, facts, redirect, credential, started, peer, headers)
 
-    async def _answer_later(self, credential: Credential | CredentialProblem, facts: RequestFacts | None,
-                            redirect: bool, started: float, peer: str, headers: MultiMapping[str]) -> Reply:
-        decision = await self._checker.decide(credential, facts)
-        return self._finish(decision, facts, redirect, credential, started, peer, headers)
+    async def _answer_later(self, miss: Miss, facts: RequestFacts | None, redirect: bool, started: float,
+                            peer: str, headers: MultiMapping[str]) -> Reply:
+        decision = await self._checker.resolve(miss, facts)
+        return self._finish(decision, facts, redirect, miss.credential, started, peer, headers)
 
     def _finish(self, decision: Decision, facts: RequestFacts | None, redirect: bool,
                 credential: Credential | CredentialProblem, started: float, peer: str,

@@ -18,7 +18,7 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
-from gateway.core import Checker, Decision, Outcome
+from gateway.core import Checker, Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.hasura import anonymous_variables, choose_role, header_lookup, parse_post_body, session_variables
@@ -75,8 +75,8 @@ class WebhookEndpoint:
             roles = headers.getall("X-Hasura-Role", None)
         credential = find_credential(cookies, authorization, self._cookie_name, accept_jwt=self._accept_jwt)
         decision = self._checker.decide_now(credential, None)
-        if decision is None:
-            return self._answer_later(credential, roles, started, peer, headers)
+        if isinstance(decision, Miss):
+            return self._answer_later(decision, roles, started, peer, headers)
         return self._finish(decision, credential, roles, started, peer, headers)
 
     def refuse(self, exc: GatewayError, headers: MultiMapping[str]) -> Reply:
@@ -87,10 +87,10 @@ class WebhookEndpoint:
         return error_reply(headers.get("Accept", ""), request_id, exc.status, exc.code, exc.message, exc.headers,
                            title=exc.title, link=exc.link)
 
-    async def _answer_later(self, credential: Credential | CredentialProblem, roles: list[str] | None,
-                            started: float, peer: str, headers: MultiMapping[str]) -> Reply:
-        decision = await self._checker.decide(credential, None)
-        return self._finish(decision, credential, roles, started, peer, headers)
+    async def _answer_later(self, miss: Miss, roles: list[str] | None, started: float, peer: str,
+                            headers: MultiMapping[str]) -> Reply:
+        decision = await self._checker.resolve(miss, None)
+        return self._finish(decision, miss.credential, roles, started, peer, headers)
 
     def _finish(self, decision: Decision, credential: Credential | CredentialProblem, roles: list[str] | None,
                 started: float, peer: str, headers: MultiMapping[str]) -> Reply:
