@@ -109,6 +109,23 @@ async def test_browser_mode_per_check_url(gateway_factory: GatewayFactory) -> No
     assert parse_qs(urlsplit(resp.headers["Location"]).query)["rd"] == ["https://app.example.com/x"]
 
 
+async def test_a_401_names_the_encoded_sign_in_url_for_proxies_that_cannot_encode(
+        gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(public_url="https://auth.example.com")
+    original = "https://app.example.com/reports?year=2026&q=a%26b#top"
+    resp = await gw.client.get("/auth/check", headers={"X-Original-URL": original}, allow_redirects=False)
+    assert resp.status == 401
+    login = urlsplit(resp.headers["X-Auth-Request-Login"])
+    assert (login.scheme, login.netloc, login.path) == ("https", "auth.example.com", "/login")
+    assert parse_qs(login.query)["rd"] == [original]
+    # no original URL (or an untrusted peer's): nothing to name
+    resp = await gw.client.get("/auth/check", allow_redirects=False)
+    assert resp.status == 401 and "X-Auth-Request-Login" not in resp.headers
+    token = await gw.token()
+    resp = await gw.client.get("/auth/check", headers={"X-Original-URL": original, "Cookie": f"{COOKIE}={token}"})
+    assert resp.status == 200 and "X-Auth-Request-Login" not in resp.headers
+
+
 async def test_forwarded_headers_from_untrusted_peers_are_ignored(gateway_factory: GatewayFactory) -> None:
     gw = await gateway_factory(**{"check.redirect_browsers": True, "trusted_proxies": ["10.0.0.0/8"]})
     headers = {"Accept": HTML, "X-Forwarded-Host": "evil.example.net", "X-Forwarded-Uri": "/x",

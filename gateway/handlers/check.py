@@ -1,6 +1,7 @@
 """``/auth/check`` and ``/auth/check/{anything}``: the forward-auth endpoint for nginx, Traefik, Caddy, Envoy.
 
-200 with identity headers (always all present) when allowed; 401 with no valid session; 403 when the
+200 with identity headers (always all present) when allowed; 401 with no valid session (with
+``X-Auth-Request-Login``, the encoded sign-in URL, when the original URL is known); 403 when the
 session is valid but the policy refuses; 503 when the token could not be checked. In browser mode
 (``check.redirect_browsers`` or ``?mode=redirect`` on the check URL) an HTML request without a session
 gets a 302 to the sign-in page with the original URL as ``rd``. Bodies are empty.
@@ -32,6 +33,8 @@ _UNSAFE_HEADER_CHARS = re.compile(r"[\x00-\x1f\x7f]")
 IDENTITY_HEADERS = ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups",
                     "X-Auth-Request-User-Id")
 _EMPTY_IDENTITY = dict.fromkeys(IDENTITY_HEADERS, "")
+LOGIN_HEADER = "X-Auth-Request-Login"
+"""On a 401 for a known original URL: the sign-in URL with that URL as ``rd``, encoded."""
 _ENVOY_PREFIX = "/auth/check/"
 _STATUS = {Outcome.ALLOW: 200, Outcome.FORBIDDEN: 403, Outcome.UNAVAILABLE: 503}
 
@@ -124,9 +127,13 @@ class CheckEndpoint:
             if cached is not None:
                 return cached
         headers = identity_headers(decision, self._default_role)
-        if status == 401 and redirect and facts is not None and facts.wants_html:
-            target = self._login_url + ("?rd=" + quote(facts.url, safe="") if facts.url else "")
-            return Reply(302, {**headers, "Location": target, "Cache-Control": "no-store"})
+        if status == 401 and facts is not None:
+            login = self._login_url + ("?rd=" + quote(facts.url, safe="") if facts.url else "")
+            if redirect and facts.wants_html:
+                return Reply(302, {**headers, "Location": login, "Cache-Control": "no-store"})
+            if facts.url:
+                # For proxies that redirect to sign-in themselves but cannot URL-encode (nginx).
+                return Reply(401, {**headers, LOGIN_HEADER: login})
         reply = Reply(status, headers)
         if memo is not None:
             memo[key] = reply

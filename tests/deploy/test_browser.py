@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import pytest
 from aiohttp import web
@@ -209,7 +209,7 @@ def header(echoed: dict[str, Any], name: str) -> list[str]:
 async def assert_sign_in_chooser(site: Site, page: Page, rd: str) -> None:
     """The page is the gateway's sign-in chooser for ``rd``, with one button per upstream."""
     await page.wait_for_url(lambda url: urlsplit(url).path == "/login")
-    assert page.url == f"{site.url}/login?rd={rd}", page.url
+    assert page.url == f"{site.url}/login?rd={quote(rd, safe='')}", page.url  # the gateway encoded it
     assert await page.title() == "Sign in"
     await page.get_by_role("heading", level=1, name="Sign in").wait_for()
     buttons = page.locator("main a.button")
