@@ -20,7 +20,9 @@ from gateway.policy import Policy
 from gateway.server import front_end, runner_options
 from gateway.sessions import start_session
 from gateway.settings import Settings
+from gateway.store import make_store
 from gateway.store.base import Store
+from gateway.tokens import hash_token
 from tests.helpers import make_settings
 
 
@@ -71,6 +73,15 @@ class Gateway:
         """Current value of one sample of this gateway's metrics (0 when absent)."""
         value = self.app[METRICS].registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
+
+    async def revoke_elsewhere(self, token: str) -> bool:
+        """Revoke ``token`` through a second store on the same database, as another replica would."""
+        other = make_store(self.settings)
+        await other.open()
+        try:
+            return await other.revoke_session(hash_token(token), actor="admin", reason="test")
+        finally:
+            await other.close()
 
     def flush_cache(self) -> None:
         """Forget every cached session, as after a lost revocation feed."""
