@@ -61,6 +61,7 @@ class FastLane:
         self._keepalive_timeout = keepalive_timeout
         self._accepted = metrics.connections_accepted
         self.counts = metrics.hot.fast_lane
+        self.internal_error = Reply(500, {"Content-Type": "application/json"}, b'{"error":"internal_error"}')
         self.connections: set[_Connection] = set()
         self.date = b""
         self._sweeper: asyncio.TimerHandle | None = None
@@ -204,7 +205,7 @@ class _Connection(asyncio.Protocol):
                     return
             except Exception:  # a bug: fail closed, visibly
                 log.exception("check failed unexpectedly", path=path)
-                self._send(_INTERNAL_ERROR, _CLOSE)
+                self._send(self.lane.internal_error, _CLOSE)
                 return
             self.buffer = buffer[start + length:]
             lane.counts["requests"] += 1
@@ -229,7 +230,7 @@ class _Connection(asyncio.Protocol):
             error = finished.exception()
             if error is not None:
                 log.error("check failed unexpectedly", exc_info=error)
-                self._send(_INTERNAL_ERROR, _CLOSE)
+                self._send(self.lane.internal_error, _CLOSE)
                 return
             self._send(finished.result(), persist)
             if self.read_paused and self.transport is not None:
@@ -284,5 +285,3 @@ def _serialise_head(reply: Reply) -> bytes:
     lines.append(f"Content-Length: {len(reply.body)}\r\nServer: {_SERVER}\r\n")
     return "".join(lines).encode()
 
-
-_INTERNAL_ERROR = Reply(500, {"Content-Type": "application/json"}, b'{"error":"internal_error"}')

@@ -71,6 +71,8 @@ class CheckEndpoint:
         self._default_role = settings.hasura.default_role
         self._redirect_browsers = settings.check.redirect_browsers
         self._login_url = settings.public_url.rstrip("/") + "/login"
+        self._anonymous = {status: Reply(status, _EMPTY_IDENTITY) for status in (401, 503)}
+        """Replies that depend on nothing in the request; a front-end may keep their serialised form."""
 
     def answer(self, method: str, target: str, headers: MultiMapping[str], peer: str,
                envoy: bool) -> Reply | Awaitable[Reply]:
@@ -126,15 +128,18 @@ class CheckEndpoint:
             cached: Reply | None = memo.get(key)
             if cached is not None:
                 return cached
-        headers = identity_headers(decision, self._default_role)
-        if status == 401 and facts is not None:
+        if status == 401 and facts is not None and (facts.url or (redirect and facts.wants_html)):
             login = self._login_url + ("?rd=" + quote(facts.url, safe="") if facts.url else "")
             if redirect and facts.wants_html:
-                return Reply(302, {**headers, "Location": login, "Cache-Control": "no-store"})
-            if facts.url:
-                # For proxies that redirect to sign-in themselves but cannot URL-encode (nginx).
-                return Reply(401, {**headers, LOGIN_HEADER: login})
-        reply = Reply(status, headers)
+                return Reply(302, {**_EMPTY_IDENTITY, "Location": login, "Cache-Control": "no-store"})
+            # For proxies that redirect to sign-in themselves but cannot URL-encode (nginx).
+            return Reply(401, {**_EMPTY_IDENTITY, LOGIN_HEADER: login})
+        if decision.active is None:
+            # Nothing in these depends on the request: one shared reply, serialised once per front-end.
+            anonymous = self._anonymous.get(status)
+            if anonymous is not None:
+                return anonymous
+        reply = Reply(status, identity_headers(decision, self._default_role))
         if memo is not None:
             memo[key] = reply
         return reply

@@ -30,7 +30,6 @@ from gateway.settings import Settings
 log = structlog.get_logger("gateway.webhook")
 
 _JSON = {"Content-Type": "application/json"}
-_DENY = Reply(401, _JSON, b'{"error":"unauthenticated"}')
 
 
 def _json(body: Mapping[str, str]) -> bytes:
@@ -54,6 +53,7 @@ class WebhookEndpoint:
         self.max_body = settings.hasura.max_body_bytes
         """POST bodies longer than this are refused (413) by the front-end before they are read."""
         self._clock = clock
+        self._deny = Reply(401, _JSON, b'{"error":"unauthenticated"}')
 
     def answer(self, method: str, headers: MultiMapping[str], body: bytes, peer: str) -> Reply | Awaitable[Reply]:
         """Answer one webhook call: at once when no I/O is needed (a cached session), else an awaitable.
@@ -104,7 +104,7 @@ class WebhookEndpoint:
             outcome = Outcome.ALLOW
             reply = self._anonymous
         if reply is None:
-            reply = _DENY
+            reply = self._deny
             event = log.error if outcome is Outcome.UNAVAILABLE else log.info
             event("webhook denied", endpoint="webhook", outcome=outcome.value,
                   source=credential.source.value if isinstance(credential, Credential) else None,
