@@ -44,16 +44,17 @@ LOOKUP_SQL_COPY = (
 def _store_lookup_sql() -> tuple[str, str]:
     """The query the store runs now, and where it came from.
 
-    The store's own statement (``gateway.store.postgres._LOOKUP_SESSION``) when it exists and still has the
-    expected shape, so the baselines keep running the same query as the schema evolves; else the copy.
+    The point form of the store's own batched statement (``gateway.store.postgres._LOOKUP_SESSIONS``,
+    ``= ANY(%s)`` made ``= %s``) when it exists and still has the expected shape, so the baselines keep
+    running the same query as the schema evolves; else the copy.
     """
     try:
         from gateway.store import postgres
     except ImportError:
         return LOOKUP_SQL_COPY, "bench/database.py (copy)"
-    current = getattr(postgres, "_LOOKUP_SESSION", None)
-    if isinstance(current, str) and current.endswith("WHERE s.token_hash = %s") and current.count("%s") == 1:
-        return current, "gateway/store/postgres.py (_LOOKUP_SESSION)"
+    batched = getattr(postgres, "_LOOKUP_SESSIONS", None)
+    if isinstance(batched, str) and batched.endswith("WHERE s.token_hash = ANY(%s)") and batched.count("%s") == 1:
+        return batched.replace("= ANY(%s)", "= %s"), "gateway/store/postgres.py (_LOOKUP_SESSIONS, point form)"
     return LOOKUP_SQL_COPY, "bench/database.py (copy; the store's statement was not found)"
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -29,6 +30,8 @@ from gateway.policy import Policy
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.core")
+
+T = TypeVar("T")
 
 _MAX_PENDING_TOUCHES = 10_000
 _TOUCH_BATCH_DELAY = 0.5
@@ -141,22 +144,120 @@ class Checker:
         return decision
 
     async def resolve(self, miss: Miss, facts: RequestFacts | None) -> Decision:
-        """Finish a decision :meth:`decide_now` could not make without the store (or a JWT verifier)."""
+        """Finish a decision :meth:`decide_now` could not make without the store (or a JWT verifier).
+
+        Cancelling the caller never cancels the lookup: other requests for the same token may share it.
+        """
+        lookup = self.begin(miss)
+        if not lookup.done():
+            await asyncio.wait((lookup,))
+        return self.conclude(miss, lookup, facts)
+
+    def resolve_then(self, miss: Miss, facts: RequestFacts | None,
+                     finish: Callable[[Decision], T]) -> asyncio.Future[T]:
+        """A future of ``finish(decision)`` for ``miss``, completed from the lookup's own callback.
+
+        Costs no task and no coroutine: front-ends that answer a miss by writing bytes use this. An
+        exception from ``finish`` (a bug) becomes the future's exception.
+        """
+        out: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+
+        def done(lookup: asyncio.Future[ActiveSession | None]) -> None:
+            if out.done():  # cancelled by its caller
+                return
+            try:
+                result = finish(self.conclude(miss, lookup, facts))
+            except Exception as exc:  # a bug: handed to the caller, which fails closed
+                out.set_exception(exc)
+            else:
+                out.set_result(result)
+
+        self.begin(miss).add_done_callback(done)
+        return out
+
+    def begin(self, miss: Miss) -> asyncio.Future[ActiveSession | None]:
+        """The lookup of ``miss``'s token: started now, or the one already in flight for it.
+
+        The future fails with StoreUnavailable when the database cannot answer; pass it, once done, to
+        :meth:`conclude`. Never cancel it: it is shared by every request for the token.
+        """
         token_hash = miss.token_hash
+        lookup = self._inflight.get(token_hash)
+        if lookup is not None:
+            self._counts["coalesced"] += 1
+            return lookup
+        loop = asyncio.get_running_loop()
+        if time.monotonic() < self._database_down_until:
+            # Fail fast while the database is known to be down, instead of queueing on timeouts.
+            lookup = loop.create_future()
+            lookup.set_exception(StoreUnavailable("database unavailable (recent failure)"))
+            return lookup
+        self._counts["miss"] += 1
+        credential = miss.credential
         now = self._clock()
         try:
-            found = await self._lookup(token_hash, now, miss.credential)
-        except StoreUnavailable:
+            if credential.source is CredentialSource.JWT:
+                lookup = asyncio.ensure_future(self.jwt_verifier(credential.token, token_hash, now)
+                                               if self.jwt_verifier else _nobody())
+            else:
+                lookup = asyncio.ensure_future(self._store.lookup_session(token_hash))
+        except StoreUnavailable as exc:
+            lookup = loop.create_future()
+            lookup.set_exception(exc)
+        self._inflight[token_hash] = lookup
+        # Registered first, so the cache is filled before any waiter's callback runs.
+        lookup.add_done_callback(functools.partial(self._loaded, token_hash, now, self.cache.generation))
+        return lookup
+
+    def _loaded(self, token_hash: str, now: float, generation: int,
+                lookup: asyncio.Future[ActiveSession | None]) -> None:
+        """Cache what a lookup found (or that it found nobody); note a database failure."""
+        if self._inflight.get(token_hash) is lookup:
+            del self._inflight[token_hash]
+        if lookup.cancelled():
+            return
+        error = lookup.exception()
+        if error is not None:
+            if isinstance(error, StoreUnavailable):
+                self._metrics.db_errors.labels("lookup_session").inc()
+                self._database_down_until = time.monotonic() + _RETRY_DATABASE_AFTER
+                log.error("session lookup failed: database unavailable", error=str(error))
+            return
+        active = lookup.result()
+        if active is None or not active.session.is_active(now):
+            self.cache.put_bad(token_hash, now)
+        else:
+            self.cache.put(token_hash, active, now, generation)
+
+    def conclude(self, miss: Miss, lookup: asyncio.Future[ActiveSession | None],
+                 facts: RequestFacts | None) -> Decision:
+        """The decision for ``miss`` once its lookup (from :meth:`begin`) is done.
+
+        A database that could not answer gives the stale cached session if one is kept, else
+        UNAVAILABLE. Any other failure of the lookup is a bug and is raised.
+        """
+        token_hash = miss.token_hash
+        now = self._clock()
+        error = StoreUnavailable("lookup interrupted") if lookup.cancelled() else lookup.exception()
+        if error is None:
+            active = lookup.result()
+            if active is None:
+                return Decision(Outcome.UNKNOWN)
+            if active.session.revoked_at is not None:
+                return Decision(Outcome.REVOKED)
+            if not active.session.is_active(now):
+                return Decision(Outcome.EXPIRED)
+        elif isinstance(error, StoreUnavailable):
             stale = self.cache.get_stale(token_hash, now)
             if stale is None:
                 return Decision(Outcome.UNAVAILABLE)
             self._counts["stale_hit"] += 1
-            found = stale.active
-        if not isinstance(found, ActiveSession):
-            return Decision(found)
+            active = stale.active
+        else:
+            raise error
         entry = self.cache.peek(token_hash)
-        last_seen = entry.last_seen if entry is not None else found.session.last_seen_at
-        return self._conclude(token_hash, entry, found, last_seen, now, facts)
+        last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
+        return self._conclude(token_hash, entry, active, last_seen, now, facts)
 
     def _conclude(self, token_hash: str, entry: CacheEntry | None, active: ActiveSession, last_seen: float,
                   now: float, facts: RequestFacts | None) -> Decision:
@@ -165,56 +266,6 @@ class Checker:
             self._touch(token_hash, entry, now, active.session.idle_timeout)
         outcome = Outcome.ALLOW if self._policy.allows(active, facts) else Outcome.FORBIDDEN
         return Decision(outcome, active, entry.memo if entry is not None else None)
-
-    async def _lookup(self, token_hash: str, now: float, credential: Credential) -> ActiveSession | Outcome:
-        pending = self._inflight.get(token_hash)
-        if pending is not None:
-            self._counts["coalesced"] += 1
-            active = await pending
-        else:
-            if time.monotonic() < self._database_down_until:
-                # Fail fast while the database is known to be down, instead of queueing on timeouts.
-                raise StoreUnavailable("database unavailable (recent failure)")
-            self._counts["miss"] += 1
-            # The first asker queries inline; later askers for the same token wait on its future.
-            pending = self._inflight[token_hash] = asyncio.get_running_loop().create_future()
-            try:
-                active = await self._load(token_hash, now, credential)
-            except BaseException as exc:
-                failure = exc if isinstance(exc, StoreUnavailable) else StoreUnavailable("lookup interrupted")
-                pending.set_exception(failure)
-                pending.exception()  # retrieved here, so an unawaited failure is not reported as lost
-                raise
-            else:
-                pending.set_result(active)
-            finally:
-                del self._inflight[token_hash]
-        if active is None:
-            return Outcome.UNKNOWN
-        session = active.session
-        if session.revoked_at is not None:
-            return Outcome.REVOKED
-        if not session.is_active(self._clock()):
-            return Outcome.EXPIRED
-        return active
-
-    async def _load(self, token_hash: str, now: float, credential: Credential) -> ActiveSession | None:
-        generation = self.cache.generation
-        try:
-            if credential.source is CredentialSource.JWT:
-                active = await self.jwt_verifier(credential.token, token_hash, now) if self.jwt_verifier else None
-            else:
-                active = await self._store.lookup_session(token_hash)
-        except StoreUnavailable as exc:
-            self._metrics.db_errors.labels("lookup_session").inc()
-            self._database_down_until = time.monotonic() + _RETRY_DATABASE_AFTER
-            log.error("session lookup failed: database unavailable", error=str(exc))
-            raise
-        if active is None or not active.session.is_active(now):
-            self.cache.put_bad(token_hash, now)
-        else:
-            self.cache.put(token_hash, active, now, generation)
-        return active
 
     def _touch(self, token_hash: str, entry: CacheEntry | None, now: float, idle_timeout: float) -> None:
         """Note a use locally at once; write it to the database in the background, best effort."""
@@ -283,3 +334,8 @@ class Checker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush_touches()
+
+
+async def _nobody() -> None:
+    """The lookup of a bearer JWT when no verifier is configured: it admits nobody."""
+    return None

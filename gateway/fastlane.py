@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from email.utils import formatdate
 from http import HTTPStatus
 from typing import cast
@@ -219,9 +219,9 @@ class _Connection(asyncio.Protocol):
             else:
                 self._wait_for(answer, persist)
 
-    def _wait_for(self, answer: Awaitable[Reply], persist: bytes) -> None:
+    def _wait_for(self, answer: asyncio.Future[Reply], persist: bytes) -> None:
         """Send an answer that needs I/O when it is ready; later requests on this connection wait for it."""
-        task = self.task = asyncio.ensure_future(answer)
+        task = self.task = answer
 
         def done(finished: asyncio.Future[Reply]) -> None:
             self.task = None

@@ -8,6 +8,8 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from gateway.app import CHECKER
+from gateway.core import Outcome
+from gateway.credentials import Credential, CredentialSource
 from gateway.handlers.check import IDENTITY_HEADERS
 from gateway.policy import DenyAll
 from gateway.tokens import mint_token
@@ -171,6 +173,22 @@ async def test_concurrent_misses_for_one_token_make_one_query(gw: Gateway) -> No
     assert queried == 1
     assert gw.metric("gateway_session_cache_events_total", event="coalesced") + gw.metric(
         "gateway_session_cache_events_total", event="hit") == 29
+
+
+async def test_a_cancelled_check_leaves_the_shared_lookup_to_the_others(gw: Gateway) -> None:
+    token = await gw.token()
+    gw.flush_cache()
+    checker = gw.app[CHECKER]
+    credential = Credential(token, CredentialSource.COOKIE)
+    first = asyncio.create_task(checker.decide(credential, None))
+    second = asyncio.create_task(checker.decide(credential, None))
+    await asyncio.sleep(0)  # both wait on one lookup
+    first.cancel()
+    assert (await second).outcome is Outcome.ALLOW
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
+    assert gw.metric("gateway_session_cache_events_total", event="coalesced") == 1
 
 
 async def test_revocation_evicts_the_cache_at_once(gw: Gateway) -> None:

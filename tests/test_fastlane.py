@@ -275,10 +275,10 @@ async def test_a_bug_in_the_check_fails_closed_with_a_500(gw: Gateway, monkeypat
     assert answer.status == 500 and answer.headers["connection"] == "close"
     gw.flush_cache()
 
-    async def broken_later(*args: object) -> None:
+    def broken_later(*args: object) -> None:
         raise RuntimeError("boom later")
 
-    monkeypatch.undo()  # the cache is empty now: the check gets as far as the lookup, which fails
-    monkeypatch.setattr(checker, "resolve", broken_later)
+    monkeypatch.undo()  # the cache is empty now: the check gets as far as the lookup, then fails
+    monkeypatch.setattr(checker, "conclude", broken_later)
     [answer] = await exchange(gw, get("/auth/webhook", token))
     assert answer.status == 500 and answer.headers["connection"] == "close"

@@ -9,9 +9,9 @@ gets a 302 to the sign-in page with the original URL as ``rd``. Bodies are empty
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
-from collections.abc import Awaitable
 from urllib.parse import parse_qsl, quote
 
 import structlog
@@ -75,8 +75,8 @@ class CheckEndpoint:
         """Replies that depend on nothing in the request; a front-end may keep their serialised form."""
 
     def answer(self, method: str, target: str, headers: MultiMapping[str], peer: str,
-               envoy: bool) -> Reply | Awaitable[Reply]:
-        """Answer one check: at once when no I/O is needed (a cached session), else an awaitable.
+               envoy: bool) -> Reply | asyncio.Future[Reply]:
+        """Answer one check: at once when no I/O is needed (a cached session), else a future.
 
         ``target`` is the request target as sent (path and query, still percent-encoded); ``envoy`` is
         true when the request was routed to ``/auth/check/{anything}`` (the original path follows the
@@ -99,13 +99,9 @@ class CheckEndpoint:
             return self._finish(DENY_BAD_ORIGINAL_REQUEST, facts, redirect, credential, started, peer, headers)
         decision = self._checker.decide_now(credential, facts)
         if isinstance(decision, Miss):
-            return self._answer_later(decision, facts, redirect, started, peer, headers)
+            return self._checker.resolve_then(
+                decision, facts, lambda later: self._finish(later, facts, redirect, credential, started, peer, headers))
         return self._finish(decision, facts, redirect, credential, started, peer, headers)
-
-    async def _answer_later(self, miss: Miss, facts: RequestFacts | None, redirect: bool, started: float,
-                            peer: str, headers: MultiMapping[str]) -> Reply:
-        decision = await self._checker.resolve(miss, facts)
-        return self._finish(decision, facts, redirect, miss.credential, started, peer, headers)
 
     def _finish(self, decision: Decision, facts: RequestFacts | None, redirect: bool,
                 credential: Credential | CredentialProblem, started: float, peer: str,

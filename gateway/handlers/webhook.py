@@ -9,9 +9,10 @@ protocol error, answered 400 (413 when too large): Hasura never sends them.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import cast
 
 import structlog
@@ -55,8 +56,8 @@ class WebhookEndpoint:
         self._clock = clock
         self._deny = Reply(401, _JSON, b'{"error":"unauthenticated"}')
 
-    def answer(self, method: str, headers: MultiMapping[str], body: bytes, peer: str) -> Reply | Awaitable[Reply]:
-        """Answer one webhook call: at once when no I/O is needed (a cached session), else an awaitable.
+    def answer(self, method: str, headers: MultiMapping[str], body: bytes, peer: str) -> Reply | asyncio.Future[Reply]:
+        """Answer one webhook call: at once when no I/O is needed (a cached session), else a future.
 
         ``body`` is the whole POST body (ignored for GET); ``headers`` must look names up case-insensitively.
         """
@@ -76,7 +77,8 @@ class WebhookEndpoint:
         credential = find_credential(cookies, authorization, self._cookie_name, accept_jwt=self._accept_jwt)
         decision = self._checker.decide_now(credential, None)
         if isinstance(decision, Miss):
-            return self._answer_later(decision, roles, started, peer, headers)
+            return self._checker.resolve_then(
+                decision, None, lambda later: self._finish(later, credential, roles, started, peer, headers))
         return self._finish(decision, credential, roles, started, peer, headers)
 
     def refuse(self, exc: GatewayError, headers: MultiMapping[str]) -> Reply:
@@ -86,11 +88,6 @@ class WebhookEndpoint:
                  request_id=request_id)
         return error_reply(headers.get("Accept", ""), request_id, exc.status, exc.code, exc.message, exc.headers,
                            title=exc.title, link=exc.link)
-
-    async def _answer_later(self, miss: Miss, roles: list[str] | None, started: float, peer: str,
-                            headers: MultiMapping[str]) -> Reply:
-        decision = await self._checker.resolve(miss, None)
-        return self._finish(decision, miss.credential, roles, started, peer, headers)
 
     def _finish(self, decision: Decision, credential: Credential | CredentialProblem, roles: list[str] | None,
                 started: float, peer: str, headers: MultiMapping[str]) -> Reply:

@@ -15,7 +15,7 @@ Implementations (``sqlite.SQLiteStore``, ``postgres.PostgresStore``) pass one co
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Protocol
 
 from gateway.models import (
@@ -93,10 +93,12 @@ class Store(Protocol):
         already in use, and NotFound when the user does not exist.
         """
 
-    async def lookup_session(self, token_hash: str) -> ActiveSession | None:
+    def lookup_session(self, token_hash: str) -> Awaitable[ActiveSession | None]:
         """The session with this hash joined with its user, whatever its state; None when unknown.
 
-        The caller judges revocation and expiry (:meth:`SessionRecord.is_active`).
+        The caller judges revocation and expiry (:meth:`SessionRecord.is_active`). Returns a coroutine or
+        a future (the hot path's lookups may be answered in batches without a task each); awaiting it
+        raises StoreUnavailable when the database cannot answer.
         """
 
     async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:

@@ -1,9 +1,9 @@
 """``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY.
 
-Session lookups are batched under load: while ``database.lookup_concurrency`` lookups (or every pooled
-connection) are busy, lookups queue, and the next free slot answers all queued hashes (up to
-:data:`LOOKUP_BATCH_MAX`) in one query. A point query costs several times a batched row in CPU, on
-both sides, so a low concurrency keeps a process efficient as load rises.
+Session lookups are batched: lookups queue, and the next free one of ``database.lookup_concurrency``
+slots answers all queued hashes (up to :data:`LOOKUP_BATCH_MAX`) in one query. A query costs many
+times a batched row in CPU, on both sides, so a low concurrency keeps a process efficient as load
+rises; on an idle store a lookup still leaves on the next turn of the event loop.
 """
 
 from __future__ import annotations
@@ -111,9 +111,6 @@ _SELECT_USERS = f"SELECT {_USER_COLUMNS} FROM users"  # noqa: S608
 _SELECT_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
 _SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
 _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
-_LOOKUP_SESSION = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
-                   " JOIN users u ON u.id = s.user_id WHERE s.token_hash = %s")
-_LOOKUP_SESSION_NAME = "gateway_lookup_session"
 _LOOKUP_SESSIONS = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
                     " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
 _LOOKUP_SESSIONS_NAME = "gateway_lookup_sessions"
@@ -241,7 +238,7 @@ class PostgresStore:
     The pool is created by :meth:`open` without connecting; connections are made on demand, and a
     connection the server dropped is discarded, so the store recovers by itself when the database
     comes back. Every statement is bounded by ``database.query_timeout``. Session lookups that arrive
-    while every connection is busy are answered together (see :meth:`lookup_session`).
+    together, or while the lookup slots are busy, are answered together (see :meth:`lookup_session`).
     """
 
     def __init__(self, settings: Settings) -> None:
@@ -552,35 +549,24 @@ class PostgresStore:
         except psycopg2.errors.UniqueViolation:
             raise ValueError("a session with this token hash already exists") from None
 
-    async def lookup_session(self, token_hash: str) -> ActiveSession | None:
+    def lookup_session(self, token_hash: str) -> asyncio.Future[ActiveSession | None]:
         """The session and its user, whatever its state; None when unknown or not a well-formed hash.
 
-        With fewer than ``database.lookup_concurrency`` lookups in flight and a connection free, one
-        primary-key join runs at once (no added delay). Otherwise the lookup queues, and the next lookup
-        slot to free up answers every queued hash (up to :data:`LOOKUP_BATCH_MAX`, the rest go to the
-        following batch) with one ``= ANY(...)`` query, so concurrent misses cost few round trips.
-        Lookups are retried once on a lost connection; raises StoreUnavailable when the database cannot
-        answer (every lookup of a failed batch gets the same error). A caller cancelled while queued
-        gives up its own answer only: the batch goes on for the others.
+        Every lookup joins the queue; a batch task answers the queued hashes (up to
+        :data:`LOOKUP_BATCH_MAX`, the rest go to the following batch) with one ``= ANY(...)`` query as
+        soon as one of the ``database.lookup_concurrency`` lookup slots is free. On an idle store that
+        is the next turn of the event loop (no added delay); under load, every miss that arrived while
+        the slots were busy shares one round trip. Lookups are retried once on a lost connection; the
+        future fails with StoreUnavailable when the database cannot answer (every lookup of a failed
+        batch gets the same error). A caller that cancels its future gives up its own answer only.
         """
         if not is_token_hash(token_hash):
-            return None
-        self._open_pool()
-        # FIFO: once lookups queue, newcomers join them even if a connection just freed up
-        if self._queued_lookups or self._lookup_gate.locked() or self._gate.locked():
-            return await self._queue_lookup(token_hash)
-
-        async def work(cur: aiopg.Cursor) -> ActiveSession | None:
-            self._lookup_queries += 1
-            if self._prepared:
-                await _execute_prepared(cur, _LOOKUP_SESSION_NAME, _LOOKUP_SESSION, (token_hash,))
-            else:
-                await cur.execute(_LOOKUP_SESSION, (token_hash,))
-            row = await cur.fetchone()
-            return None if row is None else _active_session(row)
-
-        async with self._lookup_gate:
-            return await self._run(work, retry=True)
+            return _answered(None)
+        try:
+            self._open_pool()
+        except StoreUnavailable as exc:
+            return _answered(None, exc)
+        return self._queue_lookup(token_hash)
 
     def _queue_lookup(self, token_hash: str) -> asyncio.Future[ActiveSession | None]:
         """Queue a lookup for the next batch, starting a batch task if none waits; its future."""
@@ -930,6 +916,16 @@ def _active_session(row: Sequence[Any]) -> ActiveSession:
     """An :class:`ActiveSession` from a lookup row: the session's columns, then its user's."""
     return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
                          user=user_from_row(row[len(SESSION_FIELDS):]))
+
+
+def _answered(result: ActiveSession | None, error: BaseException | None = None) -> asyncio.Future[ActiveSession | None]:
+    """A lookup future that is already done."""
+    future: asyncio.Future[ActiveSession | None] = asyncio.get_running_loop().create_future()
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+    return future
 
 
 def _fail_lookups(batch: LookupWaiters, error: BaseException) -> None:

@@ -105,14 +105,22 @@ async def unlock(conn: aiopg.Connection) -> None:
     await conn.close()
 
 
-async def until_a_query_waits_for_a_lock(url: str, timeout: float = 5.0) -> None:
-    """Return once another backend of the database waits for a lock."""
+async def queries_waiting_for_a_lock(url: str) -> int:
+    """How many other backends of the database wait for a lock now."""
+    async with aiopg.connect(url) as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                          " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
+        return int((await cur.fetchone())[0])
+
+
+async def until_a_query_waits_for_a_lock(url: str, timeout: float = 5.0, count: int = 1) -> None:
+    """Return once ``count`` other backends of the database wait for a lock."""
     deadline = time.monotonic() + timeout
     async with aiopg.connect(url) as conn, conn.cursor() as cur:
         while True:
             await cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
                               " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
-            if (await cur.fetchone())[0]:
+            if (await cur.fetchone())[0] >= count:
                 return
             assert time.monotonic() < deadline, "no query waits for a lock"
             await asyncio.sleep(0.01)
@@ -133,9 +141,9 @@ async def test_many_concurrent_lookups_share_few_queries(open_store: StoreFactor
     results = await asyncio.gather(*(store.lookup_session(h) for h in hashes))
 
     check_answers(hashes, results, known)
-    # two point queries took the free connections; the rest queued and went in batches
+    # lookups made in one turn of the event loop all queue: one query per LOOKUP_BATCH_MAX distinct hashes
     distinct = len(set(hashes))
-    assert store.lookup_queries - before <= 2 + math.ceil(distinct / LOOKUP_BATCH_MAX)
+    assert store.lookup_queries - before == math.ceil(distinct / LOOKUP_BATCH_MAX)
 
 
 async def test_a_batch_asks_for_at_most_the_cap_of_hashes(open_store: StoreFactory) -> None:
@@ -148,8 +156,8 @@ async def test_a_batch_asks_for_at_most_the_cap_of_hashes(open_store: StoreFacto
     results = await asyncio.gather(*(store.lookup_session(h) for h in hashes))
 
     check_answers(hashes, results, known)
-    # one point query (the connection was free), then the queued hashes in batches of the cap
-    assert store.lookup_queries - before == 1 + math.ceil((len(hashes) - 1) / LOOKUP_BATCH_MAX)
+    # the queued hashes in batches of the cap
+    assert store.lookup_queries - before == math.ceil(len(hashes) / LOOKUP_BATCH_MAX)
 
 
 async def test_duplicate_and_malformed_hashes_in_one_batch(open_store: StoreFactory) -> None:
@@ -164,10 +172,10 @@ async def test_duplicate_and_malformed_hashes_in_one_batch(open_store: StoreFact
 
     check_answers(hashes, list(results[:-2]), known)
     assert results[-2:] == [None, None]  # never sent to the database
-    assert store.lookup_queries - before == 2  # the point query, then one batch for everything queued
+    assert store.lookup_queries - before == 1  # one batch for everything queued
 
 
-async def test_at_low_load_a_lookup_is_one_point_query_at_once(open_store: StoreFactory) -> None:
+async def test_at_low_load_a_lookup_is_one_query_at_once(open_store: StoreFactory, postgres_url: str) -> None:
     store = await open_store(**{"database.pool_max": 3, "database.lookup_concurrency": 3})
     known = await add_sessions(store, ["ada", "bob", "cy"])
     hashes = list(known)
@@ -176,21 +184,34 @@ async def test_at_low_load_a_lookup_is_one_point_query_at_once(open_store: Store
         check_answers([h], [await store.lookup_session(h)], known)
         assert store.lookup_queries == before + 1
 
-    # as many lookups as lookup slots: each starts its own query at once, none waits for a batch
-    before_tasks = asyncio.all_tasks()
-    lookups = [asyncio.create_task(store.lookup_session(h)) for h in hashes]
-    await asyncio.sleep(0)
-    assert asyncio.all_tasks() - before_tasks == set(lookups)
-    check_answers(hashes, list(await asyncio.gather(*lookups)), known)
+    # a lookup made while another is in flight takes a free slot at once: it does not wait behind it
+    lock = await lock_tables(postgres_url, "sessions")
+    try:
+        first = asyncio.ensure_future(store.lookup_session(hashes[0]))
+        await until_a_query_waits_for_a_lock(postgres_url)
+        second = asyncio.ensure_future(store.lookup_session(hashes[1]))
+        await until_a_query_waits_for_a_lock(postgres_url, count=2)
+    finally:
+        await unlock(lock)
+    check_answers(hashes[:2], [await first, await second], known)
 
 
-async def test_lookups_beyond_lookup_concurrency_batch_even_with_connections_free(
-        open_store: StoreFactory) -> None:
+async def test_lookups_beyond_lookup_concurrency_queue_even_with_connections_free(
+        open_store: StoreFactory, postgres_url: str) -> None:
     store = await open_store(**{"database.pool_max": 10, "database.lookup_concurrency": 1})
     known = await add_sessions(store, ["ada", "bob", "cy", "dee"])
     hashes = [*known, token_hash("ghost")] * 8
     before = store.lookup_queries
-    check_answers(hashes, list(await asyncio.gather(*(store.lookup_session(h) for h in hashes))), known)
+    lock = await lock_tables(postgres_url, "sessions")
+    try:
+        first = asyncio.ensure_future(store.lookup_session(hashes[0]))
+        await until_a_query_waits_for_a_lock(postgres_url)
+        rest = [asyncio.ensure_future(store.lookup_session(h)) for h in hashes[1:]]
+        await asyncio.sleep(0.1)
+        assert await queries_waiting_for_a_lock(postgres_url) == 1  # the others wait for the one slot
+    finally:
+        await unlock(lock)
+    check_answers(hashes, list(await asyncio.gather(first, *rest)), known)
     assert store.lookup_queries - before == 2  # the first lookup alone, then everyone who queued behind it
 
 
@@ -230,7 +251,7 @@ async def test_close_answers_queued_lookups(open_store: StoreFactory, postgres_u
     try:
         blocker = asyncio.create_task(store.locked_until("192.0.2.1", now=NOW))  # holds the connection
         await asyncio.sleep(0)
-        lookups = [asyncio.create_task(store.lookup_session(token_hash(f"h{i}"))) for i in range(20)]
+        lookups = [asyncio.ensure_future(store.lookup_session(token_hash(f"h{i}"))) for i in range(20)]
         await asyncio.sleep(0)
         closing = asyncio.create_task(store.close())
         await asyncio.sleep(0.05)
@@ -256,7 +277,7 @@ async def test_cancelled_waiters_leave_the_batch_to_the_others(open_store: Store
         # the only connection is busy, so every lookup queues for one batch
         blocker = asyncio.create_task(store.locked_until("192.0.2.1", now=NOW))
         await asyncio.sleep(0)
-        lookups = [asyncio.create_task(store.lookup_session(h)) for h in hashes]
+        lookups = [asyncio.ensure_future(store.lookup_session(h)) for h in hashes]
         await asyncio.sleep(0)
         for task in lookups[::5]:  # cancelled while queued
             task.cancel()
@@ -291,12 +312,14 @@ async def test_cancelled_waiters_of_a_failing_batch_leave_no_unretrieved_error(
     store = await open_store(**{"database.pool_max": 1, "database.query_timeout": 0.5})
     lookup_lock = await lock_tables(postgres_url, "sessions")
     try:
-        # the point query and then the batch both time out on the lock: StoreUnavailable
-        lookups = [asyncio.create_task(store.lookup_session(token_hash(f"h{i}"))) for i in range(30)]
+        # the first lookup and then the batch queued behind it both time out on the lock: StoreUnavailable
+        lookups = [asyncio.ensure_future(store.lookup_session(token_hash("h0")))]
+        await until_a_query_waits_for_a_lock(postgres_url)
+        lookups += [asyncio.ensure_future(store.lookup_session(token_hash(f"h{i}"))) for i in range(1, 30)]
         await asyncio.sleep(0)
         for task in lookups[1::3]:
             task.cancel()
-        await asyncio.sleep(0.7)  # the point query has timed out, the batch is in flight
+        await asyncio.sleep(0.7)  # the first query has timed out, the batch is in flight
         for task in lookups[2::3]:
             task.cancel()
         results = await asyncio.gather(*lookups, return_exceptions=True)
