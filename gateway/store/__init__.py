@@ -164,10 +164,10 @@ def decode_detail(raw: Any) -> dict[str, str]:
 
 def decode_names(raw: Any) -> tuple[str, ...]:
     """A JSON array of group or role names (text or decoded) as a tuple of strings."""
-    value = json.loads(raw) if isinstance(raw, str | bytes) else raw
+    value = json.loads(raw) if isinstance(raw, (str, bytes)) else raw
     if not isinstance(value, list):
         return ()
-    return tuple(str(v) for v in value)
+    return tuple(map(str, value))
 
 
 def encode_names(names: Sequence[str]) -> str:
@@ -212,30 +212,27 @@ LOGIN_ATTEMPT_FIELDS = ("attempt_hash", "upstream", "state", "nonce", "code_veri
 """Column order of every login-attempt row the backends select (times as epoch seconds)."""
 
 
-def _epoch(value: Any) -> float | None:
-    return None if value is None else float(value)
-
+# The two below run once per looked-up session on the check path: arguments are positional, in field order.
 
 def user_from_row(row: Sequence[Any]) -> User:
     """A :class:`User` from a row laid out as :data:`USER_FIELDS`."""
-    return User(
-        id=int(row[0]), upstream=str(row[1]), subject=str(row[2]), email=str(row[3]), name=str(row[4]),
-        username=str(row[5]), groups=decode_names(row[6]), roles=decode_names(row[7]),
-        created_at=float(row[8]), updated_at=float(row[9]), last_login_at=_epoch(row[10]),
-    )
+    last_login_at = row[10]
+    return User(int(row[0]), str(row[1]), str(row[2]), str(row[3]), str(row[4]), str(row[5]),
+                decode_names(row[6]), decode_names(row[7]), float(row[8]), float(row[9]),
+                None if last_login_at is None else float(last_login_at))
 
 
 def session_from_row(row: Sequence[Any]) -> SessionRecord:
     """A :class:`SessionRecord` from a row laid out as :data:`SESSION_FIELDS`."""
-    kind = str(row[2])
+    kind = row[2]
     if kind not in SESSION_KINDS:  # the schema's CHECK makes this unreachable
         raise ValueError(f"unknown session kind {kind!r}")
-    return SessionRecord(
-        token_hash=str(row[0]), user_id=int(row[1]), kind=cast(SessionKind, kind), created_at=float(row[3]),
-        expires_at=float(row[4]), idle_timeout=float(row[5]), last_seen_at=float(row[6]),
-        idle_expires_at=_epoch(row[7]), revoked_at=_epoch(row[8]), client_addr=str(row[9]),
-        user_agent=str(row[10]), mfa=bool(row[11]),
-    )
+    idle_expires_at = row[7]
+    revoked_at = row[8]
+    return SessionRecord(str(row[0]), int(row[1]), cast(SessionKind, kind), float(row[3]), float(row[4]),
+                         float(row[5]), float(row[6]), None if idle_expires_at is None else float(idle_expires_at),
+                         None if revoked_at is None else float(revoked_at), str(row[9]), str(row[10]),
+                         bool(row[11]))
 
 
 def login_attempt_from_row(row: Sequence[Any]) -> LoginAttempt:

@@ -1,9 +1,7 @@
 """``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY.
 
-Session lookups are batched: lookups queue, and the next free one of ``database.lookup_concurrency``
-slots answers all queued hashes (up to :data:`LOOKUP_BATCH_MAX`) in one query. A query costs many
-times a batched row in CPU, on both sides, so a low concurrency keeps a process efficient as load
-rises; on an idle store a lookup still leaves on the next turn of the event loop.
+Session lookups are batched on connections of their own (:mod:`gateway.store.pglookups`); everything
+else runs on the pool.
 """
 
 from __future__ import annotations
@@ -49,6 +47,7 @@ from gateway.store import (
     user_from_row,
 )
 from gateway.store.base import RevocationHandler, WatchStateHandler
+from gateway.store.pglookups import LookupLane
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +71,6 @@ RECONNECT_BACKOFF = (0.1, 2.0)
 
 PRUNE_BATCH = 100
 """Most expired login attempts or stale failure counters one call deletes on the side."""
-
-LOOKUP_BATCH_MAX = 256
-"""Most distinct token hashes one batched session lookup asks for; more wait for the next batch."""
 
 _TIME_FIELDS = frozenset({"created_at", "updated_at", "last_login_at", "expires_at", "last_seen_at",
                           "idle_expires_at", "revoked_at", "at", "window_started_at", "locked_until"})
@@ -113,33 +109,6 @@ _SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
 _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
 _LOOKUP_SESSIONS = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
                     " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
-_LOOKUP_SESSIONS_NAME = "gateway_lookup_sessions"
-
-LookupWaiters = dict[str, list[asyncio.Future[ActiveSession | None]]]
-"""Queued session lookups: each token hash with the futures of the callers waiting for it."""
-
-
-async def _execute_prepared(cur: aiopg.Cursor, name: str, query: str, params: tuple[Any, ...],
-                            types: tuple[str, ...] | None = None) -> None:
-    """Run ``query`` as the connection's prepared statement ``name``, preparing it on first use.
-
-    ``types`` are the parameters' SQL types (all ``text`` by default). Planning the lookup costs
-    several times its execution; a server-side prepared statement plans once per connection. Prepared
-    again when missing (a new connection) or stale (the schema changed).
-    """
-    types = types or ("text",) * len(params)
-    execute = f"EXECUTE {name}({', '.join(['%s'] * len(params))})"
-    try:
-        await cur.execute(execute, params)
-        return
-    except psycopg2.errors.InvalidSqlStatementName:
-        pass
-    except psycopg2.errors.FeatureNotSupported:  # "cached plan must not change result type"
-        await cur.execute(f"DEALLOCATE {name}")
-    parts = query.split("%s")
-    numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
-    await cur.execute(f"PREPARE {name}({', '.join(types)}) AS {numbered}")
-    await cur.execute(execute, params)
 
 
 _UPSERT_USER = (
@@ -251,19 +220,16 @@ class PostgresStore:
         # FIFO admission to the pool: aiopg lets newcomers overtake callers already waiting, which
         # stretches the latency tail under load.
         self._gate = asyncio.Semaphore(settings.database.pool_max)
-        # Session lookups in flight at once; more queue and are answered together (see lookup_session).
-        self._lookup_gate = asyncio.Semaphore(min(settings.database.lookup_concurrency, settings.database.pool_max))
-        self._prepared = settings.database.prepared_statements
-        # Lookups waiting for the next batch, in arrival order. Invariant: while it is not empty,
-        # exactly one batch task waits at the gate to take it.
-        self._queued_lookups: LookupWaiters = {}
-        self._lookup_batches: set[asyncio.Task[None]] = set()  # strong references to running batches
-        self._lookup_queries = 0
+        db = settings.database
+        self._lookups = LookupLane(self._dsn, concurrency=db.lookup_concurrency, connect_timeout=db.connect_timeout,
+                                   query_timeout=db.query_timeout, query=_LOOKUP_SESSIONS,
+                                   prepared=db.prepared_statements, decode=_active_session,
+                                   unavailable=self._raise_unavailable)
 
     @property
     def lookup_queries(self) -> int:
         """How many session lookup queries (point or batched, retries included) this store has sent."""
-        return self._lookup_queries
+        return self._lookups.queries
 
     # -- errors ----------------------------------------------------------------------------------
 
@@ -323,8 +289,7 @@ class PostgresStore:
             except TimeoutError:
                 pool.terminate()
                 await pool.wait_closed()
-        if self._lookup_batches:
-            await asyncio.wait(set(self._lookup_batches))
+        await self._lookups.close()
 
     def _open_pool(self) -> aiopg.Pool:
         """The pool; raises StoreUnavailable before :meth:`open` and after :meth:`close`."""
@@ -552,13 +517,10 @@ class PostgresStore:
     def lookup_session(self, token_hash: str) -> asyncio.Future[ActiveSession | None]:
         """The session and its user, whatever its state; None when unknown or not a well-formed hash.
 
-        Every lookup joins the queue; a batch task answers the queued hashes (up to
-        :data:`LOOKUP_BATCH_MAX`, the rest go to the following batch) with one ``= ANY(...)`` query as
-        soon as one of the ``database.lookup_concurrency`` lookup slots is free. On an idle store that
-        is the next turn of the event loop (no added delay); under load, every miss that arrived while
-        the slots were busy shares one round trip. Lookups are retried once on a lost connection; the
-        future fails with StoreUnavailable when the database cannot answer (every lookup of a failed
-        batch gets the same error). A caller that cancels its future gives up its own answer only.
+        Lookups are batched on connections of their own (see :mod:`gateway.store.pglookups`): those made
+        together, or while every lookup slot is busy, share one query; on an idle store a lookup leaves
+        on the next turn of the event loop. The future fails with StoreUnavailable when the database
+        cannot answer. A caller that cancels its future gives up its own answer only.
         """
         if not is_token_hash(token_hash):
             return _answered(None)
@@ -566,74 +528,7 @@ class PostgresStore:
             self._open_pool()
         except StoreUnavailable as exc:
             return _answered(None, exc)
-        return self._queue_lookup(token_hash)
-
-    def _queue_lookup(self, token_hash: str) -> asyncio.Future[ActiveSession | None]:
-        """Queue a lookup for the next batch, starting a batch task if none waits; its future."""
-        waiter: asyncio.Future[ActiveSession | None] = asyncio.get_running_loop().create_future()
-        if not self._queued_lookups:
-            self._start_lookup_batch()
-        self._queued_lookups.setdefault(token_hash, []).append(waiter)
-        return waiter
-
-    def _start_lookup_batch(self) -> None:
-        """Start the task that will take the queued lookups once it passes the gate."""
-        task = asyncio.create_task(self._answer_lookup_batch())
-        self._lookup_batches.add(task)
-        task.add_done_callback(self._lookup_batches.discard)
-
-    def _take_lookup_batch(self, limit: int = LOOKUP_BATCH_MAX) -> LookupWaiters:
-        """Take up to ``limit`` queued hashes that someone still waits for, oldest first.
-
-        Starts the task for the next batch when lookups remain queued, keeping the queue's invariant.
-        """
-        queued = self._queued_lookups
-        batch: LookupWaiters = {}
-        while queued and len(batch) < limit:
-            token_hash = next(iter(queued))
-            waiters = [waiter for waiter in queued.pop(token_hash) if not waiter.done()]  # not cancelled
-            if waiters:
-                batch[token_hash] = waiters
-        if queued:
-            self._start_lookup_batch()
-        return batch
-
-    async def _answer_lookup_batch(self) -> None:
-        """The body of a batch task: wait at the gate, take the queued lookups, answer them in one query.
-
-        Never raises to the event loop, except when cancelled itself (then its lookups get
-        StoreUnavailable): every failure is handed to the waiting callers instead.
-        """
-        batch: LookupWaiters | None = None
-        try:
-            async with self._lookup_gate, self._gate:
-                batch = self._take_lookup_batch()
-                found = await self._lookup_sessions(self._open_pool(), list(batch)) if batch else {}
-        except BaseException as exc:
-            if batch is None:  # cancelled at the gate: this task still owns the whole queue
-                batch = self._take_lookup_batch(len(self._queued_lookups))
-            if isinstance(exc, Exception):
-                _fail_lookups(batch, exc)
-                return
-            _fail_lookups(batch, StoreUnavailable("The session lookup was abandoned."))
-            raise
-        for token_hash, waiters in batch.items():
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_result(found.get(token_hash))
-
-    async def _lookup_sessions(self, pool: aiopg.Pool, hashes: list[str]) -> dict[str, ActiveSession]:
-        """The sessions (with their users) of those ``hashes`` that exist, in one query on ``pool``."""
-        async def work(cur: aiopg.Cursor) -> dict[str, ActiveSession]:
-            self._lookup_queries += 1
-            if self._prepared:
-                await _execute_prepared(cur, _LOOKUP_SESSIONS_NAME, _LOOKUP_SESSIONS, (hashes,), ("text[]",))
-            else:
-                await cur.execute(_LOOKUP_SESSIONS, (hashes,))
-            found = [_active_session(row) for row in await cur.fetchall()]
-            return {active.session.token_hash: active for active in found}
-
-        return await self._run_admitted(pool, work, transaction=False, retry=True, statement_timeout=None)
+        return self._lookups.lookup(token_hash)
 
     async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
         """Move ``last_seen_at`` (never backwards) and the idle deadline with it.
@@ -926,14 +821,6 @@ def _answered(result: ActiveSession | None, error: BaseException | None = None) 
     else:
         future.set_exception(error)
     return future
-
-
-def _fail_lookups(batch: LookupWaiters, error: BaseException) -> None:
-    """Hand ``error`` to every caller of ``batch`` still waiting (a cancelled caller wants nothing)."""
-    for waiters in batch.values():
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_exception(error)
 
 
 async def _audit(cur: aiopg.Cursor, at: float, event: str, user_id: int | None, user_key: str, actor: str,

@@ -16,7 +16,8 @@ import pytest
 
 from gateway.errors import StoreUnavailable
 from gateway.models import ActiveSession
-from gateway.store.postgres import LOOKUP_BATCH_MAX, PostgresStore
+from gateway.store.pglookups import LOOKUP_BATCH_MAX
+from gateway.store.postgres import PostgresStore
 from tests.helpers import PostgresCluster, make_settings
 
 pytestmark = pytest.mark.postgres
@@ -246,21 +247,23 @@ async def test_every_waiter_gets_store_unavailable_from_a_closed_port(open_store
 
 
 async def test_close_answers_queued_lookups(open_store: StoreFactory, postgres_url: str) -> None:
-    store = await open_store(**{"database.pool_max": 1})
-    locker = await lock_tables(postgres_url, "login_failures")
+    store = await open_store(**{"database.lookup_concurrency": 1})
+    locker = await lock_tables(postgres_url, "sessions")
     try:
-        blocker = asyncio.create_task(store.locked_until("192.0.2.1", now=NOW))  # holds the connection
-        await asyncio.sleep(0)
-        lookups = [asyncio.ensure_future(store.lookup_session(token_hash(f"h{i}"))) for i in range(20)]
+        first = asyncio.ensure_future(store.lookup_session(token_hash("h0")))  # holds the only lookup slot
+        await until_a_query_waits_for_a_lock(postgres_url)
+        lookups = [asyncio.ensure_future(store.lookup_session(token_hash(f"h{i}"))) for i in range(1, 20)]
         await asyncio.sleep(0)
         closing = asyncio.create_task(store.close())
         await asyncio.sleep(0.05)
     finally:
         await unlock(locker)
     await asyncio.wait_for(closing, timeout=5)
-    assert await blocker is None
+    assert await first is None  # the query in flight was answered
     results = await asyncio.gather(*lookups, return_exceptions=True)
     assert all(isinstance(r, StoreUnavailable) for r in results), results
+    with pytest.raises(StoreUnavailable):
+        await store.lookup_session(token_hash("late"))
 
 
 # -- cancellation ----------------------------------------------------------------------------------------
@@ -268,29 +271,21 @@ async def test_close_answers_queued_lookups(open_store: StoreFactory, postgres_u
 
 async def test_cancelled_waiters_leave_the_batch_to_the_others(open_store: StoreFactory,
                                                                 postgres_url: str) -> None:
-    store = await open_store(**{"database.pool_max": 1})
+    store = await open_store()
     known = await add_sessions(store, (f"user{i}" for i in range(10)))
     hashes = [*known, *known, *(token_hash(f"nobody{i}") for i in range(40))]
-    gate_lock = await lock_tables(postgres_url, "login_failures")
     lookup_lock = await lock_tables(postgres_url, "sessions")
     try:
-        # the only connection is busy, so every lookup queues for one batch
-        blocker = asyncio.create_task(store.locked_until("192.0.2.1", now=NOW))
-        await asyncio.sleep(0)
+        # made in one turn of the event loop: every lookup queues for one batch, which leaves next turn
         lookups = [asyncio.ensure_future(store.lookup_session(h)) for h in hashes]
-        await asyncio.sleep(0)
         for task in lookups[::5]:  # cancelled while queued
             task.cancel()
-        await unlock(gate_lock)
-        assert await blocker is None
         # the batch query now waits for the lock on sessions
         await until_a_query_waits_for_a_lock(postgres_url)
         for task in lookups[1::5]:  # cancelled while their batch is in flight
             task.cancel()
         await asyncio.sleep(0.05)
     finally:
-        if not gate_lock.closed:
-            await unlock(gate_lock)
         await unlock(lookup_lock)
     results = await asyncio.gather(*lookups, return_exceptions=True)
 
@@ -309,7 +304,7 @@ async def test_cancelled_waiters_leave_the_batch_to_the_others(open_store: Store
 
 async def test_cancelled_waiters_of_a_failing_batch_leave_no_unretrieved_error(
         open_store: StoreFactory, postgres_url: str) -> None:
-    store = await open_store(**{"database.pool_max": 1, "database.query_timeout": 0.5})
+    store = await open_store(**{"database.lookup_concurrency": 1, "database.query_timeout": 0.5})
     lookup_lock = await lock_tables(postgres_url, "sessions")
     try:
         # the first lookup and then the batch queued behind it both time out on the lock: StoreUnavailable
@@ -328,3 +323,54 @@ async def test_cancelled_waiters_of_a_failing_batch_leave_no_unretrieved_error(
     for i, result in enumerate(results):
         expected = StoreUnavailable if i % 3 == 0 else asyncio.CancelledError
         assert isinstance(result, expected), (i, result)
+
+
+# -- the lookup connections ----------------------------------------------------------------------------
+
+
+async def terminate_other_backends(url: str) -> int:
+    async with aiopg.connect(url) as conn, conn.cursor() as cur:
+        await cur.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                          " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+        return int((await cur.fetchone())[0])
+
+
+async def test_a_lost_lookup_connection_is_replaced_without_failing_a_lookup(open_store: StoreFactory,
+                                                                             postgres_url: str) -> None:
+    store = await open_store(**{"database.lookup_concurrency": 1})
+    known = await add_sessions(store, ["ada"])
+    ada = token_hash("ada")
+    check_answers([ada], [await store.lookup_session(ada)], known)
+    assert await terminate_other_backends(postgres_url) >= 1
+    before = store.lookup_queries
+    check_answers([ada], [await store.lookup_session(ada)], known)
+    assert store.lookup_queries - before == 2  # the lost connection, then a fresh one
+
+
+async def test_a_lookup_after_a_migration_changed_its_result_type_prepares_again(
+        open_store: StoreFactory, postgres_url: str, prepared: bool) -> None:
+    store = await open_store(**{"database.lookup_concurrency": 1})
+    known = await add_sessions(store, ["ada"])
+    ada = token_hash("ada")
+    check_answers([ada], [await store.lookup_session(ada)], known)
+    # a later schema version widens a column the lookup returns: a prepared plan of it is stale
+    async with aiopg.connect(postgres_url) as conn, conn.cursor() as cur:
+        await cur.execute("ALTER TABLE users ALTER COLUMN name TYPE varchar(1000)")
+    before = store.lookup_queries
+    check_answers([ada], [await store.lookup_session(ada)], known)
+    assert store.lookup_queries - before == (2 if prepared else 1)  # the stale plan, then a fresh connection
+
+
+async def test_lookups_use_their_own_connections_beside_the_pool(open_store: StoreFactory,
+                                                                 postgres_url: str) -> None:
+    store = await open_store(**{"database.pool_max": 1, "database.lookup_concurrency": 2})
+    known = await add_sessions(store, ["ada"])
+    lock = await lock_tables(postgres_url, "login_failures")
+    try:
+        blocker = asyncio.create_task(store.locked_until("192.0.2.1", now=NOW))  # holds the pool's connection
+        await until_a_query_waits_for_a_lock(postgres_url)
+        ada = token_hash("ada")
+        check_answers([ada], [await asyncio.wait_for(store.lookup_session(ada), timeout=5)], known)
+    finally:
+        await unlock(lock)
+    assert await blocker is None
