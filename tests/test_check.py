@@ -248,6 +248,33 @@ async def test_use_is_recorded_at_a_coarse_grain_and_moves_the_idle_deadline(gat
     assert (await gw.client.get("/auth/check", headers=headers)).status == 401
 
 
+async def test_many_uses_are_written_back_in_statements_of_bounded_size(
+        gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.app import STORE
+    from gateway.tokens import hash_token
+
+    gw = await gateway_factory(**{"session.last_seen_grain": "60s", "cache.ttl": "1h"})
+    tokens = [await gw.token(f"user{i}@example.com") for i in range(1100)]
+    store = gw.app[STORE]
+    sizes: list[int] = []
+    touch_sessions = store.touch_sessions
+
+    async def counting(touches: dict[str, tuple[float, float]]) -> None:
+        sizes.append(len(touches))
+        await touch_sessions(touches)
+
+    monkeypatch.setattr(store, "touch_sessions", counting)
+    gw.clock.advance(120)
+    checker = gw.app[CHECKER]
+    for token in tokens:
+        assert (await checker.decide(Credential(token, CredentialSource.COOKIE), None)).outcome is Outcome.ALLOW
+    await checker.drain()
+    assert sizes == [500, 500, 100]
+    for token in tokens[::100]:
+        row = await gw.store.lookup_session(hash_token(token))
+        assert row is not None and row.session.last_seen_at == gw.clock()
+
+
 async def test_non_utf8_header_bytes_are_denied(gw: Gateway) -> None:
     host, port = gw.client.host, gw.client.port
     reader, writer = await asyncio.open_connection(host, port)
