@@ -188,12 +188,9 @@ class Checker:
         if lookup is not None:
             self._counts["coalesced"] += 1
             return lookup
-        loop = asyncio.get_running_loop()
         if time.monotonic() < self._database_down_until:
             # Fail fast while the database is known to be down, instead of queueing on timeouts.
-            lookup = loop.create_future()
-            lookup.set_exception(StoreUnavailable("database unavailable (recent failure)"))
-            return lookup
+            return _failed(StoreUnavailable("database unavailable (recent failure)"))
         self._counts["miss"] += 1
         credential = miss.credential
         now = self._clock()
@@ -204,8 +201,7 @@ class Checker:
             else:
                 lookup = asyncio.ensure_future(self._store.lookup_session(token_hash))
         except StoreUnavailable as exc:
-            lookup = loop.create_future()
-            lookup.set_exception(exc)
+            lookup = _failed(exc)
         self._inflight[token_hash] = lookup
         # Registered first, so the cache is filled before any waiter's callback runs.
         lookup.add_done_callback(functools.partial(self._loaded, token_hash, now, self.cache.generation))
@@ -338,6 +334,13 @@ class Checker:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
         await self.flush_touches()
+
+
+def _failed(error: StoreUnavailable) -> asyncio.Future[ActiveSession | None]:
+    """A lookup that has already failed."""
+    lookup: asyncio.Future[ActiveSession | None] = asyncio.get_running_loop().create_future()
+    lookup.set_exception(error)
+    return lookup
 
 
 async def _nobody() -> None:

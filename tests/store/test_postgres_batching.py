@@ -117,14 +117,11 @@ async def queries_waiting_for_a_lock(url: str) -> int:
 async def until_a_query_waits_for_a_lock(url: str, timeout: float = 5.0, count: int = 1) -> None:
     """Return once ``count`` other backends of the database wait for a lock."""
     deadline = time.monotonic() + timeout
-    async with aiopg.connect(url) as conn, conn.cursor() as cur:
-        while True:
-            await cur.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                              " AND wait_event_type = 'Lock' AND pid <> pg_backend_pid()")
-            if (await cur.fetchone())[0] >= count:
-                return
-            assert time.monotonic() < deadline, "no query waits for a lock"
-            await asyncio.sleep(0.01)
+    while True:
+        if await queries_waiting_for_a_lock(url) >= count:
+            return
+        assert time.monotonic() < deadline, "no query waits for a lock"
+        await asyncio.sleep(0.01)
 
 
 # -- answers and round trips -------------------------------------------------------------------------
