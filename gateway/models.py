@@ -1,15 +1,21 @@
-"""Plain records shared by the store, the cache and the check core; times are Unix epoch seconds."""
+"""Plain records shared by the store, the cache and the check core; times are Unix epoch seconds.
+
+Every record is immutable. The three a session lookup builds (``User``, ``SessionRecord``,
+``ActiveSession``) are named tuples rather than frozen dataclasses: one lookup builds all three for
+every cache miss, and a frozen dataclass sets each field through ``object.__setattr__``, which made
+building them cost about 5 µs a miss against under 1 µs for a tuple. Treat them as records, not as
+sequences: read fields by name, never by position.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 SessionKind = Literal["browser", "api"]
 
 
-@dataclass(frozen=True, slots=True)
-class User:
+class User(NamedTuple):
     """An enrolled user; ``(upstream, subject)`` is the stable key, ``id`` the gateway's own number."""
 
     id: int
@@ -25,8 +31,7 @@ class User:
     last_login_at: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class SessionRecord:
+class SessionRecord(NamedTuple):
     """One session row. ``token_hash`` is SHA-256 hex of the token; the token itself is never stored.
 
     ``idle_timeout`` is 0 for sessions without one (API tokens); then ``idle_expires_at`` is None.
@@ -53,8 +58,7 @@ class SessionRecord:
         return self.idle_expires_at is None or now < self.idle_expires_at
 
 
-@dataclass(frozen=True, slots=True)
-class ActiveSession:
+class ActiveSession(NamedTuple):
     """What a session lookup returns: the session row joined with its user."""
 
     session: SessionRecord

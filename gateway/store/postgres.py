@@ -107,6 +107,7 @@ _SELECT_USERS = f"SELECT {_USER_COLUMNS} FROM users"  # noqa: S608
 _SELECT_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
 _SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
 _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
+_SESSION_WIDTH = len(SESSION_FIELDS)
 _LOOKUP_SESSIONS = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
                     " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
 
@@ -809,8 +810,7 @@ class PostgresStore:
 
 def _active_session(row: Sequence[Any]) -> ActiveSession:
     """An :class:`ActiveSession` from a lookup row: the session's columns, then its user's."""
-    return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
-                         user=user_from_row(row[len(SESSION_FIELDS):]))
+    return ActiveSession(session_from_row(row[:_SESSION_WIDTH]), user_from_row(row[_SESSION_WIDTH:]))
 
 
 def _answered(result: ActiveSession | None, error: BaseException | None = None) -> asyncio.Future[ActiveSession | None]:
