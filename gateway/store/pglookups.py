@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
 import aiopg
@@ -35,12 +35,10 @@ LookupWaiters = dict[str, list[asyncio.Future[ActiveSession | None]]]
 
 _UNREACHABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.QueryCanceled)
 """Driver errors that mean the database could not answer (refused, dropped, shut down, cancelled)."""
-_RETRY_FRESH = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.InvalidSqlStatementName,
-                psycopg2.errors.FeatureNotSupported)
-"""Failures of a used connection that a fresh one may not have: lost, or its prepared plan gone or stale
-(``cached plan must not change result type`` after a migration)."""
+_RETRY_FRESH = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.InvalidSqlStatementName)
+"""Failures of a used connection that a fresh one may not have: lost, or its prepared statement gone."""
 
-RowDecoder = Callable[[Sequence[Any]], ActiveSession]
+ResultDecoder = Callable[[list[tuple[Any, ...]]], Iterable[ActiveSession]]
 Unavailable = Callable[[BaseException], NoReturn]
 
 
@@ -63,9 +61,9 @@ class LookupLane:
     """Batched session lookups on dedicated connections; see the module docstring."""
 
     def __init__(self, dsn: str, *, concurrency: int, connect_timeout: float, query_timeout: float,
-                 query: str, prepared: bool, decode: RowDecoder, unavailable: Unavailable) -> None:
-        """``query`` selects lookup rows (``decode`` turns one into a session) for ``%s``, a text array of
-        hashes; ``unavailable`` raises StoreUnavailable for a driver error, secrets scrubbed."""
+                 query: str, prepared: bool, decode: ResultDecoder, unavailable: Unavailable) -> None:
+        """``query`` looks up the sessions of ``%s``, a text array of hashes, and ``decode`` turns its rows
+        into those sessions; ``unavailable`` raises StoreUnavailable for a driver error, secrets scrubbed."""
         self._dsn = dsn
         self._connect_timeout = connect_timeout
         self._query_timeout = query_timeout
@@ -182,8 +180,7 @@ class LookupLane:
                 if isinstance(exc, psycopg2.Error) and not isinstance(exc, _UNREACHABLE):
                     raise  # a bug in the statement, not an unreachable database
                 self._unavailable(exc)
-            decode = self._decode
-            return {active.session.token_hash: active for active in map(decode, rows)}
+            return {active.session.token_hash: active for active in self._decode(rows)}
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _open(self, slot: _Slot) -> aiopg.Cursor:

@@ -7,9 +7,10 @@ else runs on the pool.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, NoReturn, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -108,8 +109,11 @@ _SELECT_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
 _SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
 _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
 _SESSION_WIDTH = len(SESSION_FIELDS)
-_LOOKUP_SESSIONS = (f"SELECT {_SESSION_COLUMNS_S}, {_USER_COLUMNS_U} FROM sessions s"  # noqa: S608
-                    " JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
+# The lookup answers a whole batch as one JSON text of session-and-user rows (NULL when none exists):
+# one cell instead of 23 per session halves the driver's work per row, and a migration that changes a
+# column's type cannot change the prepared statement's result type.
+_LOOKUP_SESSIONS = (f"SELECT json_agg(json_build_array({_SESSION_COLUMNS_S}, {_USER_COLUMNS_U}))::text"  # noqa: S608
+                    " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
 
 
 _UPSERT_USER = (
@@ -224,7 +228,7 @@ class PostgresStore:
         db = settings.database
         self._lookups = LookupLane(self._dsn, concurrency=db.lookup_concurrency, connect_timeout=db.connect_timeout,
                                    query_timeout=db.query_timeout, query=_LOOKUP_SESSIONS,
-                                   prepared=db.prepared_statements, decode=_active_session,
+                                   prepared=db.prepared_statements, decode=_active_sessions,
                                    unavailable=self._raise_unavailable)
 
     @property
@@ -811,6 +815,12 @@ class PostgresStore:
 def _active_session(row: Sequence[Any]) -> ActiveSession:
     """An :class:`ActiveSession` from a lookup row: the session's columns, then its user's."""
     return ActiveSession(session_from_row(row[:_SESSION_WIDTH]), user_from_row(row[_SESSION_WIDTH:]))
+
+
+def _active_sessions(rows: list[tuple[Any, ...]]) -> Iterable[ActiveSession]:
+    """The sessions of a lookup's result: one row whose one cell is a JSON array of lookup rows, or NULL."""
+    found = rows[0][0] if rows else None
+    return () if found is None else map(_active_session, json.loads(found))
 
 
 def _answered(result: ActiveSession | None, error: BaseException | None = None) -> asyncio.Future[ActiveSession | None]:

@@ -314,6 +314,22 @@ async def test_create_and_lookup_round_trip(store: Store) -> None:
     assert api.is_active(now + 3600)
 
 
+async def test_lookup_returns_awkward_text_and_times_exactly(store: Store) -> None:
+    awkward = 'Zoë "Q" \\ O\'Brien\t\n\u2028 \U0001f600 </script> {a,b} null'
+    user = await store.upsert_user("oidc", awkward, email=f"{awkward}@example.com", name=awkward,
+                                   username=awkward, groups=[awkward, "", "1"], roles=["null", awkward])
+    now = 1_712_345_678.123456
+    h = token_hash("awkward")
+    created = await store.create_session(token_hash=h, user_id=user.id, kind="browser", now=now,
+                                         expires_at=now + 0.5, idle_timeout=1e-6, user_agent=awkward)
+    found = await store.lookup_session(h)
+    assert found is not None
+    assert (found.user, found.session) == (user, created)
+    assert found.user.groups == (awkward, "", "1")
+    assert found.user.roles == ("null", awkward)
+    assert found.session.user_agent == awkward
+
+
 async def test_lookup_unknown_or_malformed_hash_is_none(store: Store) -> None:
     assert await store.lookup_session(token_hash("nobody")) is None
     assert await store.lookup_session("not-a-hash") is None
