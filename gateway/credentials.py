@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway import tokens
 
@@ -39,8 +39,7 @@ class CredentialSource(enum.Enum):
     """A bearer JWT issued by a configured upstream (only when ``check.jwt_upstreams`` is set)."""
 
 
-@dataclass(frozen=True, slots=True)
-class Credential:
+class Credential(NamedTuple):
     """A well-formed opaque token and where it was found."""
 
     token: str

@@ -10,8 +10,8 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 from urllib.parse import SplitResult, unquote, urlsplit
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -24,8 +24,7 @@ class MalformedOriginalRequest(ValueError):
     """A trusted proxy described the original request in a way that cannot be parsed: deny it."""
 
 
-@dataclass(frozen=True, slots=True)
-class RequestFacts:
+class RequestFacts(NamedTuple):
     """The original request as the proxy saw it. Empty strings mean "not known".
 
     ``path`` is percent-decoded with dot segments removed (what rules match on); ``url`` is the original

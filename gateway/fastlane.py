@@ -177,7 +177,7 @@ class _Connection(asyncio.Protocol):
                 self._hand_over()
                 return
             method, target, minor, lines = match.groups()
-            headers = CIMultiDict(_split(line) for line in lines.split("\r\n")[:-1])
+            headers = CIMultiDict([_split(line) for line in lines.split("\r\n")[:-1]])
             length = 0
             lengths = headers.getall("Content-Length", ())
             if lengths:
@@ -185,7 +185,7 @@ class _Connection(asyncio.Protocol):
                     self._hand_over()
                     return
                 length = int(lengths[0])
-            if length > lane.max_body_bytes or any(name in headers for name in _HANDOVER_HEADERS):
+            if length > lane.max_body_bytes or any(map(headers.__contains__, _HANDOVER_HEADERS)):
                 self._hand_over()
                 return
             start = end + 4

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.app import CHECKER
+from gateway.hasura import encode_variables
 from gateway.policy import DenyAll
 from gateway.tokens import mint_token
 from tests.harness import FRONT_ENDS, Gateway, GatewayFactory
@@ -34,6 +35,15 @@ async def webhook_get(gw: Gateway, **headers: str) -> tuple[int, Any]:
 async def webhook_post(gw: Gateway, payload: Any) -> tuple[int, Any]:
     resp = await gw.client.post("/auth/webhook", json=payload)
     return resp.status, await resp.json()
+
+
+@pytest.mark.parametrize("value", ["", "plain", 'q"uote \\ back/slash', "tab\t nl\n nul\x00 del\x7f",
+                                   "é ü \u2028 \ufeff", "\U0001f600", "</script>"])
+def test_session_variables_encode_exactly_as_json_dumps(value: str) -> None:
+    body = {"X-Hasura-User-Id": "1", "X-Hasura-Role": value, f"X-Hasura-{value}": "x"}
+    assert encode_variables(body) == json.dumps(body).encode()
+    assert json.loads(encode_variables(body)) == body
+    assert encode_variables({}) == b"{}"
 
 
 async def test_get_mode_cookie_allows_with_string_session_variables(gw: Gateway) -> None:

@@ -10,9 +10,8 @@ protocol error, answered 400 (413 when too large): Hasura never sends them.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import cast
 
 import structlog
@@ -22,7 +21,14 @@ from multidict import MultiMapping
 from gateway.core import Checker, Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.errors import GatewayError, PayloadTooLarge
-from gateway.hasura import anonymous_variables, choose_role, header_lookup, parse_post_body, session_variables
+from gateway.hasura import (
+    anonymous_variables,
+    choose_role,
+    encode_variables,
+    header_lookup,
+    parse_post_body,
+    session_variables,
+)
 from gateway.http_errors import ErrorMapper, error_reply
 from gateway.metrics import Metrics
 from gateway.reply import Reply
@@ -31,10 +37,6 @@ from gateway.settings import Settings
 log = structlog.get_logger("gateway.webhook")
 
 _JSON = {"Content-Type": "application/json"}
-
-
-def _json(body: Mapping[str, str]) -> bytes:
-    return json.dumps(body).encode()
 
 
 class WebhookEndpoint:
@@ -47,7 +49,7 @@ class WebhookEndpoint:
         self._errors = errors
         self._hasura = settings.hasura
         self._default_role = settings.hasura.default_role
-        self._anonymous = Reply(200, _JSON, _json(anonymous_variables(settings.hasura.anonymous_role))) \
+        self._anonymous = Reply(200, _JSON, encode_variables(anonymous_variables(settings.hasura.anonymous_role))) \
             if settings.hasura.anonymous_role else None
         self._cookie_name = settings.cookie.name
         self._accept_jwt = bool(settings.check.jwt_upstreams)
@@ -132,7 +134,9 @@ class WebhookEndpoint:
         active = decision.active
         assert active is not None
         role = choose_role(active.user, requested, self._default_role)
-        reply = None if role is None else Reply(200, _JSON, _json(session_variables(active, role, self._hasura, now)))
+        reply = None
+        if role is not None:
+            reply = Reply(200, _JSON, encode_variables(session_variables(active, role, self._hasura, now)))
         if memo is not None:
             memo[key] = (second, reply)
         return reply
