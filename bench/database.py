@@ -42,20 +42,23 @@ LOOKUP_SQL_COPY = (
 
 
 def _store_lookup_sql() -> tuple[str, str]:
-    """The query the store runs now, and where it came from.
+    """The point lookup the baselines run, and where its columns came from.
 
-    The point form of the store's own batched statement (``gateway.store.postgres._LOOKUP_SESSIONS``,
-    ``= ANY(%s)`` made ``= %s``) when it exists and still has the expected shape, so the baselines keep
-    running the same query as the schema evolves; else the copy.
+    The store answers a whole batch as one JSON text; a raw point lookup selects the same session and
+    user columns (``gateway.store.postgres._SESSION_COLUMNS_S`` and ``_USER_COLUMNS_U``) as one plain
+    row for one hash, so the baselines keep reading what the store reads as the schema evolves; else
+    the copy.
     """
     try:
         from gateway.store import postgres
     except ImportError:
         return LOOKUP_SQL_COPY, "bench/database.py (copy)"
-    batched = getattr(postgres, "_LOOKUP_SESSIONS", None)
-    if isinstance(batched, str) and batched.endswith("WHERE s.token_hash = ANY(%s)") and batched.count("%s") == 1:
-        return batched.replace("= ANY(%s)", "= %s"), "gateway/store/postgres.py (_LOOKUP_SESSIONS, point form)"
-    return LOOKUP_SQL_COPY, "bench/database.py (copy; the store's statement was not found)"
+    session = getattr(postgres, "_SESSION_COLUMNS_S", None)
+    user = getattr(postgres, "_USER_COLUMNS_U", None)
+    if isinstance(session, str) and isinstance(user, str) and session.startswith("s.token_hash, s.user_id,"):
+        return (f"SELECT {session}, {user} FROM sessions s JOIN users u ON u.id = s.user_id"  # noqa: S608
+                " WHERE s.token_hash = %s", "gateway/store/postgres.py (the store's columns, as a point query)")
+    return LOOKUP_SQL_COPY, "bench/database.py (copy; the store's columns were not found)"
 
 
 LOOKUP_SQL, LOOKUP_SQL_SOURCE = _store_lookup_sql()

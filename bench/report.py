@@ -465,9 +465,10 @@ def markdown(results: Results) -> str:
         "so no last-use write-back happens (verified below).",
         "- **c'. cache miss + write-back** (informational): as c, but every session was last used an hour ago, "
         "so each check also writes the use back (one UPDATE, off the request path).",
-        f"- **d. raw aiopg lookup loop**: no HTTP. The store's exact lookup query ({_LOOKUP_SHAPE}) on an "
-        f"aiopg pool of `pool_max` = {e.pool_max}, {e.connections} coroutines back to back (split over the "
-        "workers, one pool each), same warm-up and duration; lookups/s and per-lookup latency (pool wait included).",
+        f"- **d. raw aiopg lookup loop**: no HTTP. A point lookup of the columns the store reads "
+        f"({_LOOKUP_SHAPE}) on an aiopg pool of `pool_max` = {e.pool_max}, {e.connections} coroutines back to back "
+        "(split over the workers, one pool each), same warm-up and duration; lookups/s and per-lookup latency "
+        "(pool wait included).",
         "- **d'. raw lookup behind aiohttp** (informational): the same lookup in a minimal aiohttp handler "
         "(cookie, SHA-256, query, JSON), driven by wrk like c, to show HTTP's share.",
         "- **e. memory**: a fresh gateway; RSS before, then `unknown_tokens.lua` sends requests each with a new "

@@ -94,7 +94,7 @@ def rawhttp_app(dsn: str) -> web.Application:
         row = await lookup(request.app[POOL], hash_token(token))
         if row is None:
             return web.Response(status=401, body=b'{"error":"unauthenticated"}', content_type="application/json")
-        body = json.dumps({"X-Hasura-User-Id": str(row[11]), "X-Hasura-Role": "user"})
+        body = json.dumps({"X-Hasura-User-Id": str(row[1]), "X-Hasura-Role": "user"})
         return web.Response(body=body.encode(), content_type="application/json")
 
     async def pool_ctx(app: web.Application) -> Any:
