@@ -1,4 +1,4 @@
-"""The serving process's garbage-collector policy: no automatic full collections, one per interval."""
+"""The serving process's garbage-collector policy: only young collections automatic, a full one per interval."""
 
 from __future__ import annotations
 
@@ -29,25 +29,26 @@ def restored_gc() -> Iterator[None]:
     gc.set_threshold(*thresholds)
 
 
-def full_collections() -> int:
-    return int(gc.get_stats()[2]["collections"])
+def collections(generation: int) -> int:
+    return int(gc.get_stats()[generation]["collections"])
 
 
 async def test_full_collections_run_on_the_timer_only_and_still_reclaim_cycles(restored_gc: None) -> None:
     policy = GcPolicy(0.2)
     policy.start()
     try:
-        assert gc.get_threshold()[2] >= 1 << 30
+        assert gc.get_threshold()[1] >= 1 << 30 and gc.get_threshold()[2] >= 1 << 30
         assert gc.get_freeze_count() > 0  # what start-up built is never scanned again
-        before = full_collections()
+        before = collections(1), collections(2)
         a, b = Node(), Node()
         a.other, b.other = b, a
         dead = weakref.ref(a)
-        gc.collect(1)  # the cycle, still alive, moves to the oldest generation...
-        del a, b  # ...and dies there
-        for _ in range(50):  # plenty of young collections, none of them full
-            gc.collect(1)
-        assert dead() is not None and full_collections() == before
+        gc.collect(0)  # the cycle, still alive, leaves the youngest generation...
+        del a, b  # ...and dies in the middle one
+        for _ in range(50):  # plenty of automatic young collections, none of the older generations
+            junk = [[] for _ in range(gc.get_threshold()[0] + 1)]
+            del junk
+        assert dead() is not None and (collections(1), collections(2)) == before
         for _ in range(50):
             await asyncio.sleep(0.05)
             if dead() is None:
@@ -55,7 +56,7 @@ async def test_full_collections_run_on_the_timer_only_and_still_reclaim_cycles(r
         assert dead() is None, "the timed full collection never reclaimed the cycle"
     finally:
         await policy.stop()
-    assert gc.get_threshold()[2] < 1 << 30
+    assert gc.get_threshold()[1] < 1 << 30 and gc.get_threshold()[2] < 1 << 30
 
 
 async def test_zero_interval_keeps_cpythons_policy(restored_gc: None) -> None:
