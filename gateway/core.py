@@ -106,6 +106,9 @@ class Checker:
         self._grain = last_seen_grain
         self._clock = clock
         self._inflight: dict[str, asyncio.Future[ActiveSession | None]] = {}
+        # Checks waiting for each lookup in flight, finished in the lookup's own callback: no callback
+        # (and no turn of the event loop) per waiting check.
+        self._waiting: dict[asyncio.Future[ActiveSession | None], list[_Waiting[Any]]] = {}
         self._pending_touches: dict[str, tuple[float, float]] = {}  # hash -> (first, last) unwritten use
         self._flusher: asyncio.Task[None] | None = None
         self._database_down_until = 0.0
@@ -162,18 +165,12 @@ class Checker:
         exception from ``finish`` (a bug) becomes the future's exception.
         """
         out: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-
-        def done(lookup: asyncio.Future[ActiveSession | None]) -> None:
-            if out.done():  # cancelled by its caller
-                return
-            try:
-                result = finish(self.conclude(miss, lookup, facts))
-            except Exception as exc:  # a bug: handed to the caller, which fails closed
-                out.set_exception(exc)
-            else:
-                out.set_result(result)
-
-        self.begin(miss).add_done_callback(done)
+        lookup = self.begin(miss)
+        waiting = self._waiting.get(lookup)
+        if waiting is not None:  # finished by _loaded, right after the cache is filled
+            waiting.append((miss, facts, finish, out))
+        else:  # a lookup that failed before it started
+            lookup.add_done_callback(functools.partial(_finish_later, self, miss, facts, finish, out))
         return out
 
     def begin(self, miss: Miss) -> asyncio.Future[ActiveSession | None]:
@@ -202,12 +199,21 @@ class Checker:
         except StoreUnavailable as exc:
             lookup = _failed(exc)
         self._inflight[token_hash] = lookup
+        self._waiting[lookup] = []
         # Registered first, so the cache is filled before any waiter's callback runs.
         lookup.add_done_callback(functools.partial(self._loaded, token_hash, now, self.cache.generation))
         return lookup
 
     def _loaded(self, token_hash: str, now: float, generation: int,
                 lookup: asyncio.Future[ActiveSession | None]) -> None:
+        """Cache what a lookup found, then finish the checks :meth:`resolve_then` left waiting for it."""
+        waiting = self._waiting.pop(lookup, ())
+        self._cache_result(token_hash, now, generation, lookup)
+        for miss, facts, finish, out in waiting:
+            _finish_later(self, miss, facts, finish, out, lookup)
+
+    def _cache_result(self, token_hash: str, now: float, generation: int,
+                      lookup: asyncio.Future[ActiveSession | None]) -> None:
         """Cache what a lookup found (or that it found nobody); note a database failure."""
         if self._inflight.get(token_hash) is lookup:
             del self._inflight[token_hash]
@@ -345,3 +351,21 @@ def _failed(error: StoreUnavailable) -> asyncio.Future[ActiveSession | None]:
 async def _nobody() -> None:
     """The lookup of a bearer JWT when no verifier is configured: it admits nobody."""
     return None
+
+
+_Waiting = tuple[Miss, RequestFacts | None, Callable[[Decision], T], asyncio.Future[T]]
+"""A check :meth:`Checker.resolve_then` left waiting for a lookup: its miss, facts, finish and future."""
+
+
+def _finish_later(checker: Checker, miss: Miss, facts: RequestFacts | None, finish: Callable[[Decision], T],
+                  out: asyncio.Future[T], lookup: asyncio.Future[ActiveSession | None]) -> None:
+    """Complete ``out`` with ``finish(decision)`` now that ``lookup`` is done; a bug in ``finish`` (or a
+    lookup failure other than StoreUnavailable) becomes its exception, and the caller fails closed."""
+    if out.done():  # cancelled by its caller
+        return
+    try:
+        result = finish(checker.conclude(miss, lookup, facts))
+    except Exception as exc:
+        out.set_exception(exc)
+    else:
+        out.set_result(result)

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from gateway.app import CHECKER
-from gateway.core import Outcome
+from gateway.core import Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialSource
 from gateway.handlers.check import IDENTITY_HEADERS
 from gateway.policy import DenyAll
@@ -189,6 +189,30 @@ async def test_a_cancelled_check_leaves_the_shared_lookup_to_the_others(gw: Gate
         await first
     assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
     assert gw.metric("gateway_session_cache_events_total", event="coalesced") == 1
+
+
+async def test_checks_finished_from_one_lookup_each_get_their_own_answer(gw: Gateway) -> None:
+    token = await gw.token()
+    gw.flush_cache()
+    checker = gw.app[CHECKER]
+    miss = checker.decide_now(Credential(token, CredentialSource.COOKIE), None)
+    assert isinstance(miss, Miss)
+
+    def broken(decision: Decision) -> str:
+        raise RuntimeError("a bug in one front-end")
+
+    cancelled = checker.resolve_then(miss, None, lambda decision: "never")
+    outcomes = [checker.resolve_then(miss, None, lambda decision: decision.outcome) for _ in range(3)]
+    failing = checker.resolve_then(miss, None, broken)
+    cancelled.cancel()
+    assert await asyncio.gather(*outcomes) == [Outcome.ALLOW] * 3
+    with pytest.raises(RuntimeError, match="a bug in one front-end"):
+        await failing
+    assert cancelled.cancelled()
+    assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
+    assert gw.metric("gateway_session_cache_events_total", event="coalesced") == 4
+    # the cache was filled before any of them finished: the next check is a hit
+    assert isinstance(checker.decide_now(Credential(token, CredentialSource.COOKIE), None), Decision)
 
 
 async def test_revocation_evicts_the_cache_at_once(gw: Gateway) -> None:
