@@ -10,7 +10,7 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, cast
 
-from gateway.models import AuditEvent, LoginAttempt, SessionKind, SessionRecord, User
+from gateway.models import ActiveSession, AuditEvent, LoginAttempt, SessionKind, SessionRecord, User
 from gateway.settings import Settings
 from gateway.store.base import RevocationHandler, Store, WatchStateHandler
 
@@ -212,7 +212,7 @@ LOGIN_ATTEMPT_FIELDS = ("attempt_hash", "upstream", "state", "nonce", "code_veri
 """Column order of every login-attempt row the backends select (times as epoch seconds)."""
 
 
-# The two below run once per looked-up session on the check path: arguments are positional, in field order.
+# The three below run once per looked-up session on the check path: arguments are positional, in field order.
 
 def user_from_row(row: Sequence[Any]) -> User:
     """A :class:`User` from a row laid out as :data:`USER_FIELDS`."""
@@ -233,6 +233,14 @@ def session_from_row(row: Sequence[Any]) -> SessionRecord:
                          float(row[5]), float(row[6]), None if idle_expires_at is None else float(idle_expires_at),
                          None if revoked_at is None else float(revoked_at), str(row[9]), str(row[10]),
                          bool(row[11]))
+
+
+_SESSION_WIDTH = len(SESSION_FIELDS)
+
+
+def active_session_from_row(row: Sequence[Any]) -> ActiveSession:
+    """An :class:`ActiveSession` from a lookup row: :data:`SESSION_FIELDS`, then :data:`USER_FIELDS`."""
+    return ActiveSession(session_from_row(row[:_SESSION_WIDTH]), user_from_row(row[_SESSION_WIDTH:]))
 
 
 def login_attempt_from_row(row: Sequence[Any]) -> LoginAttempt:

@@ -34,6 +34,7 @@ from gateway.store import (
     SESSION_FIELDS,
     USER_AGENT_MAX,
     USER_FIELDS,
+    active_session_from_row,
     audit_from_row,
     check_login_failure,
     check_new_login_attempt,
@@ -108,7 +109,6 @@ _SELECT_USERS = f"SELECT {_USER_COLUMNS} FROM users"  # noqa: S608
 _SELECT_SESSIONS = f"SELECT {_SESSION_COLUMNS} FROM sessions"  # noqa: S608
 _SELECT_AUDIT = f"SELECT {_AUDIT_COLUMNS} FROM audit"  # noqa: S608
 _COUNT_ACTIVE = f"SELECT count(*) FROM sessions WHERE {_ACTIVE}"  # noqa: S608
-_SESSION_WIDTH = len(SESSION_FIELDS)
 # The lookup answers a whole batch as one JSON text of session-and-user rows (NULL when none exists):
 # one cell instead of 23 per session halves the driver's work per row, and a migration that changes a
 # column's type cannot change the prepared statement's result type.
@@ -812,15 +812,10 @@ class PostgresStore:
                 log.exception("revocation handler failed")
 
 
-def _active_session(row: Sequence[Any]) -> ActiveSession:
-    """An :class:`ActiveSession` from a lookup row: the session's columns, then its user's."""
-    return ActiveSession(session_from_row(row[:_SESSION_WIDTH]), user_from_row(row[_SESSION_WIDTH:]))
-
-
 def _active_sessions(rows: list[tuple[Any, ...]]) -> Iterable[ActiveSession]:
     """The sessions of a lookup's result: one row whose one cell is a JSON array of lookup rows, or NULL."""
     found = rows[0][0] if rows else None
-    return () if found is None else map(_active_session, json.loads(found))
+    return () if found is None else map(active_session_from_row, json.loads(found))
 
 
 def _answered(result: ActiveSession | None, error: BaseException | None = None) -> asyncio.Future[ActiveSession | None]:

@@ -29,6 +29,7 @@ from gateway.store import (
     SESSION_FIELDS,
     USER_AGENT_MAX,
     USER_FIELDS,
+    active_session_from_row,
     audit_from_row,
     check_login_failure,
     check_new_login_attempt,
@@ -370,9 +371,7 @@ class SQLiteStore:
             rows = list(await conn.execute_fetchall(_LOOKUP_SESSION, (token_hash,)))
         if not rows:
             return None
-        row = tuple(rows[0])
-        return ActiveSession(session=session_from_row(row[: len(SESSION_FIELDS)]),
-                             user=user_from_row(row[len(SESSION_FIELDS):]))
+        return active_session_from_row(tuple(rows[0]))
 
     async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
         """Move ``last_seen_at`` (never backwards) and the idle deadline with it.
