@@ -156,8 +156,7 @@ class SessionCache:
             return
         # The idle deadline is checked on every get (it moves with use); the absolute expiry never moves.
         fresh_until = min(now + ttl, active.session.expires_at)
-        if fresh_until > now:
-            self._good.pop(token_hash, None)  # re-insert at the back of the eviction order
+        if fresh_until > now:  # a key put again moves to the back of the eviction order (FIFOCache does it)
             self._good[token_hash] = CacheEntry(active, fresh_until)
 
     def put_bad(self, token_hash: str, now: float) -> None:
