@@ -1,20 +1,18 @@
-"""Read the gateway's ``/metrics`` (Prometheus text), summed over every worker process.
+"""Read the gateway's ``/metrics`` (Prometheus text).
 
-Each worker keeps its own registry and the kernel spreads connections over workers (SO_REUSEPORT), so
-one scrape sees one worker. :func:`scrape_workers` opens fresh connections, finds which worker process
-accepted each one (from ``/proc/net/tcp`` and the workers' open sockets), scrapes ``/metrics`` on it,
-and stops once every worker has been scraped; the results are summed.
+With ``--workers N`` any worker answers for all of them (``gateway.workermetrics``), its siblings'
+numbers at most ``PUBLISH_EVERY`` seconds old; ``gateway_workers`` says how many it covered.
 """
 
 from __future__ import annotations
 
-import http.client
-import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bench.procs import http_get
+from gateway.workermetrics import PUBLISH_EVERY
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -54,6 +52,8 @@ def parse(text: str) -> Samples:
         if not match:
             continue
         name, raw_labels, raw_value = match.groups()
+        if name == "gateway_workers":
+            samples.workers_seen = int(float(raw_value))
         labels: Labels = tuple(sorted(_LABEL_RE.findall(raw_labels or "")))
         try:
             samples.values[(name, labels)] = float(raw_value)
@@ -62,94 +62,35 @@ def parse(text: str) -> Samples:
     return samples
 
 
-def _socket_inode(server_port: int, client_port: int) -> str | None:
-    """Inode of the server side of the loopback TCP connection ``client_port`` -> ``server_port``."""
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table, encoding="ascii") as fh:
-                lines = fh.readlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            local, remote, inode = fields[1], fields[2], fields[9]
-            if int(local.rsplit(":", 1)[1], 16) == server_port and int(remote.rsplit(":", 1)[1], 16) == client_port:
-                return inode
-    return None
-
-
-def _owner(inode: str, pids: list[int]) -> int | None:
-    """Which of ``pids`` holds the socket ``inode`` open."""
-    wanted = f"socket:[{inode}]"
-    for pid in pids:
-        try:
-            fds = os.listdir(f"/proc/{pid}/fd")
-        except OSError:
-            continue
-        for fd in fds:
-            try:
-                if os.readlink(f"/proc/{pid}/fd/{fd}") == wanted:
-                    return pid
-            except OSError:
-                continue
-    return None
-
-
-def _scrape_one(host: str, port: int, pids: list[int]) -> tuple[int | None, Samples | None]:
-    """One fresh connection: the worker that accepted it, and its /metrics (None when either fails)."""
-    conn = http.client.HTTPConnection(host, port, timeout=5)
-    try:
-        conn.connect()
-        assert conn.sock is not None
-        client_port = int(conn.sock.getsockname()[1])
-        conn.request("GET", "/metrics")
-        response = conn.getresponse()
-        body = response.read()
-        # the connection is still open (keep-alive): its server side tells which worker answered
-        inode = _socket_inode(port, client_port)
-        owner = _owner(inode, pids) if inode is not None else None
-        if response.status != 200:
-            return owner, None
-        return owner, parse(body.decode(errors="replace"))
-    except (OSError, http.client.HTTPException):
-        return None, None
-    finally:
-        conn.close()
-
-
 def scrape(base_url: str) -> Samples | None:
-    """One scrape of ``/metrics`` (one worker), or None when it fails."""
+    """One scrape of ``/metrics``, or None when it fails."""
     status, body = http_get(base_url + "/metrics")
     if status != 200:
         return None
     return parse(body.decode(errors="replace"))
 
 
-def scrape_workers(base_url: str, pids: list[int], attempts: int = 80) -> Samples:
-    """Samples summed over every worker in ``pids`` (``workers_seen`` says how many were reached).
+def scrape_workers(base_url: str, workers: int, attempts: int = 20) -> Samples:
+    """Every worker's metrics, once a scrape covers all ``workers`` (``workers_seen`` says how many it did).
 
-    With one worker this is one plain scrape. Call it once the load has stopped, so counters no longer move.
+    Call it once the load has stopped: it waits out the siblings' publishing delay first, so counters no
+    longer move.
     """
-    if len(pids) <= 1:
-        samples = scrape(base_url)
-        return samples if samples is not None else Samples(workers_seen=0)
-    host, _, port = base_url.removeprefix("http://").partition(":")
-    seen: dict[int, Samples] = {}
+    if workers > 1:
+        time.sleep(PUBLISH_EVERY + 0.2)
+    samples = Samples(workers_seen=0)
     for _ in range(attempts):
-        owner, samples = _scrape_one(host, int(port), pids)
-        if owner is not None and samples is not None:
-            seen.setdefault(owner, samples)
-        if len(seen) >= len(pids):
-            break
-    merged = Samples(workers_seen=len(seen))
-    for samples in seen.values():
-        for key, value in samples.values.items():
-            merged.values[key] = merged.values.get(key, 0.0) + value
-    return merged
+        found = scrape(base_url)
+        if found is not None:
+            samples = found
+            if samples.workers_seen >= workers:
+                break
+        time.sleep(PUBLISH_EVERY / 4)
+    return samples
 
 
 def feed_up(samples: Samples | None) -> bool:
-    """True when the scraped worker's revocation feed is live (its cache then uses the full TTL)."""
+    """True when the revocation feed is live in every worker the scrape covered (caches use the full TTL)."""
     return samples is not None and samples.total("gateway_revocation_feed_up") >= 1
 
 

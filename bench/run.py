@@ -244,11 +244,10 @@ class Bench:
             return proc.poll() is None
 
         def all_feeds_up() -> bool:
-            pids = procs.worker_pids(proc.pid, workers)
-            if len(pids) != workers:
+            if len(procs.worker_pids(proc.pid, workers)) != workers:
                 return False
-            merged = promtext.scrape_workers(base, pids, attempts=8 * workers)
-            return bool(merged.workers_seen >= workers and merged.total("gateway_revocation_feed_up") >= workers)
+            merged = promtext.scrape(base)
+            return merged is not None and merged.workers_seen >= workers and promtext.feed_up(merged)
 
         try:
             procs.wait_until(lambda: procs.http_get(base + "/readyz")[0] == 200, timeout=READY_TIMEOUT,
@@ -260,9 +259,8 @@ class Bench:
         return proc, base
 
     def _scrape(self, proc: subprocess.Popen[bytes], base: str) -> promtext.Samples:
-        """The gateway's metrics summed over its workers; a check note if some worker could not be reached."""
-        pids = procs.worker_pids(proc.pid, self.args.workers)
-        samples = promtext.scrape_workers(base, pids)
+        """The metrics of every gateway worker; a check note if the answer did not cover them all."""
+        samples = promtext.scrape_workers(base, self.args.workers)
         if samples.workers_seen < self.args.workers:
             self.checks.append(f"{self._round_label()}WARNING: /metrics reached {samples.workers_seen} of "
                                f"{self.args.workers} workers; counts below are partial")

@@ -4,7 +4,8 @@ Each worker is a complete gateway (its own cache, pool and revocation listener o
 so a revocation reaches every worker the same way it reaches other replicas. On SIGTERM or SIGINT a
 worker fails readiness at once, keeps accepting for ``shutdown_delay`` (so load balancers notice), stops
 accepting, lets in-flight requests finish (bounded by ``shutdown_timeout``) and exits 0. The parent
-restarts a worker that dies unexpectedly.
+restarts a worker that dies unexpectedly. With several workers, ``/metrics`` on any of them answers for
+all of them (see :mod:`gateway.workermetrics`).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import contextlib
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from multiprocessing.process import BaseProcess
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -30,6 +34,7 @@ from gateway.fastlane import FastLane
 from gateway.gcpolicy import GcPolicy
 from gateway.logging import configure_logging
 from gateway.settings import Settings
+from gateway.workermetrics import LIVE_SUFFIX, retire
 
 log = structlog.get_logger("gateway.server")
 
@@ -83,14 +88,17 @@ def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -
     return counting_factory
 
 
-def _run_worker(settings: Settings, *, reuse_port: bool) -> int:
+def _run_worker(settings: Settings, *, reuse_port: bool, metrics_file: Path | None = None) -> int:
     with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
-        return runner.run(run_until_signalled(settings, reuse_port=reuse_port))
+        return runner.run(run_until_signalled(settings, reuse_port=reuse_port, metrics_file=metrics_file))
 
 
 async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
-                              stop: asyncio.Event | None = None) -> int:
-    """Serve one gateway process until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully."""
+                              stop: asyncio.Event | None = None, metrics_file: Path | None = None) -> int:
+    """Serve one gateway process until SIGTERM/SIGINT (or ``stop`` is set), then shut down gracefully.
+
+    ``metrics_file``: a worker's file in the directory its supervisor shares among all its workers.
+    """
     loop = asyncio.get_running_loop()
     stop = stop or asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -98,6 +106,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
             loop.add_signal_handler(signum, stop.set)
 
     app = create_app(settings)
+    shared = app[METRICS].share(metrics_file) if metrics_file is not None else None
     runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
     await runner.setup()
     front = front_end(app, runner, settings)
@@ -111,6 +120,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
         return 1
     gc_policy = GcPolicy(settings.gc_full_interval)
     gc_policy.start()
+    publisher = asyncio.ensure_future(shared.publish_periodically()) if shared is not None else None
     log.info("gateway listening", listen=settings.listen, public_url=settings.public_url,
              database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port,
              event_loop=type(loop).__module__.split(".")[0], fast_lane=isinstance(front, FastLane))
@@ -126,15 +136,21 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
         await front.shutdown(settings.shutdown_timeout)
     await runner.cleanup()
     await gc_policy.stop()
+    if publisher is not None and shared is not None:
+        publisher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await publisher
+        with contextlib.suppress(OSError):
+            shared.publish()  # the last counts, for the totals the other workers keep answering with
     log.info("stopped")
     return 0
 
 
-def _worker_main(settings: Settings) -> None:
+def _worker_main(settings: Settings, metrics_file: Path | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     # The parent decides when workers stop; ignore the terminal's Ctrl-C burst and wait for its SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(_run_worker(settings, reuse_port=True))
+    sys.exit(_run_worker(settings, reuse_port=True, metrics_file=metrics_file))
 
 
 def _supervise(settings: Settings) -> int:
@@ -149,23 +165,48 @@ def _supervise(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    def start() -> BaseProcess:
-        proc = ctx.Process(target=_worker_main, args=(settings,), daemon=False)
+    try:
+        metrics_dir: Path | None = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
+    except OSError as exc:
+        metrics_dir = None
+        log.error("cannot share metrics among workers: each answers /metrics for itself", error=str(exc))
+    started = 0
+    files: dict[int, Path] = {}  # worker index -> its metrics file (a new one for every restart)
+
+    def start(index: int) -> BaseProcess:
+        nonlocal started
+        started += 1
+        file = metrics_dir / f"worker-{started}{LIVE_SUFFIX}" if metrics_dir is not None else None
+        if file is not None:
+            files[index] = file
+        proc = ctx.Process(target=_worker_main, args=(settings, file), daemon=False)
         proc.start()
         return proc
 
-    workers = [start() for _ in range(settings.workers)]
+    try:
+        return _keep_running(settings, start, lambda: stopping, files)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _keep_running(settings: Settings, start: Callable[[int], BaseProcess], stopping: Callable[[], bool],
+                  files: dict[int, Path]) -> int:
+    """Run the workers until stopping, restarting any that dies; stop them; the exit code."""
+    workers = [start(i) for i in range(settings.workers)]
     backoff = [0.5] * len(workers)
     log.info("started workers", workers=settings.workers, pids=[w.pid for w in workers])
-    while not stopping:
+    while not stopping():
         time.sleep(0.2)
         for i, proc in enumerate(workers):
-            if not stopping and proc.exitcode is not None:
+            if not stopping() and proc.exitcode is not None:
                 log.error("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode,
                           backoff=backoff[i])
+                if i in files:
+                    retire(files[i])
                 time.sleep(backoff[i])
                 backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
-                workers[i] = start()
+                workers[i] = start(i)
 
     for proc in workers:
         if proc.exitcode is None and proc.pid is not None:

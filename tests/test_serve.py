@@ -202,3 +202,41 @@ async def test_the_served_port_answers_checks_on_the_fast_lane_and_hands_the_res
     listening = [json.loads(line) for line in one_sqlite.log_text().splitlines() if "gateway listening" in line]
     assert listening and listening[0]["fast_lane"] is True
     assert listening[0]["event_loop"] == ("uvloop" if importlib.util.find_spec("uvloop") else "asyncio")
+
+
+def _metrics(url: str) -> dict[str, float]:
+    """One scrape on a fresh connection: samples by name and labels as in the exposition."""
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:  # noqa: S310 - our http URL
+        text = resp.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
+@pytest.mark.postgres
+async def test_any_worker_answers_metrics_for_all_workers_even_after_one_dies(two_workers: Served) -> None:
+    minted = two_workers.cli("tokens", "mint", "--email", "ops@example.com")
+    assert minted.returncode == 0, minted.stderr
+    allowed = 'gateway_checks_total{endpoint="check",outcome="allow"}'
+    assert await statuses(two_workers.url, minted.stdout.strip(), 40) == [200] * 40
+
+    def settled(expected: float) -> list[dict[str, float]]:
+        deadline = time.monotonic() + 10
+        while True:  # siblings publish every second
+            scrapes = [_metrics(two_workers.url) for _ in range(12)]  # fresh connections: both workers answer
+            if all(s.get(allowed) == expected and s["gateway_workers"] == 2 for s in scrapes):
+                return scrapes
+            assert time.monotonic() < deadline, scrapes
+            time.sleep(0.3)
+
+    settled(40)
+    started = next(line for line in map(json.loads, filter(None, two_workers.log_text().splitlines()))
+                   if line.get("event") == "started workers")
+    os.kill(started["pids"][0], signal.SIGKILL)  # its counts must stay in the totals
+    await asyncio.sleep(1.5)  # restarted after its back-off
+    assert await statuses(two_workers.url, minted.stdout.strip(), 10) == [200] * 10
+    scrapes = settled(50)
+    assert all(s['gateway_revocation_feed_up'] == 1 for s in scrapes)
