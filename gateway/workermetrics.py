@@ -121,11 +121,12 @@ class WorkerMetrics:
         """Every worker's metrics merged; this worker's own alone if the directory cannot be read."""
         try:
             own = self.publish()
+            siblings = sorted(self._path.parent.iterdir())
         except OSError as exc:
             log.error("cannot share metrics with the other workers", error=str(exc))
             return self._render_own()
         snapshots = [Snapshot(own.decode(), live=True, own=True)]
-        for path in sorted(self._path.parent.iterdir()):
+        for path in siblings:
             if path == self._path or path.suffix not in (LIVE_SUFFIX, DEAD_SUFFIX):
                 continue
             text = _read(path)
@@ -157,7 +158,11 @@ def retire(path: Path) -> None:
 
 
 def _read(path: Path) -> str | None:
+    """A snapshot's text, or None when it is gone (renamed as its worker died) or unreadable."""
     try:
         return path.read_text()
     except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        log.error("cannot read another worker's metrics", file=path.name, error=str(exc))
         return None

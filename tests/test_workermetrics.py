@@ -88,3 +88,16 @@ def test_an_unwritable_directory_answers_with_this_workers_own_metrics(tmp_path:
     metrics = _worker(2, feed_up=True, active=1)
     metrics.share(tmp_path / "missing" / "worker-1.prom")
     assert _samples(metrics.render()) == _samples(metrics.render_own())
+
+
+def test_a_directory_removed_under_a_worker_answers_with_its_own_metrics(tmp_path: Path) -> None:
+    metrics = _worker(2, feed_up=True, active=1)
+    directory = tmp_path / "shared"
+    directory.mkdir()
+    metrics.share(directory / "worker-1.prom")
+    (directory / "worker-2.prom").write_bytes(b"\xff\xfe not text")  # unreadable: skipped
+    assert _samples(metrics.render())[("gateway_workers", ())] == 1
+    for path in directory.iterdir():
+        path.unlink()
+    directory.rmdir()
+    assert _samples(metrics.render()) == _samples(metrics.render_own())
