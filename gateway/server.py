@@ -171,53 +171,46 @@ def _supervise(settings: Settings) -> int:
         metrics_dir = None
         log.error("cannot share metrics among workers: each answers /metrics for itself", error=str(exc))
     started = 0
-    files: dict[int, Path] = {}  # worker index -> its metrics file (a new one for every restart)
 
-    def start(index: int) -> BaseProcess:
+    def start() -> tuple[BaseProcess, Path | None]:
+        """A new worker and its metrics file (a new file for every worker, restarts included)."""
         nonlocal started
         started += 1
         file = metrics_dir / f"worker-{started}{LIVE_SUFFIX}" if metrics_dir is not None else None
-        if file is not None:
-            files[index] = file
         proc = ctx.Process(target=_worker_main, args=(settings, file), daemon=False)
         proc.start()
-        return proc
+        return proc, file
 
     try:
-        return _keep_running(settings, start, lambda: stopping, files)
+        running = [start() for _ in range(settings.workers)]
+        backoff = [0.5] * len(running)
+        log.info("started workers", workers=settings.workers, pids=[proc.pid for proc, _ in running])
+        while not stopping:
+            time.sleep(0.2)
+            for i, (proc, file) in enumerate(running):
+                if not stopping and proc.exitcode is not None:
+                    log.error("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode,
+                              backoff=backoff[i])
+                    if file is not None:
+                        retire(file)
+                    time.sleep(backoff[i])
+                    backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
+                    running[i] = start()
+
+        workers = [proc for proc, _ in running]
+        for proc in workers:
+            if proc.exitcode is None and proc.pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + settings.shutdown_timeout + 5
+        for proc in workers:
+            proc.join(max(0.0, deadline - time.monotonic()))
+            if proc.exitcode is None:
+                proc.kill()
+                proc.join()
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-
-
-def _keep_running(settings: Settings, start: Callable[[int], BaseProcess], stopping: Callable[[], bool],
-                  files: dict[int, Path]) -> int:
-    """Run the workers until stopping, restarting any that dies; stop them; the exit code."""
-    workers = [start(i) for i in range(settings.workers)]
-    backoff = [0.5] * len(workers)
-    log.info("started workers", workers=settings.workers, pids=[w.pid for w in workers])
-    while not stopping():
-        time.sleep(0.2)
-        for i, proc in enumerate(workers):
-            if not stopping() and proc.exitcode is not None:
-                log.error("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode,
-                          backoff=backoff[i])
-                if i in files:
-                    retire(files[i])
-                time.sleep(backoff[i])
-                backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
-                workers[i] = start(i)
-
-    for proc in workers:
-        if proc.exitcode is None and proc.pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(proc.pid, signal.SIGTERM)
-    deadline = time.monotonic() + settings.shutdown_timeout + 5
-    for proc in workers:
-        proc.join(max(0.0, deadline - time.monotonic()))
-        if proc.exitcode is None:
-            proc.kill()
-            proc.join()
     codes = [p.exitcode for p in workers]
     log.info("workers stopped", exitcodes=codes)
     return 0 if all(c == 0 for c in codes) else 1
