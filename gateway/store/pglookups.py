@@ -14,7 +14,6 @@ connection that fails is closed and replaced on the next use; a lost connection 
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Callable, Iterable
 from typing import Any, NoReturn
 
@@ -24,8 +23,6 @@ import psycopg2.errors
 
 from gateway.errors import StoreUnavailable
 from gateway.models import ActiveSession
-
-log = logging.getLogger(__name__)
 
 LOOKUP_BATCH_MAX = 256
 """Most distinct token hashes one batched session lookup asks for; more wait for the next batch."""
