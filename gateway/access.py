@@ -73,7 +73,11 @@ def _glob_to_regex(glob: str) -> re.Pattern[str]:
     parts: list[str] = []
     i = 0
     while i < len(glob):
-        if glob.startswith("**", i):
+        if glob.startswith("/**", i) and (i + 3 == len(glob) or glob[i + 3] == "/"):
+            # "**" is zero or more whole segments: /admin/** covers /admin itself, and /a/**/b covers /a/b.
+            parts.append("(?:/.*)?")
+            i += 3
+        elif glob.startswith("**", i):
             parts.append(".*")
             i += 2
         elif glob[i] == "*":

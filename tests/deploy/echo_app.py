@@ -4,13 +4,17 @@ Any method, any path: ``200`` with JSON ``{"method", "path", "query", "headers":
 "body"}``. Headers are listed in arrival order with their original case, duplicates kept. A websocket
 upgrade is accepted and the same JSON is sent as the first text message.
 
-Run it on its own with ``python -m tests.deploy.echo_app --port 8080``, or build it in-process with
-:func:`make_app`.
+Run it on its own with ``python -m tests.deploy.echo_app --port 8080 [--record FILE]``, or build it
+in-process with :func:`make_app`. With ``--record``, every request's method, path (decoded, as the app
+routes it) and raw target are appended to FILE as one JSON line before it is answered, so a test can
+tell exactly what reached the app, whatever the client was shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -28,8 +32,15 @@ def _received(request: web.Request, body: bytes) -> dict[str, Any]:
     }
 
 
+RECORD = web.AppKey("record", Path)
+
+
 async def echo(request: web.Request) -> web.StreamResponse:
     """Answer with the request as JSON (or, for a websocket, send it as the first message)."""
+    record = request.app.get(RECORD)
+    if record is not None:
+        with record.open("a") as out:
+            out.write(json.dumps({"method": request.method, "path": request.path, "raw": request.raw_path}) + "\n")
     if request.headers.get("Upgrade", "").lower() == "websocket":
         ws = web.WebSocketResponse()
         await ws.prepare(request)
@@ -42,9 +53,11 @@ async def echo(request: web.Request) -> web.StreamResponse:
     return web.json_response(_received(request, body))
 
 
-def make_app() -> web.Application:
-    """The echo application, for ``web.AppRunner`` or ``aiohttp_server``."""
+def make_app(record: Path | None = None) -> web.Application:
+    """The echo application, for ``web.AppRunner`` or ``aiohttp_server``; ``record``: see the module doc."""
     app = web.Application(client_max_size=MAX_ECHO_BODY * 16)
+    if record is not None:
+        app[RECORD] = record
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 
@@ -54,8 +67,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--record", type=Path, default=None)
     args = parser.parse_args(argv)
-    web.run_app(make_app(), host=args.host, port=args.port, print=None, access_log=None)
+    web.run_app(make_app(args.record), host=args.host, port=args.port, print=None, access_log=None)
 
 
 if __name__ == "__main__":

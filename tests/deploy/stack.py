@@ -325,16 +325,25 @@ class Echo:
     url: str
     port: int
     log: Path
+    record: Path
+
+    def requests(self) -> list[dict[str, str]]:
+        """Every request the app has received so far, oldest first: ``{"method", "path", "raw"}``."""
+        if not self.record.exists():
+            return []
+        return [json.loads(line) for line in self.record.read_text().splitlines() if line]
 
 
 @contextlib.contextmanager
 def start_echo(directory: Path, port: int | None = None) -> Iterator[Echo]:
-    """Run the echo app as a subprocess until the block ends."""
+    """Run the echo app as a subprocess until the block ends; it records every request it receives."""
     port = port or free_port()
     log = directory / "echo.log"
-    with running([sys.executable, "-m", "tests.deploy.echo_app", "--port", str(port)], log) as proc:
+    record = directory / "echo-requests.jsonl"
+    with running([sys.executable, "-m", "tests.deploy.echo_app", "--port", str(port), "--record", str(record)],
+                 log) as proc:
         wait_until(lambda: port_open(port), "echo app", proc=proc, log=log)
-        yield Echo(f"http://127.0.0.1:{port}", port, log)
+        yield Echo(f"http://127.0.0.1:{port}", port, log, record)
 
 
 # ---- nginx -----------------------------------------------------------------------------------------------

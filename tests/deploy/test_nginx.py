@@ -8,8 +8,10 @@ the 403 page and keep-alive to the gateway under load.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +197,67 @@ def test_client_cannot_redescribe_the_original_request_to_the_check(stack: Stack
             ("X-Original-Method", "OPTIONS"), ("X-Forwarded-Method", "OPTIONS")]
     assert stack.get("/forbidden/secrets", lies, token=token, browser=True).status == 403
     assert stack.get("/api/forbidden/secrets", lies, token=token).status == 403
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 2.0) -> bytes:
+    """Send ``request`` bytes to nginx as they are and return everything it answers until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        chunks = []
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def app_paths(stack: Stack, since: int) -> list[str]:
+    """Paths the echo app was asked for after its ``since``-th request."""
+    return [entry["path"] for entry in stack.echo.requests()[since:]]
+
+
+@pytest.mark.parametrize("host", [
+    "{site}:80#", "{site}:80?", "{site}:@other.example", "{site}:80@public.example.com", "{site}:#",
+    "user@{site}", "{site}:80 ", "{site}:8o", "{site},{site}",
+], ids=["port-hash", "port-query", "empty-port-userinfo", "port-userinfo-host", "colon-hash", "userinfo",
+        "port-space", "port-letter", "comma-list"])
+@pytest.mark.parametrize("path", ["/forbidden/secret", "/forbidden/x/..", "/forbidden/%2e", "/forbidden"])
+def test_an_authority_that_is_not_host_and_port_never_reaches_a_denied_page(stack: Stack, host: str,
+                                                                              path: str) -> None:
+    """nginx picks the server from Host up to ":"; the gateway must not read another URL out of the rest."""
+    token = stack.gateway.mint("host-tricks@example.com")
+    before = len(stack.echo.requests())
+    request = (f"GET {path} HTTP/1.1\r\nHost: {host.format(site='127.0.0.1')}\r\n"
+               f"Cookie: {COOKIE}={token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").encode()
+    answer = raw_exchange(stack.nginx.port, request)
+    assert not answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert not answer.startswith(b"HTTP/1.1 5"), answer[:200]
+    assert not any(p.startswith("/forbidden") for p in app_paths(stack, before))
+
+
+@pytest.mark.parametrize("host", ["localhost", "127.0.0.1:1", "elsewhere.example"])
+def test_an_absolute_form_request_line_never_lets_another_host_describe_it(stack: Stack, host: str) -> None:
+    """nginx takes the site from an absolute-form request line; the check must not take it from Host."""
+    token = stack.gateway.mint("absolute-form@example.com")
+    before = len(stack.echo.requests())
+    request = (f"GET http://127.0.0.1:{stack.nginx.port}/forbidden/secret HTTP/1.1\r\nHost: {host}\r\n"
+               f"Cookie: {COOKIE}={token}\r\nAccept: application/json\r\nConnection: close\r\n\r\n").encode()
+    answer = raw_exchange(stack.nginx.port, request)
+    status = answer.split(b"\r\n", 1)[0]
+    assert status in (b"HTTP/1.1 302 Moved Temporarily", b"HTTP/1.1 401 Unauthorized", b"HTTP/1.1 403 Forbidden"), \
+        answer[:200]
+    assert b"\r\nLocation: /login?" in answer or not status.endswith(b"Temporarily"), answer[:300]
+    assert app_paths(stack, before) == []
+
+
+@pytest.mark.parametrize("path", ["/forbidden", "/forbidden/", "/forbidden/x/..", "/forbidden/.", "/forbidden/%2e",
+                                  "/forbidden/x/%2e%2e", "/forbidden/x/.%2E", "//forbidden/x", "/%66orbidden/x",
+                                  "/forbidden;x/y", "/public/../forbidden/x", "/forbidden%2fx"])
+def test_dot_segments_and_escapes_never_reach_a_denied_page(stack: Stack, path: str) -> None:
+    token = stack.gateway.mint("paths@example.com")
+    before = len(stack.echo.requests())
+    reply = stack.get(path, token=token)
+    assert reply.status in (400, 401, 403), (reply.status, reply.text)
+    assert not any(p.startswith("/forbidden") for p in app_paths(stack, before))
 
 
 # ---- policy deny -----------------------------------------------------------------------------------------
