@@ -112,8 +112,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.router.add_get("/login/dev/{name}", guard(pages.dev_form))
     app.router.add_get("/callback", guard(pages.callback))
     app.router.add_get("/callback/{name}", guard(pages.callback))
-    app.router.add_route("GET", "/logout", guard(pages.logout))
-    app.router.add_route("POST", "/logout", guard(pages.logout))
+    app.router.add_get("/logout", guard(pages.confirm_logout))  # asks; only the POST signs out
+    app.router.add_post("/logout", guard(pages.logout))
     app.router.add_get("/auth/userinfo", guard(pages.userinfo))
     app.router.add_get("/", guard(pages.home))
     app.router.add_get("/healthz", healthz)

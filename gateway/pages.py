@@ -1,4 +1,4 @@
-"""The gateway's HTML pages: sign-in, development form, signed-in home and error pages.
+"""The gateway's HTML pages: sign-in, development form, signed-in home, sign-out and error pages.
 
 Plain HTML and inline CSS served by the gateway itself; nothing third-party is loaded, every dynamic
 value is escaped, and every page is sent with ``Referrer-Policy: no-referrer`` and a strict CSP.
@@ -19,6 +19,23 @@ PAGE_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 """Headers for every HTML page."""
+
+SIGN_OUT_FIELD = "csrf_token"
+"""The sign-out form's field carrying the session-bound token (see :mod:`gateway.handlers.login`)."""
+
+
+def sign_out_page_headers(*, allow_http: bool) -> dict[str, str]:
+    """Headers for a page holding the sign-out form: :data:`PAGE_HEADERS` with a wider ``form-action``.
+
+    Chromium checks ``form-action`` on every redirect that follows a form submission, and a sign-out
+    ends with redirects elsewhere: to the return target on an allowed host, often through the upstream's
+    end-session endpoint (which may hop across its own hosts before coming back). ``'self'`` alone would
+    block them, so these pages allow any https target (and http when the gateway itself is served over
+    plain http, for development); ``javascript:``, ``data:`` and the like stay refused.
+    """
+    sources = "'self' https:" + (" http:" if allow_http else "")
+    csp = PAGE_HEADERS["Content-Security-Policy"].replace("form-action 'self'", f"form-action {sources}")
+    return {**PAGE_HEADERS, "Content-Security-Policy": csp}
 
 _STYLE = """
 body{font:16px/1.5 system-ui,-apple-system,"Segoe UI",sans-serif;background:#f4f5f7;color:#1d2330;margin:0}
@@ -76,11 +93,45 @@ def dev_form_page(callback_path: str, state: str, display_name: str) -> str:
         '<button class="primary" type="submit">Sign in</button></form>'))
 
 
-def home_page(email: str, name: str, roles: Sequence[str]) -> str:
-    """What ``/`` shows a signed-in browser."""
-    who = html.escape(name or email)
+def _who(email: str, name: str) -> str:
+    """``<strong>name</strong> (email)``, or just the one that is known, escaped."""
+    who = f"<strong>{html.escape(name or email)}</strong>"
+    return f"{who} ({html.escape(email)})" if email and name else who
+
+
+def _sign_out_form(csrf_token: str, return_to: str | None, *, primary: bool = False) -> str:
+    """A same-origin POST to ``/logout`` carrying the session-bound token and, when given, the return target."""
+    target = (f'<input type="hidden" name="rd" value="{html.escape(return_to)}">' if return_to is not None
+              else "")
+    css = ' class="primary"' if primary else ""
+    return (f'<form method="post" action="/logout">'
+            f'<input type="hidden" name="{SIGN_OUT_FIELD}" value="{html.escape(csrf_token)}">{target}'
+            f'<button{css} type="submit">Sign out</button></form>')
+
+
+def home_page(email: str, name: str, roles: Sequence[str], csrf_token: str) -> str:
+    """What ``/`` shows a signed-in browser, with a sign-out button (send with :func:`sign_out_page_headers`)."""
     role_text = html.escape(", ".join(roles)) or "none"
     return _layout("Signed in", (
-        f"<h1>Signed in</h1><p>You are signed in as <strong>{who}</strong>"
-        f"{' (' + html.escape(email) + ')' if email and name else ''}.</p><p>Roles: {role_text}</p>"
-        '<form method="post" action="/logout"><button type="submit">Sign out</button></form>'))
+        f"<h1>Signed in</h1><p>You are signed in as {_who(email, name)}.</p><p>Roles: {role_text}</p>"
+        f"{_sign_out_form(csrf_token, None)}"))
+
+
+def sign_out_page(site: str, email: str, name: str, csrf_token: str, return_to: str) -> str:
+    """``GET /logout``: ask before signing out of ``site``; the button POSTs the token and ``return_to``.
+
+    ``email`` and ``name`` may both be empty (the session could not be checked just now). Send with
+    :func:`sign_out_page_headers`.
+    """
+    who = f"<p>You are signed in as {_who(email, name)}.</p>" if email or name else ""
+    return _layout("Sign out", (
+        f"<h1>Sign out of {html.escape(site)}?</h1>{who}"
+        f"{_sign_out_form(csrf_token, return_to, primary=True)}"
+        f'<a class="button" href="{html.escape(return_to)}">Stay signed in</a>'))
+
+
+def signed_out_page(return_to: str) -> str:
+    """``/logout`` for a browser without a session: nothing to do, and the way on."""
+    return _layout("Signed out", (
+        "<h1>You are signed out</h1><p>This browser has no session here.</p>"
+        f'<a class="button" href="{html.escape(return_to)}">Continue</a>'))

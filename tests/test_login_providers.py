@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import html
 import re
 import time
 from collections.abc import Mapping
@@ -595,8 +596,14 @@ async def test_logout_ends_the_provider_session_too(gateway_factory: GatewayFact
     token = browser.cookie("gw_session")
     assert token and (await browser.get("/auth/webhook")).status == 200
 
-    out = await browser.get(f"/logout?{urlencode({'rd': rd})}")
-    assert out.status == 302
+    # /logout asks first; its button posts the session's token and the validated target back
+    confirm = await browser.get(f"/logout?{urlencode({'rd': rd})}", headers=HTML)
+    assert confirm.status == 200 and (await browser.get("/auth/webhook")).status == 200
+    form = {name: html.unescape(value) for name, value in
+            re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', await confirm.text())}
+    out = await browser.gw.client.post("/logout", data=form, allow_redirects=False,
+                                       headers={**HTML, "Sec-Fetch-Site": "same-origin", "Origin": "null"})
+    assert out.status == 303
     end_session = out.headers["Location"]
     assert end_session.startswith(f"{oidc.base}/logout?")
     assert query_of(end_session) == {"client_id": CLIENT_ID, "post_logout_redirect_uri": comes_back_to}

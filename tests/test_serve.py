@@ -149,9 +149,9 @@ async def test_three_instances_on_one_database_behave_as_one(postgres_url: str, 
         for served in instances:
             assert await statuses(served.url, token, 5) == [200] * 5
         async with (aiohttp.ClientSession() as session,
-                    session.get(f"{instances[1].url}/logout", headers={"Cookie": f"{COOKIE}={token}"},
-                                allow_redirects=False) as resp):
-            assert resp.status == 302
+                    session.post(f"{instances[1].url}/logout", headers={"Authorization": f"Bearer {token}"},
+                                 allow_redirects=False) as resp):
+            assert resp.status == 200 and (await resp.json())["status"] == "signed_out"
         started = time.monotonic()
         for served in instances:
             while set(await statuses(served.url, token, 3)) != {401}:

@@ -3,26 +3,54 @@
 Thin adapters over :class:`gateway.login.LoginService`: parse, call, render. Every page carries
 ``Referrer-Policy: no-referrer``; errors are raised as GatewayErrors and rendered by ``ErrorMapper.guard``
 (HTML for browsers, JSON for API clients).
+
+Signing out. ``GET /logout`` never signs anyone out: a link, an ``<img src=".../logout">`` or a
+prefetch from any site can make a browser send a GET with its cookie. It shows a page that asks, whose
+button POSTs to ``/logout``. A POST signs out only when it comes from one of our own pages:
+
+- Same origin. ``Sec-Fetch-Site``, when sent, must be ``same-origin``, and ``Origin``, when sent, must be
+  one of ours: an origin a sign-in may return to (``public_url``'s, and ``login.redirect_hosts``' over
+  https, or over http too when ``public_url`` is http), because a proxy may serve ``/logout`` on the
+  protected app's own host (``deploy/nginx/protect-app.conf``). ``Origin: null`` counts as no evidence
+  either way: a browser sends exactly that for a same-origin form post from a page with
+  ``Referrer-Policy: no-referrer``, which ours are.
+- A session-bound token. A cookie-authenticated POST must carry ``csrf_token`` =
+  HMAC-SHA256(key = the session token, message = "gateway sign-out v1"), hex. Only a page that could
+  read the session cookie or one of our pages can know it: the cookie is HttpOnly, the pages are no-store
+  and unreadable cross-origin (no CORS), and a database dump (token hashes only) does not give it. It
+  needs no server-side state and no shared secret across replicas, changes with every sign-in, and
+  reveals nothing about the token it is derived from. ``GET /logout`` hands it to JSON clients too.
+- ``Authorization: Bearer`` is not something a browser attaches by itself, so a bearer POST (an API
+  client revoking its own token) needs no token, and leaves any cookie alone.
+
+A refused POST is a 403 with a log line and revokes nothing. A POST without a session just sends the
+browser on (or answers JSON), like a GET without one shows "you are signed out".
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import re
+from collections.abc import Mapping
+from urllib.parse import urlencode
 
 import structlog
 from aiohttp import hdrs, web
 
 from gateway import pages
 from gateway.cookies import clear_attempt_cookie, clear_session_cookie, set_attempt_cookie, set_session_cookie
-from gateway.core import Checker, Outcome
-from gateway.credentials import Credential, find_credential
-from gateway.errors import NotFound, TooManyRequests, Unauthenticated
+from gateway.core import Checker, Decision, Outcome
+from gateway.credentials import Credential, CredentialSource, find_credential
+from gateway.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
 from gateway.hasura import effective_roles
 from gateway.http_errors import wants_json
 from gateway.login import LoginService
 from gateway.models import ActiveSession
 from gateway.ratelimit import RateLimiter
+from gateway.redirects import is_safe_redirect_target
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.login")
@@ -114,18 +142,101 @@ class LoginHandlers:
         clear_attempt_cookie(response, self._settings.cookie, finished.attempt_cookie)
         return response
 
-    async def logout(self, request: web.Request) -> web.Response:
-        """``GET|POST /logout?rd=<target>``: revoke everywhere, clear the cookie, maybe end the upstream session."""
+    async def confirm_logout(self, request: web.Request) -> web.Response:
+        """``GET /logout?rd=<target>``: ask before signing out; never revokes anything (see the module docstring).
+
+        With a session cookie: the confirmation page, whose button POSTs the token and the validated
+        target (JSON clients get ``{"status": "signed_in", "csrf_token": ...}``). Without one: the "you are
+        signed out" page (JSON: ``{"status": "signed_out"}``). Sets no cookie.
+        """
         target = self._service.safe_target(request.query.get("rd"))
-        credential, _ = await self._current(request)
+        credential, decision = await self._cookie_session(request)
+        # A session that could not be checked just now (database down) may well be alive: offer to end it.
+        if credential is None or decision.outcome not in (*_SIGNED_IN, Outcome.UNAVAILABLE):
+            if wants_json(request):
+                return web.json_response({"status": "signed_out", "location": target}, headers=_NO_STORE)
+            return self._sign_out_html(pages.signed_out_page(target))
+        csrf_token = sign_out_token(credential.token)
+        if wants_json(request):
+            return web.json_response({"status": "signed_in", "csrf_token": csrf_token, "location": target},
+                                     headers=_NO_STORE)
+        user = decision.active.user if decision.active else None
+        return self._sign_out_html(pages.sign_out_page(request.host[:255], user.email if user else "",
+                                                       user.name if user else "", csrf_token, target))
+
+    async def logout(self, request: web.Request) -> web.Response:
+        """``POST /logout[?rd=<target>]``: revoke everywhere, clear the cookie, maybe end the upstream session.
+
+        Refused (403, nothing revoked) unless same-origin and, for a cookie, carrying the session's token
+        (see the module docstring). Answers JSON (``{"status": "signed_out", "location": ...}``) to API
+        clients, else 303 to the validated ``rd`` (a form field, or the query), perhaps by way of the
+        upstream's end-session page. Without a session it only does that.
+        """
+        fields = await self._sign_out_fields(request)
+        target = self._service.safe_target(fields.get("rd") or request.query.get("rd"))
+        found = find_credential(request.headers.getall(hdrs.COOKIE, ()),
+                                request.headers.getall(hdrs.AUTHORIZATION, ()), self._settings.cookie.name)
+        credential = found if isinstance(found, Credential) else None
+        bearer = credential is not None and credential.source is CredentialSource.BEARER
+        refusal = self._cross_site(request)
+        if refusal is None and credential is not None and not bearer:
+            refusal = _token_problem(credential.token, fields.get(pages.SIGN_OUT_FIELD, ""))
+        if refusal is not None:
+            self._refuse_logout(request, refusal, target)
         location = await self._service.logout(credential.token if credential else None, target,
                                               self._client(request))
-        if wants_json(request) and request.method == hdrs.METH_POST:
-            response: web.Response = web.json_response({"status": "signed_out", "location": location})
+        if wants_json(request):
+            response = web.json_response({"status": "signed_out", "location": location}, headers=_NO_STORE)
         else:
-            response = _redirect(location)
-        clear_session_cookie(response, self._settings.cookie)
+            response = web.Response(status=303, headers={"Location": location, **pages.PAGE_HEADERS})
+        if not bearer:
+            clear_session_cookie(response, self._settings.cookie)
         return response
+
+    async def _cookie_session(self, request: web.Request) -> tuple[Credential | None, Decision]:
+        """The browser's session cookie credential (None without one) and what the checker says of it now."""
+        found = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._settings.cookie.name)
+        if not isinstance(found, Credential):
+            return None, Decision(Outcome.MISSING)
+        return found, await self._checker.decide(found, None)
+
+    async def _sign_out_fields(self, request: web.Request) -> Mapping[str, str]:
+        """``rd`` and the token from a POSTed form (urlencoded or multipart); nothing from other bodies."""
+        if request.content_length is not None and request.content_length > _MAX_SIGN_OUT_BODY:
+            raise PayloadTooLarge("A sign-out form is a few hundred bytes; this request is far larger.")
+        if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+            return {}
+        form = await request.post()  # a body without a length is still bounded by client_max_size
+        return {name: value for name in ("rd", pages.SIGN_OUT_FIELD)
+                if isinstance(value := form.get(name), str)}
+
+    def _cross_site(self, request: web.Request) -> str | None:
+        """Why this request cannot come from one of our own pages (fetch metadata, ``Origin``), or None."""
+        fetch_sites = request.headers.getall("Sec-Fetch-Site", ())
+        if len(fetch_sites) > 1 or (fetch_sites and fetch_sites[0] != "same-origin"):
+            return f"Sec-Fetch-Site is {', '.join(fetch_sites)[:64]!r}, not 'same-origin'"
+        origins = request.headers.getall(hdrs.ORIGIN, ())
+        if len(origins) > 1 or (origins and origins[0] != "null" and not self._is_our_origin(origins[0])):
+            return f"Origin {', '.join(origins)[:200]!r} is not one of the gateway's"
+        return None
+
+    def _is_our_origin(self, origin: str) -> bool:
+        """True for an origin a sign-in may return to: where our pages may be served (see the module docstring)."""
+        return _ORIGIN_RE.fullmatch(origin) is not None and is_safe_redirect_target(origin + "/",
+                                                                                     self._service.redirects)
+
+    def _refuse_logout(self, request: web.Request, reason: str, target: str) -> None:
+        """Log a refused sign-out and raise the 403 that tells the person how to sign out for real."""
+        log.warning("logout refused", reason=reason, client=self._client(request),
+                    user_agent=request.headers.get(hdrs.USER_AGENT, "")[:200])
+        raise Forbidden("This sign-out request did not come from this site's own sign-out page (or that page "
+                        "is out of date), so nothing was changed. Use the button to sign out.",
+                        link=(f"/logout?{urlencode({'rd': target})}", "Sign out"))
+
+    def _sign_out_html(self, text: str) -> web.Response:
+        """A page holding the sign-out form (its CSP lets the sign-out's redirects through)."""
+        return web.Response(text=text, content_type="text/html",
+                            headers=pages.sign_out_page_headers(allow_http=self._service.redirects.allow_http))
 
     async def userinfo(self, request: web.Request) -> web.Response:
         """``GET /auth/userinfo``: the current identity as JSON; 401 without a session."""
@@ -148,8 +259,37 @@ class LoginHandlers:
 
     async def home(self, request: web.Request) -> web.Response:
         """``GET /``: who is signed in, with a sign-out button; or straight to sign-in."""
-        _, active = await self._current(request)
-        if active is None:
+        credential, active = await self._current(request)
+        if credential is None or active is None:
             return _redirect("/login")
         user = active.user
-        return _html(pages.home_page(user.email, user.name, effective_roles(user, self._settings.hasura.default_role)))
+        return self._sign_out_html(pages.home_page(user.email, user.name,
+                                                   effective_roles(user, self._settings.hasura.default_role),
+                                                   sign_out_token(credential.token)))
+
+
+# ---- signing out (see the module docstring) ---------------------------------------------------------------
+
+_SIGN_OUT_CONTEXT = b"gateway sign-out v1"
+"""What the sign-out token MACs: names its one purpose, so the value means nothing anywhere else."""
+
+_MAX_SIGN_OUT_BODY = 4096
+
+_ORIGIN_RE = re.compile(r"https?://[^/?#@\\\s]+")
+"""``scheme://host[:port]`` as browsers serialise an ``Origin``: nothing after the authority."""
+
+_NO_STORE = {"Cache-Control": "no-store"}
+
+
+def sign_out_token(session_token: str) -> str:
+    """The token the sign-out form carries for the session whose (cookie) token is ``session_token``."""
+    return hmac.new(session_token.encode(), _SIGN_OUT_CONTEXT, hashlib.sha256).hexdigest()
+
+
+def _token_problem(session_token: str, sent: str) -> str | None:
+    """Why ``sent`` is not the sign-out token of ``session_token``'s session, or None when it is."""
+    if not sent:
+        return "no sign-out token"
+    if not hmac.compare_digest(sent.encode(), sign_out_token(session_token).encode()):
+        return "sign-out token does not match the session"
+    return None
