@@ -16,8 +16,10 @@ or secret.
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 from urllib.parse import urlsplit
@@ -121,6 +123,14 @@ class ProviderFactory(Protocol):
     type_name: str
 
     @classmethod
+    def config_keys(cls) -> frozenset[str]:
+        """Every key ``[upstreams.<name>]`` may hold for this type, ``type`` included.
+
+        Derived from the dataclass(es) the table is parsed into (see :func:`config_keys`), so a key is
+        accepted exactly when it is read: :meth:`config_problems` reports every other key as unknown.
+        """
+
+    @classmethod
     def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
         """Every problem with ``[upstreams.<name>]`` (each prefixed with ``upstreams.<name>``)."""
 
@@ -155,10 +165,48 @@ def require_keys(name: str, config: Mapping[str, Any], keys: Sequence[str]) -> l
             if not isinstance(config.get(key), str) or not config.get(key)]
 
 
-def unknown_key_problems(name: str, config: Mapping[str, Any], known: frozenset[str]) -> list[str]:
-    """Problems for keys a provider type does not know (a typo would otherwise be silently ignored)."""
-    return [f"upstreams.{name}.{key}: unknown setting (expected one of {', '.join(sorted(known))})"
-            for key in config if key not in known]
+def config_keys(*definitions: type) -> frozenset[str]:
+    """``type`` plus the field names of the config dataclasses a provider parses its table into.
+
+    The one source of a provider type's allowed keys: a key is allowed because a field reads it, so the
+    allowed set cannot drift from what the provider uses.
+    """
+    return frozenset({"type", *(f.name for d in definitions for f in dataclasses.fields(d))})
+
+
+def closest_key(key: str, known: Iterable[str]) -> str | None:
+    """The known key ``key`` is most likely a typo of (``difflib`` similarity), or None when none is close.
+
+    Compare bare keys, not dotted paths or variable names: a shared prefix (``session.``, ``GATEWAY_``)
+    makes unrelated names look alike.
+    """
+    matches = difflib.get_close_matches(key, sorted(known), n=1)
+    return matches[0] if matches else None
+
+
+def did_you_mean(key: str, known: Iterable[str]) -> str:
+    """``"; did you mean 'hosted_domain'?"`` for the closest known key, or ``""`` when none is close."""
+    match = closest_key(key, known)
+    return f"; did you mean {match!r}?" if match else ""
+
+
+def unknown_key_problem(where: str, key: str, known: Collection[str]) -> str:
+    """The problem for one unknown key: ``"<where>: unknown setting; did you mean 'x'?"``.
+
+    ``where`` names the key in the user's terms (``upstreams.corp.hosted_domian``); suggestions are in
+    the same terms as ``known``. Without a close match the message lists the known keys (when few enough
+    to read).
+    """
+    hint = did_you_mean(key, known)
+    if not hint and len(known) <= 40:
+        hint = f" (expected one of {', '.join(sorted(known))})"
+    return f"{where}: unknown setting{hint}"
+
+
+def unknown_key_problems(name: str, config: Mapping[str, Any], known: Collection[str]) -> list[str]:
+    """One problem per key of ``[upstreams.<name>]`` not in ``known`` (a typo would otherwise be silently
+    ignored, which for a restriction such as ``hosted_domain`` or ``orgs`` switches it off)."""
+    return [unknown_key_problem(f"upstreams.{name}.{key}", key, known) for key in config if key not in known]
 
 
 def timeout_from(config: Mapping[str, Any]) -> aiohttp.ClientTimeout:

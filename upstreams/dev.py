@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlencode
 
@@ -21,13 +22,23 @@ from upstreams.base import (
     LoginSecrets,
     Provider,
     ProviderError,
+    config_keys,
     config_list,
     unknown_key_problems,
 )
 
 _EMAIL_RE = re.compile(r"[^@\s]{1,64}@[A-Za-z0-9.-]{1,190}\.[A-Za-z]{2,}")
-_KNOWN_KEYS = frozenset({"type", "display_name", "groups"})
+_DEFAULT_DISPLAY_NAME = "Development sign-in"
 _GROUP_RE = re.compile(r"[A-Za-z0-9_./:-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class DevSettings:
+    """A validated ``type = "dev"`` table; its fields and ``type`` are the only keys the table may hold."""
+
+    display_name: str = _DEFAULT_DISPLAY_NAME
+    groups: tuple[str, ...] = ()
+    """Given to everyone who signs in (the form may add more)."""
 
 
 class DevProvider:
@@ -41,18 +52,30 @@ class DevProvider:
         self._groups = groups
 
     @classmethod
+    def config_keys(cls) -> frozenset[str]:
+        """``type`` and the fields of :class:`DevSettings`."""
+        return config_keys(DevSettings)
+
+    @classmethod
     def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
-        """Unknown keys and malformed groups."""
-        problems = unknown_key_problems(name, config, _KNOWN_KEYS)
+        """Unknown keys (with a did-you-mean suggestion) and malformed groups."""
+        problems = unknown_key_problems(name, config, cls.config_keys())
         groups = config.get("groups", [])
         if not isinstance(groups, list) or not all(isinstance(g, str) and _GROUP_RE.fullmatch(g) for g in groups):
             problems.append(f"upstreams.{name}.groups: expected a list of group names")
         return problems
 
     @classmethod
+    def parse_config(cls, config: Mapping[str, Any]) -> DevSettings:
+        """Settings from a table :meth:`config_problems` accepted, defaults applied."""
+        return DevSettings(display_name=str(config.get("display_name") or _DEFAULT_DISPLAY_NAME),
+                           groups=config_list(config, "groups"))
+
+    @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
         """Build from a validated table; ``http`` is unused (nothing is called)."""
-        return cls(name, str(config.get("display_name") or "Development sign-in"), config_list(config, "groups"))
+        settings = cls.parse_config(config)
+        return cls(name, settings.display_name, settings.groups)
 
     async def authorization_url(self, *, redirect_uri: str, secrets: LoginSecrets) -> str:
         """The gateway's own form, beside the callback: ``.../callback/<name>`` -> ``.../login/dev/<name>``."""

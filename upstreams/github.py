@@ -25,6 +25,7 @@ import asyncio
 import json
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import aiohttp
@@ -33,12 +34,14 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[im
 from yarl import URL
 
 from upstreams.base import (
+    DEFAULT_TIMEOUT,
     Callback,
     FailureReason,
     Identity,
     LoginSecrets,
     Provider,
     ProviderError,
+    config_keys,
     config_list,
     config_str,
     require_keys,
@@ -61,14 +64,35 @@ MAX_PAGES = 10
 MAX_BODY = 1 << 20
 """Largest answer read from GitHub; anything bigger is treated as a broken upstream."""
 
-KNOWN_KEYS = frozenset({"type", "client_id", "client_secret", "display_name", "base_url", "api_url", "scopes",
-                        "orgs", "teams", "fetch_groups", "timeout", "allow_insecure_http"})
 _ORG_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})$")
 _TEAM_SLUG_RE = re.compile(r"^[A-Za-z0-9_.-]{1,255}$")
 _ERROR_CODE_RE = re.compile(r"^[a-z_]{1,64}$")
 _NOREPLY_SUFFIX = "users.noreply.github.com"
 _USER_CLAIMS = ("id", "node_id", "login", "name", "avatar_url", "html_url", "type")
 """The parts of ``/user`` kept as claims (not its public ``email``, which proves nothing)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GitHubSettings:
+    """A validated ``type = "github"`` table (see :meth:`GitHubProvider.parse_config`).
+
+    Each field is read from the config key of the same name; these fields and ``type`` are the only keys
+    the table may hold (:meth:`GitHubProvider.config_keys`), so a misspelt ``orgs`` is reported, not ignored.
+    """
+
+    client_id: str
+    client_secret: str
+    display_name: str = "GitHub"
+    base_url: str = GITHUB_URL
+    api_url: str = GITHUB_API_URL
+    """Defaults to ``https://api.github.com`` for github.com, else ``{base_url}/api/v3`` (GHE Server)."""
+    scopes: tuple[str, ...] = DEFAULT_SCOPES
+    orgs: tuple[str, ...] = ()
+    teams: tuple[str, ...] = ()
+    fetch_groups: bool = False
+    timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
+    allow_insecure_http: bool = False
+    """Permit plain http ``base_url``/``api_url`` (tests and local development); checked at validation."""
 
 
 class GitHubProvider:
@@ -102,11 +126,17 @@ class GitHubProvider:
     # ---- ProviderFactory ------------------------------------------------------------------------------
 
     @classmethod
+    def config_keys(cls) -> frozenset[str]:
+        """``type`` and the fields of :class:`GitHubSettings`."""
+        return config_keys(GitHubSettings)
+
+    @classmethod
     def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
-        """Every problem with a ``type = "github"`` table, each prefixed ``upstreams.<name>``."""
+        """Every problem with a ``type = "github"`` table, each prefixed ``upstreams.<name>``; unknown keys
+        come with a did-you-mean suggestion."""
         prefix = f"upstreams.{name}"
         problems = require_keys(name, config, ("client_id", "client_secret"))
-        problems += unknown_key_problems(name, config, KNOWN_KEYS)
+        problems += unknown_key_problems(name, config, cls.config_keys())
         if "display_name" in config and not isinstance(config["display_name"], str):
             problems.append(f"{prefix}.display_name: expected a string")
         insecure_ok = config.get("allow_insecure_http") is True
@@ -137,19 +167,18 @@ class GitHubProvider:
         return problems
 
     @classmethod
-    def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
-        """Build from a table :meth:`config_problems` accepted.
+    def parse_config(cls, config: Mapping[str, Any]) -> GitHubSettings:
+        """Settings from a table :meth:`config_problems` accepted, defaults applied.
 
         ``api_url`` defaults to ``https://api.github.com`` for github.com and to ``{base_url}/api/v3``
         for a GitHub Enterprise Server ``base_url`` (GHE.com data residency needs it set explicitly).
         """
         base_url = config_str(config, "base_url", GITHUB_URL).rstrip("/")
         default_api = GITHUB_API_URL if base_url == GITHUB_URL else f"{base_url}/api/v3"
-        return cls(
-            name=name,
-            display_name=config_str(config, "display_name", "GitHub"),
+        return GitHubSettings(
             client_id=config_str(config, "client_id"),
             client_secret=config_str(config, "client_secret"),
+            display_name=config_str(config, "display_name", "GitHub"),
             base_url=base_url,
             api_url=config_str(config, "api_url", default_api),
             scopes=config_list(config, "scopes") if "scopes" in config else DEFAULT_SCOPES,
@@ -157,6 +186,25 @@ class GitHubProvider:
             teams=config_list(config, "teams"),
             fetch_groups=config.get("fetch_groups") is True,
             timeout=timeout_from(config),
+            allow_insecure_http=config.get("allow_insecure_http") is True,
+        )
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
+        """Build from a table :meth:`config_problems` accepted (see :meth:`parse_config`)."""
+        settings = cls.parse_config(config)
+        return cls(
+            name=name,
+            display_name=settings.display_name,
+            client_id=settings.client_id,
+            client_secret=settings.client_secret,
+            base_url=settings.base_url,
+            api_url=settings.api_url,
+            scopes=settings.scopes,
+            orgs=settings.orgs,
+            teams=settings.teams,
+            fetch_groups=settings.fetch_groups,
+            timeout=settings.timeout,
             http=http,
         )
 

@@ -37,9 +37,11 @@ from upstreams.base import (
     Identity,
     LoginSecrets,
     ProviderError,
+    config_keys,
     config_list,
     config_str,
     timeout_from,
+    unknown_key_problems,
 )
 
 DEFAULT_SCOPES: Final = ("openid", "email", "profile")
@@ -95,7 +97,11 @@ class _Rejected(Exception):
 
 @dataclass(frozen=True, slots=True)
 class OIDCSettings:
-    """A validated ``[upstreams.<name>]`` table for an OIDC provider (see :meth:`OIDCProvider.parse_config`)."""
+    """A validated ``[upstreams.<name>]`` table for an OIDC provider (see :meth:`OIDCProvider.parse_config`).
+
+    Each field is read from the config key of the same name, and these fields (with ``type`` and a
+    preset's own terms) are the only keys an OIDC table may hold: see :meth:`OIDCProvider.config_keys`.
+    """
 
     issuer: str
     client_id: str
@@ -152,6 +158,8 @@ class OIDCProvider:
     """Claim that must hold ``bearer_audience`` in a bearer token (Cognito's access tokens use ``client_id``)."""
     bearer_use: ClassVar[str] = ""
     """When set, a bearer token's ``token_use`` claim must equal it (Cognito: ``access``)."""
+    preset_terms: ClassVar[type | None] = None
+    """A preset's dataclass of its own keys (``domain``, ``realm``...), allowed besides OIDCSettings'."""
 
     def __init__(self, name: str, settings: OIDCSettings, http: aiohttp.ClientSession, *,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -183,9 +191,19 @@ class OIDCProvider:
         return [] if config.get("issuer") is not None else [f"upstreams.{name}.issuer: required"]
 
     @classmethod
+    def config_keys(cls) -> frozenset[str]:
+        """``type``, the fields of :class:`OIDCSettings` and those of the preset's :attr:`preset_terms`."""
+        return config_keys(OIDCSettings, *(() if cls.preset_terms is None else (cls.preset_terms,)))
+
+    @classmethod
     def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
-        """Every problem with ``[upstreams.<name>]``, each prefixed with ``upstreams.<name>``."""
-        problems = cls.issuer_problems(name, config)
+        """Every problem with ``[upstreams.<name>]``, each prefixed with ``upstreams.<name>``.
+
+        Unknown keys come first, with a did-you-mean suggestion: a misspelt restriction (``hosted_domian``,
+        ``required_claim``) would otherwise be ignored and the restriction silently off.
+        """
+        problems = unknown_key_problems(name, config, cls.config_keys())
+        problems += cls.issuer_problems(name, config)
         merged = cls.with_defaults(config)
         prefix = f"upstreams.{name}"
 

@@ -3,12 +3,16 @@
 Each preset derives ``issuer`` from the provider's own terms (tenant domain, user pool, realm...) and
 sets where groups live; an explicit ``issuer`` in config always wins. Only Auth0 and Cognito change
 behaviour, because their logout endpoints and (for Cognito) access tokens are not standard OIDC.
+
+A preset's terms are declared once, as the fields of its ``*Terms`` dataclass (``preset_terms``): they
+and OIDC's own keys are all its table may hold, so ``hosted_domian`` is reported, not ignored.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
 
@@ -28,11 +32,20 @@ def _host_problems(name: str, config: Mapping[str, Any], key: str, *, required: 
     return []
 
 
+@dataclass(frozen=True, slots=True)
+class Auth0Terms:
+    """The keys an ``auth0`` table holds besides OIDC's."""
+
+    domain: str = ""
+    """The tenant host (``example.eu.auth0.com``): gives ``issuer`` and the ``/v2/logout`` endpoint."""
+
+
 class Auth0Provider(OIDCProvider):
     """Auth0: ``domain`` is the tenant host; groups are the access token's ``permissions`` (RBAC)."""
 
     type_name: ClassVar[str] = "auth0"
     default_display_name: ClassVar[str] = "Auth0"
+    preset_terms: ClassVar[type | None] = Auth0Terms
 
     @classmethod
     def issuer_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
@@ -58,6 +71,16 @@ class Auth0Provider(OIDCProvider):
                          [("client_id", self.settings.client_id), ("returnTo", return_to)])
 
 
+@dataclass(frozen=True, slots=True)
+class AuthingTerms:
+    """The keys an ``authing`` table holds besides OIDC's."""
+
+    app: str = ""
+    """The Authing app name: the issuer is ``https://<app>.authing.cn/oidc``."""
+    domain: str = ""
+    """A custom domain instead (wins over ``app``): the issuer is ``https://<domain>/oidc``."""
+
+
 class AuthingProvider(OIDCProvider):
     """Authing: ``app`` (``https://<app>.authing.cn/oidc``) or a custom ``domain`` (``https://<domain>/oidc``).
 
@@ -66,6 +89,7 @@ class AuthingProvider(OIDCProvider):
 
     type_name: ClassVar[str] = "authing"
     default_display_name: ClassVar[str] = "Authing"
+    preset_terms: ClassVar[type | None] = AuthingTerms
 
     @classmethod
     def issuer_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
@@ -87,6 +111,18 @@ class AuthingProvider(OIDCProvider):
         return merged
 
 
+@dataclass(frozen=True, slots=True)
+class CognitoTerms:
+    """The keys a ``cognito`` table holds besides OIDC's."""
+
+    region: str = ""
+    """The user pool's AWS region (``eu-west-1``)."""
+    user_pool_id: str = ""
+    """The user pool (``eu-west-1_AbC123xyz``); with ``region`` it gives the issuer."""
+    domain: str = ""
+    """The hosted UI's host: enables logout through its ``/logout`` endpoint."""
+
+
 class CognitoProvider(OIDCProvider):
     """Amazon Cognito user pool: ``region`` + ``user_pool_id``; ``domain`` (hosted UI) enables logout.
 
@@ -96,6 +132,7 @@ class CognitoProvider(OIDCProvider):
 
     type_name: ClassVar[str] = "cognito"
     default_display_name: ClassVar[str] = "Amazon Cognito"
+    preset_terms: ClassVar[type | None] = CognitoTerms
     username_claims: ClassVar[tuple[str, ...]] = ("preferred_username", "cognito:username", "nickname")
     bearer_audience_claim: ClassVar[str] = "client_id"
     bearer_use: ClassVar[str] = "access"
@@ -133,12 +170,21 @@ class CognitoProvider(OIDCProvider):
                          [("client_id", self.settings.client_id), ("logout_uri", return_to)])
 
 
+@dataclass(frozen=True, slots=True)
+class GoogleTerms:
+    """The keys a ``google`` table holds besides OIDC's."""
+
+    hosted_domain: str = ""
+    """Admit only this Google Workspace domain (sent as ``hd``, and the ID token's ``hd`` must match)."""
+
+
 class GoogleProvider(OIDCProvider):
     """Google accounts. ``hosted_domain`` limits logins to one Workspace domain: it is sent as ``hd`` and
     the ID token's ``hd`` claim must equal it (the parameter alone is only a UI hint)."""
 
     type_name: ClassVar[str] = "google"
     default_display_name: ClassVar[str] = "Google"
+    preset_terms: ClassVar[type | None] = GoogleTerms
 
     @classmethod
     def issuer_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
@@ -157,11 +203,22 @@ class GoogleProvider(OIDCProvider):
         return merged
 
 
+@dataclass(frozen=True, slots=True)
+class KeycloakTerms:
+    """The keys a ``keycloak`` table holds besides OIDC's."""
+
+    base_url: str = ""
+    """The server's URL (``https://sso.example.com``); with ``realm`` it gives the issuer."""
+    realm: str = ""
+    """The realm name."""
+
+
 class KeycloakProvider(OIDCProvider):
     """Keycloak: ``base_url`` + ``realm`` give ``{base_url}/realms/{realm}``; groups are realm roles."""
 
     type_name: ClassVar[str] = "keycloak"
     default_display_name: ClassVar[str] = "Keycloak"
+    preset_terms: ClassVar[type | None] = KeycloakTerms
 
     @classmethod
     def issuer_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
@@ -186,4 +243,7 @@ class KeycloakProvider(OIDCProvider):
         return merged
 
 
-__all__ = ["Auth0Provider", "AuthingProvider", "CognitoProvider", "GoogleProvider", "KeycloakProvider"]
+__all__ = [
+    "Auth0Provider", "Auth0Terms", "AuthingProvider", "AuthingTerms", "CognitoProvider", "CognitoTerms",
+    "GoogleProvider", "GoogleTerms", "KeycloakProvider", "KeycloakTerms",
+]

@@ -25,18 +25,21 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote, urlencode
 
 import aiohttp
 
 from upstreams.base import (
+    DEFAULT_TIMEOUT,
     Callback,
     FailureReason,
     Identity,
     LoginSecrets,
     Provider,
     ProviderError,
+    config_keys,
     config_str,
     require_keys,
     timeout_from,
@@ -50,14 +53,30 @@ DEFAULT_CLAIMS_PREFIX = "X-Vouch-IdP-Claims-"
 USER_HEADER = "X-Vouch-User"
 MAX_COOKIES = 16
 MAX_COOKIE_BYTES = 32 * 1024
-KNOWN_KEYS = frozenset({"type", "url", "cookie_name", "display_name", "claims_headers_prefix", "groups_claim",
-                        "timeout", "allow_insecure_http"})
 
 _TOKEN_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 """An HTTP token (RFC 9110): valid cookie and header names."""
 _COOKIE_VALUE_RE = re.compile(r'^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]*$')
 """RFC 6265 cookie-octets: nothing that could end the value or smuggle another cookie or header."""
 _EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+@dataclass(frozen=True, slots=True)
+class VouchSettings:
+    """A validated ``type = "vouch"`` table (see :meth:`VouchProvider.parse_config`).
+
+    Each field is read from the config key of the same name; these fields and ``type`` are the only keys
+    the table may hold (:meth:`VouchProvider.config_keys`).
+    """
+
+    url: str
+    display_name: str = "Single sign-on"
+    cookie_name: str = DEFAULT_COOKIE_NAME
+    claims_headers_prefix: str = DEFAULT_CLAIMS_PREFIX
+    groups_claim: str = ""
+    timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
+    allow_insecure_http: bool = False
+    """Permit a plain http ``url`` (tests and local development); checked at validation."""
 
 
 class VouchProvider:
@@ -83,11 +102,17 @@ class VouchProvider:
     # ---- ProviderFactory ------------------------------------------------------------------------------
 
     @classmethod
+    def config_keys(cls) -> frozenset[str]:
+        """``type`` and the fields of :class:`VouchSettings`."""
+        return config_keys(VouchSettings)
+
+    @classmethod
     def config_problems(cls, name: str, config: Mapping[str, Any]) -> list[str]:
-        """Every problem with a ``type = "vouch"`` table, each prefixed ``upstreams.<name>``."""
+        """Every problem with a ``type = "vouch"`` table, each prefixed ``upstreams.<name>``; unknown keys
+        come with a did-you-mean suggestion."""
         prefix = f"upstreams.{name}"
         problems = require_keys(name, config, ("url",))
-        problems += unknown_key_problems(name, config, KNOWN_KEYS)
+        problems += unknown_key_problems(name, config, cls.config_keys())
         if isinstance(config.get("url"), str) and config["url"]:
             problem = url_problem(config["url"], insecure_ok=config.get("allow_insecure_http") is True)
             if problem:
@@ -105,16 +130,30 @@ class VouchProvider:
         return problems
 
     @classmethod
-    def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
-        """Build from a table :meth:`config_problems` accepted."""
-        return cls(
-            name=name,
-            display_name=config_str(config, "display_name", "Single sign-on"),
+    def parse_config(cls, config: Mapping[str, Any]) -> VouchSettings:
+        """Settings from a table :meth:`config_problems` accepted, defaults applied."""
+        return VouchSettings(
             url=config_str(config, "url"),
+            display_name=config_str(config, "display_name", "Single sign-on"),
             cookie_name=config_str(config, "cookie_name", DEFAULT_COOKIE_NAME),
             claims_headers_prefix=config_str(config, "claims_headers_prefix", DEFAULT_CLAIMS_PREFIX),
             groups_claim=config_str(config, "groups_claim"),
             timeout=timeout_from(config),
+            allow_insecure_http=config.get("allow_insecure_http") is True,
+        )
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
+        """Build from a table :meth:`config_problems` accepted (see :meth:`parse_config`)."""
+        settings = cls.parse_config(config)
+        return cls(
+            name=name,
+            display_name=settings.display_name,
+            url=settings.url,
+            cookie_name=settings.cookie_name,
+            claims_headers_prefix=settings.claims_headers_prefix,
+            groups_claim=settings.groups_claim,
+            timeout=settings.timeout,
             http=http,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
@@ -121,6 +122,44 @@ def test_preset_problems_come_with_the_common_ones() -> None:
         "upstreams.sso.allowed_algorithms: HS256 is not allowed: symmetric algorithms let anyone holding the key "
         "set forge tokens",
     ]
+
+
+@pytest.mark.parametrize(("type_name", "config", "expected"), [
+    pytest.param("google", {"hosted_domian": "acme.com"},
+                 ["upstreams.sso.hosted_domian: unknown setting; did you mean 'hosted_domain'?"],
+                 id="google-hosted_domian"),
+    pytest.param("auth0", {"domain": "acme.eu.auth0.com", "audiance": "https://api.acme.com"},
+                 ["upstreams.sso.audiance: unknown setting; did you mean 'audience'?"], id="auth0-audiance"),
+    pytest.param("authing", {"ap": "acme"},
+                 ["upstreams.sso.ap: unknown setting; did you mean 'app'?",
+                  "upstreams.sso.app: required (or domain, or issuer)"], id="authing-ap"),
+    pytest.param("cognito", {"region": "eu-west-1", "user_pool": "eu-west-1_AbC123"},
+                 ["upstreams.sso.user_pool: unknown setting; did you mean 'user_pool_id'?",
+                  "upstreams.sso.user_pool_id: required (e.g. eu-west-1_AbC123xyz), or set issuer"],
+                 id="cognito-user_pool"),
+    pytest.param("keycloak", {"base_url": "https://sso.acme.com", "relm": "staff"},
+                 ["upstreams.sso.relm: unknown setting; did you mean 'realm'?",
+                  "upstreams.sso.realm: required, a realm name without '/', or set issuer"], id="keycloak-relm"),
+    pytest.param("oidc", {"issuer": "https://idp.acme.com", "required_claim": {"tid": "acme"}},
+                 ["upstreams.sso.required_claim: unknown setting; did you mean 'required_claims'?"],
+                 id="oidc-required_claim"),
+])
+def test_misspelt_keys_are_reported_with_a_suggestion(type_name: str, config: dict[str, Any],
+                                                      expected: list[str]) -> None:
+    """A typo must not switch a restriction off: it is a problem, and names the key that was meant."""
+    assert config_problems("sso", {"type": type_name, "client_id": CLIENT_ID, **config}) == expected
+
+
+@pytest.mark.parametrize("cls", [Auth0Provider, AuthingProvider, CognitoProvider, GoogleProvider, KeycloakProvider])
+def test_a_preset_takes_its_own_terms_and_every_oidc_key(cls: type[OIDCProvider]) -> None:
+    assert cls.preset_terms is not None
+    own = {f.name for f in dataclasses.fields(cls.preset_terms)}
+    assert cls.config_keys() == OIDCProvider.config_keys() | own
+    assert own and not own & OIDCProvider.config_keys()
+    # A term of another preset is a typo here, not a silently ignored key.
+    if cls is not GoogleProvider:
+        assert config_problems("sso", {"type": cls.type_name, "hosted_domain": "acme.com"})[0].startswith(
+            "upstreams.sso.hosted_domain: unknown setting")
 
 
 # ---- logins against the fake ------------------------------------------------------------------------
