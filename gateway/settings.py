@@ -3,7 +3,8 @@
 Every setting has one dotted name (``cookie.name``), one TOML key (``[cookie] name``) and one environment
 variable (``GATEWAY_COOKIE_NAME``); a ``*_FILE`` variant of any variable reads the value from a file
 (Kubernetes mounts secrets as files). Loading never raises on bad input: it collects every problem so
-``gateway check-config`` can list them all at once.
+``gateway check-config`` can list them all at once. A key or ``GATEWAY_*`` variable that no setting reads
+is one of those problems, with a did-you-mean suggestion: a typo must never switch a restriction off.
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from upstreams import PROVIDER_TYPES, provider_class
+from upstreams.base import closest_key
 
 Duration = typing.NewType("Duration", float)
 """Seconds; written in config as ``90``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"7d"``."""
@@ -262,6 +266,34 @@ def env_name(path: tuple[str, ...]) -> str:
     return "GATEWAY_" + "_".join(path).upper()
 
 
+ENV_PREFIX = "GATEWAY_"
+UPSTREAM_ENV_PREFIX = "GATEWAY_UPSTREAMS_"
+"""``GATEWAY_UPSTREAMS_<NAME>_<KEY>[_FILE]`` sets ``<key>`` of the config file's ``[upstreams.<name>]``."""
+
+SETTINGS_ENV_NAMES = frozenset({"GATEWAY_CONFIG", *(env_name(p) for p in FIELD_PATHS),
+                                *(env_name(p) + "_FILE" for p in FIELD_PATHS)})
+"""Every ``GATEWAY_*`` variable :func:`load_settings` reads, besides the ``GATEWAY_UPSTREAMS_<NAME>_*`` ones."""
+
+# GATEWAY_* variables that are not settings, so never reported as unknown. Only these are excused:
+# - read by the test suite, not by the gateway; CI exports GATEWAY_TEST_STRICT=1, so every gateway a
+#   test starts (and every load_settings() reading os.environ) sees it;
+_NOT_SETTINGS_ENV_NAMES = frozenset({"GATEWAY_TEST_STRICT", "GATEWAY_TEST_SKIP_INSTALL",
+                                     "GATEWAY_UPDATE_SCREENSHOTS"})
+# - Kubernetes service links for a Service named "gateway" (GATEWAY_SERVICE_HOST, GATEWAY_PORT,
+#   GATEWAY_PORT_4180_TCP_ADDR...), injected into every pod in its namespace unless the pod sets
+#   enableServiceLinks: false as deploy/k8s does. No setting is called "port" or "service_*", so they
+#   can never hide a typo, and refusing to start over them would break otherwise working deployments.
+_SERVICE_LINK_ENV_NAME = re.compile(
+    r"GATEWAY_(?:SERVICE_HOST|SERVICE_PORT(?:_[A-Z0-9_]+)?|PORT(?:_[0-9]+_(?:TCP|UDP|SCTP)(?:_(?:PROTO|PORT|ADDR))?)?)")
+
+
+def _suggest(key: str, known: typing.Iterable[str], before: str = "", after: str = "") -> str:
+    """``"; did you mean 'X'?"``, X the closest of ``known`` (bare keys) between ``before`` and ``after``,
+    or "" when none is close."""
+    match = closest_key(key, known)
+    return f"; did you mean {before + match + after!r}?" if match is not None else ""
+
+
 def _convert(hint: Any, value: Any, from_text: bool) -> Any:
     """Coerce a raw TOML/env value to the setting's type; raise ValueError with a readable message."""
     if hint is Duration:
@@ -327,14 +359,23 @@ def _convert(hint: Any, value: Any, from_text: bool) -> Any:
 
 def _flatten_toml(data: Mapping[str, Any], prefix: tuple[str, ...], out: dict[tuple[str, ...], Any],
                   problems: list[str]) -> None:
+    """Collect the file's settings by path into ``out``; every key no setting reads is a problem."""
+    # Keys allowed at this level: settings and sections (``cookie``) alike.
+    here = {p[len(prefix)] for p in FIELD_PATHS if len(p) > len(prefix) and p[: len(prefix)] == prefix}
     for key, value in data.items():
         path = (*prefix, key)
+        dotted = ".".join(path)
         if path in FIELD_PATHS:
             out[path] = value
-        elif isinstance(value, dict) and any(p[: len(path)] == path for p in FIELD_PATHS):
+        elif key in here and isinstance(value, dict):
             _flatten_toml(value, path, out, problems)
+        elif key in here:
+            problems.append(f"config file: {dotted!r} is a section: write its keys under [{dotted}]")
         else:
-            problems.append(f"config file: unknown setting {'.'.join(path)!r}")
+            hint = _suggest(key, here, "".join(part + "." for part in prefix))
+            if not hint and prefix:
+                hint = f" ([{'.'.join(prefix)}] holds {', '.join(sorted(here))})"
+            problems.append(f"config file: unknown setting {dotted!r}{hint}")
 
 
 def _build(cls: type, values: Mapping[tuple[str, ...], Any], prefix: tuple[str, ...] = ()) -> Any:
@@ -394,14 +435,15 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
             else:
                 raw[path] = (text, True, file_var)
 
-    _upstream_env(raw, env, problems)
+    upstream_env_names = _upstream_env(raw, env, problems)
+    problems.extend(_unknown_env_problems(env, SETTINGS_ENV_NAMES | upstream_env_names))
 
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
         path = tuple(dotted.split("."))
         if path not in FIELD_PATHS:
-            problems.append(f"unknown setting {dotted!r}")
+            problems.append(f"unknown setting {dotted!r}{_suggest(dotted, ('.'.join(p) for p in FIELD_PATHS))}")
             continue
         raw[path] = (value, isinstance(value, str), f"--{dotted.replace('.', '-').replace('_', '-')}")
 
@@ -417,30 +459,85 @@ def load_settings(config_file: str | os.PathLike[str] | None = None,
     return settings, problems
 
 
-def _upstream_env(raw: dict[tuple[str, ...], tuple[Any, bool, str]], env: Mapping[str, str],
-                  problems: list[str]) -> None:
-    """Apply ``GATEWAY_UPSTREAMS_<NAME>_<KEY>[_FILE]`` to upstreams named in the config file (secrets)."""
-    entry = raw.get(("upstreams",))
-    if entry is None or not isinstance(entry[0], dict):
-        return
-    tables = {name: dict(table) if isinstance(table, dict) else table for name, table in entry[0].items()}
-    for name, table in tables.items():
-        if not isinstance(table, dict):
+def _unknown_env_problems(env: Mapping[str, str], known: frozenset[str]) -> list[str]:
+    """A problem for each ``GATEWAY_*`` variable nothing reads (it would otherwise be silently ignored)."""
+    problems: list[str] = []
+    for var in sorted(env):
+        if (not var.startswith(ENV_PREFIX) or var in known or var in _NOT_SETTINGS_ENV_NAMES
+                or _SERVICE_LINK_ENV_NAME.fullmatch(var)):
             continue
-        prefix = "GATEWAY_UPSTREAMS_" + name.upper().replace("-", "_") + "_"
-        for var, value in env.items():
-            if not var.startswith(prefix):
+        hint = _suggest(var.removeprefix(ENV_PREFIX), (k.removeprefix(ENV_PREFIX) for k in known), ENV_PREFIX)
+        hint = hint or " (a setting's variable is GATEWAY_ and its dotted name in capitals: GATEWAY_COOKIE_NAME)"
+        problems.append(f"{var}: no setting reads this environment variable{hint}")
+    return problems
+
+
+def _upstream_env(raw: dict[tuple[str, ...], tuple[Any, bool, str]], env: Mapping[str, str],
+                  problems: list[str]) -> frozenset[str]:
+    """Apply ``GATEWAY_UPSTREAMS_<NAME>_<KEY>[_FILE]`` to upstreams named in the config file (secrets).
+
+    Returns every such variable it dealt with, applied or reported. A variable is a problem when no
+    upstream in the config file matches ``<NAME>``, when ``<KEY>`` is not a key of that upstream's
+    type (each with a did-you-mean suggestion), when it cannot be read, or when both ``<KEY>`` and
+    ``<KEY>_FILE`` are set. With names that share a prefix (``corp``, ``corp-eu``) the longest wins.
+    """
+    variables = sorted(var for var in env if var.startswith(UPSTREAM_ENV_PREFIX) and var not in SETTINGS_ENV_NAMES)
+    if not variables:
+        return frozenset()
+    entry = raw.get(("upstreams",))
+    tables: dict[str, Any] = {}
+    if entry is not None and isinstance(entry[0], dict):
+        tables = {name: dict(table) if isinstance(table, dict) else table for name, table in entry[0].items()}
+    prefixes = sorted(((UPSTREAM_ENV_PREFIX + name.upper().replace("-", "_") + "_", name)
+                       for name, table in tables.items() if isinstance(table, dict)),
+                      key=lambda pair: len(pair[0]), reverse=True)
+    known_keys = {name: _upstream_keys(tables[name]) for _prefix, name in prefixes}
+    # Every variable the configured upstreams can take, for suggestions when <NAME> matches none.
+    candidates = {prefix + key.upper() + suffix for prefix, name in prefixes for key in known_keys[name] or ()
+                  for suffix in ("", "_FILE")}
+
+    for var in variables:
+        match = next(((prefix, name) for prefix, name in prefixes if var.startswith(prefix)), None)
+        if match is None:
+            configured = f" (configured: {', '.join(sorted(tables))})" if tables else ""
+            hint = _suggest(var.removeprefix(UPSTREAM_ENV_PREFIX),
+                            (c.removeprefix(UPSTREAM_ENV_PREFIX) for c in candidates), UPSTREAM_ENV_PREFIX)
+            problems.append(f"{var}: names no [upstreams.<name>] table of the config file{configured}{hint}")
+            continue
+        prefix, name = match
+        key = var[len(prefix):].lower()
+        from_file = key.endswith("_file")
+        key = key.removesuffix("_file")
+        known = known_keys[name]
+        if known is not None and key not in known:
+            hint = _suggest(var[len(prefix):].upper(), (k.upper() + s for k in known for s in ("", "_FILE")), prefix)
+            problems.append(f"{var}: upstreams.{name} (type {tables[name].get('type')}) has no setting "
+                            f"{key!r}{hint}")
+            continue
+        value = env[var]
+        if from_file:
+            plain = var[: -len("_file")]
+            if plain in env:
+                problems.append(f"{plain} and {var} are both set: set only one")
                 continue
-            key = var[len(prefix):].lower()
-            if key.endswith("_file"):
-                try:
-                    value = Path(value).read_text(encoding="utf-8").strip()
-                except (OSError, UnicodeDecodeError) as exc:
-                    problems.append(f"{var}: cannot read {value!r}: {exc}")
-                    continue
-                key = key[: -len("_file")]
-            table[key] = value
-    raw[("upstreams",)] = (tables, False, entry[2])
+            try:
+                value = Path(value).read_text(encoding="utf-8").strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(f"{var}: cannot read {value!r}: {exc}")
+                continue
+        tables[name][key] = value
+    if entry is not None and isinstance(entry[0], dict):
+        raw[("upstreams",)] = (tables, False, entry[2])
+    return frozenset(variables)
+
+
+def _upstream_keys(table: Mapping[str, Any]) -> frozenset[str] | None:
+    """The keys an upstream table of this ``type`` may hold; None when the type is unknown (reported
+    by validation), so no key can be judged."""
+    type_name = table.get("type")
+    if not isinstance(type_name, str) or type_name not in PROVIDER_TYPES:
+        return None
+    return provider_class(type_name).config_keys()
 
 
 def load_or_raise(config_file: str | os.PathLike[str] | None = None,
