@@ -12,9 +12,19 @@ from typing import Any, cast
 
 from gateway.models import ActiveSession, AuditEvent, LoginAttempt, SessionKind, SessionRecord, User
 from gateway.settings import Settings
-from gateway.store.base import RevocationHandler, Store, WatchStateHandler
+from gateway.store.base import (
+    Block,
+    BlockKey,
+    BlockOutcome,
+    Device,
+    RevocationHandler,
+    Store,
+    WatchStateHandler,
+    normalise_email,
+)
 
-__all__ = ["RevocationHandler", "Store", "WatchStateHandler", "make_store", "open_store"]
+__all__ = ["Block", "BlockKey", "BlockOutcome", "Device", "RevocationHandler", "Store", "WatchStateHandler",
+           "make_store", "open_store"]
 
 SESSION_KINDS = frozenset({"browser", "api"})
 """The values ``SessionRecord.kind`` may take (mirrored by a CHECK constraint in both schemas)."""
@@ -34,6 +44,14 @@ LOGIN_ATTEMPT_LIMITS: Mapping[str, int] = MappingProxyType({
 
 CLIENT_ADDR_MAX = 256
 """Longest client address a login-failure counter accepts (mirrored by a CHECK in both schemas)."""
+
+BLOCK_LIMITS: Mapping[str, int] = MappingProxyType({
+    "upstream": 256,
+    "subject": 1024,
+    "email": 512,
+    "reason": 512,
+})
+"""Longest value, in characters, of each text field of a block (mirrored by CHECKs in both schemas)."""
 
 _TOKEN_HASH_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_RE = re.compile(r"\d{4}_[a-z0-9_]+")
@@ -149,6 +167,44 @@ def is_client_addr(client_addr: str) -> bool:
     return True
 
 
+def check_block_key(key: BlockKey, reason: str = "") -> None:
+    """Reject a block key (and reason) no schema would accept, with a ValueError naming the problem.
+
+    Exactly one form: ``upstream`` and ``subject`` both set and no ``email``, or only ``email`` (which
+    must already be normalised, as :meth:`BlockKey.for_email` leaves it).
+    """
+    fields = {"upstream": key.upstream, "subject": key.subject, "email": key.email, "reason": reason}
+    for name, value in fields.items():
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string")
+        if len(value) > BLOCK_LIMITS[name]:
+            raise ValueError(f"{name} is longer than {BLOCK_LIMITS[name]} characters")
+        if "\x00" in value:
+            raise ValueError(f"{name} must not contain NUL characters")
+    if key.email:
+        if key.upstream or key.subject:
+            raise ValueError("a block is on an identity (upstream and subject) or on an email, not both")
+        if key.email != normalise_email(key.email):
+            raise ValueError("an email block must hold the email trimmed and lower-cased")
+    elif not (key.upstream and key.subject):
+        raise ValueError("a block needs both an upstream and a subject, or an email")
+
+
+def block_emails(emails: Sequence[str]) -> list[str]:
+    """The distinct, non-empty normalised forms of ``emails``, as :meth:`Store.is_blocked` compares them."""
+    if isinstance(emails, str):
+        raise TypeError("emails must be a sequence of strings, not a string")
+    return list(dict.fromkeys(e for e in map(normalise_email, emails) if e))
+
+
+def check_new_device(device_hash: str, now: float, expires_at: float) -> None:
+    """Reject arguments of ``remember_device`` that make no sense, with a ValueError."""
+    if not is_token_hash(device_hash):
+        raise ValueError("device_hash must be 64 lower-case hex characters (SHA-256 of the cookie value)")
+    if not (math.isfinite(now) and math.isfinite(expires_at)):
+        raise ValueError("now and expires_at must be finite numbers")
+
+
 def encode_detail(detail: Mapping[str, str] | None) -> str:
     """Audit ``detail`` as compact JSON text with sorted keys."""
     return json.dumps(dict(detail or {}), sort_keys=True, separators=(",", ":"))
@@ -250,6 +306,31 @@ def login_attempt_from_row(row: Sequence[Any]) -> LoginAttempt:
         code_verifier=str(row[4]), return_to=str(row[5]), client_addr=str(row[6]),
         created_at=float(row[7]), expires_at=float(row[8]),
     )
+
+
+BLOCK_FIELDS = ("upstream", "subject", "email", "created_at", "actor", "reason")
+"""Column order of every block row the backends select (times as epoch seconds)."""
+
+DEVICE_FIELDS = ("device_hash", "user_id", "created_at", "expires_at")
+"""Column order of every device row the backends select (times as epoch seconds)."""
+
+
+def block_from_row(row: Sequence[Any]) -> Block:
+    """A :class:`Block` from a row laid out as :data:`BLOCK_FIELDS`."""
+    return Block(BlockKey(str(row[0]), str(row[1]), str(row[2])), float(row[3]), str(row[4]), str(row[5]))
+
+
+def device_from_row(row: Sequence[Any]) -> Device:
+    """A :class:`Device` from a row laid out as :data:`DEVICE_FIELDS`."""
+    return Device(str(row[0]), int(row[1]), float(row[2]), float(row[3]))
+
+
+def block_audit(key: BlockKey, reason: str, sessions: int) -> tuple[str, dict[str, str]]:
+    """The ``user_key`` and ``detail`` of a ``user_block`` audit row (an email block has no user key)."""
+    detail = {"reason": reason, "sessions": str(sessions)}
+    if key.is_email:
+        return "", {**detail, "email": key.email}
+    return str(key), detail
 
 
 def audit_from_row(row: Sequence[Any]) -> AuditEvent:

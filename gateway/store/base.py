@@ -11,12 +11,16 @@ Implementations (``sqlite.SQLiteStore``, ``postgres.PostgresStore``) pass one co
 - The audit log is append-only; deleting a user keeps their audit rows.
 - Login attempts and login-failure counters live in the database, so every replica sees the same ones;
   the operations that must not race (consuming an attempt, counting a failure) are single statements.
+- Blocks (identities an admin removed) and login devices live in the database too. Blocking revokes the
+  sessions of every user it matches in the same transaction, so no session of a blocked identity
+  outlives the block; nothing on the check path reads blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 from gateway.models import (
     ActiveSession,
@@ -33,6 +37,75 @@ RevocationHandler = Callable[[Revocation], None]
 
 WatchStateHandler = Callable[[bool], None]
 """Called with True when the revocation feed is live, False when it is lost (so caches can flush)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BlockKey:
+    """Who a block is about: one identity (``upstream`` and ``subject``, exactly as users are keyed), or
+    else every identity presenting ``email``. Build one with :meth:`for_identity` or :meth:`for_email`.
+
+    Exactly one form is set: an identity key has an empty ``email``; an email key has empty ``upstream``
+    and ``subject`` and holds the email trimmed and lower-cased (emails compare case-insensitively).
+    """
+
+    upstream: str = ""
+    subject: str = ""
+    email: str = ""
+
+    @classmethod
+    def for_identity(cls, upstream: str, subject: str) -> BlockKey:
+        """The key of the identity ``(upstream, subject)`` (taken as given: subjects are case-sensitive)."""
+        return cls(upstream=upstream, subject=subject)
+
+    @classmethod
+    def for_email(cls, email: str) -> BlockKey:
+        """The key of every identity presenting ``email`` (trimmed, lower-cased)."""
+        return cls(email=normalise_email(email))
+
+    @property
+    def is_email(self) -> bool:
+        """True for an email key."""
+        return bool(self.email)
+
+    def __str__(self) -> str:
+        """``upstream:subject`` (the audit log's user key), or the email."""
+        return self.email if self.email else f"{self.upstream}:{self.subject}"
+
+
+def normalise_email(email: str) -> str:
+    """An email as blocks compare it: surrounding space removed, lower-cased."""
+    return email.strip().lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One blocked identity or email, when and by whom it was blocked, and why (free text, maybe empty)."""
+
+    key: BlockKey
+    created_at: float
+    actor: str
+    reason: str
+
+
+class BlockOutcome(NamedTuple):
+    """What :meth:`Store.block_subject` did: whether the block is new, and how many sessions it revoked."""
+
+    created: bool
+    sessions_revoked: int
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """A browser someone signed in with: ``device_hash`` is SHA-256 hex of its device cookie's value.
+
+    The cookie exempts the browser from its address's login lockout (its own failures count against the
+    device instead) until ``expires_at``. It belongs to the user who signed in, and goes with them.
+    """
+
+    device_hash: str
+    user_id: int
+    created_at: float
+    expires_at: float
 
 
 class Store(Protocol):
@@ -77,10 +150,12 @@ class Store(Protocol):
     async def list_users(self) -> list[User]:
         """Every user, oldest first."""
 
-    async def delete_user(self, user_id: int, *, actor: str) -> bool:
-        """Unenrol: revoke and delete the user's sessions, delete the user, audit it; False if unknown.
+    async def delete_user(self, user_id: int, *, actor: str, block: bool = False, reason: str = "") -> bool:
+        """Unenrol: revoke and delete the user's sessions and devices, delete the user, audit it; False if unknown.
 
-        The revocation is broadcast like :meth:`revoke_user_sessions`; audit rows are kept.
+        The revocation is broadcast like :meth:`revoke_user_sessions`; audit rows are kept. With ``block``,
+        the user's identity key is blocked in the same transaction (see :meth:`block_subject`; ``reason``
+        is recorded with it), so no sign-in or bearer JWT can enrol them again until it is unblocked.
         """
 
     async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
@@ -159,6 +234,9 @@ class Store(Protocol):
                                    lock_for: float) -> float | None:
         """Count one failed login callback from ``client_addr``; return the lock's end if now locked.
 
+        ``client_addr`` keys the counter: a client address, or any other text naming who failed (the
+        login code counts a browser with a device cookie under ``device:<device hash>``).
+
         Failures are counted in a fixed window: when more than ``window`` seconds have passed since the
         window started, it restarts at ``now`` with this failure as its first. When the count in the
         window reaches ``threshold`` (and for every further failure in the window), the address is
@@ -173,6 +251,44 @@ class Store(Protocol):
 
     async def clear_login_failures(self, client_addr: str) -> None:
         """Forget the address's failures and any lock (after a successful login). No error if none."""
+
+    async def block_subject(self, key: BlockKey, *, actor: str, reason: str = "") -> BlockOutcome:
+        """Block an identity or an email, revoke the sessions of every user it matches, audit and broadcast.
+
+        Users matched: the one keyed by an identity key, or every user whose email equals an email key
+        (ignoring case and surrounding space). Their active sessions are revoked in the same
+        transaction (audited ``revoke`` with reason ``user_block``), and a revocation of each user is
+        broadcast, so cached sessions (bearer JWTs included) end on every replica. A new block is audited
+        ``user_block``. Blocking again is not an error: the block is kept as it was (``created`` False)
+        and any active session of a matched user is still revoked. Raises ValueError for a malformed key
+        (both forms or neither, empty parts, NUL, ``upstream`` over 256, ``subject`` over 1024 or
+        ``email`` over 512 characters) or a ``reason`` over 512 characters.
+        """
+
+    async def unblock_subject(self, key: BlockKey, *, actor: str) -> bool:
+        """Lift the block on ``key`` and audit it (``user_unblock``); False when it was not blocked."""
+
+    async def is_blocked(self, upstream: str, subject: str, *, emails: Sequence[str] = ()) -> bool:
+        """True when the identity ``(upstream, subject)`` is blocked, or any of ``emails`` is.
+
+        Emails are compared trimmed and lower-cased; empty ones are ignored. One round trip.
+        """
+
+    async def list_blocked_subjects(self) -> list[Block]:
+        """Every block, oldest first."""
+
+    async def remember_device(self, device_hash: str, *, user_id: int, now: float, expires_at: float) -> None:
+        """Record the browser whose device cookie hashes to ``device_hash`` as ``user_id``'s, until ``expires_at``.
+
+        A device already recorded for the same user lives on until the later of its expiry and
+        ``expires_at``. Raises ValueError for a malformed hash, non-finite times, or a hash recorded for
+        another user; NotFound when the user does not exist. Also deletes (some of) the devices that
+        expired before ``now``.
+        """
+
+    async def find_device(self, device_hash: str, *, now: float) -> Device | None:
+        """The device with this hash if it is recorded and ``now < expires_at``; else None (also for a
+        malformed hash)."""
 
     async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
         """Deliver every revocation made by any process on this database until cancelled.

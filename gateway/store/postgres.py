@@ -30,15 +30,23 @@ from gateway.models import (
 )
 from gateway.settings import Settings
 from gateway.store import (
+    BLOCK_FIELDS,
+    DEVICE_FIELDS,
     LOGIN_ATTEMPT_FIELDS,
     SESSION_FIELDS,
     USER_AGENT_MAX,
     USER_FIELDS,
     active_session_from_row,
     audit_from_row,
+    block_audit,
+    block_emails,
+    block_from_row,
+    check_block_key,
     check_login_failure,
+    check_new_device,
     check_new_login_attempt,
     check_new_session,
+    device_from_row,
     encode_detail,
     encode_names,
     is_client_addr,
@@ -48,7 +56,7 @@ from gateway.store import (
     session_from_row,
     user_from_row,
 )
-from gateway.store.base import RevocationHandler, WatchStateHandler
+from gateway.store.base import Block, BlockKey, BlockOutcome, Device, RevocationHandler, WatchStateHandler
 from gateway.store.pglookups import LookupLane
 
 log = logging.getLogger(__name__)
@@ -173,6 +181,36 @@ _PRUNE_LOGIN_FAILURES = (
     " AND (locked_until IS NULL OR locked_until <= to_timestamp(%(now)s))"
     " ORDER BY window_started_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
 )
+
+
+_INSERT_BLOCK = (
+    "INSERT INTO blocked_subjects (upstream, subject, email, created_at, actor, reason) VALUES (%(upstream)s,"
+    " %(subject)s, %(email)s, to_timestamp(%(now)s), %(actor)s, %(reason)s) ON CONFLICT DO NOTHING RETURNING 1"
+)
+_SELECT_BLOCKS = f"SELECT {_columns(BLOCK_FIELDS)} FROM blocked_subjects"  # noqa: S608
+_IS_BLOCKED = (
+    "SELECT EXISTS (SELECT 1 FROM blocked_subjects WHERE (upstream = %s AND subject = %s AND email = '')"
+    " OR (upstream = '' AND subject = '' AND email = ANY(%s::text[])))"
+)
+# The rows of the users a block matches are locked first: a session being created for one of them
+# (its foreign key check takes a share lock on the user row) then commits before the revocation runs,
+# or waits for the block to commit, after which the sign-in sees the block.
+_LOCK_USERS_BY_KEY = "SELECT id, upstream, subject FROM users WHERE upstream = %s AND subject = %s FOR UPDATE"
+_LOCK_USERS_BY_EMAIL = ("SELECT id, upstream, subject FROM users WHERE lower(email) = lower(%s)"
+                        " ORDER BY id FOR UPDATE")
+# A device already recorded for another user is left alone (and RETURNING then gives no row).
+_REMEMBER_DEVICE = (
+    "INSERT INTO login_devices AS d (device_hash, user_id, created_at, expires_at) VALUES (%(hash)s,"
+    " %(user_id)s, to_timestamp(%(now)s), to_timestamp(%(expires_at)s)) ON CONFLICT (device_hash)"
+    " DO UPDATE SET expires_at = greatest(d.expires_at, EXCLUDED.expires_at) WHERE d.user_id = EXCLUDED.user_id"
+    " RETURNING d.user_id"
+)
+_PRUNE_DEVICES = (
+    "DELETE FROM login_devices WHERE device_hash IN (SELECT device_hash FROM login_devices"
+    " WHERE expires_at <= to_timestamp(%(now)s) ORDER BY expires_at LIMIT %(batch)s FOR UPDATE SKIP LOCKED)"
+)
+_FIND_DEVICE = (f"SELECT {_columns(DEVICE_FIELDS)} FROM login_devices"  # noqa: S608
+                " WHERE device_hash = %s AND expires_at > to_timestamp(%s)")
 
 
 def url_secrets(database_url: str) -> tuple[str, ...]:
@@ -470,8 +508,9 @@ class PostgresStore:
 
         return await self._run(work, retry=True)
 
-    async def delete_user(self, user_id: int, *, actor: str) -> bool:
-        """Delete the user and (by cascade) their sessions, audit and broadcast it; False if unknown."""
+    async def delete_user(self, user_id: int, *, actor: str, block: bool = False, reason: str = "") -> bool:
+        """Delete the user and (by cascade) their sessions and devices, audit and broadcast it; with
+        ``block``, block their identity in the same transaction. False if unknown."""
         now = time.time()
 
         async def work(cur: aiopg.Cursor) -> bool:
@@ -479,18 +518,99 @@ class PostgresStore:
             row = await cur.fetchone()
             if row is None:
                 return False
-            user_key = f"{row[0]}:{row[1]}"
+            key = BlockKey.for_identity(str(row[0]), str(row[1]))
+            if block:
+                check_block_key(key, reason)
+            user_key = str(key)
             await cur.execute(_COUNT_ACTIVE + " AND user_id = %(user_id)s", {"user_id": user_id, "now": now})
             active = int((await cur.fetchone())[0])
             if active:
                 await _audit(cur, now, "revoke", user_id, user_key, actor,
                              {"reason": "user_delete", "sessions": str(active)})
             await cur.execute("DELETE FROM users WHERE id = %s", (user_id,))
-            await _audit(cur, now, "user_delete", user_id, user_key, actor, {"sessions": str(active)})
+            detail = {"sessions": str(active)} | ({"blocked": "true"} if block else {})
+            await _audit(cur, now, "user_delete", user_id, user_key, actor, detail)
+            if block and await _insert_block(cur, key, now, actor, reason):
+                _, block_detail = block_audit(key, reason, active)
+                await _audit(cur, now, "user_block", user_id, user_key, actor, block_detail)
             await _broadcast(cur, Revocation(user_id=user_id))
             return True
 
         return await self._run(work, transaction=True)
+
+    # -- blocks ----------------------------------------------------------------------------------
+
+    async def block_subject(self, key: BlockKey, *, actor: str, reason: str = "") -> BlockOutcome:
+        """Lock the matched users, insert the block and revoke their active sessions in one transaction."""
+        check_block_key(key, reason)
+        now = time.time()
+
+        async def work(cur: aiopg.Cursor) -> BlockOutcome:
+            if key.is_email:
+                await cur.execute(_LOCK_USERS_BY_EMAIL, (key.email,))
+            else:
+                await cur.execute(_LOCK_USERS_BY_KEY, (key.upstream, key.subject))
+            matched = list(await cur.fetchall())
+            created = await _insert_block(cur, key, now, actor, reason)
+            revoked = 0
+            for row in matched:
+                user_id = int(row[0])
+                await cur.execute(_REVOKE_USER_SESSIONS, {"now": now, "user_id": user_id})
+                count = int(cur.rowcount)
+                if count:
+                    await _audit(cur, now, "revoke", user_id, f"{row[1]}:{row[2]}", actor,
+                                 {"reason": "user_block", "sessions": str(count)})
+                # Always: the user's cached sessions include bearer JWTs, which have no row to revoke.
+                await _broadcast(cur, Revocation(user_id=user_id))
+                revoked += count
+            if created:
+                audited = int(matched[0][0]) if matched and not key.is_email else None
+                user_key, detail = block_audit(key, reason, revoked)
+                await _audit(cur, now, "user_block", audited, user_key, actor, detail)
+            return BlockOutcome(created, revoked)
+
+        return await self._run(work, transaction=True)
+
+    async def unblock_subject(self, key: BlockKey, *, actor: str) -> bool:
+        """Delete the block and audit it in one transaction; False when there was none."""
+        check_block_key(key)
+        now = time.time()
+
+        async def work(cur: aiopg.Cursor) -> bool:
+            await cur.execute("DELETE FROM blocked_subjects WHERE upstream = %s AND subject = %s AND email = %s"
+                              " RETURNING 1", (key.upstream, key.subject, key.email))
+            if await cur.fetchone() is None:
+                return False
+            user_id = None
+            if not key.is_email:
+                await cur.execute("SELECT id FROM users WHERE upstream = %s AND subject = %s",
+                                  (key.upstream, key.subject))
+                row = await cur.fetchone()
+                user_id = None if row is None else int(row[0])
+            user_key, _ = block_audit(key, "", 0)
+            await _audit(cur, now, "user_unblock", user_id, user_key, actor,
+                         {"email": key.email} if key.is_email else {})
+            return True
+
+        return await self._run(work, transaction=True)
+
+    async def is_blocked(self, upstream: str, subject: str, *, emails: Sequence[str] = ()) -> bool:
+        """One indexed query over the identity key and the normalised emails."""
+        params = (upstream, subject, block_emails(emails))
+
+        async def work(cur: aiopg.Cursor) -> bool:
+            await cur.execute(_IS_BLOCKED, params)
+            return bool((await cur.fetchone())[0])
+
+        return await self._run(work, retry=True)
+
+    async def list_blocked_subjects(self) -> list[Block]:
+        """Every block, oldest first."""
+        async def work(cur: aiopg.Cursor) -> list[Block]:
+            await cur.execute(_SELECT_BLOCKS + " ORDER BY created_at, upstream, subject, email")
+            return [block_from_row(row) for row in await cur.fetchall()]
+
+        return await self._run(work, retry=True)
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -711,6 +831,39 @@ class PostgresStore:
 
         await self._run(work)
 
+    # -- login devices ---------------------------------------------------------------------------
+
+    async def remember_device(self, device_hash: str, *, user_id: int, now: float, expires_at: float) -> None:
+        """Insert the device or extend it (same user only), first deleting up to :data:`PRUNE_BATCH`
+        expired devices."""
+        check_new_device(device_hash, now, expires_at)
+        params = {"hash": device_hash, "user_id": user_id, "now": now, "expires_at": expires_at}
+
+        async def work(cur: aiopg.Cursor) -> bool:
+            # two autocommit statements: the prune needs no atomicity with the upsert
+            await cur.execute(_PRUNE_DEVICES, {"now": now, "batch": PRUNE_BATCH})
+            await cur.execute(_REMEMBER_DEVICE, params)
+            return await cur.fetchone() is not None
+
+        try:
+            recorded = await self._run(work)
+        except psycopg2.errors.ForeignKeyViolation:
+            raise NotFound(f"No user with id {user_id}.") from None
+        if not recorded:
+            raise ValueError("this device is recorded for another user")
+
+    async def find_device(self, device_hash: str, *, now: float) -> Device | None:
+        """The live device with this hash, or None."""
+        if not is_token_hash(device_hash):
+            return None
+
+        async def work(cur: aiopg.Cursor) -> Device | None:
+            await cur.execute(_FIND_DEVICE, (device_hash, now))
+            row = await cur.fetchone()
+            return None if row is None else device_from_row(row)
+
+        return await self._run(work, retry=True)
+
     # -- audit -----------------------------------------------------------------------------------
 
     async def record_audit(self, event: str, *, user_id: int | None, user_key: str = "", actor: str,
@@ -834,6 +987,13 @@ async def _audit(cur: aiopg.Cursor, at: float, event: str, user_id: int | None, 
         "INSERT INTO audit (at, event, user_id, user_key, actor, detail)"
         " VALUES (to_timestamp(%s), %s, %s, %s, %s, %s::jsonb)",
         (at, event, user_id, user_key, actor, encode_detail(detail)))
+
+
+async def _insert_block(cur: aiopg.Cursor, key: BlockKey, now: float, actor: str, reason: str) -> bool:
+    """Insert the block unless it exists; True when it is new."""
+    await cur.execute(_INSERT_BLOCK, {"upstream": key.upstream, "subject": key.subject, "email": key.email,
+                                      "now": now, "actor": actor, "reason": reason})
+    return await cur.fetchone() is not None
 
 
 async def _broadcast(cur: aiopg.Cursor, revocation: Revocation) -> None:

@@ -25,15 +25,23 @@ from gateway.models import (
 )
 from gateway.settings import Settings
 from gateway.store import (
+    BLOCK_FIELDS,
+    DEVICE_FIELDS,
     LOGIN_ATTEMPT_FIELDS,
     SESSION_FIELDS,
     USER_AGENT_MAX,
     USER_FIELDS,
     active_session_from_row,
     audit_from_row,
+    block_audit,
+    block_emails,
+    block_from_row,
+    check_block_key,
     check_login_failure,
+    check_new_device,
     check_new_login_attempt,
     check_new_session,
+    device_from_row,
     encode_detail,
     encode_names,
     is_client_addr,
@@ -43,7 +51,7 @@ from gateway.store import (
     session_from_row,
     user_from_row,
 )
-from gateway.store.base import RevocationHandler, WatchStateHandler
+from gateway.store.base import Block, BlockKey, BlockOutcome, Device, RevocationHandler, WatchStateHandler
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,21 @@ _PRUNE_LOGIN_FAILURES = (
     "DELETE FROM login_failures WHERE client_addr IN (SELECT client_addr FROM login_failures"
     " WHERE window_started_at < :now - :window AND (locked_until IS NULL OR locked_until <= :now)"
     " ORDER BY window_started_at LIMIT :batch)"
+)
+_INSERT_BLOCK = ("INSERT INTO blocked_subjects (upstream, subject, email, created_at, actor, reason)"
+                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING RETURNING 1")
+_SELECT_BLOCKS = f"SELECT {', '.join(BLOCK_FIELDS)} FROM blocked_subjects"  # noqa: S608
+_IS_BLOCKED = "SELECT 1 FROM blocked_subjects WHERE (upstream = ? AND subject = ? AND email = '')"
+_DEVICE_COLUMNS = ", ".join(DEVICE_FIELDS)
+# A device already recorded for another user is left alone (and RETURNING then gives no row).
+_REMEMBER_DEVICE = (
+    f"INSERT INTO login_devices ({_DEVICE_COLUMNS}) VALUES (?, ?, ?, ?)"  # noqa: S608
+    " ON CONFLICT (device_hash) DO UPDATE SET expires_at = max(login_devices.expires_at, excluded.expires_at)"
+    " WHERE login_devices.user_id = excluded.user_id RETURNING user_id"
+)
+_PRUNE_DEVICES = (
+    "DELETE FROM login_devices WHERE device_hash IN"
+    " (SELECT device_hash FROM login_devices WHERE expires_at <= :now ORDER BY expires_at LIMIT :batch)"
 )
 
 
@@ -319,24 +342,109 @@ class SQLiteStore:
             rows = await conn.execute_fetchall(_SELECT_USERS + " ORDER BY id")
         return [user_from_row(r) for r in rows]
 
-    async def delete_user(self, user_id: int, *, actor: str) -> bool:
-        """Delete the user and (by cascade) their sessions, audit and broadcast it; False if unknown."""
+    async def delete_user(self, user_id: int, *, actor: str, block: bool = False, reason: str = "") -> bool:
+        """Delete the user and (by cascade) their sessions and devices, audit and broadcast it; with
+        ``block``, block their identity in the same transaction. False if unknown."""
         now = time.time()
         async with self._use(write=True) as conn:
             found = list(await conn.execute_fetchall("SELECT upstream, subject FROM users WHERE id = ?",
                                                      (user_id,)))
             if not found:
                 return False
-            user_key = f"{found[0][0]}:{found[0][1]}"
+            key = BlockKey.for_identity(str(found[0][0]), str(found[0][1]))
+            if block:
+                check_block_key(key, reason)
+            user_key = str(key)
             active = _one(await conn.execute_fetchall(_COUNT_ACTIVE + " AND user_id = ?",
                                                       (now, now, user_id)))[0]
             if active:
                 await self._audit(conn, now, "revoke", user_id, user_key, actor,
                                   {"reason": "user_delete", "sessions": str(active)})
             await conn.execute("DELETE FROM users WHERE id = ?", (user_id,))
-            await self._audit(conn, now, "user_delete", user_id, user_key, actor, {"sessions": str(active)})
+            detail = {"sessions": str(active)} | ({"blocked": "true"} if block else {})
+            await self._audit(conn, now, "user_delete", user_id, user_key, actor, detail)
+            if block and await self._insert_block(conn, key, now, actor, reason):
+                _, block_detail = block_audit(key, reason, int(active))
+                await self._audit(conn, now, "user_block", user_id, user_key, actor, block_detail)
             await self._broadcast(conn, now, Revocation(user_id=user_id))
         return True
+
+    # -- blocks ----------------------------------------------------------------------------------
+
+    async def block_subject(self, key: BlockKey, *, actor: str, reason: str = "") -> BlockOutcome:
+        """Insert the block and revoke every matched user's active sessions in one IMMEDIATE transaction."""
+        check_block_key(key, reason)
+        now = time.time()
+        async with self._use(write=True) as conn:
+            created = await self._insert_block(conn, key, now, actor, reason)
+            if key.is_email:
+                matched = await conn.execute_fetchall(
+                    "SELECT id, upstream, subject FROM users WHERE lower(email) = lower(?) ORDER BY id",
+                    (key.email,))
+            else:
+                matched = await conn.execute_fetchall(
+                    "SELECT id, upstream, subject FROM users WHERE upstream = ? AND subject = ?",
+                    (key.upstream, key.subject))
+            user_ids = [int(row[0]) for row in matched]
+            revoked = 0
+            for row in matched:
+                user_id = int(row[0])
+                count = len(list(await conn.execute_fetchall(_REVOKE_USER_SESSIONS, (now, user_id, now, now))))
+                if count:
+                    await self._audit(conn, now, "revoke", user_id, f"{row[1]}:{row[2]}", actor,
+                                      {"reason": "user_block", "sessions": str(count)})
+                # Always: the user's cached sessions include bearer JWTs, which have no row to revoke.
+                await self._broadcast(conn, now, Revocation(user_id=user_id))
+                revoked += count
+            if created:
+                audited = user_ids[0] if user_ids and not key.is_email else None
+                user_key, detail = block_audit(key, reason, revoked)
+                await self._audit(conn, now, "user_block", audited, user_key, actor, detail)
+        return BlockOutcome(created, revoked)
+
+    async def unblock_subject(self, key: BlockKey, *, actor: str) -> bool:
+        """Delete the block and audit it; False when there was none."""
+        check_block_key(key)
+        now = time.time()
+        async with self._use(write=True) as conn:
+            deleted = list(await conn.execute_fetchall(
+                "DELETE FROM blocked_subjects WHERE upstream = ? AND subject = ? AND email = ? RETURNING 1",
+                (key.upstream, key.subject, key.email)))
+            if not deleted:
+                return False
+            user_id = None
+            if not key.is_email:
+                found = list(await conn.execute_fetchall(
+                    "SELECT id FROM users WHERE upstream = ? AND subject = ?", (key.upstream, key.subject)))
+                user_id = int(found[0][0]) if found else None
+            user_key, _ = block_audit(key, "", 0)
+            await self._audit(conn, now, "user_unblock", user_id, user_key, actor,
+                              {"email": key.email} if key.is_email else {})
+        return True
+
+    async def is_blocked(self, upstream: str, subject: str, *, emails: Sequence[str] = ()) -> bool:
+        """One indexed query over the identity key and the normalised emails."""
+        wanted = block_emails(emails)
+        sql = _IS_BLOCKED
+        if wanted:
+            sql += f" OR (upstream = '' AND subject = '' AND email IN ({', '.join('?' * len(wanted))}))"
+        async with self._use() as conn:
+            rows = list(await conn.execute_fetchall(sql + " LIMIT 1", (upstream, subject, *wanted)))
+        return bool(rows)
+
+    async def list_blocked_subjects(self) -> list[Block]:
+        """Every block, oldest first."""
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(_SELECT_BLOCKS + " ORDER BY created_at, upstream, subject, email")
+        return [block_from_row(r) for r in rows]
+
+    @staticmethod
+    async def _insert_block(conn: aiosqlite.Connection, key: BlockKey, now: float, actor: str,
+                            reason: str) -> bool:
+        """Insert the block unless it exists; True when it is new."""
+        rows = await conn.execute_fetchall(_INSERT_BLOCK, (key.upstream, key.subject, key.email, now, actor,
+                                                           reason))
+        return bool(list(rows))
 
     # -- sessions --------------------------------------------------------------------------------
 
@@ -507,6 +615,31 @@ class SQLiteStore:
             return
         async with self._use(write=True) as conn:
             await conn.execute("DELETE FROM login_failures WHERE client_addr = ?", (client_addr,))
+
+    # -- login devices ---------------------------------------------------------------------------
+
+    async def remember_device(self, device_hash: str, *, user_id: int, now: float, expires_at: float) -> None:
+        """Insert the device or extend it (same user only), first deleting up to :data:`PRUNE_BATCH`
+        expired devices."""
+        check_new_device(device_hash, now, expires_at)
+        try:
+            async with self._use(write=True) as conn:
+                await conn.execute(_PRUNE_DEVICES, {"now": now, "batch": PRUNE_BATCH})
+                rows = list(await conn.execute_fetchall(_REMEMBER_DEVICE, (device_hash, user_id, now, expires_at)))
+                if not rows:
+                    raise ValueError("this device is recorded for another user")
+        except sqlite3.IntegrityError:
+            raise NotFound(f"No user with id {user_id}.") from None
+
+    async def find_device(self, device_hash: str, *, now: float) -> Device | None:
+        """The live device with this hash, or None."""
+        if not is_token_hash(device_hash):
+            return None
+        async with self._use() as conn:
+            rows = list(await conn.execute_fetchall(
+                f"SELECT {_DEVICE_COLUMNS} FROM login_devices WHERE device_hash = ? AND expires_at > ?",  # noqa: S608
+                (device_hash, now)))
+        return device_from_row(rows[0]) if rows else None
 
     # -- audit -----------------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import pytest
 from gateway.errors import NotFound, StoreUnavailable
 from gateway.models import LoginAttempt, Revocation
 from gateway.settings import Settings
-from gateway.store import LOGIN_ATTEMPT_LIMITS, Store, make_store, migration_scripts
+from gateway.store import LOGIN_ATTEMPT_LIMITS, BlockKey, Store, make_store, migration_scripts
 from gateway.store import postgres as postgres_module
 from gateway.store import sqlite as sqlite_module
 from gateway.store.postgres import PostgresStore
@@ -31,7 +31,7 @@ BACKENDS = [
 
 StoreFactory = Callable[..., Awaitable[Store]]
 APPROX = 1e-3  # Postgres keeps microseconds; floats round-trip to well within a millisecond
-VERSIONS = ["0001_initial", "0002_login"]
+VERSIONS = ["0001_initial", "0002_login", "0003_blocked_subjects", "0004_login_devices"]
 """Every migration, in order (the same names for both dialects)."""
 
 
@@ -188,8 +188,8 @@ async def test_migrating_a_0001_database_with_rows_to_0002_keeps_them(
 
     monkeypatch.undo()  # the new gateway knows every migration
     new = await store_factory()
-    assert await new.pending_migrations() == ["0002_login"]
-    assert await new.migrate() == ["0002_login"]
+    assert await new.pending_migrations() == VERSIONS[1:]
+    assert await new.migrate() == VERSIONS[1:]
     assert await new.pending_migrations() == []
 
     assert await new.list_users() == [alice, bob]
@@ -214,6 +214,10 @@ async def test_migrating_a_0001_database_with_rows_to_0002_keeps_them(
     assert await new.consume_login_attempt(token_hash("attempt:upgraded"), now=now + 1) is not None
     assert await new.record_login_failure("198.51.100.7", now=now, window=60, threshold=1,
                                           lock_for=30) == pytest.approx(now + 30, abs=APPROX)
+    assert (await new.block_subject(BlockKey.for_identity("oidc", "bob"), actor="admin")).created
+    assert await new.is_blocked("oidc", "bob")
+    await new.remember_device(token_hash("device:upgraded"), user_id=alice.id, now=now, expires_at=now + 60)
+    assert await new.find_device(token_hash("device:upgraded"), now=now) is not None
 
 
 # -- users ------------------------------------------------------------------------------------------
@@ -743,6 +747,258 @@ async def test_record_login_failure_rejects_bad_arguments(store: Store, change: 
         await store.record_login_failure(addr, **args)
     assert await store.locked_until("203.0.113.9", now=1_700_000_000.0) is None
     assert await store.locked_until(addr, now=1_700_000_000.0) is None
+
+
+# -- blocks -----------------------------------------------------------------------------------------
+
+
+async def test_blocking_an_identity_revokes_its_sessions_and_sticks(store: Store) -> None:
+    alice = await make_user(store)
+    bob = await make_user(store, "bob")
+    now = time.time()
+    browser = await make_session(store, alice, "browser", now=now)
+    api = await make_session(store, alice, "api", now=now, kind="api", idle_timeout=0)
+    bystander = await make_session(store, bob, "bob", now=now)
+    key = BlockKey.for_identity("oidc", "alice")
+    assert not await store.is_blocked("oidc", "alice")
+
+    outcome = await store.block_subject(key, actor="admin", reason="left the company")
+    assert (outcome.created, outcome.sessions_revoked) == (True, 2)
+    assert await store.is_blocked("oidc", "alice")
+    assert await store.is_blocked("oidc", "alice", emails=["someone@else.example"])
+    for other in (("oidc", "ALICE"), ("github", "alice"), ("oidc", "bob"), ("", "")):
+        assert not await store.is_blocked(*other), other
+    for h in (browser, api):
+        found = await store.lookup_session(h)
+        assert found is not None and found.session.revoked_at is not None
+    found = await store.lookup_session(bystander)
+    assert found is not None and found.session.revoked_at is None
+    assert await store.get_user(alice) is not None  # blocked, not deleted
+
+    events = await store.list_audit(user_id=alice)
+    assert [(e.event, e.actor, e.user_key) for e in events[:2]] == [("user_block", "admin", "oidc:alice"),
+                                                                   ("revoke", "admin", "oidc:alice")]
+    assert events[0].detail == {"reason": "left the company", "sessions": "2"}
+    assert events[1].detail == {"reason": "user_block", "sessions": "2"}
+
+    # blocking again keeps the block as it was
+    again = await store.block_subject(key, actor="other", reason="again")
+    assert (again.created, again.sessions_revoked) == (False, 0)
+    (block,) = await store.list_blocked_subjects()
+    assert (block.key, block.actor, block.reason) == (key, "admin", "left the company")
+    assert now - 5 <= block.created_at <= time.time() + 5
+    assert len(await store.list_audit(user_id=alice)) == len(events)
+
+
+async def test_an_identity_that_never_signed_in_can_be_blocked(store: Store) -> None:
+    outcome = await store.block_subject(BlockKey.for_identity("github", "583231"), actor="admin")
+    assert (outcome.created, outcome.sessions_revoked) == (True, 0)
+    assert await store.is_blocked("github", "583231")
+    (event,) = await store.list_audit()
+    assert (event.event, event.user_id, event.user_key) == ("user_block", None, "github:583231")
+
+
+async def test_an_email_block_matches_every_identity_with_that_email(store: Store) -> None:
+    a = await make_user(store, "a", email="Carol@Example.com")
+    b = (await store.upsert_user("github", "7", email=" carol@example.com")).id
+    c = await make_user(store, "c", email="carol@example.com.evil.test")
+    now = time.time()
+    sessions = {user: await make_session(store, user, f"s{user}", now=now) for user in (a, b, c)}
+
+    key = BlockKey.for_email("  CAROL@example.COM ")
+    assert key.email == "carol@example.com" and str(key) == "carol@example.com"
+    outcome = await store.block_subject(key, actor="admin")
+    assert (outcome.created, outcome.sessions_revoked) == (True, 2)
+    for user, revoked in ((a, True), (b, True), (c, False)):
+        found = await store.lookup_session(sessions[user])
+        assert found is not None and (found.session.revoked_at is not None) is revoked, user
+
+    assert await store.is_blocked("dev", "anyone", emails=["Carol@Example.com "])
+    assert await store.is_blocked("dev", "anyone", emails=["", "x@example.com", "carol@EXAMPLE.com"])
+    assert not await store.is_blocked("dev", "anyone", emails=["carol@example.com.evil.test", ""])
+    assert not await store.is_blocked("oidc", "a")  # the email blocks by email, not the identities' keys
+    audit = [e for e in await store.list_audit() if e.event == "user_block"]
+    assert [(e.user_id, e.user_key, e.detail) for e in audit] == [
+        (None, "", {"email": "carol@example.com", "reason": "", "sessions": "2"})]
+
+
+async def test_unblock_lifts_a_block_once(store: Store) -> None:
+    alice = await make_user(store)
+    key, email = BlockKey.for_identity("oidc", "alice"), BlockKey.for_email("x@example.com")
+    await store.block_subject(key, actor="admin")
+    await store.block_subject(email, actor="admin")
+    assert [b.key for b in await store.list_blocked_subjects()] == [key, email]
+
+    assert await store.unblock_subject(key, actor="admin") is True
+    assert not await store.is_blocked("oidc", "alice")
+    assert await store.is_blocked("oidc", "alice", emails=["X@example.com"])  # the email block stays
+    assert await store.unblock_subject(key, actor="admin") is False
+    assert await store.unblock_subject(email, actor="admin") is True
+    assert await store.list_blocked_subjects() == []
+
+    events = await store.list_audit()
+    assert [(e.event, e.user_id, e.user_key) for e in events[:2]] == [("user_unblock", None, ""),
+                                                                       ("user_unblock", alice, "oidc:alice")]
+    assert events[0].detail == {"email": "x@example.com"}
+
+
+async def test_delete_user_can_block_the_identity_in_the_same_step(store: Store) -> None:
+    user_id = await make_user(store)
+    h = await make_session(store, user_id, "s")
+    assert await store.delete_user(user_id, actor="admin", block=True, reason="offboarded") is True
+    assert await store.get_user(user_id) is None
+    assert await store.lookup_session(h) is None
+    assert await store.is_blocked("oidc", "alice")
+    (block,) = await store.list_blocked_subjects()
+    assert (block.key, block.actor, block.reason) == (BlockKey.for_identity("oidc", "alice"), "admin",
+                                                       "offboarded")
+    events = await store.list_audit(user_id=user_id)
+    assert [e.event for e in events] == ["user_block", "user_delete", "revoke"]
+    assert events[1].detail == {"sessions": "1", "blocked": "true"}
+
+    # without block the identity may come back
+    bob = await make_user(store, "bob")
+    assert await store.delete_user(bob, actor="admin") is True
+    assert not await store.is_blocked("oidc", "bob")
+
+
+@pytest.mark.parametrize("key", [
+    pytest.param(BlockKey(), id="empty"),
+    pytest.param(BlockKey(upstream="oidc"), id="no-subject"),
+    pytest.param(BlockKey(subject="alice"), id="no-upstream"),
+    pytest.param(BlockKey("oidc", "alice", "alice@example.com"), id="both-forms"),
+    pytest.param(BlockKey(email="Alice@Example.com"), id="email-not-normalised"),
+    pytest.param(BlockKey("oidc", "a" * 1025), id="long-subject"),
+    pytest.param(BlockKey("o" * 257, "alice"), id="long-upstream"),
+    pytest.param(BlockKey(email="a" * 511 + "@x"), id="long-email"),
+    pytest.param(BlockKey("oidc", "a\x00"), id="nul"),
+])
+async def test_malformed_blocks_are_refused(store: Store, key: BlockKey) -> None:
+    with pytest.raises(ValueError):
+        await store.block_subject(key, actor="admin")
+    with pytest.raises(ValueError):
+        await store.unblock_subject(key, actor="admin")
+    assert await store.list_blocked_subjects() == []
+    assert await store.list_audit() == []
+
+
+async def test_blocks_accept_values_at_their_limits(store: Store) -> None:
+    longest = [BlockKey("o" * 256, "s" * 1024), BlockKey.for_email("e" * 500 + "@example.com")]
+    for key in longest:
+        assert (await store.block_subject(key, actor="admin", reason="r" * 512)).created
+    assert await store.is_blocked("o" * 256, "s" * 1024)
+    assert await store.is_blocked("x", "y", emails=["E" * 500 + "@example.com"])
+    with pytest.raises(ValueError):
+        await store.block_subject(BlockKey.for_identity("oidc", "x"), actor="admin", reason="r" * 513)
+
+
+async def test_a_block_is_broadcast_for_every_user_it_matches(store: Store, store_factory: StoreFactory) -> None:
+    other = await store_factory()
+    alice = await make_user(other)
+    bob = await make_user(other, "bob", email="shared@example.com")
+    carol = await make_user(other, "carol", email="shared@example.com")
+    async with watching(store) as (revocations, _):
+        await other.block_subject(BlockKey.for_identity("oidc", "alice"), actor="admin")
+        assert await eventually(lambda: revocations == [Revocation(user_id=alice)]), revocations
+        await other.block_subject(BlockKey.for_email("shared@example.com"), actor="admin")
+        expected = [Revocation(user_id=alice), Revocation(user_id=bob), Revocation(user_id=carol)]
+        assert await eventually(lambda: revocations == expected), revocations
+
+
+async def test_concurrent_blocks_of_one_identity_create_it_once(store: Store, store_factory: StoreFactory
+                                                                ) -> None:
+    stores = [await store_factory(**{"database.pool_max": 2}) for _ in range(6)]
+    await make_user(store)
+    key = BlockKey.for_identity("oidc", "alice")
+    outcomes = await asyncio.gather(*(s.block_subject(key, actor="admin") for s in stores))
+    assert sum(o.created for o in outcomes) == 1
+    assert len(await store.list_blocked_subjects()) == 1
+    assert [e.event for e in await store.list_audit()].count("user_block") == 1
+
+
+# -- login devices ----------------------------------------------------------------------------------
+
+
+async def test_devices_are_remembered_until_they_expire(store: Store) -> None:
+    alice = await make_user(store)
+    now = 1_700_000_000.0
+    h = token_hash("device:alice")
+    assert await store.find_device(h, now=now) is None
+    await store.remember_device(h, user_id=alice, now=now, expires_at=now + 100)
+    device = await store.find_device(h, now=now + 99)
+    assert device is not None
+    assert (device.device_hash, device.user_id) == (h, alice)
+    assert device.created_at == pytest.approx(now, abs=APPROX)
+    assert device.expires_at == pytest.approx(now + 100, abs=APPROX)
+    assert await store.find_device(h, now=now + 100) is None  # expired
+
+    # remembering again extends it, never shortens it, and keeps when it was first seen
+    await store.remember_device(h, user_id=alice, now=now + 50, expires_at=now + 500)
+    await store.remember_device(h, user_id=alice, now=now + 60, expires_at=now + 200)
+    device = await store.find_device(h, now=now + 400)
+    assert device is not None
+    assert device.expires_at == pytest.approx(now + 500, abs=APPROX)
+    assert device.created_at == pytest.approx(now, abs=APPROX)
+
+    assert await store.find_device("not-a-hash", now=now) is None
+    assert await store.find_device(h.upper(), now=now) is None
+
+
+async def test_a_device_belongs_to_one_user(store: Store) -> None:
+    alice, bob = await make_user(store), await make_user(store, "bob")
+    now = 1_700_000_000.0
+    h = token_hash("device:shared")
+    await store.remember_device(h, user_id=alice, now=now, expires_at=now + 100)
+    with pytest.raises(ValueError):
+        await store.remember_device(h, user_id=bob, now=now, expires_at=now + 1000)
+    device = await store.find_device(h, now=now)
+    assert device is not None and device.user_id == alice
+    assert device.expires_at == pytest.approx(now + 100, abs=APPROX)
+    with pytest.raises(NotFound):
+        await store.remember_device(token_hash("device:orphan"), user_id=alice + bob + 1000, now=now,
+                                    expires_at=now + 100)
+
+
+async def test_devices_go_with_their_user(store: Store) -> None:
+    alice, bob = await make_user(store), await make_user(store, "bob")
+    now = time.time()
+    await store.remember_device(token_hash("device:a"), user_id=alice, now=now, expires_at=now + 100)
+    await store.remember_device(token_hash("device:b"), user_id=bob, now=now, expires_at=now + 100)
+    assert await store.delete_user(alice, actor="admin")
+    assert await store.find_device(token_hash("device:a"), now=now) is None
+    assert await store.find_device(token_hash("device:b"), now=now) is not None
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"device_hash": "abc"}, id="short-hash"),
+    pytest.param({"device_hash": token_hash("d").upper()}, id="upper-case-hash"),
+    pytest.param({"now": math.nan}, id="nan-now"),
+    pytest.param({"expires_at": math.inf}, id="infinite-expiry"),
+])
+async def test_remember_device_rejects_bad_arguments(store: Store, change: dict[str, Any]) -> None:
+    alice = await make_user(store)
+    args: dict[str, Any] = {"device_hash": token_hash("d"), "user_id": alice, "now": 1_700_000_000.0,
+                            "expires_at": 1_700_000_100.0, **change}
+    device_hash = args.pop("device_hash")
+    with pytest.raises(ValueError):
+        await store.remember_device(device_hash, **args)
+    assert await store.find_device(token_hash("d"), now=1_700_000_000.0) is None
+
+
+async def test_expired_devices_are_pruned_without_changing_anything(store: Store) -> None:
+    alice = await make_user(store)
+    now = 1_700_000_000.0
+    for i in range(5):
+        await store.remember_device(token_hash(f"device:old{i}"), user_id=alice, now=now - 1000,
+                                    expires_at=now - 500)
+    await store.remember_device(token_hash("device:live"), user_id=alice, now=now - 1000, expires_at=now + 500)
+    await store.remember_device(token_hash("device:new"), user_id=alice, now=now, expires_at=now + 100)
+    assert await store.find_device(token_hash("device:old0"), now=now) is None
+    assert await store.find_device(token_hash("device:live"), now=now) is not None
+    # an expired device's cookie coming back is simply a new device (pruned or not)
+    await store.remember_device(token_hash("device:old1"), user_id=alice, now=now, expires_at=now + 100)
+    device = await store.find_device(token_hash("device:old1"), now=now)
+    assert device is not None and device.expires_at == pytest.approx(now + 100, abs=APPROX)
 
 
 # -- audit ------------------------------------------------------------------------------------------
