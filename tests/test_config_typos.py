@@ -8,6 +8,7 @@ reads (they come from its config dataclass), so the two cannot drift apart.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import tomllib
@@ -226,6 +227,7 @@ def test_upstream_variables_apply_to_the_longest_matching_name(tmp_path: Path) -
     pytest.param("GATEWAY_TEST_STRICT", id="test-suite-strict"),
     pytest.param("GATEWAY_TEST_SKIP_INSTALL", id="test-suite-skip-install"),
     pytest.param("GATEWAY_UPDATE_SCREENSHOTS", id="test-suite-screenshots"),
+    pytest.param("GATEWAY_SECURITY_FULL", id="test-suite-security-full"),
     pytest.param("GATEWAY_SERVICE_HOST", id="k8s-service-host"),
     pytest.param("GATEWAY_SERVICE_PORT", id="k8s-service-port"),
     pytest.param("GATEWAY_SERVICE_PORT_HTTP", id="k8s-named-service-port"),
@@ -235,6 +237,18 @@ def test_upstream_variables_apply_to_the_longest_matching_name(tmp_path: Path) -
 ])
 def test_variables_that_are_not_settings_are_not_reported(var: str) -> None:
     assert load_settings(env={var: "1"})[1] == []
+
+
+def test_every_variable_the_test_suite_reads_is_excused_or_a_setting() -> None:
+    """CI exports these and tests pass os.environ on, so an unexcused one would fail every gateway started."""
+    sources = [*ROOT.glob("tests/**/*.py"), *ROOT.glob("bench/*.py")]
+    read = {m for path in sources
+            for m in re.findall(r'environ(?:\.get\(|\[)\s*"(GATEWAY_[A-Z0-9_]+)"', path.read_text())}
+    exported = {m for path in (ROOT / ".ci" / "run", ROOT / "Makefile") if path.exists()
+                for m in re.findall(r"\b(GATEWAY_[A-Z0-9_]+)=", path.read_text())}
+    assert "GATEWAY_TEST_STRICT" in read & exported
+    for var in sorted(read | exported):
+        assert not any("no setting reads" in p for p in load_settings(env={var: "1"})[1]), var
 
 
 def test_no_setting_is_shadowed_by_the_excused_variables() -> None:
