@@ -31,6 +31,7 @@ from gateway.http_errors import ErrorMapper, not_found
 from gateway.login import LoginService
 from gateway.metrics import Metrics
 from gateway.policy import AllowAll, Policy
+from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.store import make_store
@@ -86,7 +87,7 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     proxies = TrustedProxies(settings.trusted_networks)
 
     errors = ErrorMapper()
-    app = web.Application(client_max_size=settings.hasura.max_body_bytes)
+    app = web.Application(client_max_size=settings.hasura.max_body_bytes, middlewares=[refuse_transfer_encoding])
     app[SETTINGS] = settings
     app[STORE] = store
     app[CHECKER] = checker

@@ -165,8 +165,11 @@ class _Connection(asyncio.Protocol):
             buffer = self.buffer
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
-                # A head ended by bare LFs never contains CRLFCRLF: let aiohttp judge it.
-                if len(buffer) > lane.max_head_bytes or b"\n\n" in buffer or b"\n\r\n" in buffer:
+                # A head ended by bare LFs never contains CRLFCRLF, and bytes that cannot begin the strict
+                # subset (TLS, binary, bare CRs) would wait for the keep-alive timeout: let aiohttp judge
+                # them now (it answers 400 at once to what is not HTTP).
+                if len(buffer) > lane.max_head_bytes or b"\n\n" in buffer or b"\n\r\n" in buffer \
+                        or not _could_begin_a_request(buffer):
                     self._hand_over()
                 return
             if end > lane.max_head_bytes or (not buffer.isascii() and not buffer[:end].isascii()):
@@ -271,6 +274,24 @@ class _Connection(asyncio.Protocol):
             with contextlib.suppress(RuntimeError):
                 transport.resume_reading()
         protocol.data_received(buffer)
+
+
+_REQUEST_LINE_START = re.compile(rb"[A-Z]{1,16}(?: [!-~]*(?: [!-~]*)?)?")
+_BARE_CR = re.compile(rb"\r(?!\n)")
+_CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _could_begin_a_request(partial: bytes) -> bool:
+    """False when ``partial`` (a head without its blank line yet) can no longer be a request the fast lane
+    takes: a first line that is not ``METHOD SP target...``, a byte outside ASCII, a control character
+    other than tab, CR and LF, or a CR not followed by LF (one at the very end may still get its LF)."""
+    if not partial.isascii() or _CONTROL.search(partial):
+        return False
+    first = partial.split(b"\r\n", 1)[0]
+    if not _REQUEST_LINE_START.fullmatch(first.rstrip(b"\r")):
+        return False
+    bare = _BARE_CR.search(partial)
+    return bare is None or bare.end() == len(partial)
 
 
 def _split(line: str) -> tuple[str, str]:

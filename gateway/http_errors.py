@@ -31,7 +31,7 @@ REQUEST_ID = web.RequestKey("request_id", str)
 _REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Not allowed", 404: "Not found",
-           405: "Method not allowed", 413: "Request too large", 429: "Too many requests",
+           405: "Method not allowed", 411: "Length required", 413: "Request too large", 429: "Too many requests",
            503: "Temporarily unavailable"}
 
 

@@ -33,6 +33,7 @@ from gateway.app import HOT, METRICS, STATE, create_app
 from gateway.fastlane import FastLane
 from gateway.gcpolicy import GcPolicy
 from gateway.logging import configure_logging
+from gateway.protocol import protocol_factory
 from gateway.settings import Settings
 from gateway.workermetrics import LIVE_SUFFIX, retire
 
@@ -77,13 +78,14 @@ def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -
     server = runner.server
     assert server is not None
     metrics = app[METRICS]
+    aiohttp_protocol = protocol_factory(server)
     if settings.fast_lane and not settings.access_log:
-        return FastLane(app[HOT], server, metrics, keepalive_timeout=settings.keepalive_timeout,
+        return FastLane(app[HOT], aiohttp_protocol, metrics, keepalive_timeout=settings.keepalive_timeout,
                         max_head_bytes=settings.max_header_bytes)
 
     def counting_factory() -> asyncio.Protocol:
         metrics.connections_accepted.inc()
-        return server()
+        return aiohttp_protocol()
 
     return counting_factory
 

@@ -117,7 +117,7 @@ async def test_other_paths_are_handed_to_aiohttp_which_then_keeps_the_connection
 
 
 @pytest.mark.parametrize(("name", "raw", "status"), [
-    ("chunked webhook body", None, 200),
+    ("chunked webhook body", None, 411),
     ("duplicate content-length", b"POST /auth/webhook HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n"
                                  b"Content-Length: 3\r\n\r\n{}", 400),
     ("signed content-length", b"POST /auth/webhook HTTP/1.1\r\nHost: gw\r\nContent-Length: +2\r\n\r\n{}", 400),
