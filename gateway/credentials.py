@@ -47,6 +47,7 @@ class Credential(NamedTuple):
 
 
 _JWT_RE = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+")
+_AUTHORIZATION_RE = re.compile(r"[ \t]*([!#$%&'*+.^_`|~0-9A-Za-z-]+)(?:[ \t]+(.*?))?[ \t]*", re.DOTALL)
 
 
 def find_credential(cookie_headers: Sequence[str], authorization_headers: Sequence[str],
@@ -75,10 +76,12 @@ def _bearer_token(values: Sequence[str], accept_jwt: bool) -> Credential | Crede
     value = values[0]
     if len(value) > MAX_AUTHORIZATION_BYTES:
         return CredentialProblem.OVERSIZED
-    scheme, _, rest = value.strip().partition(" ")
-    if scheme.lower() != "bearer":
+    # RFC 6750 2.1 / RFC 9110 11.4: the scheme is case-insensitive and one or more spaces follow it
+    # (tabs too: leniency in the separator costs nothing, the token itself is checked strictly).
+    match = _AUTHORIZATION_RE.fullmatch(value)
+    if match is None or match.group(1).lower() != "bearer":
         return None
-    token = rest.strip()
+    token = match.group(2) or ""
     if tokens.is_well_formed(token):
         return Credential(token, CredentialSource.BEARER)
     if accept_jwt and _JWT_RE.fullmatch(token):
@@ -92,10 +95,11 @@ def _cookie_token(values: Sequence[str], name: str) -> Credential | CredentialPr
         return CredentialProblem.OVERSIZED
     if header.count(";") >= MAX_COOKIES:
         return CredentialProblem.OVERSIZED
-    # Find "name=" at a pair boundary without splitting every pair: this runs on every request.
+    # Find "name=" at the start of a pair (only spaces or tabs after the last ";" before it) without
+    # splitting every pair: this runs on every request. "a=x gw_session=..." is a's value, not a session.
     prefix = name + "="
     at = header.find(prefix)
-    while at > 0 and header[at - 1] not in "; \t":
+    while at > 0 and header[header.rfind(";", 0, at) + 1:at].strip(" \t"):
         at = header.find(prefix, at + 1)
     if at < 0:
         return CredentialProblem.MISSING

@@ -37,11 +37,20 @@ def choose_role(user: User, requested: str | None, default_role: str) -> str | N
 
 
 def user_field(user: User, name: str) -> str:
-    """One user field as Hasura wants it: a string (lists are Postgres array literals ``{a,b}``)."""
+    """One user field as Hasura wants it: a string; lists are Postgres array literals, ``{"a","b"}``."""
     value: Any = getattr(user, name)
     if isinstance(value, tuple):
-        return "{" + ",".join(json.dumps(v) for v in value) + "}"
+        return postgres_array(value)
     return "" if value is None else str(value)
+
+
+def postgres_array(items: tuple[str, ...]) -> str:
+    """A Postgres array literal of text: every element double-quoted, ``\\`` and ``"`` backslash-escaped.
+
+    Those two are the only escapes Postgres reads inside a quoted element; everything else (commas,
+    braces, non-ASCII) stands as it is, so ``café`` stays ``café``.
+    """
+    return "{" + ",".join('"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"' for v in items) + "}"
 
 
 def encode_variables(body: Mapping[str, str]) -> bytes:

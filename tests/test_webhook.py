@@ -10,6 +10,7 @@ import pytest
 from gateway.app import CHECKER
 from gateway.hasura import encode_variables
 from gateway.policy import DenyAll
+from gateway.sessions import start_session
 from gateway.tokens import mint_token
 from tests.harness import FRONT_ENDS, Gateway, GatewayFactory
 
@@ -261,3 +262,21 @@ async def test_a_bad_bearer_is_not_rescued_by_a_good_cookie(gw: Gateway) -> None
     assert status == 401
     status, _ = await webhook_get(gw, Cookie=f"{COOKIE}={token}", Authorization="Basic dXNlcjpwYXNz")
     assert status == 200
+
+
+@pytest.mark.postgres
+async def test_list_session_variables_are_array_literals_postgres_reads_back(gateway_factory: GatewayFactory,
+                                                                              postgres_url: str) -> None:
+    """Hasura hands list variables to Postgres as text[] literals: Postgres itself must read back the list."""
+    import psycopg2
+
+    gw = await gateway_factory(**{"hasura.session_variables": {"X-Hasura-Groups": "groups"}})
+    groups = ("café", 'q"uote', "back\\slash", "a,b", "{brace}", "sp ace", "NULL", "", "\U0001f600")
+    user = await gw.store.upsert_user("test", "lists@example.com", email="lists@example.com", name="",
+                                      username="", groups=groups, roles=("user",), login_at=gw.clock())
+    token, _ = await start_session(gw.store, gw.settings.session, user_id=user.id, kind="browser", now=gw.clock())
+    status, body = await webhook_get(gw, Cookie=f"{COOKIE}={token}")
+    assert status == 200
+    with psycopg2.connect(postgres_url) as conn, conn.cursor() as cursor:
+        cursor.execute("SELECT %s::text[]", (body["X-Hasura-Groups"],))
+        assert tuple(cursor.fetchone()[0]) == groups
