@@ -20,6 +20,7 @@ from typing import Any
 
 from gateway.facts import RequestFacts, ip_in_networks
 from gateway.models import ActiveSession
+from upstreams.base import unknown_key_problem
 
 _RULE_KEYS = frozenset({"action", "hosts", "paths", "methods", "networks", "groups", "emails", "domains", "mfa",
                         "name"})
@@ -172,9 +173,8 @@ def rule_problems(tables: Sequence[Mapping[str, Any]]) -> list[str]:
         where = f"access.rules[{index}]"
         if table.get("action") not in {"allow", "deny"}:
             problems.append(f"{where}.action: expected allow or deny, got {table.get('action')!r}")
-        unknown = sorted(set(table) - _RULE_KEYS)
-        if unknown:
-            problems.append(f"{where}: unknown keys {', '.join(unknown)}")
+        problems.extend(unknown_key_problem(f"{where}.{key}", key, _RULE_KEYS)
+                        for key in sorted(set(table) - _RULE_KEYS))
         for key in _LIST_KEYS:
             value = table.get(key, ())
             if not isinstance(value, str) and not (isinstance(value, list | tuple)

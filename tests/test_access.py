@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.access import PathPattern
+from gateway.access import PathPattern, rule_problems
 
 
 @pytest.mark.parametrize(("pattern", "path", "matches"), [
@@ -31,3 +31,9 @@ from gateway.access import PathPattern
 ], ids=lambda v: str(v))
 def test_path_patterns(pattern: str, path: str, matches: bool) -> None:
     assert PathPattern.parse(pattern).matches(path) is matches
+
+
+def test_a_misspelt_rule_key_is_a_problem_with_a_suggestion() -> None:
+    """A typo must never switch a condition off: ``path`` would make a deny rule match every path."""
+    assert rule_problems([{"action": "deny", "path": ["/admin/**"]}]) == [
+        "access.rules[1].path: unknown setting; did you mean 'paths'?"]
