@@ -489,6 +489,7 @@ def test_example_protects_an_app_with_the_check_endpoint(example: list[Doc], exa
         assert cookie_var in variables, "the cache key must include the session cookie"
         assert "$http_authorization" in variables, "Bearer tokens are credentials too"
         assert {"$request_method", "$request_uri"} <= set(variables), "access rules depend on method and path"
+        assert {"$host", "$http_host"} <= set(variables), "access rules depend on the site, and rd on the Host"
         for entry in notes[NGINX + "auth-cache-duration"].split(","):
             words = entry.split()
             assert words and all(_CACHE_STATUS_RE.match(w) for w in words[:-1]) and _CACHE_TIME_RE.match(words[-1])
