@@ -4,7 +4,8 @@ The gateway (behind nginx, configured from ``deploy/nginx/protect-app.conf``) of
 built-in ``dev`` form and an OpenID Connect provider (:class:`tests.fakes.oidc.FakeOIDC`, served on
 127.0.0.1 from a thread of this process; its ``/authorize`` approves at once and redirects straight back).
 Each flow opens the protected app, lands on the sign-in chooser, signs in, sees the app's JSON with its own
-email in ``X-Auth-Request-Email``, signs out, and is refused. Along the way it checks what a person gets:
+email in ``X-Auth-Request-Email``, signs out (``/logout`` asks; the button signs out), and is refused. A page
+on another origin of the same site cannot sign anyone out. Along the way it checks what a person gets:
 every page is served from loopback only (no third-party requests), with ``Referrer-Policy: no-referrer``,
 and no ``Referer`` leaks to the provider.
 
@@ -23,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import shutil
 import threading
 from collections.abc import AsyncIterator, Iterator
@@ -235,14 +237,30 @@ def gateway_documents(site: Site, traffic: Traffic) -> list[Response]:
             if r.url.startswith((site.url + "/login", site.url + "/logout", site.url + "/callback"))]
 
 
-async def sign_out_and_check_refused(site: Site, context: BrowserContext, page: Page, target: str) -> None:
-    """Open /logout, then the app again: back on the sign-in chooser, and the old session token is dead."""
-    session = [c["value"] for c in await context.cookies(site.url) if c["name"] == COOKIE]
+async def session_cookies(context: BrowserContext, site: Site) -> list[str]:
+    return [c["value"] for c in await context.cookies(site.url) if c["name"] == COOKIE]
+
+
+async def sign_out_and_check_refused(site: Site, context: BrowserContext, page: Page, target: str,
+                                     traffic: Traffic) -> None:
+    """Open /logout (it asks), press its button, then open the app again: back on the sign-in chooser, and
+    the old session token is dead."""
+    session = await session_cookies(context, site)
     assert len(session) == 1, await context.cookies(site.url)
 
-    await page.goto(site.url + "/logout")
-    await assert_sign_in_chooser(site, page, site.url + "/")  # /logout -> / -> the app -> sign in
-    assert [c for c in await context.cookies(site.url) if c["name"] == COOKIE] == []
+    confirm = await page.goto(site.url + "/logout")
+    assert_page_headers(confirm)
+    assert await page.title() == "Sign out"
+    await page.get_by_role("heading", level=1, name=f"Sign out of {urlsplit(site.url).netloc}?").wait_for()
+    assert await session_cookies(context, site) == session  # asking signed nobody out
+    await page.get_by_role("button", name="Sign out").click()
+    await assert_sign_in_chooser(site, page, site.url + "/")  # POST /logout -> / -> the app -> sign in
+    assert await session_cookies(context, site) == []
+    # what Chromium sent: same-origin fetch metadata, and Origin null (our pages say no-referrer)
+    posted = [r for r in traffic.to(site.url + "/logout") if r.method == "POST"]
+    assert len(posted) == 1
+    assert await posted[0].header_value("sec-fetch-site") == "same-origin"
+    assert await posted[0].header_value("origin") in ("null", site.url)
 
     assert_page_headers(await page.goto(target))
     await assert_sign_in_chooser(site, page, target)
@@ -299,7 +317,7 @@ async def test_dev_sign_in_in_a_real_browser(site: Site, tmp_path: Path) -> None
             assert len(chosen) == 1
             assert await referer(chosen[0]) is None
 
-            await sign_out_and_check_refused(site, context, page, target)
+            await sign_out_and_check_refused(site, context, page, target, traffic)
             assert traffic.to(site.oidc.base) == []  # the dev flow never touches the provider
             assert traffic.foreign() == []
         finally:
@@ -333,7 +351,7 @@ async def test_oidc_sign_in_in_a_real_browser(site: Site) -> None:
             for response in gateway_documents(site, traffic):
                 assert_page_headers(response)
 
-            await sign_out_and_check_refused(site, context, page, target)
+            await sign_out_and_check_refused(site, context, page, target, traffic)
             # RP-initiated logout: the browser went through the provider's end-session endpoint and back
             assert fake.hits["logout"] == logouts_before + 1
             assert fake.logout_requests[-1].get("post_logout_redirect_uri") == site.url + "/"
@@ -341,3 +359,52 @@ async def test_oidc_sign_in_in_a_real_browser(site: Site) -> None:
         finally:
             await context.close()
 
+
+
+
+async def test_another_site_cannot_sign_you_out(site: Site) -> None:
+    """A page on another origin of the same site (cookies ride along: SameSite=Lax does not stop it) loads
+    ``/logout`` as an image, links to it, and posts a forged form to it: the session survives all three."""
+    target = site.url + "/inbox"
+    # another origin on the same host: Chromium sends the session cookie with its requests (same-site)
+    evil = site.oidc.base + "/prize"
+    evil_page = (f'<!doctype html><title>Prize</title><img src="{site.url}/logout?rd=/" alt="">'
+                 f'<a href="{site.url}/logout?rd=/">Claim</a>'
+                 f'<form method="post" action="{site.url}/logout"><input type="hidden" name="csrf_token" '
+                 f'value="{"0" * 64}"><button>Win</button></form>')
+    async with launched(site.chromium) as browser:
+        context, page, traffic = await new_page(browser)
+        try:
+            await context.route(evil, lambda route: route.fulfill(status=200, content_type="text/html",
+                                                                  body=evil_page))
+            await page.goto(target)
+            await assert_sign_in_chooser(site, page, target)
+            await page.get_by_role("link", name=f"Continue with {DEV_DISPLAY}").click()
+            await page.get_by_label("Email").fill("mallory-target@example.com")
+            async with page.expect_navigation(url=target):
+                await page.get_by_role("button", name="Sign in").click()
+            session = await session_cookies(context, site)
+            assert len(session) == 1
+
+            await page.goto(evil, wait_until="load")  # the image has loaded, or failed to, by then
+            image = [r for r in traffic.to(site.url + "/logout") if r.resource_type == "image"]
+            assert len(image) == 1  # the request went out, cookie and all; it only got the question
+            assert f"{COOKIE}={session[0]}" in (await image[0].header_value("cookie") or "").split("; ")
+            await page.get_by_role("link", name="Claim").click()
+            await page.get_by_role("heading", level=1, name=re.compile("^Sign out of ")).wait_for()
+            await page.goto(evil)
+            async with page.expect_response(lambda r: r.request.method == "POST") as posted:
+                await page.get_by_role("button", name="Win").click()
+            refused = await posted.value
+            assert refused.status == 403
+            evil_origin = "http://" + urlsplit(evil).netloc
+            assert await refused.request.header_value("origin") == evil_origin  # another origin: refused
+            await page.get_by_text("nothing was changed").wait_for()
+
+            assert await session_cookies(context, site) == session
+            await page.goto(target)
+            assert header(await shows_app(page), "X-Auth-Request-Email") == ["mallory-target@example.com"]
+            assert site.stack.get("/inbox", token=session[0], browser=True).status == 200
+            assert traffic.foreign() == []
+        finally:
+            await context.close()

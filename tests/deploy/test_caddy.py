@@ -11,6 +11,7 @@ GATEWAY_TEST_STRICT=1.
 from __future__ import annotations
 
 import contextlib
+import html
 import json
 import os
 import re
@@ -435,8 +436,19 @@ def test_sign_in_and_out_through_caddy_with_the_development_form(stack: Stack) -
     assert stack.app_saw("/auth/userinfo") == [] and stack.app_saw("/login") == []
     assert stack.app_saw("/callback") == []
 
+    # /logout asks (and signs nobody out); its button posts the session's token back, same-origin
+    reply = stack.get("/logout", ("Accept", HTML), ("Cookie", f"{COOKIE}={token}"))
+    assert reply.status == 200 and not reply.all("Set-Cookie"), reply.body[:500]
+    fields = {name: html.unescape(value)
+              for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', reply.text)}
+    assert fields["csrf_token"]
     reply = stack.get("/logout", ("Accept", HTML), ("Cookie", f"{COOKIE}={token}"), method="POST", body=b"")
-    assert reply.status == 302
+    assert reply.status == 403  # no token: nothing revoked
+    assert stack.get(path, ("Accept", HTML), ("Cookie", f"{COOKIE}={token}")).status == 200
+    reply = stack.get("/logout", ("Accept", HTML), ("Cookie", f"{COOKIE}={token}"), ("Origin", stack.url),
+                      ("Sec-Fetch-Site", "same-origin"), ("Content-Type", "application/x-www-form-urlencoded"),
+                      method="POST", body=urlencode(fields).encode())
+    assert reply.status == 303
     assert _cookies(reply).get(COOKIE) == ""
     reply = stack.get(path, ("Accept", HTML), ("Cookie", f"{COOKIE}={token}"))
     assert reply.status == 302

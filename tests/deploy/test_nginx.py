@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import html
 import json
 import re
 import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 import pytest
@@ -277,12 +278,38 @@ def test_policy_deny_shows_the_403_page_not_a_sign_in_loop(stack: Stack) -> None
 
 # ---- logout and revocation ------------------------------------------------------------------------------
 
+def sign_out_form(stack: Stack, token: str, rd: str) -> dict[str, str]:
+    """``GET /logout`` through nginx: the confirmation page's form fields (asking changes nothing)."""
+    page = stack.get(f"/logout?rd={quote(rd, safe='')}", token=token, browser=True)
+    assert page.status == 200 and not page.all("Set-Cookie"), (page.status, page.text)
+    assert re.search(r'<form method="post" action="/logout">', page.text), page.text
+    return {name: html.unescape(value)
+            for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text)}
+
+
+def post_sign_out(stack: Stack, token: str, fields: dict[str, str], origin: str) -> Reply:
+    """Press the form's button: a same-origin POST through nginx, as Chromium sends it."""
+    return http("POST", stack.url + "/logout",
+                [("Accept", "text/html"), ("Cookie", f"{COOKIE}={token}"), ("Origin", origin),
+                 ("Sec-Fetch-Site", "same-origin"), ("Content-Type", "application/x-www-form-urlencoded")],
+                urlencode(fields).encode())
+
+
 def test_logout_through_nginx_refuses_the_same_cookie_at_once(stack: Stack) -> None:
     signed = stack.sign_in("leaving@example.com")
     assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
+    fields = sign_out_form(stack, signed.token, "/")
+    assert fields["rd"] == "/" and fields["csrf_token"]
+    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200  # still signed in
 
-    out = stack.get("/logout?rd=/", token=signed.token, browser=True)
-    assert out.status == 302
+    # nginx passes Origin on: another site's origin is refused, even with the right token
+    forged = post_sign_out(stack, signed.token, fields, "http://evil.example")
+    assert forged.status == 403 and not forged.all("Set-Cookie"), (forged.status, forged.text)
+    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
+
+    out = post_sign_out(stack, signed.token, fields, stack.url)  # the site's own origin: public_url's
+    assert out.status == 303, (out.status, out.text)
+    assert out.header("Location") == "/"
     cleared = [c for c in out.all("Set-Cookie") if c.startswith(COOKIE + "=")]
     assert cleared and "max-age=0" in cleared[0].lower()
     page, _ = refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
