@@ -15,11 +15,12 @@ button POSTs to ``/logout``. A POST signs out only when it comes from one of our
   either way: a browser sends exactly that for a same-origin form post from a page with
   ``Referrer-Policy: no-referrer``, which ours are.
 - A session-bound token. A cookie-authenticated POST must carry ``csrf_token`` =
-  HMAC-SHA256(key = the session token, message = "gateway sign-out v1"), hex. Only a page that could
-  read the session cookie or one of our pages can know it: the cookie is HttpOnly, the pages are no-store
-  and unreadable cross-origin (no CORS), and a database dump (token hashes only) does not give it. It
-  needs no server-side state and no shared secret across replicas, changes with every sign-in, and
-  reveals nothing about the token it is derived from. ``GET /logout`` hands it to JSON clients too.
+  HMAC-SHA256(key = the session token, message = "gateway sign-out v1"), hex. Only the holder of the
+  session token, or a page that can read one of ours, can know it: the cookie is HttpOnly, our pages are
+  no-store and unreadable from other origins (no CORS), and a database dump (token hashes only) does not
+  give it. It needs no server-side state and no secret shared across replicas, changes with every
+  sign-in, and reveals nothing about the token it is derived from. ``GET /logout`` hands it to JSON
+  clients too.
 - ``Authorization: Bearer`` is not something a browser attaches by itself, so a bearer POST (an API
   client revoking its own token) needs no token, and leaves any cookie alone.
 
@@ -155,7 +156,7 @@ class LoginHandlers:
         if credential is None or decision.outcome not in (*_SIGNED_IN, Outcome.UNAVAILABLE):
             if wants_json(request):
                 return web.json_response({"status": "signed_out", "location": target}, headers=_NO_STORE)
-            return self._sign_out_html(pages.signed_out_page(target))
+            return _html(pages.signed_out_page(target))
         csrf_token = sign_out_token(credential.token)
         if wants_json(request):
             return web.json_response({"status": "signed_in", "csrf_token": csrf_token, "location": target},
@@ -278,7 +279,7 @@ _MAX_SIGN_OUT_BODY = 4096
 _ORIGIN_RE = re.compile(r"https?://[^/?#@\\\s]+")
 """``scheme://host[:port]`` as browsers serialise an ``Origin``: nothing after the authority."""
 
-_NO_STORE = {"Cache-Control": "no-store"}
+_NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def sign_out_token(session_token: str) -> str:
