@@ -257,14 +257,27 @@ class EnrolmentPolicy:
         return "your account is not on this site's list of allowed users"
 
 
+_ROLE_NAME = re.compile(r"[^\s,\x00-\x1f\x7f]+")
+
+
+def is_role_name(name: str) -> bool:
+    """True for a usable role name: not empty, no whitespace, commas or control characters.
+
+    Roles reach apps comma-separated (``X-Auth-Request-Groups``), so a group an upstream names
+    ``"staff,admin"`` would read as two roles there, one of them ``admin``.
+    """
+    return _ROLE_NAME.fullmatch(name) is not None
+
+
 def map_roles(groups: Sequence[str], table: Mapping[str, Sequence[str]], passthrough: bool) -> tuple[str, ...]:
     """Gateway roles for upstream ``groups``: mapped through ``table`` (group names compared without case,
-    as GitHub's are), plus the groups themselves when ``passthrough``; order kept, duplicates dropped."""
+    as GitHub's are), plus the groups themselves when ``passthrough`` and they are valid role names
+    (:func:`is_role_name`); order kept, duplicates dropped."""
     folded = {group.casefold(): roles for group, roles in table.items()}
     roles: dict[str, None] = {}
     for group in groups:
         for role in folded.get(group.casefold(), ()):
             roles[role] = None
-        if passthrough:
+        if passthrough and is_role_name(group):
             roles[group] = None
     return tuple(roles)

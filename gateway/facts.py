@@ -163,6 +163,7 @@ _AUTHORITY = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _URL = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)(.*)", re.DOTALL)
 _METHOD = re.compile(r"[A-Za-z]{1,20}")
+_METHOD_OVERRIDES = ("X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override")
 
 
 def parse_authority(authority: str, scheme: str) -> tuple[str, str]:
@@ -266,8 +267,8 @@ def request_facts(headers: MultiMapping[str], *, peer: str, method: str, own_pat
     when those are sent too; or ``X-Forwarded-Proto`` / ``X-Forwarded-Host`` (else ``Host``) /
     ``X-Forwarded-Uri`` or ``X-Original-URI`` (Traefik, Caddy); or ``Host`` and ``own_path`` (Envoy).
     The nginx and the Traefik/Caddy families at once, two values of one header, an authority that is not
-    exactly ``host[:port]`` or an ``own_path`` that another source contradicts raise
-    MalformedOriginalRequest.
+    exactly ``host[:port]``, an ``own_path`` that another source contradicts, or a method-override
+    header (``X-HTTP-Method-Override`` and kin) naming another method raise MalformedOriginalRequest.
     """
     wants_html = _wants_html(headers)
     trusted = bool(peer) and proxies.is_trusted(peer)
@@ -281,6 +282,11 @@ def request_facts(headers: MultiMapping[str], *, peer: str, method: str, own_pat
         if not _METHOD.fullmatch(named_method):
             raise MalformedOriginalRequest("original method is not a token")
         method = named_method
+    for override in _METHOD_OVERRIDES:
+        named = headers.get(override)
+        if named is not None and named.strip().upper() != method.upper():
+            # Frameworks that honour it run the named method, while rules would judge the sent one.
+            raise MalformedOriginalRequest(f"{override} names another method than the request")
     client_ip = client_address(headers, peer, proxies)
     original_url = _one(headers, "X-Original-URL")
     original_uri = _one(headers, "X-Original-URI")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from gateway.access import is_role_name
 from upstreams import PROVIDER_TYPES, provider_class
 from upstreams.base import closest_key
 
@@ -315,8 +316,9 @@ def _convert(hint: Any, value: Any, from_text: bool) -> Any:
         out: dict[str, tuple[str, ...]] = {}
         for group, roles in value.items():
             roles = [roles] if isinstance(roles, str) else roles
-            if not isinstance(roles, list) or not all(isinstance(r, str) and r for r in roles):
-                raise ValueError(f"roles.map.{group!r}: expected a role name or a list of role names")
+            if not isinstance(roles, list) or not all(isinstance(r, str) and is_role_name(r) for r in roles):
+                raise ValueError(f"roles.map.{group!r}: expected a role name or a list of role names "
+                                 "(no commas, spaces or control characters: roles travel comma-separated)")
             out[str(group)] = tuple(roles)
         return RoleMap(FrozenDict(out))
     if hint is bool:

@@ -135,10 +135,14 @@ def test_both_header_families_at_once_are_refused(headers: dict[str, str]) -> No
     {"X-Forwarded-Uri": "/x", "X-Forwarded-Host": "app.example.com, evil.example"},
     {"X-Forwarded-Uri": "/x", "X-Forwarded-Host": "app.example.com:80#"},
     {"X-Forwarded-Uri": "/x", "Host": "app.example.com:80@evil.example"},
+    {"X-Original-URI": "/x", "X-HTTP-Method-Override": "DELETE"},
+    {"X-Original-URI": "/x", "X-Original-Method": "POST", "X-HTTP-Method": "PUT"},
+    {"X-Forwarded-Uri": "/x", "X-Forwarded-Method": "POST", "X-Method-Override": "PATCH"},
 ], ids=["port-then-hash", "port-then-query", "empty-port-userinfo", "port-userinfo-host", "userinfo",
         "empty-port", "empty-host", "comma-host", "broken-ipv6", "bad-ipv6", "port-zero", "fragment", "non-ascii",
         "url-and-uri-disagree", "url-and-forwarded-host-disagree", "methods-disagree", "method-not-token",
-        "schemes-disagree", "two-forwarded-hosts", "forwarded-host-port-then-hash", "host-userinfo"])
+        "schemes-disagree", "two-forwarded-hosts", "forwarded-host-port-then-hash", "host-userinfo",
+        "method-override", "http-method", "method-override-traefik"])
 def test_ambiguous_original_requests_are_refused(headers: dict[str, str]) -> None:
     with pytest.raises(MalformedOriginalRequest):
         facts(headers)
@@ -180,3 +184,8 @@ def test_several_forwarded_for_headers_are_one_list() -> None:
                            ("X-Original-URI", "/")])
     assert request_facts(headers, peer="127.0.0.1", method="GET", own_path="", proxies=PROXIES).client_ip \
         == "198.51.100.7"
+
+
+def test_a_method_override_naming_the_same_method_is_fine() -> None:
+    f = facts({"X-Original-URI": "/x", "X-Original-Method": "POST", "X-HTTP-Method-Override": "post"})
+    assert f.method == "POST"

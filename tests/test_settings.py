@@ -125,3 +125,10 @@ def test_example_config_is_valid_and_documents_every_setting() -> None:
             node = node[part]
     assert env_name(("cookie", "name")) == "GATEWAY_COOKIE_NAME"
     assert re.search(r"GATEWAY_COOKIE_NAME", example.read_text())
+
+
+@pytest.mark.parametrize("role", ["staff,admin", "two words", "", "tab\tx"], ids=["comma", "space", "empty", "tab"])
+def test_a_mapped_role_that_would_split_in_a_header_is_a_problem(tmp_path: Path, role: str) -> None:
+    config = write(tmp_path, f'[roles.map]\n"acme" = ["user", {role!r}]\n'.replace("'", '"'))
+    _, problems = load_settings(config, env={})
+    assert any("roles.map" in p and "no commas" in p for p in problems), problems
