@@ -2,7 +2,8 @@
 
 Session cookie: ``HttpOnly``, ``Secure`` (unless configured off for plain-http development),
 ``SameSite=Lax``, ``Path=/``, ``Domain`` only when configured, ``Max-Age`` = session lifetime. Login
-attempt cookies: the same, host-only, living as long as the attempt.
+attempt cookies: the same, host-only, living as long as the attempt. The device cookie: the same,
+host-only (only the gateway's sign-in pages read it), living as long as the device.
 """
 
 from __future__ import annotations
@@ -36,3 +37,10 @@ def clear_attempt_cookie(response: web.StreamResponse, cookie: CookieSettings, n
     """Drop a used login attempt's cookie."""
     response.set_cookie(name, "", max_age=0, expires="Thu, 01 Jan 1970 00:00:00 GMT", path="/",
                         secure=cookie.secure, httponly=True, samesite="Lax")
+
+
+def set_device_cookie(response: web.StreamResponse, cookie: CookieSettings, name: str, value: str,
+                      max_age: float) -> None:
+    """Mark this browser as one someone signed in with (host-only; Lax so it rides the provider's redirect)."""
+    response.set_cookie(name, value, max_age=int(max_age), path="/", secure=cookie.secure, httponly=True,
+                        samesite="Lax")

@@ -103,6 +103,14 @@ class NotAllowed(GatewayError):
     title = "Not allowed"
 
 
+class AccountRemoved(GatewayError):
+    """Your account has been removed from this site. If you think this is a mistake, ask the people who run it."""
+
+    status = 403
+    code = "account_removed"
+    title = "Account removed"
+
+
 class ProviderUnavailable(GatewayError):
     """The sign-in provider could not be reached. Please try again in a moment."""
 

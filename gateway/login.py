@@ -6,6 +6,22 @@ can sign in at once. It is single use and expires in minutes. Finishing checks b
 upstream (mix-up), lets the provider verify everything it received, applies the enrolment policy,
 upserts the user with roles refreshed from the upstream, mints a fresh token and revokes the browser's
 previous one.
+
+Removed users stay out. An identity an admin blocked (``gateway users delete`` blocks by default, or
+``gateway users block``) is refused here with a 403 page, both before it could be enrolled again and
+once more after its session is created (a block landing mid-sign-in cannot leave a live session), and
+:meth:`LoginService.verify_bearer_session` refuses its bearer JWTs where it would look the user up. Opaque
+tokens need no check: blocking revokes them, so the check path never reads blocks.
+
+Lockout (OWASP, "Slow Down Online Guessing Attacks with Device Cookies"). Only failures of a genuine
+attempt count: its state matched a live attempt bound to this browser's cookie, and then the provider,
+the ID token, the enrolment policy or a block said no. A callback without such an attempt is refused
+but not counted, since anyone can send one (also through a victim's browser, from another site). The
+failures count against the client address, unless the browser presents a live device cookie: a random
+value (``gwd_`` + 256 bits) set at every successful sign-in and stored only as its SHA-256, tied to the
+user. Such a browser is judged by its own failures under ``device:<hash>`` instead, so someone failing
+on purpose from a shared address (an office behind NAT) locks out new browsers there, not the people
+who have signed in on theirs before.
 """
 
 from __future__ import annotations
@@ -13,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,16 +40,62 @@ import structlog
 from gateway import tokens
 from gateway.access import EnrolmentPolicy, map_roles
 from gateway.core import Checker
-from gateway.errors import AccessDenied, LoginExpired, NotAllowed, NotFound, ProviderUnavailable, TooManyRequests
+from gateway.errors import (
+    AccessDenied,
+    AccountRemoved,
+    LoginExpired,
+    NotAllowed,
+    NotFound,
+    ProviderUnavailable,
+    TooManyRequests,
+)
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, SessionRecord, User
 from gateway.redirects import RedirectPolicy, safe_redirect_target
 from gateway.sessions import start_session
 from gateway.settings import Settings
-from gateway.store.base import Store
-from upstreams.base import Callback, FailureReason, LoginSecrets, Provider, ProviderError
+from gateway.store.base import Device, Store
+from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, Provider, ProviderError
 
 log = structlog.get_logger("gateway.login")
+
+DEVICE_LIFETIME = 180 * 86400.0
+"""Seconds a device cookie (and its row) lives after the latest sign-in on that browser."""
+
+DEVICE_PREFIX = "gwd_"
+"""Marks device cookie values, so they are never mistaken for session tokens (``gwt_``)."""
+
+_DEVICE_RE = re.compile(r"gwd_[A-Za-z0-9_-]{43}")
+_DEVICE_ID_LENGTH = len(DEVICE_PREFIX) + 43
+
+
+def mint_device_id() -> str:
+    """A fresh device cookie value: ``gwd_`` plus 256 random bits as unpadded URL-safe base64."""
+    return DEVICE_PREFIX + secrets.token_urlsafe(32)
+
+
+def is_device_id(value: str) -> bool:
+    """True when ``value`` has exactly the shape :func:`mint_device_id` produces (checked before any lookup)."""
+    return len(value) == _DEVICE_ID_LENGTH and _DEVICE_RE.fullmatch(value) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    """Who is at ``/login`` or ``/callback``, as the lockout sees them.
+
+    ``client`` is the client address. ``device`` is set when the browser presented a live device cookie
+    (``device_id`` is that cookie's value); such a browser is judged by its own failures, not its
+    address's.
+    """
+
+    client: str
+    device_id: str = ""
+    device: Device | None = None
+
+    @property
+    def lockout_key(self) -> str:
+        """What failures count against and locks apply to: ``device:<hash>``, else the client address."""
+        return f"device:{self.device.device_hash}" if self.device is not None else self.client
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,12 +109,14 @@ class LoginStarted:
 
 @dataclass(frozen=True, slots=True)
 class LoginFinished:
-    """Set the session cookie to ``token``, clear ``attempt_cookie`` and send the browser to ``return_to``."""
+    """Set the session cookie to ``token``, the device cookie to ``device_id`` (for :data:`DEVICE_LIFETIME`),
+    clear ``attempt_cookie`` and send the browser to ``return_to``."""
 
     token: str
     return_to: str
     user: User
     attempt_cookie: str
+    device_id: str
 
 
 class LoginService:
@@ -106,13 +171,34 @@ class LoginService:
         """The binding cookie for the attempt with this state (one per attempt, so tabs don't collide)."""
         return f"{self._settings.login.cookie_name}_{hashlib.sha256(state.encode()).hexdigest()[:16]}"
 
-    async def check_lockout(self, client: str) -> None:
-        """Raise TooManyRequests while ``client`` is locked out after repeated failed callbacks."""
-        until = await self._store.locked_until(client, now=self._clock())
+    @property
+    def device_cookie_name(self) -> str:
+        """The device cookie's name, ``<login.cookie_name>_device`` (attempt cookies end in 16 hex digits)."""
+        return f"{self._settings.login.cookie_name}_device"
+
+    async def requester(self, client: str, device_cookie: str | None) -> Requester:
+        """``client``, with its device when ``device_cookie`` is the value of a live device cookie.
+
+        A value of the wrong shape is ignored without a lookup; an unknown or expired one (or one whose
+        user was deleted) after it: either way the requester is judged by its address.
+        """
+        if device_cookie and is_device_id(device_cookie):
+            device = await self._store.find_device(tokens.hash_token(device_cookie), now=self._clock())
+            if device is not None:
+                return Requester(client, device_cookie, device)
+        return Requester(client)
+
+    async def check_lockout(self, client: str, device_cookie: str | None = None) -> Requester:
+        """Raise TooManyRequests while the requester is locked out after repeated failed sign-ins; else
+        return it. A browser with a live device cookie is judged by its device's lock, not ``client``'s."""
+        requester = await self.requester(client, device_cookie)
+        until = await self._store.locked_until(requester.lockout_key, now=self._clock())
         if until is not None:
             retry = max(1, math.ceil(until - self._clock()))
-            raise TooManyRequests("Too many failed sign-ins from your address. Please try again later.",
+            source = "this browser" if requester.device is not None else "your address"
+            raise TooManyRequests(f"Too many failed sign-ins from {source}. Please try again later.",
                                   headers={"Retry-After": str(retry)})
+        return requester
 
     # ---- the dance -----------------------------------------------------------------------------------
 
@@ -141,7 +227,16 @@ class LoginService:
 
     async def finish(self, name: str, params: Mapping[str, str], cookies: Mapping[str, str], *, client: str,
                      user_agent: str, previous_token: str | None) -> LoginFinished:
-        """Verify the callback for upstream ``name`` and sign the browser in; raise a GatewayError otherwise."""
+        """Verify the callback for upstream ``name`` and sign the browser in; raise a GatewayError otherwise.
+
+        A callback not bound to a live attempt of this browser (no state, no binding cookie, or a state
+        that is unknown, expired, used or another attempt's) is LoginExpired and is not counted towards
+        the lockout: anyone can send one. Every later failure (mix-up, the provider refusing or failing
+        verification, the enrolment policy, a blocked identity) counts against the requester: the
+        browser's device when ``cookies`` hold a live device cookie, else ``client``. A blocked identity
+        is AccountRemoved (403) and is never enrolled again. On success the requester's failures are
+        forgotten and :attr:`LoginFinished.device_id` is the device cookie to set.
+        """
         if name not in self.providers:
             raise NotFound("There is no such sign-in provider.")
         provider = self.providers[name]
@@ -149,14 +244,16 @@ class LoginService:
         state = params.get("state", "")
         binding = cookies.get(self.attempt_cookie_name(state), "") if state else ""
         if not state or not binding:
-            await self._fail(name, client, "missing state or binding cookie")
+            self._refuse_unbound(name, client, "missing state or binding cookie")
             raise LoginExpired(link=retry_link)
         attempt = await self._store.consume_login_attempt(tokens.hash_token(binding), now=self._clock())
         if attempt is None or not hmac.compare_digest(attempt.state.encode(), state.encode()):
-            await self._fail(name, client, "unknown, used, expired or swapped state")
+            self._refuse_unbound(name, client, "unknown, used, expired or swapped state")
             raise LoginExpired(link=retry_link)
+        # From here on the callback belongs to an attempt this browser started: its failures count.
+        requester = await self.requester(client, cookies.get(self.device_cookie_name))
         if attempt.upstream != name:
-            await self._fail(name, client, f"mix-up: attempt for {attempt.upstream!r} came back to {name!r}")
+            await self._fail(name, requester, f"mix-up: attempt for {attempt.upstream!r} came back to {name!r}")
             raise LoginExpired("This sign-in response does not belong to the sign-in you started.",
                                link=retry_link)
         login = LoginSecrets(state=attempt.state, nonce=attempt.nonce, code_verifier=attempt.code_verifier)
@@ -168,7 +265,7 @@ class LoginService:
                 self._metrics.logins.labels(name, "provider_unavailable").inc()
                 log.warning("login failed: provider unavailable", upstream=name, reason=exc.message)
                 raise ProviderUnavailable(link=retry_link) from exc
-            await self._fail(name, client, exc.message)
+            await self._fail(name, requester, exc.message)
             if exc.reason is FailureReason.ACCESS_DENIED:
                 raise AccessDenied(f"{provider.display_name} did not allow the sign-in: {exc.message}.",
                                    link=retry_link) from exc
@@ -178,8 +275,11 @@ class LoginService:
         email = identity.email.strip() if identity.email_verified else ""
         refusal = self._enrolment.refusal(identity.email, identity.email_verified, identity.groups)
         if refusal is not None:
-            await self._fail(name, client, "refused by the enrolment policy")
+            await self._fail(name, requester, "refused by the enrolment policy")
             raise NotAllowed(f"You signed in, but {refusal}.")
+        if await self._is_blocked(name, identity):
+            await self._fail(name, requester, "identity blocked by an administrator", outcome="blocked")
+            raise AccountRemoved()
 
         now = self._clock()
         roles = map_roles(identity.groups, self._settings.roles.map, self._settings.roles.passthrough_groups)
@@ -188,25 +288,38 @@ class LoginService:
                                              login_at=now)
         if previous_token:
             await self._checker.revoke_token(previous_token, actor="login", reason="replaced at sign-in")
-        token, record = await start_session(self._store, self._settings.session, user_id=user.id, kind="browser",
-                                            now=now, client_addr=client, user_agent=user_agent,
-                                            mfa=identity.mfa)
+        try:
+            token, record = await start_session(self._store, self._settings.session, user_id=user.id,
+                                                kind="browser", now=now, client_addr=client,
+                                                user_agent=user_agent, mfa=identity.mfa)
+        except NotFound:  # an administrator deleted the user since the upsert
+            await self._fail(name, requester, "user deleted during the sign-in", outcome="blocked")
+            raise AccountRemoved() from None
+        # A block committed while this sign-in ran may have revoked sessions before this one existed.
+        if await self._is_blocked(name, identity):
+            await self._checker.revoke_token(token, actor="login", reason="identity blocked during sign-in")
+            await self._fail(name, requester, "identity blocked during the sign-in", outcome="blocked")
+            raise AccountRemoved()
         await self._store.record_audit("login", user_id=user.id, user_key=f"{name}:{identity.subject}",
                                        actor="user", detail={"upstream": name, "client_addr": client,
                                                              "mfa": str(identity.mfa).lower(),
                                                              "session": record.token_hash[:12]})
-        await self._store.clear_login_failures(client)
+        await self._store.clear_login_failures(requester.lockout_key)
+        device_id = await self._remember_device(requester, user.id, now)
         self._metrics.logins.labels(name, "success").inc()
-        log.info("login succeeded", upstream=name, user_id=user.id, client=client, mfa=identity.mfa)
-        return LoginFinished(token, attempt.return_to, user, self.attempt_cookie_name(state))
+        log.info("login succeeded", upstream=name, user_id=user.id, client=client, mfa=identity.mfa,
+                 known_device=requester.device is not None)
+        return LoginFinished(token, attempt.return_to, user, self.attempt_cookie_name(state), device_id)
 
     async def verify_bearer_session(self, token: str, token_hash: str, now: float) -> ActiveSession | None:
         """Turn a bearer JWT from one of ``check.jwt_upstreams`` into a session, or None.
 
         The JWT is verified by its provider (signature via JWKS, ``iss``, ``aud``, ``exp``); the enrolment
-        policy applies; the user is upserted with roles mapped like at a login, so the identity has the
-        same shape as a browser session's (a known user keeps the profile of their last sign-in). The
-        session lives until the JWT's ``exp`` and is not stored.
+        policy applies; a blocked identity (its key, its email, or its enrolled user's email) gets None
+        and is not enrolled again; the user is upserted with roles mapped like at a login, so the
+        identity has the same shape as a browser session's (a known user keeps the profile of their last
+        sign-in). The session lives until the JWT's ``exp`` and is not stored. Raises StoreUnavailable
+        when the database cannot answer (the check path then fails closed).
         """
         for name in self._settings.check.jwt_upstreams:
             provider = self.providers.get(name)
@@ -228,6 +341,10 @@ class LoginService:
             # A known user keeps the profile from their last sign-in (access tokens rarely carry email,
             # name or groups); only a first-time API user is enrolled from the token's claims.
             user = await self._store.get_user_by_key(name, identity.subject)
+            # A removed identity is refused here, where it would otherwise be enrolled again.
+            if await self._is_blocked(name, identity, user.email if user is not None else ""):
+                log.info("bearer JWT refused: identity blocked", upstream=name)
+                return None
             if user is None:
                 roles = map_roles(identity.groups, self._settings.roles.map,
                                   self._settings.roles.passthrough_groups)
@@ -242,15 +359,35 @@ class LoginService:
             return ActiveSession(session, user)
         return None
 
-    async def _fail(self, name: str, client: str, reason: str) -> None:
-        """Count a failed callback towards the client's lockout."""
-        self._metrics.logins.labels(name, "failed").inc()
+    async def _is_blocked(self, name: str, identity: Identity, known_email: str = "") -> bool:
+        """True when an admin blocked this identity, or its email (verified or not: a block errs on the
+        side of refusing), or ``known_email`` (the enrolled user's)."""
+        return await self._store.is_blocked(name, identity.subject, emails=(identity.email, known_email))
+
+    async def _remember_device(self, requester: Requester, user_id: int, now: float) -> str:
+        """The device cookie value for this browser now that ``user_id`` signed in on it: the one it brought
+        when that is ``user_id``'s live device (its life extended), else a new one."""
+        device = requester.device
+        device_id = requester.device_id if device is not None and device.user_id == user_id else mint_device_id()
+        await self._store.remember_device(tokens.hash_token(device_id), user_id=user_id, now=now,
+                                          expires_at=now + DEVICE_LIFETIME)
+        return device_id
+
+    def _refuse_unbound(self, name: str, client: str, reason: str) -> None:
+        """Note a callback that belongs to no live attempt of this browser; it does not count towards a lockout."""
+        self._metrics.logins.labels(name, "invalid_state").inc()
+        log.warning("login callback refused: no live attempt for this browser", upstream=name, client=client,
+                    reason=reason)
+
+    async def _fail(self, name: str, requester: Requester, reason: str, *, outcome: str = "failed") -> None:
+        """Count a failure of a genuine attempt towards the requester's lockout (device, else address)."""
+        self._metrics.logins.labels(name, outcome).inc()
         login = self._settings.login
         locked = await self._store.record_login_failure(
-            client, now=self._clock(), window=login.lockout_window, threshold=login.lockout_threshold,
-            lock_for=login.lockout_duration)
-        log.warning("login callback failed", upstream=name, client=client, reason=reason,
-                    locked_out=locked is not None)
+            requester.lockout_key, now=self._clock(), window=login.lockout_window,
+            threshold=login.lockout_threshold, lock_for=login.lockout_duration)
+        log.warning("login callback failed", upstream=name, client=requester.client, reason=reason,
+                    known_device=requester.device is not None, locked_out=locked is not None)
 
     async def logout(self, token: str | None, return_to: str, client: str) -> str:
         """Revoke the session everywhere and return where to send the browser (maybe the upstream's logout).

@@ -41,14 +41,20 @@ import structlog
 from aiohttp import hdrs, web
 
 from gateway import pages
-from gateway.cookies import clear_attempt_cookie, clear_session_cookie, set_attempt_cookie, set_session_cookie
+from gateway.cookies import (
+    clear_attempt_cookie,
+    clear_session_cookie,
+    set_attempt_cookie,
+    set_device_cookie,
+    set_session_cookie,
+)
 from gateway.core import Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialSource, find_credential
 from gateway.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
 from gateway.hasura import effective_roles
 from gateway.http_errors import wants_json
-from gateway.login import LoginService
+from gateway.login import DEVICE_LIFETIME, LoginService
 from gateway.models import ActiveSession
 from gateway.ratelimit import RateLimiter
 from gateway.redirects import is_safe_redirect_target
@@ -83,13 +89,16 @@ class LoginHandlers:
         return client_address(request.headers, request.remote or "", self._proxies)[:64]
 
     async def _guard(self, request: web.Request) -> str:
-        """Rate limit and lockout for /login and /callback; returns the client address."""
+        """Rate limit and lockout for /login and /callback; returns the client address.
+
+        The lockout is the address's, or, for a browser with a live device cookie, its device's own.
+        """
         client = self._client(request)
         wait = self._limiter.take(client)
         if wait > 0:
             log.warning("login rate limited", client=client, path=request.path)
             raise TooManyRequests(headers={"Retry-After": str(int(wait) + 1)})
-        await self._service.check_lockout(client)
+        await self._service.check_lockout(client, request.cookies.get(self._service.device_cookie_name))
         return client
 
     async def _current(self, request: web.Request) -> tuple[Credential | None, ActiveSession | None]:
@@ -141,6 +150,8 @@ class LoginHandlers:
         response = _redirect(finished.return_to)
         set_session_cookie(response, self._settings.cookie, finished.token, self._settings.session.lifetime)
         clear_attempt_cookie(response, self._settings.cookie, finished.attempt_cookie)
+        set_device_cookie(response, self._settings.cookie, self._service.device_cookie_name, finished.device_id,
+                          DEVICE_LIFETIME)
         return response
 
     async def confirm_logout(self, request: web.Request) -> web.Response:
