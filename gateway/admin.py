@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,7 +18,7 @@ from gateway.errors import StoreUnavailable
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.sessions import start_session
 from gateway.settings import Settings
-from gateway.store.base import Store
+from gateway.store.base import Block, BlockKey, BlockOutcome, Store, normalise_email
 
 ACTOR = "cli"
 """The audit ``actor`` for every change made from the command line."""
@@ -65,6 +65,11 @@ class InvalidInput(AdminError):
     """An argument is empty or malformed (an email without ``@``, a blank role...)."""
 
 
+class Blocked(AdminError):
+    """The identity or email is blocked (an admin removed it): lift the block before enrolling it or
+    giving it a token."""
+
+
 @dataclass(frozen=True, slots=True)
 class DatabaseStatus:
     """What :func:`check_database` found: the database answers, and these migrations are pending."""
@@ -74,11 +79,13 @@ class DatabaseStatus:
 
 @dataclass(frozen=True, slots=True)
 class UserDetails:
-    """A user with their active sessions (newest first) and recent audit rows (newest first)."""
+    """A user with their active sessions (newest first), recent audit rows (newest first) and whether they
+    are blocked (by their identity key or their email)."""
 
     user: User
     sessions: tuple[SessionRecord, ...]
     audit: tuple[AuditEvent, ...]
+    blocked: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +131,19 @@ def _clean_email(email: str) -> str:
     return cleaned
 
 
+def identity_key(text: str) -> BlockKey:
+    """``upstream:subject`` (split at the first colon) as a block key; InvalidInput unless both are there."""
+    upstream, colon, subject = text.strip().partition(":")
+    if not colon or not upstream.strip() or not subject.strip():
+        raise InvalidInput(f"expected upstream:subject (as in `gateway users list`), got {text!r}")
+    return BlockKey.for_identity(upstream.strip(), subject.strip())
+
+
+def email_key(email: str) -> BlockKey:
+    """The block key of every identity presenting ``email``; InvalidInput for a malformed email."""
+    return BlockKey.for_email(_clean_email(email))
+
+
 def _clean_roles(roles: Sequence[str]) -> tuple[str, ...]:
     cleaned = tuple(dict.fromkeys(role.strip() for role in roles))
     if any(not role for role in cleaned):
@@ -147,7 +167,9 @@ async def add_user(store: Store, *, email: str, name: str = "", roles: Sequence[
     """Enrol a user keyed by ``(upstream, subject)``; ``subject`` defaults to the lower-cased email.
 
     Audits ``user_add``. Raises UserExists when that key is already enrolled (this never silently
-    rewrites an existing user's roles) and InvalidInput for a malformed email, upstream or role.
+    rewrites an existing user's roles), Blocked when the key or the email is blocked (re-admitting a
+    removed user is an explicit :func:`unblock_subject`, never a side effect) and InvalidInput for a malformed
+    email, upstream or role.
     """
     email = _clean_email(email)
     roles = _clean_roles(roles)
@@ -155,6 +177,7 @@ async def add_user(store: Store, *, email: str, name: str = "", roles: Sequence[
     subject = (email.lower() if subject is None else subject).strip()
     if not upstream or not subject:
         raise InvalidInput("upstream and subject must not be empty")
+    await _refuse_blocked(store, upstream, subject, email)
     for existing in await store.list_users():
         if existing.upstream == upstream and existing.subject == subject:
             raise UserExists(f"user {upstream}:{subject} already exists (id {existing.id})")
@@ -191,20 +214,85 @@ async def find_user(store: Store, *, email: str | None = None, user_id: int | No
 
 async def user_details(store: Store, user: User, *, audit_limit: int = 20,
                        now: float | None = None) -> UserDetails:
-    """The user with their active sessions and their ``audit_limit`` most recent audit rows."""
+    """The user with their active sessions, their ``audit_limit`` most recent audit rows and whether they
+    are blocked."""
     now = time.time() if now is None else now
     sessions = await store.list_sessions(user.id, now=now)
     audit = await store.list_audit(user_id=user.id, limit=audit_limit)
-    return UserDetails(user=user, sessions=tuple(sessions), audit=tuple(audit))
+    return UserDetails(user=user, sessions=tuple(sessions), audit=tuple(audit),
+                       blocked=await is_blocked(store, user))
 
 
-async def delete_user(store: Store, user: User) -> None:
-    """Unenrol: revoke and delete the user's sessions and the user row; audit rows are kept.
+async def delete_user(store: Store, user: User, *, block: bool = True, reason: str = "") -> None:
+    """Unenrol: revoke and delete the user's sessions, devices and user row; audit rows are kept.
 
-    Raises UnknownUser when the user vanished in the meantime.
+    With ``block`` (the default) the user's identity (``upstream:subject``) is blocked in the same
+    transaction, so no credential brings them back: not a sign-in through the upstream, not a bearer
+    JWT, not a token minted here, until :func:`unblock_subject`. Without it they may sign in again and are then
+    enrolled afresh (with no roles but what the upstream's groups map to). Raises UnknownUser when the
+    user vanished in the meantime, InvalidInput for a reason over 512 characters.
     """
-    if not await store.delete_user(user.id, actor=ACTOR):
+    try:
+        deleted = await store.delete_user(user.id, actor=ACTOR, block=block, reason=reason.strip())
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+    if not deleted:
         raise UnknownUser(f"user {user.id} no longer exists")
+
+
+async def block_subject(store: Store, key: BlockKey, *, reason: str = "") -> BlockOutcome:
+    """Block an identity (``upstream:subject``, enrolled or not) or an email, on every replica at once.
+
+    Every active session of the users it matches is revoked and their cached sessions (bearer JWTs
+    included) are evicted everywhere; from then on sign-ins and bearer JWTs of that identity (or of any
+    identity presenting that email) are refused and no token is minted for it. Blocking twice is not an
+    error (``created`` is then False). Audited ``user_block``. Raises InvalidInput for a malformed key or
+    a reason over 512 characters.
+    """
+    try:
+        return await store.block_subject(key, actor=ACTOR, reason=reason.strip())
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+async def unblock_subject(store: Store, key: BlockKey) -> bool:
+    """Lift a block (audited ``user_unblock``); False when ``key`` was not blocked.
+
+    The identity may then sign in again (enrolled afresh when its user was deleted). Raises InvalidInput
+    for a malformed key.
+    """
+    try:
+        return await store.unblock_subject(key, actor=ACTOR)
+    except ValueError as exc:
+        raise InvalidInput(str(exc)) from None
+
+
+async def list_blocked_subjects(store: Store) -> list[Block]:
+    """Every block, oldest first."""
+    return await store.list_blocked_subjects()
+
+
+async def is_blocked(store: Store, user: User) -> bool:
+    """True when the user's identity or email is blocked."""
+    return await store.is_blocked(user.upstream, user.subject, emails=(user.email,))
+
+
+async def blocked_user_ids(store: Store, users: Iterable[User]) -> set[int]:
+    """The ids of those ``users`` whose identity or email is blocked (one query for all of them)."""
+    blocks = await store.list_blocked_subjects()
+    keys = {(b.key.upstream, b.key.subject) for b in blocks if not b.key.is_email}
+    emails = {b.key.email for b in blocks if b.key.is_email}
+    return {u.id for u in users if (u.upstream, u.subject) in keys or normalise_email(u.email) in emails}
+
+
+async def _refuse_blocked(store: Store, upstream: str, subject: str, email: str) -> None:
+    """Raise Blocked, saying how to lift it, when the identity or the email is blocked."""
+    if await store.is_blocked(upstream, subject):
+        key = BlockKey.for_identity(upstream, subject)
+        raise Blocked(f"{key} is blocked (an admin removed it); to let it back: gateway users unblock --key {key}")
+    if email and await store.is_blocked(upstream, subject, emails=(email,)):
+        raise Blocked(f"the email {normalise_email(email)} is blocked; to let it back: "
+                      f"gateway users unblock --email {normalise_email(email)}")
 
 
 async def mint_api_token(store: Store, settings: Settings, *, email: str | None = None,
@@ -214,9 +302,10 @@ async def mint_api_token(store: Store, settings: Settings, *, email: str | None 
 
     The user is found by id or email; an unknown email enrols a ``local`` user with ``roles`` and
     ``name``. For an existing user, ``roles`` (when given) must all be held by the user, else RoleNotHeld;
-    ``name`` is then ignored. ``lifetime`` defaults to ``session.api_token_lifetime``. Audits
-    ``token_mint`` with the kind, expiry and hash prefix (never the token). If the audit row cannot be
-    written, the session is revoked again before the error propagates, so no unaudited token lives.
+    ``name`` is then ignored. A blocked user, or a blocked identity or email to enrol, is Blocked.
+    ``lifetime`` defaults to ``session.api_token_lifetime``. Audits ``token_mint`` with the kind, expiry
+    and hash prefix (never the token). If the audit row cannot be written, the session is revoked again
+    before the error propagates, so no unaudited token lives.
     """
     roles = _clean_roles(roles)
     if lifetime is not None and not lifetime > 0:
@@ -230,6 +319,7 @@ async def mint_api_token(store: Store, settings: Settings, *, email: str | None 
         user = await add_user(store, email=email, name=name, roles=roles)
         user_created = True
     else:
+        await _refuse_blocked(store, user.upstream, user.subject, user.email)
         missing = [role for role in roles if role not in user.roles]
         if missing:
             raise RoleNotHeld(f"user {user.id} does not hold the role(s) {', '.join(missing)} "

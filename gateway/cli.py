@@ -1,8 +1,9 @@
 """The ``gateway`` command line: ``serve``, ``check-config``, ``migrate`` and the admin subcommands.
 
 Thin by design: parse arguments, load settings, call :mod:`gateway.admin`, format the result. Exit codes:
-0 success, 1 the operation failed (unknown user, database unavailable, nothing to revoke, bad config in
-``check-config``), 2 the command was given bad input (usage, settings problems, a malformed token).
+0 success, 1 the operation failed (unknown user, database unavailable, nothing to revoke or unblock, a
+blocked identity, bad config in ``check-config``), 2 the command was given bad input (usage, settings
+problems, a malformed token or key).
 Results go to stdout, messages to stderr; no token is ever printed except the one ``tokens mint`` returns.
 """
 
@@ -26,7 +27,7 @@ from gateway.logging import configure_logging
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.settings import Settings, load_settings, parse_duration, redacted
 from gateway.store import make_store
-from gateway.store.base import Store
+from gateway.store.base import Block, BlockKey, Store
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -107,7 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", parents=[common], help="apply pending database migrations")
     migrate.set_defaults(handler=_store_command(_migrate))
 
-    users = commands.add_parser("users", help="enrol, list, show and delete users").add_subparsers(
+    users = commands.add_parser("users", help="enrol, list, show, delete and block users").add_subparsers(
         dest="users_command", required=True, metavar="COMMAND")
     add = users.add_parser("add", parents=[common], help="enrol a user by hand")
     add.add_argument("--email", required=True)
@@ -125,10 +126,37 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user_selector(show)
     _add_json_option(show)
     show.set_defaults(handler=_store_command(_users_show))
-    delete = users.add_parser("delete", parents=[common],
-                              help="unenrol a user: revoke and delete their sessions (audit is kept)")
+    delete = users.add_parser(
+        "delete", parents=[common],
+        help="unenrol a user: revoke their sessions and block them from coming back (audit is kept)",
+        description="Unenrol a user: revoke and delete their sessions (browser sessions and API tokens, on "
+                    "every replica within a second), delete the user, and block their identity "
+                    "(upstream:subject), so that neither a sign-in through the upstream nor a bearer JWT "
+                    "enrols them again. They stay out until `gateway users unblock`. With --allow-return "
+                    "nothing is blocked: they may sign in again and are then enrolled afresh.")
     _add_user_selector(delete)
+    delete.add_argument("--allow-return", action="store_true",
+                        help="do not block: the user may sign in again (and is then enrolled afresh)")
+    delete.add_argument("--reason", default="", help="why, recorded with the block and in the audit log")
     delete.set_defaults(handler=_store_command(_users_delete))
+    block = users.add_parser(
+        "block", parents=[common], help="keep an identity or an email out, enrolled or not",
+        description="Block one identity (an enrolled user by --id, or any upstream:subject by --key, even "
+                    "one that never signed in) or every identity presenting an email (--email). Active "
+                    "sessions of the users it matches are revoked at once on every replica; sign-ins, "
+                    "bearer JWTs and new tokens are refused until `gateway users unblock`. The user row is "
+                    "kept (use `gateway users delete` to remove it too).")
+    _add_block_selector(block, email_help="block every identity presenting this email (case-insensitive), "
+                                          "enrolled users and future sign-ins alike")
+    block.add_argument("--reason", default="", help="why, recorded with the block and in the audit log")
+    block.set_defaults(handler=_store_command(_users_block))
+    unblock = users.add_parser("unblock", parents=[common],
+                               help="lift a block: the identity (or email) may sign in again")
+    _add_block_selector(unblock, email_help="lift the block on this email")
+    unblock.set_defaults(handler=_store_command(_users_unblock))
+    blocked = users.add_parser("blocked", parents=[common], help="list every block")
+    _add_json_option(blocked)
+    blocked.set_defaults(handler=_store_command(_users_blocked))
 
     token_commands = commands.add_parser("tokens", help="mint and revoke API tokens").add_subparsers(
         dest="tokens_command", required=True, metavar="COMMAND")
@@ -174,6 +202,15 @@ def _add_user_selector(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group(required=True)
     group.add_argument("--email", help="the user's email (case-insensitive)")
     group.add_argument("--id", dest="user_id", type=_positive_int, metavar="N", help="the user's id")
+
+
+def _add_block_selector(parser: argparse.ArgumentParser, *, email_help: str) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--id", dest="user_id", type=_positive_int, metavar="N",
+                       help="the identity of the enrolled user with this id")
+    group.add_argument("--key", metavar="UPSTREAM:SUBJECT",
+                       help="an identity as `gateway users list` shows it, e.g. corp:8f14e45f or github:583231")
+    group.add_argument("--email", help=email_help)
 
 
 def _add_json_option(parser: argparse.ArgumentParser) -> None:
@@ -337,12 +374,13 @@ async def _users_add(args: argparse.Namespace, settings: Settings, store: Store,
 
 async def _users_list(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
     users = await admin.list_users(store)
+    blocked = await admin.blocked_user_ids(store, users)
     if args.json:
-        _print_json(console, [_user_json(user) for user in users])
+        _print_json(console, [_user_json(user) | {"blocked": user.id in blocked} for user in users])
         return EXIT_OK
-    rows = [[str(u.id), u.email, u.name, u.upstream, u.subject, ", ".join(u.roles), _time(u.last_login_at)]
-            for u in users]
-    _print_table(console, ["ID", "EMAIL", "NAME", "UPSTREAM", "SUBJECT", "ROLES", "LAST LOGIN"], rows,
+    rows = [[str(u.id), u.email, u.name, u.upstream, u.subject, ", ".join(u.roles), _time(u.last_login_at),
+             "yes" if u.id in blocked else ""] for u in users]
+    _print_table(console, ["ID", "EMAIL", "NAME", "UPSTREAM", "SUBJECT", "ROLES", "LAST LOGIN", "BLOCKED"], rows,
                  empty="no users")
     return EXIT_OK
 
@@ -352,14 +390,15 @@ async def _users_show(args: argparse.Namespace, settings: Settings, store: Store
     details = await admin.user_details(store, user)
     now = time.time()
     if args.json:
-        _print_json(console, {"user": _user_json(user),
+        _print_json(console, {"user": _user_json(user) | {"blocked": details.blocked},
                               "sessions": [_session_json(s, now) for s in details.sessions],
                               "audit": [_audit_json(a) for a in details.audit]})
         return EXIT_OK
     fields = [("id", str(user.id)), ("email", user.email), ("name", user.name), ("username", user.username),
               ("upstream", user.upstream), ("subject", user.subject), ("roles", ", ".join(user.roles)),
               ("groups", ", ".join(user.groups)), ("created", _time(user.created_at)),
-              ("updated", _time(user.updated_at)), ("last login", _time(user.last_login_at))]
+              ("updated", _time(user.updated_at)), ("last login", _time(user.last_login_at)),
+              ("blocked", "yes" if details.blocked else "no")]
     for label, value in fields:
         console.say(f"{label + ':':<12}{_printable(value) or '-'}")
     console.say()
@@ -376,8 +415,53 @@ async def _users_show(args: argparse.Namespace, settings: Settings, store: Store
 
 async def _users_delete(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
     user = await admin.find_user(store, email=args.email, user_id=args.user_id)
-    await admin.delete_user(store, user)
-    console.say(f"deleted user {user.id}: {_printable(user.email)} (sessions revoked, audit kept)")
+    await admin.delete_user(store, user, block=not args.allow_return, reason=args.reason)
+    key = _printable(admin.user_key(user))
+    outcome = ("not blocked: they may sign in again" if args.allow_return
+               else f"blocked {key}; `gateway users unblock --key {key}` lets them back")
+    console.say(f"deleted user {user.id}: {_printable(user.email)} (sessions revoked, audit kept); {outcome}")
+    return EXIT_OK
+
+
+async def _block_key(args: argparse.Namespace, store: Store) -> BlockKey:
+    """The block key named by --id (an enrolled user's identity), --key or --email."""
+    if args.user_id is not None:
+        user = await admin.find_user(store, user_id=args.user_id)
+        return BlockKey.for_identity(user.upstream, user.subject)
+    if args.key is not None:
+        return admin.identity_key(args.key)
+    return admin.email_key(args.email)
+
+
+async def _users_block(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    key = await _block_key(args, store)
+    outcome = await admin.block_subject(store, key, reason=args.reason)
+    count = outcome.sessions_revoked
+    revoked = f"{count} session{'' if count == 1 else 's'} revoked"
+    if outcome.created:
+        console.say(f"blocked {_printable(str(key))} ({revoked})")
+    else:
+        console.say(f"{_printable(str(key))} was already blocked ({revoked})")
+    return EXIT_OK
+
+
+async def _users_unblock(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    key = await _block_key(args, store)
+    if await admin.unblock_subject(store, key):
+        console.say(f"unblocked {_printable(str(key))}")
+        return EXIT_OK
+    console.say(f"not blocked: {_printable(str(key))}")
+    return EXIT_FAILURE
+
+
+async def _users_blocked(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    blocks = await admin.list_blocked_subjects(store)
+    if args.json:
+        _print_json(console, [_block_json(b) for b in blocks])
+        return EXIT_OK
+    rows = [["email" if b.key.is_email else "identity", str(b.key), _time(b.created_at), b.actor, b.reason]
+            for b in blocks]
+    _print_table(console, ["KIND", "BLOCKED", "SINCE", "BY", "REASON"], rows, empty="no blocks")
     return EXIT_OK
 
 
@@ -488,6 +572,13 @@ def _session_json(session: SessionRecord, now: float) -> dict[str, Any]:
             "idle_expires_at": _json_time(session.idle_expires_at),
             "last_seen_at": _json_time(session.last_seen_at), "revoked_at": _json_time(session.revoked_at),
             "client_addr": session.client_addr, "user_agent": session.user_agent}
+
+
+def _block_json(block: Block) -> dict[str, Any]:
+    key = block.key
+    return {"kind": "email" if key.is_email else "identity", "upstream": key.upstream, "subject": key.subject,
+            "email": key.email, "blocked_at": _json_time(block.created_at), "actor": block.actor,
+            "reason": block.reason}
 
 
 def _audit_json(event: AuditEvent) -> dict[str, Any]:

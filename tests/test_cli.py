@@ -207,6 +207,79 @@ def test_users_add_list_show_delete(migrated: Cli) -> None:
     assert cli("users", "show", "--id", "1").returncode == 1
 
 
+async def test_users_delete_blocks_until_unblocked(migrated: Cli) -> None:
+    cli = migrated
+    cli.ok("users", "add", "--email", "ada@example.com")
+    token = cli.mint("--email", "ada@example.com")
+    deleted = cli.ok("users", "delete", "--email", "ada@example.com", "--reason", "left")
+    assert deleted == ("deleted user 1: ada@example.com (sessions revoked, audit kept); blocked "
+                       "local:ada@example.com; `gateway users unblock --key local:ada@example.com` lets them back\n")
+    assert await lookup(cli.database_url, token) is None
+
+    for args in (["users", "add", "--email", "ada@example.com"], ["tokens", "mint", "--email", "ada@example.com"]):
+        refused = cli(*args)
+        assert (refused.returncode, refused.stdout) == (1, ""), args
+        assert "is blocked" in refused.stderr and "gateway users unblock --key local:ada@example.com" in refused.stderr
+
+    table = cli.ok("users", "blocked").splitlines()
+    assert table[0].split() == ["KIND", "BLOCKED", "SINCE", "BY", "REASON"]
+    assert table[1].split()[:2] == ["identity", "local:ada@example.com"] and table[1].split()[-2:] == ["cli", "left"]
+    [block] = json.loads(cli.ok("users", "blocked", "--json"))
+    assert (block["kind"], block["upstream"], block["subject"], block["reason"]) == (
+        "identity", "local", "ada@example.com", "left")
+
+    assert cli.ok("users", "unblock", "--key", "local:ada@example.com") == "unblocked local:ada@example.com\n"
+    again = cli("users", "unblock", "--key", "local:ada@example.com")
+    assert (again.returncode, again.stdout) == (1, "not blocked: local:ada@example.com\n")
+    assert cli.ok("users", "blocked") == "no blocks\n"
+    assert cli.ok("users", "add", "--email", "ada@example.com").startswith("added user 2:")
+
+
+def test_users_delete_allow_return(migrated: Cli) -> None:
+    migrated.ok("users", "add", "--email", "ada@example.com")
+    out = migrated.ok("users", "delete", "--id", "1", "--allow-return")
+    assert out.endswith("; not blocked: they may sign in again\n")
+    assert migrated.ok("users", "blocked") == "no blocks\n"
+    migrated.ok("users", "add", "--email", "ada@example.com")
+
+
+def test_users_block_by_id_key_and_email(migrated: Cli) -> None:
+    cli = migrated
+    cli.ok("users", "add", "--email", "ada@example.com", "--upstream", "corp", "--subject", "8f14")
+    cli.ok("users", "add", "--email", "bob@example.com")
+    cli.mint("--email", "ada@example.com")
+    assert cli.ok("users", "block", "--id", "1") == "blocked corp:8f14 (1 session revoked)\n"
+    assert cli.ok("users", "block", "--id", "1") == "corp:8f14 was already blocked (0 sessions revoked)\n"
+    assert cli.ok("users", "block", "--key", "github:583231", "--reason", "never again") == (
+        "blocked github:583231 (0 sessions revoked)\n")
+    assert cli.ok("users", "block", "--email", " Bob@Example.com") == "blocked bob@example.com (0 sessions revoked)\n"
+
+    listed = json.loads(cli.ok("users", "list", "--json"))
+    assert [(u["email"], u["blocked"]) for u in listed] == [("ada@example.com", True), ("bob@example.com", True)]
+    assert cli.ok("users", "list").splitlines()[0].split()[-1] == "BLOCKED"
+    assert "blocked:    yes" in cli.ok("users", "show", "--id", "1")
+    assert json.loads(cli.ok("users", "show", "--id", "1", "--json"))["user"]["blocked"] is True
+    assert [b["kind"] for b in json.loads(cli.ok("users", "blocked", "--json"))] == ["identity", "identity", "email"]
+
+    assert cli.ok("users", "unblock", "--email", "BOB@example.com") == "unblocked bob@example.com\n"
+    assert cli.ok("users", "unblock", "--id", "1") == "unblocked corp:8f14\n"
+    assert "blocked:    no" in cli.ok("users", "show", "--id", "1")
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    pytest.param(["users", "block", "--key", "no-colon"], 2, "expected upstream:subject", id="malformed-key"),
+    pytest.param(["users", "block", "--email", "nope"], 2, "not an email address", id="malformed-email"),
+    pytest.param(["users", "block", "--id", "9"], 1, "no user with id 9", id="unknown-id"),
+    pytest.param(["users", "block", "--key", "a:b", "--email", "a@b.c"], 2, "not allowed with", id="two-keys"),
+    pytest.param(["users", "block"], 2, "one of the arguments", id="no-key"),
+])
+def test_users_block_rejects_bad_input(migrated: Cli, args: list[str], code: int, message: str) -> None:
+    result = migrated(*args)
+    assert (result.returncode, result.stdout) == (code, "")
+    assert message in result.stderr
+    assert migrated.ok("users", "blocked") == "no blocks\n"
+
+
 def test_users_add_twice_fails(migrated: Cli) -> None:
     migrated.ok("users", "add", "--email", "ada@example.com")
     result = migrated("users", "add", "--email", "ADA@example.com")
