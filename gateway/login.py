@@ -234,8 +234,9 @@ class LoginService:
         the lockout: anyone can send one. Every later failure (mix-up, the provider refusing or failing
         verification, the enrolment policy, a blocked identity) counts against the requester: the
         browser's device when ``cookies`` hold a live device cookie, else ``client``. A blocked identity
-        is AccountRemoved (403) and is never enrolled again. On success the requester's failures are
-        forgotten and :attr:`LoginFinished.device_id` is the device cookie to set.
+        (its key, its email, or its enrolled user's email) is AccountRemoved (403) and is never enrolled
+        again. On success the requester's failures are forgotten and :attr:`LoginFinished.device_id` is
+        the device cookie to set.
         """
         if name not in self.providers:
             raise NotFound("There is no such sign-in provider.")
@@ -277,7 +278,10 @@ class LoginService:
         if refusal is not None:
             await self._fail(name, requester, "refused by the enrolment policy")
             raise NotAllowed(f"You signed in, but {refusal}.")
-        if await self._is_blocked(name, identity):
+        # An email block also holds the enrolled user whose email it was, if the upstream's has changed since.
+        known = await self._store.get_user_by_key(name, identity.subject)
+        known_email = known.email if known is not None else ""
+        if await self._is_blocked(name, identity, known_email):
             await self._fail(name, requester, "identity blocked by an administrator", outcome="blocked")
             raise AccountRemoved()
 
@@ -296,7 +300,7 @@ class LoginService:
             await self._fail(name, requester, "user deleted during the sign-in", outcome="blocked")
             raise AccountRemoved() from None
         # A block committed while this sign-in ran may have revoked sessions before this one existed.
-        if await self._is_blocked(name, identity):
+        if await self._is_blocked(name, identity, known_email):
             await self._checker.revoke_token(token, actor="login", reason="identity blocked during sign-in")
             await self._fail(name, requester, "identity blocked during the sign-in", outcome="blocked")
             raise AccountRemoved()

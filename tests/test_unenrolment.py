@@ -175,7 +175,10 @@ async def test_an_email_block_reaches_known_users_and_newcomers_with_that_email(
 
     assert await eventually(all_refused)
     await assert_removed_page(browsers(gw))
-    (user,) = await gw.store.list_users()  # blocked, not deleted
+    # a new address at the upstream does not get the enrolled user past the block on their old one
+    oidc.users["user-ada"].email = "ada@elsewhere.example"
+    await assert_removed_page(browsers(gw))
+    (user,) = await gw.store.list_users()  # blocked, not deleted, and not refreshed
     assert user.email == "ada@example.com"
     oidc.login_as = "user-bob"
     assert (await browsers(gw).sign_in()).status == 302
