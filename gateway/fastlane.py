@@ -9,8 +9,11 @@ or body over the limits) is handed, from the first byte of that request on, to a
 which then owns the connection for the rest of its life. So the fast lane only ever accepts a strict
 subset of HTTP and aiohttp answers everything else exactly as it would on its own.
 
-Connections idle (or stuck mid-request) longer than ``keepalive_timeout`` are closed; at shutdown, idle
-connections close at once and requests in flight get ``shutdown_timeout`` to finish.
+Connections idle (or stuck mid-request) longer than ``keepalive_timeout`` are closed. Draining (see
+:meth:`FastLane.begin_draining` and :meth:`FastLane.shutdown`): a request is in flight from its first byte
+on, so a connection holding part of one is left to finish it; every answer from then on says
+``Connection: close`` and closes its connection, and a connection between requests stays open a moment
+before it is closed, so a request already on its way over it is answered rather than met with a reset.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ _HANDOVER_HEADERS = frozenset({"transfer-encoding", "expect", "upgrade", "conten
 _SERVER = f"forward-auth-gateway/{__version__}"
 _REASONS = {status.value: status.phrase for status in HTTPStatus}
 _SWEEP_EVERY = 1.0
+_DRAIN_POLL = 0.02
 _KEEP = b"\r\n"
 _KEEP_1_0 = b"Connection: keep-alive\r\n\r\n"
 _CLOSE = b"Connection: close\r\n\r\n"
@@ -64,13 +68,18 @@ class FastLane:
         self.internal_error = Reply(500, {"Content-Type": "application/json"}, b'{"error":"internal_error"}')
         self.connections: set[_Connection] = set()
         self.date = b""
+        self.draining = False
+        self._drain_started = 0.0
         self._sweeper: asyncio.TimerHandle | None = None
         self._tick()
 
     def __call__(self) -> asyncio.Protocol:
         """A protocol for one new connection."""
         self._accepted.inc()
-        return _Connection(self)
+        conn = _Connection(self)
+        if self.draining:
+            conn.closing = True
+        return conn
 
     def _tick(self) -> None:
         """Once a second: refresh the ``Date`` header and close connections idle too long."""
@@ -80,19 +89,49 @@ class FastLane:
             conn.close()
         self._sweeper = asyncio.get_running_loop().call_later(_SWEEP_EVERY, self._tick)
 
-    async def shutdown(self, grace: float) -> None:
-        """Close idle connections now; give requests in flight ``grace`` seconds, then close the rest."""
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-        for conn in list(self.connections):
+    def begin_draining(self) -> None:
+        """From now on every answer, on every connection old or new, says ``Connection: close`` and closes
+        its connection: keep-alive connections are retired one answered request at a time (the client
+        learns it from the answer, instead of finding the connection closed under its next request)."""
+        if self.draining:
+            return
+        self.draining = True
+        self._drain_started = time.monotonic()
+        for conn in self.connections:
             conn.closing = True
-            if conn.task is None:
+
+    async def shutdown(self, grace: float, *, linger: float = 0.0) -> None:
+        """Drain and close every connection; call once the listener is closed. Returns within ``grace``.
+
+        A connection holding any part of a request (its first byte counts), or waiting on a check's I/O,
+        is in flight: it gets until ``grace`` runs out to receive and answer it (with ``Connection:
+        close``). A connection between requests is closed once draining has gone on for ``linger`` seconds
+        and it has been quiet that long: a request already on its way is answered, not reset. When
+        ``grace`` runs out, whatever is left is closed (an answer still being waited for is dropped).
+        """
+        self.begin_draining()
+        deadline = time.monotonic() + grace
+        try:
+            while True:
+                now = time.monotonic()
+                quiet_since = now - linger
+                may_close_idle = self._drain_started <= quiet_since
+                waiting = False
+                for conn in list(self.connections):
+                    if conn.transport is None or conn.transport.is_closing():
+                        continue
+                    if may_close_idle and conn.task is None and not conn.buffer and conn.last_active <= quiet_since:
+                        conn.close()
+                    else:
+                        waiting = True
+                if not waiting or now >= deadline:
+                    return
+                await asyncio.sleep(min(_DRAIN_POLL, deadline - now))
+        finally:
+            for conn in list(self.connections):
                 conn.close()
-        busy = [c.task for c in self.connections if c.task is not None]
-        if busy:
-            await asyncio.wait(busy, timeout=grace)
-        for conn in list(self.connections):
-            conn.close()
+            if self._sweeper is not None:
+                self._sweeper.cancel()
 
 
 class _Connection(asyncio.Protocol):

@@ -2,10 +2,14 @@
 
 Each worker is a complete gateway (its own cache, pool and revocation listener on the shared database),
 so a revocation reaches every worker the same way it reaches other replicas. On SIGTERM or SIGINT a
-worker fails readiness at once, keeps accepting for ``shutdown_delay`` (so load balancers notice), stops
-accepting, lets in-flight requests finish (bounded by ``shutdown_timeout``) and exits 0. The parent
-restarts a worker that dies unexpectedly. With several workers, ``/metrics`` on any of them answers for
-all of them (see :mod:`gateway.workermetrics`).
+worker fails readiness at once and starts draining: every answer from then on says ``Connection:
+close``, so keep-alive connections are retired one answered request at a time. It keeps accepting for
+``shutdown_delay`` (so load balancers notice), then stops accepting (serving the connections the kernel
+had already accepted), lets every request in flight finish (from its first byte: a request whose body is
+still arriving is in flight) bounded by ``shutdown_timeout``, closes connections between requests once
+they have been quiet a moment, and exits 0. The parent restarts a worker that dies unexpectedly, after a
+back-off that grows with repeated crashes and starts over once a worker has run healthy. With several
+workers, ``/metrics`` on any of them answers for all of them (see :mod:`gateway.workermetrics`).
 """
 
 from __future__ import annotations
@@ -21,17 +25,20 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import HOT, METRICS, STATE, create_app
 from gateway.fastlane import FastLane
 from gateway.gcpolicy import GcPolicy
+from gateway.handlers.health import RuntimeState
 from gateway.logging import configure_logging
 from gateway.protocol import protocol_factory
 from gateway.settings import Settings
@@ -39,7 +46,11 @@ from gateway.workermetrics import LIVE_SUFFIX, retire
 
 log = structlog.get_logger("gateway.server")
 
-_RESTART_BACKOFF_MAX = 10.0
+_IDLE_LINGER = 1.0
+"""Draining: how long a connection between requests stays open (and is answered) before it is closed."""
+_DRAIN_POLL = 0.02
+_AIOHTTP_LAST_WAIT = 1.0
+"""After the drain, what aiohttp's own shutdown still gives a handler that outlived ``shutdown_timeout``."""
 
 
 def serve(settings: Settings) -> int:
@@ -50,7 +61,7 @@ def serve(settings: Settings) -> int:
     if not hasattr(socket, "SO_REUSEPORT"):
         log.error("--workers needs SO_REUSEPORT, which this platform lacks")
         return 2
-    return _supervise(settings)
+    return supervise(settings)
 
 
 def _new_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
@@ -108,8 +119,12 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
             loop.add_signal_handler(signum, stop.set)
 
     app = create_app(settings)
+    state = app[STATE]
+    app.on_response_prepare.append(_closing_while_draining(lambda: state.draining))
     shared = app[METRICS].share(metrics_file) if metrics_file is not None else None
-    runner = web.AppRunner(app, handle_signals=False, **runner_options(settings))
+    # The drain below gives requests shutdown_timeout; aiohttp's own shutdown only has to clean up after it.
+    options = {**runner_options(settings), "shutdown_timeout": _AIOHTTP_LAST_WAIT}
+    runner = web.AppRunner(app, handle_signals=False, **options)
     await runner.setup()
     front = front_end(app, runner, settings)
     host, port = settings.listen_host_port
@@ -130,12 +145,11 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
 
     log.info("shutting down: readiness off, finishing in-flight requests",
              delay=settings.shutdown_delay, timeout=settings.shutdown_timeout)
-    app[STATE].draining = True
-    if settings.shutdown_delay > 0:
-        await asyncio.sleep(settings.shutdown_delay)
-    listener.close()
-    if isinstance(front, FastLane):
-        await front.shutdown(settings.shutdown_timeout)
+    try:
+        await _drain(settings, state, listener, front, runner)
+    except Exception:  # a bug in draining must not keep the process from cleaning up and stopping
+        log.exception("draining failed; closing what is left")
+        listener.close()
     await runner.cleanup()
     await gc_policy.stop()
     if publisher is not None and shared is not None:
@@ -148,6 +162,108 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     return 0
 
 
+async def _drain(settings: Settings, state: RuntimeState, listener: asyncio.Server,
+                 front: Callable[[], asyncio.Protocol], runner: web.AppRunner) -> None:
+    """Readiness off and keep-alive retired at once; accept for ``shutdown_delay``; then stop accepting and
+    let every request in flight finish within ``shutdown_timeout`` (see the module docstring)."""
+    state.draining = True
+    started = time.monotonic()
+    if isinstance(front, FastLane):
+        front.begin_draining()
+    if settings.shutdown_delay > 0:
+        await asyncio.sleep(settings.shutdown_delay)
+    await stop_listening(listener, front)
+    grace = float(settings.shutdown_timeout)
+    linger = min(_IDLE_LINGER, grace)
+    deadline = time.monotonic() + grace
+    if isinstance(front, FastLane):
+        await front.shutdown(grace, linger=linger)
+    server = runner.server
+    if server is not None:
+        await _finish_aiohttp_requests(server, drain_started=started, deadline=deadline, linger=linger)
+
+
+async def stop_listening(listener: asyncio.Server, front: Callable[[], asyncio.Protocol]) -> None:
+    """Close the listening sockets, but serve the connections already waiting in their accept queues.
+
+    Closing a listening socket resets every connection the kernel completed and nobody accepted yet,
+    although its client may have sent a whole request (a POST is then lost: proxies retry only idempotent
+    requests). So each queue is emptied first, through a duplicate of the socket that keeps it open while
+    the server's own handle closes, and those connections are served like any other (draining).
+    """
+    loop = asyncio.get_running_loop()
+    spares: list[socket.socket] = []
+    for sock in listener.sockets:
+        with contextlib.suppress(OSError):
+            spares.append(socket.socket(fileno=os.dup(sock.fileno())))
+    listener.close()
+    accepted: list[socket.socket] = []
+    for spare in spares:
+        with spare:
+            spare.setblocking(False)
+            while True:
+                try:
+                    conn, _ = spare.accept()
+                except OSError:  # BlockingIOError: the queue is empty
+                    break
+                accepted.append(conn)
+    for conn in accepted:
+        conn.setblocking(False)
+        try:
+            await loop.connect_accepted_socket(front, conn)
+        except OSError:
+            conn.close()
+    if accepted:
+        log.info("served connections still queued at the listener", connections=len(accepted))
+
+
+def _closing_while_draining(draining: Callable[[], bool]) -> Callable[[web.Request, web.StreamResponse],
+                                                                      Awaitable[None]]:
+    """An ``on_response_prepare`` hook: while draining, aiohttp's answers say ``Connection: close`` and close
+    their connection, as the fast lane's do."""
+    async def close_after_answer(request: web.Request, response: web.StreamResponse) -> None:
+        if draining():
+            response.force_close()
+            response.headers["Connection"] = "close"
+    return close_after_answer
+
+
+async def _finish_aiohttp_requests(server: web.Server, *, drain_started: float, deadline: float,
+                                   linger: float) -> None:
+    """Wait until no connection aiohttp owns (after a hand-over) has a request in flight, until ``deadline``.
+
+    aiohttp's own shutdown stops reading at once, so a request whose body is still arriving would never be
+    completed and would be cut off at its timeout: it runs only after this, for what is left. A request
+    in flight here is answered with ``Connection: close`` (see :func:`_closing_while_draining`), after
+    which aiohttp closes the connection itself; a connection between requests is closed once draining
+    has gone on for ``linger``. A request whose head aiohttp has begun but not finished parsing cannot
+    be told from a quiet connection: it gets the linger to arrive.
+    """
+    while True:
+        now = time.monotonic()
+        waiting = False
+        for handler in server.connections:
+            if handler.transport is None or handler.transport.is_closing():
+                continue
+            if now - drain_started >= linger and _between_requests(handler):
+                handler.force_close()
+                continue
+            waiting = True
+        if not waiting or now >= deadline:
+            return
+        await asyncio.sleep(min(_DRAIN_POLL, deadline - now))
+
+
+def _between_requests(handler: RequestHandler) -> bool:
+    """True while aiohttp waits for the next request on this connection (none queued, none being handled).
+
+    aiohttp has no public way to ask, so this reads its handler's state, and errs on the side of "in
+    flight" (waiting for the deadline) should those attributes ever change.
+    """
+    waiter = getattr(handler, "_waiter", None)
+    return waiter is not None and not waiter.done() and not getattr(handler, "_messages", True)
+
+
 def _worker_main(settings: Settings, metrics_file: Path | None) -> None:
     configure_logging(settings.log_format, settings.log_level)
     # The parent decides when workers stop; ignore the terminal's Ctrl-C burst and wait for its SIGTERM.
@@ -155,8 +271,44 @@ def _worker_main(settings: Settings, metrics_file: Path | None) -> None:
     sys.exit(_run_worker(settings, reuse_port=True, metrics_file=metrics_file))
 
 
-def _supervise(settings: Settings) -> int:
-    """Start ``settings.workers`` worker processes and keep them running until SIGTERM/SIGINT."""
+class RestartBackoff:
+    """How long the supervisor waits before restarting a worker that exited, for one worker slot.
+
+    ``first`` seconds after a crash, doubling with each further crash up to ``most``; a worker that ran
+    ``healthy_after`` seconds or longer before it exited was serving, not crash-looping, so its restart
+    starts over at ``first``. (Uptime is the test because the supervisor cannot ask one worker for
+    ``/readyz``: the workers share the port.)
+    """
+
+    def __init__(self, first: float = 0.5, most: float = 10.0, healthy_after: float = 30.0) -> None:
+        self.first = first
+        self.most = most
+        self.healthy_after = healthy_after
+        self._next = first
+
+    def after_exit(self, ran_for: float) -> float:
+        """The delay before restarting a worker that ran ``ran_for`` seconds; call once per exit."""
+        if ran_for >= self.healthy_after:
+            self._next = self.first
+        delay = self._next
+        self._next = min(self._next * 2, self.most)
+        return delay
+
+
+@dataclass
+class _Slot:
+    """One of the supervisor's workers: the process now running in it, or the time it restarts at."""
+
+    proc: BaseProcess
+    metrics_file: Path | None
+    started: float
+    backoff: RestartBackoff
+    restart_at: float | None = None
+
+
+def supervise(settings: Settings, backoff: Callable[[], RestartBackoff] = RestartBackoff) -> int:
+    """Start ``settings.workers`` worker processes and keep them running until SIGTERM/SIGINT; return the
+    exit code (0 when every worker stopped cleanly). ``backoff`` makes each slot's restart policy."""
     ctx = multiprocessing.get_context("spawn")
     stopping = False
 
@@ -183,29 +335,38 @@ def _supervise(settings: Settings) -> int:
         proc.start()
         return proc, file
 
+    signalled: list[BaseProcess] = []
     try:
-        running = [start() for _ in range(settings.workers)]
-        backoff = [0.5] * len(running)
-        log.info("started workers", workers=settings.workers, pids=[proc.pid for proc, _ in running])
+        slots = [_Slot(*start(), time.monotonic(), backoff()) for _ in range(settings.workers)]
+        log.info("started workers", workers=settings.workers, pids=[slot.proc.pid for slot in slots])
         while not stopping:
             time.sleep(0.2)
-            for i, (proc, file) in enumerate(running):
-                if not stopping and proc.exitcode is not None:
-                    log.error("worker exited; restarting", pid=proc.pid, exitcode=proc.exitcode,
-                              backoff=backoff[i])
-                    if file is not None:
-                        retire(file)
-                    time.sleep(backoff[i])
-                    backoff[i] = min(backoff[i] * 2, _RESTART_BACKOFF_MAX)
-                    running[i] = start()
+            for slot in slots:
+                if stopping:
+                    break
+                now = time.monotonic()
+                if slot.restart_at is not None:
+                    if now >= slot.restart_at:
+                        slot.proc, slot.metrics_file = start()
+                        slot.started, slot.restart_at = now, None
+                        log.info("worker restarted", pid=slot.proc.pid)
+                elif slot.proc.exitcode is not None:
+                    ran_for = now - slot.started
+                    delay = slot.backoff.after_exit(ran_for)
+                    log.error("worker exited; restarting", pid=slot.proc.pid, exitcode=slot.proc.exitcode,
+                              ran_for=round(ran_for, 1), backoff=delay)
+                    if slot.metrics_file is not None:
+                        retire(slot.metrics_file)
+                    slot.restart_at = now + delay
 
-        workers = [proc for proc, _ in running]
-        for proc in workers:
+        # Slots waiting out a back-off have no worker to stop; their crash was logged when it happened.
+        signalled = [slot.proc for slot in slots if slot.restart_at is None]
+        for proc in signalled:
             if proc.exitcode is None and proc.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + settings.shutdown_timeout + 5
-        for proc in workers:
+        deadline = time.monotonic() + settings.shutdown_delay + settings.shutdown_timeout + 5
+        for proc in signalled:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.exitcode is None:
                 proc.kill()
@@ -213,6 +374,7 @@ def _supervise(settings: Settings) -> int:
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
-    codes = [p.exitcode for p in workers]
+    codes = [p.exitcode for p in signalled]
     log.info("workers stopped", exitcodes=codes)
-    return 0 if all(c == 0 for c in codes) else 1
+    # -SIGTERM: a worker still starting up (its handler is set before it listens) had served nothing.
+    return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
