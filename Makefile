@@ -20,6 +20,12 @@ test: $(BIN)/.installed
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+## security: every case of the security corpus (tests/security, see docs/security-corpus.md); prints
+## "N cases, A allows, F 5xx, H hangs, L leaks" and fails unless A, F, H and L are all 0
+.PHONY: security
+security: $(BIN)/.installed
+	GATEWAY_SECURITY_FULL=1 GATEWAY_TEST_STRICT=1 $(BIN)/pytest tests/security -q --tb=no -rN
+
 ## bench: the check-path benchmark; writes docs/benchmarks.md
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench

@@ -31,18 +31,19 @@ def tally(request: pytest.FixtureRequest) -> Tally:
     return request.config.stash[TALLY]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, tally: Tally) -> Iterator[SecurityStack]:
-    """Echo app, both gateways, nginx and Caddy, with the corpus's tokens: once for the whole session."""
+    """Echo app, both gateways, nginx and Caddy, with the corpus's tokens: started once, stopped after the
+    corpus's last test (the processes are shared by every module of the package)."""
     with start_security_stack(tmp_path_factory.mktemp("security")) as running:
         tally.logs.update(running.logs())
         tally.secrets.update(running.tokens.all())
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def oidc_stack(tmp_path_factory: pytest.TempPathFactory, tally: Tally) -> Iterator[OidcStack]:
-    """The malicious OIDC provider and a gateway signing in with it: once for the whole session."""
+    """The malicious OIDC provider and a gateway signing in with it: started once for the package."""
     with start_oidc_stack(tmp_path_factory.mktemp("security-oidc")) as running:
         tally.logs.add(running.gateway.log)
         tally.secrets.add(running.client_secret)

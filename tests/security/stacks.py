@@ -1,4 +1,4 @@
-"""The processes the security corpus attacks, started once per test session and shared by every module.
+"""The processes the security corpus attacks, started once per run and shared by every module of the corpus.
 
 Built from :mod:`tests.deploy.stack` (and the Caddyfile rendering of :mod:`tests.deploy.test_caddy`), with
 what the corpus needs on top:
@@ -226,7 +226,7 @@ def _wait_refused(gateway: Gateway, token: str, timeout: float = 5.0) -> None:
 
 
 def make_tokens(gateway: Gateway, nginx_url: str) -> Tokens:
-    """Sign in, mint, revoke and let expire the corpus's tokens (a few seconds, once per session)."""
+    """Sign in, mint, revoke and let expire the corpus's tokens (a few seconds, once per run)."""
     valid = sign_in(nginx_url, "ada@example.com").token
     other = _mint(gateway, "bob@example.com")
     expired = _mint(gateway, "old@example.com", ttl="1s")
@@ -335,7 +335,7 @@ ALICE = FakeUser(sub="user-alice", email="alice@example.com", name="Alice Liddel
 def honest_knobs(fake: FakeOIDC) -> Knobs:
     """How the fake behaves between cases: correctly, and promising (and sending) RFC 9207's ``iss`` on the
     way back, so a callback without it is a forgery too. Set before the gateway reads the discovery
-    document, which it then caches for the whole session."""
+    document, which it then caches for the whole run."""
     return Knobs(advertise_iss_parameter=True, callback_iss=fake.issuer)
 
 

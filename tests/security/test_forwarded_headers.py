@@ -69,14 +69,19 @@ FORGERIES: list[tuple[str, Headers]] = [
 ]
 
 
+CORE_FORGERIES = {"other-family-uri", "both-families", "underscore-uri", "lower-case-uri", "url-with-fragment",
+                  "other-family-original-uri"}
+
+
 def trusted_cases() -> list[Case]:
     out = []
     for front in ("fastlane", "aiohttp"):
         for family in FAMILIES:
-            out.append(Case(f"trusted-{front}-{family}-alone", True, (front, family, "", [], "after")))
+            out.append(Case(f"trusted-{front}-{family}-alone", front == "fastlane", (front, family, "", [], "after")))
             for forgery_id, forged in FORGERIES:
                 for where in ("before", "after"):
-                    core = front == "fastlane" and family in ("nginx", "traefik") and where == "after"
+                    core = front == "fastlane" and family in ("nginx", "traefik") and where == "after" \
+                        and forgery_id in CORE_FORGERIES
                     out.append(Case(f"trusted-{front}-{family}-{forgery_id}-{where}", core,
                                     (front, family, forgery_id, forged, where)))
             # the real header of the family in another letter case
@@ -84,7 +89,7 @@ def trusted_cases() -> list[Case]:
             for case_id, rename in (("lower", str.lower), ("upper", str.upper)):
                 renamed = [(rename(name), value) for name, value in real]
                 if renamed != real:
-                    out.append(Case(f"trusted-{front}-{family}-real-in-{case_id}-case", True,
+                    out.append(Case(f"trusted-{front}-{family}-real-in-{case_id}-case", front == "fastlane",
                                     (front, family, f"real-{case_id}", renamed, "replace")))
     return out
 
@@ -125,7 +130,8 @@ def baseline(stack: SecurityStack, front: str, source: str, token: str, path: st
     return reply.first.status
 
 
-@pytest.mark.parametrize("case", params(Case(f"{peer}-{front}-ignores-{iid}", True, (front, peer, headers))
+@pytest.mark.parametrize("case", params(Case(f"{peer}-{front}-ignores-{iid}", front == "fastlane",
+                                             (front, peer, headers))
                                         for front in ("fastlane", "aiohttp") for peer in ("trusted", "untrusted")
                                         for iid, headers in IGNORED))
 def test_headers_that_are_not_forwarded_headers_change_nothing(stack: SecurityStack, tally: Tally,
@@ -154,7 +160,8 @@ UNTRUSTED_SPOOFS: list[tuple[str, Headers]] = [
 ]
 
 
-@pytest.mark.parametrize("case", params(Case(f"untrusted-{front}-envoy-path-{sid}", True, (front, headers))
+@pytest.mark.parametrize("case", params(Case(f"untrusted-{front}-envoy-path-{sid}", front == "fastlane",
+                                             (front, headers))
                                         for front in ("fastlane", "aiohttp")
                                         for sid, headers in [("plain", []), *UNTRUSTED_SPOOFS]))
 def test_an_untrusted_peer_cannot_talk_its_way_past_the_envoy_path(stack: SecurityStack, tally: Tally,
@@ -170,7 +177,8 @@ def test_an_untrusted_peer_cannot_talk_its_way_past_the_envoy_path(stack: Securi
     tally.conclude(verdict)
 
 
-@pytest.mark.parametrize("case", params(Case(f"untrusted-{front}-{sid}-{cred}", True, (front, headers, cred))
+@pytest.mark.parametrize("case", params(Case(f"untrusted-{front}-{sid}-{cred}", front == "fastlane",
+                                             (front, headers, cred))
                                         for front in ("fastlane", "aiohttp")
                                         for sid, headers in UNTRUSTED_SPOOFS for cred in ("session", "none")))
 def test_an_untrusted_peers_forwarded_headers_are_ignored(stack: SecurityStack, tally: Tally, case: Case) -> None:
@@ -199,7 +207,8 @@ BROWSER_SPOOFS: list[tuple[str, Headers]] = [
 ]
 
 
-@pytest.mark.parametrize("case", params(Case(f"{peer}-{front}-browser-redirect-{sid}", True, (front, peer, headers))
+@pytest.mark.parametrize("case", params(Case(f"{peer}-{front}-browser-redirect-{sid}", front == "fastlane",
+                                             (front, peer, headers))
                                         for front in ("fastlane", "aiohttp") for peer in ("trusted", "untrusted")
                                         for sid, headers in BROWSER_SPOOFS))
 def test_a_browser_mode_redirect_never_points_at_a_forged_host(stack: SecurityStack, tally: Tally,
@@ -232,7 +241,7 @@ def proxied_cases() -> list[Case]:
     forgeries = [*FORGERIES, ("envoy-style-path-header", [("X-Envoy-Original-Path", PUBLIC)]),
                  ("duplicate-uri", [("X-Original-URI", PUBLIC), ("X-Original-URI", PUBLIC)]),
                  ("duplicate-forwarded-uri", [("X-Forwarded-Uri", PUBLIC), ("X-Forwarded-Uri", PUBLIC)])]
-    return [Case(f"{front}-client-sends-{fid}-{pid}", pid == "f", (front, forged, path))
+    return [Case(f"{front}-client-sends-{fid}-{pid}", front == "nginx" and pid == "f", (front, forged, path))
             for front in ("nginx", "caddy") for fid, forged in forgeries
             for pid, path in (("f", DENIED), ("af", "/api" + DENIED))]
 

@@ -21,7 +21,7 @@ import pytest
 
 from tests.deploy.stack import COOKIE, http
 from tests.fakes.oidc import FakeOIDC
-from tests.security.corpus import Case, LogWatch, Tally, Verdict, leaks_in_response, probe
+from tests.security.corpus import Case, LogWatch, Tally, Verdict, leaks_in_response, params, probe
 from tests.security.rawhttp import Response, request
 from tests.security.stacks import OidcStack, honest_knobs
 
@@ -148,8 +148,8 @@ def reset(fake: FakeOIDC, signing_kid: str) -> None:
     fake.signing_kid = signing_kid
 
 
-@pytest.mark.parametrize("case", [pytest.param(Case(f"{fid}-{aid}", True, (setter, accept)), id=f"{fid}-{aid}")
-                                  for fid, setter in FORGERIES for aid, accept in ACCEPTS.items()])
+@pytest.mark.parametrize("case", params(Case(f"{fid}-{aid}", aid == "html", (setter, accept))
+                                        for fid, setter in FORGERIES for aid, accept in ACCEPTS.items()))
 def test_a_forged_id_token_never_makes_a_session(oidc_stack: OidcStack, tally: Tally, case: Case) -> None:
     setter, accept = case.data
     fake = oidc_stack.fake
@@ -283,8 +283,8 @@ BROWSER_FORGERIES: list[tuple[str, BrowserForgery]] = [
 ]
 
 
-@pytest.mark.parametrize("case", [pytest.param(Case(f"{fid}-{aid}", True, (forge, accept)), id=f"{fid}-{aid}")
-                                  for fid, forge in BROWSER_FORGERIES for aid, accept in ACCEPTS.items()])
+@pytest.mark.parametrize("case", params(Case(f"{fid}-{aid}", aid == "html", (forge, accept))
+                                        for fid, forge in BROWSER_FORGERIES for aid, accept in ACCEPTS.items()))
 def test_a_forged_callback_never_makes_a_session(oidc_stack: OidcStack, tally: Tally, case: Case) -> None:
     forge, accept = case.data
     secrets = [oidc_stack.client_secret]

@@ -6,10 +6,12 @@ response parser of the raw client. These are not corpus cases (they are not coun
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from tests.security.corpus import app_routes, denied_route, remove_dot_segments
-from tests.security.rawhttp import _Incomplete, _parse_one
+from tests.security.corpus import LogWatch, app_routes, denied_route, leaks_in_response, remove_dot_segments
+from tests.security.rawhttp import Response, _Incomplete, _parse_one
 from tests.security.test_redirect_targets import Destination, allowed, destination
 
 
@@ -82,3 +84,17 @@ def test_the_raw_parser_needs_the_whole_body() -> None:
         _parse_one(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc", False)
     response, used = _parse_one(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\nX", False)
     assert (response.status, response.body, used) == (200, b"abc", 60)  # everything before the "X"
+
+
+def test_the_log_watch_sees_only_what_was_logged_during_the_case(tmp_path: Path) -> None:
+    log = tmp_path / "gateway.log"
+    log.write_text('{"event": "old", "token": "gwt_before"}\n')
+    watch = LogWatch([log, tmp_path / "not-yet-written.log"])
+    with log.open("a") as out:
+        out.write('{"event": "check denied", "cookie": "gwt_during"}\n')
+    assert watch.leaks(["gwt_before", "gwt_during", "gwt_never"]) == ["secret gwt_duri… in the gateway log"]
+
+
+def test_leaks_in_a_response_skip_only_set_cookie() -> None:
+    response = Response(302, [("Location", "/x?t=gwt_location"), ("Set-Cookie", "gw_session=gwt_cookie")], b"gwt_body")
+    assert len(leaks_in_response(response, ["gwt_location", "gwt_cookie", "gwt_body"])) == 2

@@ -245,7 +245,7 @@ ACCEPTED = {"ok-local", "ok-app-host", "ok-suffix", "ok-site"}
 """Controls: the gateway must honour these (not fall back to its default), or the corpus proves nothing."""
 
 ENDPOINTS = ("login-session", "login-session-nginx", "login-flow", "logout-get", "logout-post", "logout-post-json")
-CORE_ENDPOINTS = ("login-session", "logout-post")
+CORE_ENDPOINTS = ("login-session",)
 
 
 def encodings(target: str) -> list[tuple[str, str]]:

@@ -139,7 +139,7 @@ TARGETS = {
     "nginx-api": ("nginx", "/api/items"),
     "caddy-api": ("caddy", "/api/items"),
 }
-CORE_TARGETS = ("fastlane-check", "nginx-api")
+CORE_TARGETS = ("fastlane-check",)
 
 
 def cases() -> list[Case]:
