@@ -8,8 +8,8 @@ on, the ones ``make security`` counts:
   allowed hosts);
 - **5xx**: any answer from 500 to 599, from the gateway or from the proxy in front of it;
 - **hang**: neither an answer nor a closed connection within 2 s;
-- **leak**: a secret (session token, authorization code, client secret, ID token) in a response the
-  gateway (or the proxy) wrote, or in the gateway's log.
+- **leak**: a secret (session token, binding cookie, authorization code, PKCE verifier, client secret, a
+  token the provider issued) in a response the gateway (or the proxy) wrote, or in the gateway's log.
 
 A case may also state its own expectations (a control request must reach the app, a refusal must be a
 401...): those failures are ``problems``, reported with the case but not counted in the four.
@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import os
 import zlib
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import pytest
@@ -72,22 +73,9 @@ def in_this_run(case: Case) -> bool:
 def params(cases: Iterable[Case]) -> list[Any]:
     """``pytest.param`` for every case of this run, with the case's id; duplicate ids are a bug in a table."""
     chosen = [c for c in cases if in_this_run(c)]
-    ids = [c.id for c in chosen]
-    duplicates = {i for i in ids if ids.count(i) > 1}
+    duplicates = [i for i, n in Counter(c.id for c in chosen).items() if n > 1]
     assert not duplicates, f"duplicate case ids: {sorted(duplicates)}"
     return [pytest.param(c, id=c.id) for c in chosen]
-
-
-T = TypeVar("T")
-
-
-def unique(items: Iterable[T]) -> list[T]:
-    """``items`` without repeats, in order."""
-    seen: list[T] = []
-    for item in items:
-        if item not in seen:
-            seen.append(item)
-    return seen
 
 
 # ---- how the app routes what it received --------------------------------------------------------------------

@@ -154,6 +154,26 @@ def _parse_one(buffer: bytes, head_only: bool) -> tuple[Response, int]:
     raise _Incomplete  # body until close
 
 
+def _last_response(buffer: bytes, head_only: bool, out: Exchange) -> None:
+    """The connection closed with ``buffer`` unparsed: a response whose body ran until the close, or junk."""
+    end = buffer.find(b"\r\n\r\n")
+    if end < 0:
+        out.error = "truncated response"
+        return
+    try:
+        response, _ = _parse_one(buffer[:end + 4], True)
+    except (ValueError, _Incomplete) as exc:
+        out.error = str(exc) or "truncated response"
+        return
+    declared = response.header("Content-Length")
+    response.body = buffer[end + 4:]
+    if head_only:
+        response.body = b""
+    elif declared is not None and declared.isdigit() and len(response.body) < int(declared):
+        out.error = "truncated response"
+    out.responses.append(response)
+
+
 def exchange(port: int, data: bytes | Sequence[bytes], *, expect: int = 1, budget: float = BUDGET,
              source: str | None = None, head_only: bool = False, pause: float = 0.0,
              host: str = "127.0.0.1") -> Exchange:
@@ -211,24 +231,8 @@ def exchange(port: int, data: bytes | Sequence[bytes], *, expect: int = 1, budge
                 chunk = b""
             if not chunk:
                 out.closed = True
-                if buffer:  # a body delimited by the close
-                    try:
-                        response, _ = _parse_one(buffer + b"", head_only)
-                    except _Incomplete:
-                        end = buffer.find(b"\r\n\r\n")
-                        if end >= 0:
-                            try:
-                                response, _ = _parse_one(buffer[:end + 4] + b"", True)
-                                response.body = buffer[end + 4:]
-                                out.responses.append(response)
-                            except (ValueError, _Incomplete):
-                                out.error = "truncated response"
-                        else:
-                            out.error = "truncated response"
-                    except ValueError as exc:
-                        out.error = str(exc)
-                    else:
-                        out.responses.append(response)
+                if buffer:
+                    _last_response(buffer, head_only, out)
                 break
             buffer += chunk
         if len(out.responses) >= expect and not out.closed:

@@ -214,10 +214,6 @@ class SecurityStack:
         return self.caddy
 
 
-def _mint(gateway: Gateway, email: str, ttl: str = "1h") -> str:
-    return gateway.mint(email, ttl=ttl)
-
-
 def _wait_refused(gateway: Gateway, token: str, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while http("GET", gateway.url + "/auth/check", [("Authorization", f"Bearer {token}")]).status != 401:
@@ -228,9 +224,9 @@ def _wait_refused(gateway: Gateway, token: str, timeout: float = 5.0) -> None:
 def make_tokens(gateway: Gateway, nginx_url: str) -> Tokens:
     """Sign in, mint, revoke and let expire the corpus's tokens (a few seconds, once per run)."""
     valid = sign_in(nginx_url, "ada@example.com").token
-    other = _mint(gateway, "bob@example.com")
-    expired = _mint(gateway, "old@example.com", ttl="1s")
-    revoked = _mint(gateway, "gone@example.com")
+    other = gateway.mint("bob@example.com")
+    expired = gateway.mint("old@example.com", ttl="1s")
+    revoked = gateway.mint("gone@example.com")
     assert http("GET", gateway.url + "/auth/check", [("Authorization", f"Bearer {revoked}")]).status == 200
     gateway.cli("tokens", "revoke", "-", stdin=revoked + "\n")
     _wait_refused(gateway, revoked)
