@@ -10,21 +10,22 @@ from importlib import resources
 from types import MappingProxyType
 from typing import Any, cast
 
-from gateway.models import ActiveSession, AuditEvent, LoginAttempt, SessionKind, SessionRecord, User
+from gateway.models import ActiveSession, AuditEvent, LoginAttempt, Revocation, SessionKind, SessionRecord, User
 from gateway.settings import Settings
 from gateway.store.base import (
     Block,
     BlockKey,
     BlockOutcome,
     Device,
+    LoggedRevocation,
     RevocationHandler,
     Store,
     WatchStateHandler,
     normalise_email,
 )
 
-__all__ = ["Block", "BlockKey", "BlockOutcome", "Device", "RevocationHandler", "Store", "WatchStateHandler",
-           "make_store", "open_store"]
+__all__ = ["Block", "BlockKey", "BlockOutcome", "Device", "LoggedRevocation", "RevocationHandler", "Store",
+           "WatchStateHandler", "make_store", "open_store", "revocation_retention"]
 
 SESSION_KINDS = frozenset({"browser", "api"})
 """The values ``SessionRecord.kind`` may take (mirrored by a CHECK constraint in both schemas)."""
@@ -52,6 +53,33 @@ BLOCK_LIMITS: Mapping[str, int] = MappingProxyType({
     "reason": 512,
 })
 """Longest value, in characters, of each text field of a block (mirrored by CHECKs in both schemas)."""
+
+REVOCATION_RETENTION_FLOOR = 600.0
+"""Logged revocations are kept at least this many seconds, whatever the cache settings."""
+
+REVOCATION_RETENTION_MARGIN = 60.0
+"""Kept this much longer than a cache may serve a session, for clocks that disagree and slow readers."""
+
+REVOCATION_REPLAY = 5.0
+"""A watcher starting up also applies the revocations logged this many seconds before it began (clocks
+of the gateway and the database may disagree that much), not only those logged after."""
+
+REVOCATION_BATCH = 1000
+"""Most logged revocations one catch-up read asks for; a watcher reads again until it has them all."""
+
+
+def revocation_retention(settings: Settings) -> float:
+    """Seconds a logged revocation is kept: longer than any cache may serve a session it revokes.
+
+    A cached session is fresh for at most ``cache.ttl`` and then served stale for at most
+    ``cache.stale_if_error`` (while the database cannot be reached), so a revocation older than the sum
+    can no longer concern a cached entry. A watcher that was away longer than this catches up on what is
+    left, which is everything that can still matter.
+    """
+    cache = settings.cache
+    longest = max(float(cache.ttl), float(cache.degraded_ttl)) + float(cache.stale_if_error)
+    return max(REVOCATION_RETENTION_FLOOR, longest + REVOCATION_RETENTION_MARGIN)
+
 
 _TOKEN_HASH_RE = re.compile(r"[0-9a-f]{64}")
 _VERSION_RE = re.compile(r"\d{4}_[a-z0-9_]+")
@@ -331,6 +359,14 @@ def block_audit(key: BlockKey, reason: str, sessions: int) -> tuple[str, dict[st
     if key.is_email:
         return "", {**detail, "email": key.email}
     return str(key), detail
+
+
+def logged_revocation_from_row(row: Sequence[Any]) -> LoggedRevocation:
+    """A :class:`LoggedRevocation` from a row ``(seq, at, token_hash, user_id)``."""
+    token_hash, user_id = row[2], row[3]
+    return LoggedRevocation(int(row[0]), float(row[1]),
+                            Revocation(token_hash=None if token_hash is None else str(token_hash),
+                                       user_id=None if user_id is None else int(user_id)))
 
 
 def audit_from_row(row: Sequence[Any]) -> AuditEvent:

@@ -7,7 +7,9 @@ Implementations (``sqlite.SQLiteStore``, ``postgres.PostgresStore``) pass one co
 - Only SHA-256 hex hashes of tokens are stored or passed in; a token never reaches the store.
 - Any failure to reach the database (refused, dropped, timed out) raises
   :class:`gateway.errors.StoreUnavailable`; nothing else leaks driver exceptions.
-- Revocations are broadcast to every process watching the same database (:meth:`Store.watch_revocations`).
+- Revocations are broadcast to every process watching the same database (:meth:`Store.watch_revocations`)
+  and appended to a revocation log in the same transaction, each with a sequence number (increasing, and
+  visible in that order), so a watcher that missed a broadcast catches up from the log.
 - The audit log is append-only; deleting a user keeps their audit rows.
 - Login attempts and login-failure counters live in the database, so every replica sees the same ones;
   the operations that must not race (consuming an attempt, counting a failure) are single statements.
@@ -33,10 +35,20 @@ from gateway.models import (
 )
 
 RevocationHandler = Callable[[Revocation], None]
-"""Called for every revocation seen by the watcher, in any process (including this one)."""
+"""Called for every revocation seen by the watcher, in any process (including this one); at least once
+per revocation (a user's revocation may be delivered twice), so handlers must be idempotent."""
 
 WatchStateHandler = Callable[[bool], None]
 """Called with True when the revocation feed is live, False when it is lost (so caches can flush)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRevocation:
+    """One row of the revocation log: its sequence number, when it was written, and what it revoked."""
+
+    seq: int
+    at: float
+    revocation: Revocation
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,11 +302,32 @@ class Store(Protocol):
         """The device with this hash if it is recorded and ``now < expires_at``; else None (also for a
         malformed hash)."""
 
-    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
-        """Deliver every revocation made by any process on this database until cancelled.
+    async def revocation_sequence(self) -> int:
+        """The sequence number of the newest revocation in the log; 0 when the log is empty."""
 
-        Runs forever (the caller wraps it in a task and cancels it at shutdown). It reconnects by itself
-        when the feed breaks, calling ``on_state(False)`` when the feed is lost and ``on_state(True)``
-        each time it is (re-)established; revocations made while it was down are not replayed, so the
-        caller must flush its caches on ``on_state(True)`` after a loss.
+    async def revocations_since(self, seq: int, *, limit: int = 1000) -> list[LoggedRevocation]:
+        """The logged revocations with a sequence number above ``seq``, oldest first, at most ``limit``.
+
+        Sequence numbers only grow and become visible in order: once a caller has read ``n``, no
+        revocation numbered below ``n`` appears later (numbers may be skipped). Rows are kept at least
+        :func:`gateway.store.revocation_retention` seconds.
+        """
+
+    async def prune_revocations(self, *, before: float) -> int:
+        """Delete logged revocations written before ``before`` (epoch seconds); return how many.
+
+        The store also prunes by itself, keeping :func:`gateway.store.revocation_retention` seconds.
+        """
+
+    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+        """Deliver every revocation made by any process on this database, until cancelled or closed.
+
+        Never ends on its own while the store is open: it reconnects by itself, with backoff, whatever
+        broke the feed, calling ``on_state(False)`` when the feed is lost and ``on_state(True)`` each time
+        it is (re-)established. Nothing is lost in between: on every (re)connect, and at least every
+        second while live, it reads the revocation log past the last sequence number it saw, so every
+        revocation logged after the watch began (less a few seconds, for clocks that disagree) reaches
+        ``on_revoke``, also those made while the feed was down or whose broadcast never arrived. A
+        revocation reaches it within about a second while the feed is live. Returns when the store is
+        closed; handler errors are logged, never raised.
         """

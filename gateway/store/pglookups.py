@@ -7,15 +7,16 @@ and answers it with one ``= ANY(...)`` query, so concurrent misses share round t
 lookup leaves on the next turn of the event loop. Skipping the pool's acquire and release and a cursor
 per query halves the gateway's CPU per query, which is most of a miss's cost when batches are small.
 
-Failures never reach the event loop: every caller of a failed batch gets the same StoreUnavailable. A
-connection that fails is closed and replaced on the next use; a lost connection is retried once.
+Failures never reach the event loop: every caller of a failed batch gets the same StoreUnavailable (what
+counts as the database being unavailable is decided by :mod:`gateway.store.pgconn`). A connection that
+fails is closed and replaced on the next use; a lost connection is retried once.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any
 
 import aiopg
 import psycopg2
@@ -23,6 +24,7 @@ import psycopg2.errors
 
 from gateway.errors import StoreUnavailable
 from gateway.models import ActiveSession
+from gateway.store.pgconn import close_quietly, unavailable_errors
 
 LOOKUP_BATCH_MAX = 256
 """Most distinct token hashes one batched session lookup asks for; more wait for the next batch."""
@@ -30,13 +32,11 @@ LOOKUP_BATCH_MAX = 256
 LookupWaiters = dict[str, list[asyncio.Future[ActiveSession | None]]]
 """Queued session lookups: each token hash with the futures of the callers waiting for it."""
 
-_UNREACHABLE = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.QueryCanceled)
-"""Driver errors that mean the database could not answer (refused, dropped, shut down, cancelled)."""
 _RETRY_FRESH = (psycopg2.OperationalError, psycopg2.InterfaceError, psycopg2.errors.InvalidSqlStatementName)
 """Failures of a used connection that a fresh one may not have: lost, or its prepared statement gone."""
 
 ResultDecoder = Callable[[list[tuple[Any, ...]]], Iterable[ActiveSession]]
-Unavailable = Callable[[BaseException], NoReturn]
+Connect = Callable[[], Awaitable[aiopg.Connection]]
 
 
 class _Slot:
@@ -50,22 +50,21 @@ class _Slot:
 
     async def close(self) -> None:
         conn, self.conn, self.cur = self.conn, None, None
-        if conn is not None and not conn.closed:
-            await conn.close()
+        await close_quietly(conn)
 
 
 class LookupLane:
     """Batched session lookups on dedicated connections; see the module docstring."""
 
-    def __init__(self, dsn: str, *, concurrency: int, connect_timeout: float, query_timeout: float,
-                 query: str, prepared: bool, decode: ResultDecoder, unavailable: Unavailable) -> None:
-        """``query`` looks up the sessions of ``%s``, a text array of hashes, and ``decode`` turns its rows
-        into those sessions; ``unavailable`` raises StoreUnavailable for a driver error, secrets scrubbed."""
-        self._dsn = dsn
-        self._connect_timeout = connect_timeout
+    def __init__(self, connect: Connect, *, concurrency: int, query_timeout: float, query: str, prepared: bool,
+                 decode: ResultDecoder, secrets: Sequence[str]) -> None:
+        """``connect`` opens a connection (raising StoreUnavailable); ``query`` looks up the sessions of
+        ``%s``, a text array of hashes, and ``decode`` turns its rows into those sessions; ``secrets`` are
+        masked in errors."""
+        self._connect = connect
         self._query_timeout = query_timeout
         self._decode = decode
-        self._unavailable = unavailable
+        self._secrets = secrets
         parts = query.split("%s")
         numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
         self._prepare = f"PREPARE gateway_lookup_sessions(text[]) AS {numbered}" if prepared else None
@@ -162,34 +161,31 @@ class LookupLane:
             cur = slot.cur
             fresh = cur is None
             if cur is None:
+                cur = await self._open(slot)
+            with unavailable_errors(self._secrets):  # a bug in the statement passes through as it is
                 try:
-                    cur = await self._open(slot)
-                except (psycopg2.Error, OSError, TimeoutError) as exc:  # an invalid URL is a ProgrammingError
-                    self._unavailable(exc)
-            try:
-                self.queries += 1
-                await cur.execute(self._execute, (hashes,))
-                rows = await cur.fetchall()
-            except (psycopg2.Error, OSError, TimeoutError) as exc:
-                await slot.close()  # never reuse a connection in an unknown state
-                if attempt == 1 and not fresh and isinstance(exc, _RETRY_FRESH):
-                    continue
-                if isinstance(exc, psycopg2.Error) and not isinstance(exc, _UNREACHABLE):
-                    raise  # a bug in the statement, not an unreachable database
-                self._unavailable(exc)
+                    self.queries += 1
+                    await cur.execute(self._execute, (hashes,))
+                    rows = await cur.fetchall()
+                except BaseException as exc:
+                    await slot.close()  # never reuse a connection in an unknown state
+                    if attempt == 1 and not fresh and isinstance(exc, _RETRY_FRESH):
+                        continue
+                    raise
             return {active.session.token_hash: active for active in self._decode(rows)}
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _open(self, slot: _Slot) -> aiopg.Cursor:
-        """Connect ``slot`` (and prepare the lookup); its cursor."""
-        conn = await aiopg.connect(self._dsn, timeout=self._connect_timeout, enable_hstore=False,
-                                   enable_uuid=False)
+        """Connect ``slot`` (and prepare the lookup); its cursor. Raises StoreUnavailable."""
+        conn = await self._connect()
         try:
-            cur = await conn.cursor(timeout=self._query_timeout)
-            if self._prepare is not None:
-                await cur.execute(self._prepare)
+            # preparing is part of connecting: any driver error means no usable connection
+            with unavailable_errors(self._secrets, connecting=True):
+                cur = await conn.cursor(timeout=self._query_timeout)
+                if self._prepare is not None:
+                    await cur.execute(self._prepare)
         except BaseException:
-            await conn.close()
+            await close_quietly(conn)
             raise
         slot.conn, slot.cur = conn, cur
         return cur

@@ -1,12 +1,14 @@
-"""``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY.
+"""``PostgresStore``: the ``Store`` protocol on an aiopg pool, revocations fed by LISTEN/NOTIFY and a log.
 
-Session lookups are batched on connections of their own (:mod:`gateway.store.pglookups`); everything
-else runs on the pool.
+Session lookups are batched on connections of their own (:mod:`gateway.store.pglookups`); the revocation
+feed has its own connection too (:mod:`gateway.store.pgfeed`); everything else runs on the pool. What a
+failed connection means is decided in one place, :mod:`gateway.store.pgconn`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import time
@@ -53,10 +55,37 @@ from gateway.store import (
     is_token_hash,
     login_attempt_from_row,
     migration_scripts,
+    revocation_retention,
     session_from_row,
     user_from_row,
 )
-from gateway.store.base import Block, BlockKey, BlockOutcome, Device, RevocationHandler, WatchStateHandler
+from gateway.store.base import (
+    Block,
+    BlockKey,
+    BlockOutcome,
+    Device,
+    LoggedRevocation,
+    RevocationHandler,
+    WatchStateHandler,
+)
+from gateway.store.pgconn import (
+    close_quietly,
+    connect,
+    connection_options,
+    describe,
+    raise_unavailable,
+    scrub,
+    unavailable_errors,
+)
+from gateway.store.pgfeed import (
+    CHANNEL,
+    SELECT_NEWEST,
+    RevocationFeed,
+    decode_revocation,
+    encode_revocation,
+    log_revocations,
+    read_log,
+)
 from gateway.store.pglookups import LookupLane
 
 log = logging.getLogger(__name__)
@@ -64,20 +93,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 Work = Callable[[aiopg.Cursor], Awaitable[T]]
 
-CHANNEL = "gateway_revocations"
-"""The NOTIFY channel; payloads are ``s:<token_hash>`` (one session) or ``u:<user_id>`` (a user's)."""
-
 MIGRATION_LOCK_KEY = 0x67617465776179
 """``pg_advisory_xact_lock`` key serialising migrations across replicas ("gateway" in ASCII)."""
 
 MIGRATION_TIMEOUT_FLOOR = 60.0
 """Migrations may rewrite tables or wait for another replica's migration: they get at least this long."""
-
-LISTENER_IDLE_PROBE = 1.0
-"""Seconds without a notification after which the listener proves its connection with ``SELECT 1``."""
-
-RECONNECT_BACKOFF = (0.1, 2.0)
-"""First and longest pause between reconnection attempts of the listener (doubling in between)."""
 
 PRUNE_BATCH = 100
 """Most expired login attempts or stale failure counters one call deletes on the side."""
@@ -85,14 +105,7 @@ PRUNE_BATCH = 100
 _TIME_FIELDS = frozenset({"created_at", "updated_at", "last_login_at", "expires_at", "last_seen_at",
                           "idle_expires_at", "revoked_at", "at", "window_started_at", "locked_until"})
 
-# Failures that mean "cannot talk to the database right now" (as opposed to a bug in a query).
-_UNREACHABLE: tuple[type[BaseException], ...] = (
-    psycopg2.OperationalError,   # refused, dropped, admin shutdown, cannot connect now...
-    psycopg2.InterfaceError,     # connection already closed
-    psycopg2.errors.ReadOnlySqlTransaction,  # pointed at a standby during a failover
-    TimeoutError,                # connect, pool wait or query took too long (asyncio.TimeoutError)
-    OSError,
-)
+__all__ = ["CHANNEL", "PostgresStore", "decode_revocation", "encode_revocation", "url_secrets"]
 
 
 def _columns(fields: Sequence[str], prefix: str = "") -> str:
@@ -227,23 +240,6 @@ def url_secrets(database_url: str) -> tuple[str, ...]:
     return tuple(sorted((s for s in found if s), key=len, reverse=True))
 
 
-def encode_revocation(revocation: Revocation) -> str:
-    """The NOTIFY payload for a revocation: ``s:<token_hash>`` or ``u:<user_id>``."""
-    if revocation.token_hash is not None:
-        return "s:" + revocation.token_hash
-    return f"u:{revocation.user_id}"
-
-
-def decode_revocation(payload: str) -> Revocation | None:
-    """The revocation a NOTIFY payload announces; None for anything malformed."""
-    kind, _, value = payload.partition(":")
-    if kind == "s" and is_token_hash(value):
-        return Revocation(token_hash=value)
-    if kind == "u" and value.isdigit():
-        return Revocation(user_id=int(value))
-    return None
-
-
 class PostgresStore:
     """The store on PostgreSQL, for several gateway replicas sharing one database.
 
@@ -264,10 +260,11 @@ class PostgresStore:
         # stretches the latency tail under load.
         self._gate = asyncio.Semaphore(settings.database.pool_max)
         db = settings.database
-        self._lookups = LookupLane(self._dsn, concurrency=db.lookup_concurrency, connect_timeout=db.connect_timeout,
-                                   query_timeout=db.query_timeout, query=_LOOKUP_SESSIONS,
-                                   prepared=db.prepared_statements, decode=_active_sessions,
-                                   unavailable=self._raise_unavailable)
+        self._retention = revocation_retention(settings)
+        self._lookups = LookupLane(functools.partial(self._connect, "lookups"),
+                                   concurrency=db.lookup_concurrency, query_timeout=db.query_timeout,
+                                   query=_LOOKUP_SESSIONS, prepared=db.prepared_statements,
+                                   decode=_active_sessions, secrets=self._secrets)
 
     @property
     def lookup_queries(self) -> int:
@@ -276,19 +273,16 @@ class PostgresStore:
 
     # -- errors ----------------------------------------------------------------------------------
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
     def _raise_unavailable(self, exc: BaseException) -> NoReturn:
-        """Raise StoreUnavailable for ``exc``: the driver's first line, the password masked."""
-        error = StoreUnavailable(f"The session database is unavailable: {self._scrub(_first_line(exc))}")
-        if any(secret in str(exc) for secret in self._secrets):
-            raise error from None  # the chained driver error would print the password
-        raise error from exc
+        """Raise StoreUnavailable for ``exc`` (see :func:`gateway.store.pgconn.raise_unavailable`)."""
+        raise_unavailable(exc, self._secrets)
 
     # -- connections -----------------------------------------------------------------------------
+
+    async def _connect(self, role: str) -> aiopg.Connection:
+        """A new connection outside the pool (``lookups`` or ``feed``); raises StoreUnavailable."""
+        return await connect(self._dsn, role=role, connect_timeout=self._settings.database.connect_timeout,
+                             secrets=self._secrets)
 
     async def open(self) -> None:
         """Create the pool and warm up ``database.pool_min`` connections if the database answers.
@@ -302,36 +296,40 @@ class PostgresStore:
         db = self._settings.database
         # minsize=0: creating the pool connects nothing, so a database that is down cannot fail open()
         self._pool = await aiopg.create_pool(self._dsn, minsize=0, maxsize=db.pool_max,
-                                             timeout=db.connect_timeout, enable_hstore=False,
-                                             enable_uuid=False)
+                                             timeout=db.connect_timeout, **connection_options(self._dsn, "pool"))
         warm: list[aiopg.Connection] = []
         try:
-            async with asyncio.timeout(db.connect_timeout):
-                for _ in range(min(db.pool_min, db.pool_max)):
-                    warm.append(await self._pool.acquire())
-        except (*_UNREACHABLE, psycopg2.Error) as exc:
-            log.warning("session database not reachable at start: %s", self._scrub(_first_line(exc)))
+            with unavailable_errors(self._secrets, connecting=True):
+                async with asyncio.timeout(db.connect_timeout):
+                    for _ in range(min(db.pool_min, db.pool_max)):
+                        warm.append(await self._pool.acquire())
+        except StoreUnavailable as exc:
+            log.warning("session database not reachable at start: %s", exc.message)
         finally:
             for conn in warm:
                 await self._pool.release(conn)
 
     async def close(self) -> None:
-        """Close the pool (waiting briefly for queries in flight) and any listener connection.
+        """Close the pool (waiting briefly for queries in flight), the lookup slots and any listener.
 
-        Returns once every queued session lookup is answered (those still queued get StoreUnavailable).
+        Returns once every queued session lookup is answered (those still queued get StoreUnavailable)
+        and every connection is closed. Never raises: it is the last thing a process does with the store.
         """
         self._closed = True
         for conn in list(self._listeners):
-            await conn.close()
+            await close_quietly(conn)
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close()
             try:
                 async with asyncio.timeout(self._settings.database.query_timeout + 1):
                     await pool.wait_closed()
-            except TimeoutError:
+            except Exception:  # TimeoutError, or a connection that fails to close: close them all anyway
                 pool.terminate()
-                await pool.wait_closed()
+                try:
+                    await pool.wait_closed()
+                except Exception as exc:
+                    log.warning("session database pool did not close cleanly: %s", scrub(describe(exc), self._secrets))
         await self._lookups.close()
 
     def _open_pool(self) -> aiopg.Pool:
@@ -356,24 +354,22 @@ class PostgresStore:
     async def _run_admitted(self, pool: aiopg.Pool, work: Work[T], transaction: bool, retry: bool,
                             statement_timeout: float | None) -> T:
         for attempt in (1, 2):
-            try:
+            if self._closed:
+                raise StoreUnavailable("The session store is closed.")
+            # any error while connecting (an invalid URL is a ProgrammingError) means no database
+            with unavailable_errors(self._secrets, connecting=True):
                 conn = await pool.acquire()
-            except RuntimeError as exc:  # the pool is closing
-                raise StoreUnavailable("The session store is closed.") from exc
-            except (*_UNREACHABLE, psycopg2.Error) as exc:
-                # any error while connecting (an invalid URL is a ProgrammingError) means no database
-                self._raise_unavailable(exc)
             try:
-                return await self._attempt(conn, work, transaction, statement_timeout)
-            except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
-                unsent = isinstance(exc, psycopg2.InterfaceError) and conn.closed
-                if attempt == 1 and (retry or unsent):
-                    continue
-                self._raise_unavailable(exc)
-            except _UNREACHABLE as exc:
-                self._raise_unavailable(exc)
+                with unavailable_errors(self._secrets):
+                    try:
+                        return await self._attempt(conn, work, transaction, statement_timeout)
+                    except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:
+                        unsent = isinstance(exc, psycopg2.InterfaceError) and conn.closed
+                        if attempt == 1 and (retry or unsent):
+                            continue
+                        raise
             finally:
-                await pool.release(conn)
+                await _release(pool, conn)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     async def _attempt(self, conn: aiopg.Connection, work: Work[T], transaction: bool,
@@ -533,7 +529,7 @@ class PostgresStore:
             if block and await _insert_block(cur, key, now, actor, reason):
                 _, block_detail = block_audit(key, reason, active)
                 await _audit(cur, now, "user_block", user_id, user_key, actor, block_detail)
-            await _broadcast(cur, Revocation(user_id=user_id))
+            await log_revocations(cur, [Revocation(user_id=user_id)], keep=self._retention)
             return True
 
         return await self._run(work, transaction=True)
@@ -560,13 +556,13 @@ class PostgresStore:
                 if count:
                     await _audit(cur, now, "revoke", user_id, f"{row[1]}:{row[2]}", actor,
                                  {"reason": "user_block", "sessions": str(count)})
-                # Always: the user's cached sessions include bearer JWTs, which have no row to revoke.
-                await _broadcast(cur, Revocation(user_id=user_id))
                 revoked += count
             if created:
                 audited = int(matched[0][0]) if matched and not key.is_email else None
                 user_key, detail = block_audit(key, reason, revoked)
                 await _audit(cur, now, "user_block", audited, user_key, actor, detail)
+            # Always: the users' cached sessions include bearer JWTs, which have no row to revoke.
+            await log_revocations(cur, [Revocation(user_id=int(row[0])) for row in matched], keep=self._retention)
             return BlockOutcome(created, revoked)
 
         return await self._run(work, transaction=True)
@@ -706,7 +702,7 @@ class PostgresStore:
                 return False
             await _audit(cur, now, "revoke", int(row[0]), f"{row[1]}:{row[2]}", actor,
                          {"reason": reason, "session": token_hash[:12]})
-            await _broadcast(cur, Revocation(token_hash=token_hash))
+            await log_revocations(cur, [Revocation(token_hash=token_hash)], keep=self._retention)
             return True
 
         return await self._run(work, transaction=True)
@@ -722,7 +718,7 @@ class PostgresStore:
             row = await cur.fetchone()
             await _audit(cur, now, "revoke", user_id, "" if row is None else str(row[0]), actor,
                          {"reason": reason, "sessions": str(count)})
-            await _broadcast(cur, Revocation(user_id=user_id))
+            await log_revocations(cur, [Revocation(user_id=user_id)], keep=self._retention)
             return count
 
         return await self._run(work, transaction=True)
@@ -891,78 +887,44 @@ class PostgresStore:
 
         return await self._run(work, retry=True)
 
-    # -- revocation feed -------------------------------------------------------------------------
+    # -- revocation log and feed ------------------------------------------------------------------
+
+    async def revocation_sequence(self) -> int:
+        """The sequence number of the newest logged revocation; 0 when the log is empty."""
+        async def work(cur: aiopg.Cursor) -> int:
+            await cur.execute(SELECT_NEWEST)
+            return int((await cur.fetchone())[0])
+
+        return await self._run(work, retry=True)
+
+    async def revocations_since(self, seq: int, *, limit: int = 1000) -> list[LoggedRevocation]:
+        """Logged revocations numbered above ``seq``, oldest first, at most ``limit``."""
+        async def work(cur: aiopg.Cursor) -> list[LoggedRevocation]:
+            return await read_log(cur, seq, limit)
+
+        return await self._run(work, retry=True)
+
+    async def prune_revocations(self, *, before: float) -> int:
+        """Delete logged revocations written before ``before``; return how many."""
+        async def work(cur: aiopg.Cursor) -> int:
+            await cur.execute("DELETE FROM revocations WHERE at < to_timestamp(%s)", (before,))
+            return int(cur.rowcount)
+
+        return await self._run(work)
 
     async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
-        """LISTEN for revocations on a dedicated connection until cancelled (or the store is closed).
+        """LISTEN for revocations on a dedicated connection and read the revocation log, until cancelled
+        or the store is closed (see :mod:`gateway.store.pgfeed`).
 
-        Calls ``on_state(True)`` once listening, ``on_state(False)`` as soon as the connection is lost
-        (an idle connection is probed every second), then reconnects with backoff from 0.1 s to 2 s
-        and calls ``on_state(True)`` again. Notifications sent while disconnected are lost.
+        Calls ``on_state(True)`` once listening and caught up, ``on_state(False)`` as soon as the
+        connection is lost (or its log read takes over a second), then reconnects with backoff from
+        0.1 s to 1 s, forever, catches up on what it missed and calls ``on_state(True)`` again.
         """
-        first, longest = RECONNECT_BACKOFF
-        backoff = first
-        live: bool | None = None
-        while not self._closed:
-            conn: aiopg.Connection | None = None
-            try:
-                conn = await self._listen()
-                if live is not True:
-                    live = True
-                    on_state(True)
-                backoff = first
-                await self._pump(conn, on_revoke)
-            except (*_UNREACHABLE, psycopg2.Error) as exc:
-                if not self._closed:
-                    # warn once per outage; the retries after that are routine
-                    log.log(logging.WARNING if live is not False else logging.DEBUG,
-                            "revocation feed lost: %s", self._scrub(_first_line(exc)))
-            finally:
-                if conn is not None:
-                    self._listeners.discard(conn)
-                    await conn.close()
-            if self._closed:
-                return
-            if live is not False:
-                live = False
-                on_state(False)
-            await asyncio.sleep(backoff)
-            backoff = min(longest, backoff * 2)
-
-    async def _listen(self) -> aiopg.Connection:
-        """A new connection outside the pool, LISTENing on :data:`CHANNEL`."""
         db = self._settings.database
-        conn = await aiopg.connect(self._dsn, timeout=db.connect_timeout, enable_hstore=False,
-                                   enable_uuid=False, enable_json=False)
-        self._listeners.add(conn)
-        try:
-            async with conn.cursor(timeout=db.query_timeout) as cur:
-                await cur.execute(f"LISTEN {CHANNEL}")
-        except BaseException:
-            self._listeners.discard(conn)
-            await conn.close()
-            raise
-        return conn
-
-    async def _pump(self, conn: aiopg.Connection, on_revoke: RevocationHandler) -> None:
-        """Deliver notifications from ``conn`` until it fails (raising the driver's error)."""
-        while True:
-            try:
-                notify = await asyncio.wait_for(conn.notifies.get(), LISTENER_IDLE_PROBE)
-            except TimeoutError:
-                # quiet for a second: make sure the connection is still there (a dead peer is not
-                # always reported by the socket)
-                async with conn.cursor(timeout=self._settings.database.query_timeout) as cur:
-                    await cur.execute("SELECT 1")
-                continue
-            revocation = decode_revocation(str(notify.payload))
-            if revocation is None:
-                log.warning("ignoring malformed revocation notification")
-                continue
-            try:
-                on_revoke(revocation)
-            except Exception:
-                log.exception("revocation handler failed")
+        feed = RevocationFeed(connect=functools.partial(self._connect, "feed"), listeners=self._listeners,
+                              closed=lambda: self._closed, query_timeout=db.query_timeout, secrets=self._secrets,
+                              on_revoke=on_revoke, on_state=on_state)
+        await feed.run()
 
 
 def _active_sessions(rows: list[tuple[Any, ...]]) -> Iterable[ActiveSession]:
@@ -996,16 +958,9 @@ async def _insert_block(cur: aiopg.Cursor, key: BlockKey, now: float, actor: str
     return await cur.fetchone() is not None
 
 
-async def _broadcast(cur: aiopg.Cursor, revocation: Revocation) -> None:
-    # delivered to every listener when (and only if) the surrounding transaction commits
-    await cur.execute("SELECT pg_notify(%s, %s)", (CHANNEL, encode_revocation(revocation)))
-
-
-def _first_line(exc: BaseException) -> str:
-    """The first non-blank line of a driver error (libpq adds hint lines), or what kind of error it is."""
-    if isinstance(exc, TimeoutError):
-        return "timed out"
-    for line in str(exc).splitlines():
-        if line.strip():
-            return line.strip()
-    return type(exc).__name__
+async def _release(pool: aiopg.Pool, conn: aiopg.Connection) -> None:
+    """Give ``conn`` back to the pool; a connection that cannot be given back is closed instead."""
+    try:
+        await pool.release(conn)
+    except Exception:
+        await close_quietly(conn)

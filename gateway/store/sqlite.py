@@ -28,6 +28,8 @@ from gateway.store import (
     BLOCK_FIELDS,
     DEVICE_FIELDS,
     LOGIN_ATTEMPT_FIELDS,
+    REVOCATION_BATCH,
+    REVOCATION_REPLAY,
     SESSION_FIELDS,
     USER_AGENT_MAX,
     USER_FIELDS,
@@ -46,17 +48,24 @@ from gateway.store import (
     encode_names,
     is_client_addr,
     is_token_hash,
+    logged_revocation_from_row,
     login_attempt_from_row,
     migration_scripts,
+    revocation_retention,
     session_from_row,
     user_from_row,
 )
-from gateway.store.base import Block, BlockKey, BlockOutcome, Device, RevocationHandler, WatchStateHandler
+from gateway.store.base import (
+    Block,
+    BlockKey,
+    BlockOutcome,
+    Device,
+    LoggedRevocation,
+    RevocationHandler,
+    WatchStateHandler,
+)
 
 log = logging.getLogger(__name__)
-
-REVOCATION_RETENTION = 600.0
-"""Seconds a row stays in the ``revocations`` feed; every watcher polls far more often than this."""
 
 PRUNE_EVERY = 60.0
 """Seconds between prunes of the revocation feed by one watcher."""
@@ -680,55 +689,82 @@ class SQLiteStore:
         await conn.execute("INSERT INTO revocations (token_hash, user_id, at) VALUES (?, ?, ?)",
                            (revocation.token_hash, revocation.user_id, at))
 
-    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
-        """Poll the ``revocations`` table every ``database.sqlite_poll_interval`` seconds until cancelled.
+    async def revocation_sequence(self) -> int:
+        """The id of the newest row of the ``revocations`` log; 0 when it is empty."""
+        async with self._use() as conn:
+            return int(_one(await conn.execute_fetchall("SELECT coalesce(max(id), 0) FROM revocations"))[0])
 
-        Starts after the newest row present when called; calls ``on_state(True)`` once the start point is
-        read, ``on_state(False)`` when the file cannot be read and True again when it can (rows written
-        meanwhile are still delivered: they stay in the table for 10 minutes). Returns when the store
-        is closed.
+    async def revocations_since(self, seq: int, *, limit: int = 1000) -> list[LoggedRevocation]:
+        """Logged revocations with an id above ``seq``, oldest first, at most ``limit``.
+
+        Ids are handed out in commit order (one writer at a time, AUTOINCREMENT never reuses one).
+        """
+        async with self._use() as conn:
+            rows = await conn.execute_fetchall(
+                "SELECT id, at, token_hash, user_id FROM revocations WHERE id > ? ORDER BY id LIMIT ?",
+                (seq, max(0, limit)))
+        return [logged_revocation_from_row(row) for row in rows]
+
+    async def prune_revocations(self, *, before: float) -> int:
+        """Delete logged revocations written before ``before``; return how many."""
+        async with self._use(write=True) as conn:
+            cursor = await conn.execute("DELETE FROM revocations WHERE at < ?", (before,))
+            return int(cursor.rowcount)
+
+    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+        """Poll the ``revocations`` log every ``database.sqlite_poll_interval`` seconds until cancelled.
+
+        Starts with the rows written a few seconds before it was called (:data:`REVOCATION_REPLAY`);
+        calls ``on_state(True)`` once the first read succeeds, ``on_state(False)`` when the file cannot
+        be read and True again when it can (rows written meanwhile are still delivered: they stay in the
+        log for :func:`gateway.store.revocation_retention` seconds, pruned every minute by each watcher).
+        Returns when the store is closed; never raises but CancelledError.
         """
         interval = max(0.01, float(self._settings.database.sqlite_poll_interval))
+        since = time.time() - REVOCATION_REPLAY
         last_id: int | None = None
         live: bool | None = None
         next_prune = time.monotonic() + PRUNE_EVERY
         while not self._closed:
             try:
-                rows: list[Any] = []
-                async with self._use() as conn:
-                    if last_id is None:
+                rows: list[LoggedRevocation] = []
+                if last_id is None:
+                    async with self._use() as conn:
                         last_id = int(_one(await conn.execute_fetchall(
-                            "SELECT coalesce(max(id), 0) FROM revocations"))[0])
-                    else:
-                        rows = list(await conn.execute_fetchall(
-                            "SELECT id, token_hash, user_id FROM revocations WHERE id > ? ORDER BY id",
-                            (last_id,)))
+                            "SELECT coalesce(max(id), 0) FROM revocations WHERE at < ?", (since,)))[0])
+                while True:
+                    batch = await self.revocations_since(last_id, limit=REVOCATION_BATCH)
+                    rows.extend(batch)
+                    if batch:
+                        last_id = batch[-1].seq
+                    if len(batch) < REVOCATION_BATCH:
+                        break
             except StoreUnavailable as exc:
                 if self._closed:
                     return
                 if live is not False:
                     log.warning("revocation feed lost: %s", exc.message)
                     live = False
-                    on_state(False)
+                    _tell_state(on_state, False)
+            except Exception:
+                log.exception("revocation feed failed; retrying")
             else:
                 if live is not True:
                     live = True
-                    on_state(True)
+                    _tell_state(on_state, True)
                 for row in rows:
-                    last_id = int(row[0])
-                    _deliver(on_revoke, Revocation(token_hash=row[1], user_id=row[2]))
+                    _deliver(on_revoke, row.revocation)
                 if time.monotonic() >= next_prune:
                     next_prune = time.monotonic() + PRUNE_EVERY
                     await self._prune_revocations()
             await asyncio.sleep(interval)
 
     async def _prune_revocations(self) -> None:
-        """Drop feed rows older than :data:`REVOCATION_RETENTION`; a busy file just means next time."""
+        """Drop log rows older than the retention; a busy file just means next time."""
         try:
-            async with self._use(write=True) as conn:
-                await conn.execute("DELETE FROM revocations WHERE at < ?", (time.time() - REVOCATION_RETENTION,))
+            await self.prune_revocations(before=time.time() - revocation_retention(self._settings))
         except StoreUnavailable as exc:
-            log.info("revocation feed not pruned: %s", exc.message)
+            log.info("revocation log not pruned: %s", exc.message)
 
 
 def _deliver(on_revoke: RevocationHandler, revocation: Revocation) -> None:
@@ -737,6 +773,14 @@ def _deliver(on_revoke: RevocationHandler, revocation: Revocation) -> None:
         on_revoke(revocation)
     except Exception:
         log.exception("revocation handler failed")
+
+
+def _tell_state(on_state: WatchStateHandler, live: bool) -> None:
+    """Call the state handler; its bugs are logged, never allowed to stop the feed."""
+    try:
+        on_state(live)
+    except Exception:
+        log.exception("revocation feed state handler failed")
 
 
 def _one(rows: Iterable[Any]) -> Sequence[Any]:

@@ -1,0 +1,3 @@
+-- The revocation log (SQLite): nothing to change. Since 0001 the `revocations` table has been a log with
+-- an increasing id (AUTOINCREMENT, written in the revoking transaction, one writer at a time), which is
+-- what PostgreSQL gains in this version; the file keeps both dialects at the same schema version.
