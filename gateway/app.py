@@ -8,7 +8,6 @@ tests and workers each get their own fully isolated instance.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings
 from gateway.store import make_store
-from gateway.store.base import Store
+from gateway.store.base import RevocationHandler, Store, WatchStateHandler
 from upstreams import build_provider
 from upstreams.base import DEFAULT_TIMEOUT
 
@@ -60,6 +59,7 @@ class HotEndpoints:
 HOT = web.AppKey("hot", HotEndpoints)
 
 _MIGRATION_RETRY = 2.0
+_FEED_RESTART = 1.0
 
 
 def create_app(settings: Settings, *, policy: Policy | None = None,
@@ -125,8 +125,12 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
 
 
 async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
-    """Open the store, migrate if configured, run the revocation feed; undo it all at shutdown."""
-    settings, store, checker = app[SETTINGS], app[STORE], app[CHECKER]
+    """Open the store, migrate if configured, run the revocation feed; undo it all at shutdown.
+
+    The feed runs for as long as the application does (:func:`_keep_watching`). Shutdown never raises
+    for a store that fails: whatever went wrong with the database, the process still stops cleanly.
+    """
+    settings, store, checker, state = app[SETTINGS], app[STORE], app[CHECKER], app[STATE]
     await store.open()
     background: list[asyncio.Task[None]] = []
     if settings.migrate_on_start:
@@ -137,19 +141,53 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
         except StoreUnavailable as exc:
             log.error("migrations not applied yet: database unavailable; retrying", error=str(exc))
             background.append(asyncio.ensure_future(_migrate_until_done(store)))
-    background.append(asyncio.ensure_future(
-        store.watch_revocations(checker.on_revocation, checker.on_feed_state)))
+
+    def on_feed_state(live: bool) -> None:
+        state.feed_live = live
+        if live:
+            state.feed_ever_live = True
+        checker.on_feed_state(live)
+
+    background.append(asyncio.ensure_future(_keep_watching(store, checker.on_revocation, on_feed_state)))
     try:
         yield
     finally:
-        app[STATE].draining = True
+        state.draining = True
         for task in background:
             task.cancel()
         for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await checker.drain()
-        await store.close()
+            await _ended(task)
+        try:
+            await checker.drain()
+        except Exception:
+            log.exception("could not record the last session uses at shutdown")
+        try:
+            await store.close()
+        except Exception:
+            log.exception("the session store did not close cleanly")
+
+
+async def _keep_watching(store: Store, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+    """Run the store's revocation feed until cancelled: should it ever end or fail (a bug), say so, mark the
+    feed down and start it again, so the cache never stays unprotected and the feed metric never lies."""
+    while True:
+        try:
+            await store.watch_revocations(on_revoke, on_state)
+            log.error("revocation feed ended while serving; restarting it")
+        except Exception:
+            log.exception("revocation feed failed; restarting it")
+        on_state(False)
+        await asyncio.sleep(_FEED_RESTART)
+
+
+async def _ended(task: asyncio.Task[None]) -> None:
+    """Wait for a cancelled background task; log (never raise) what it failed with."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    except Exception:
+        log.exception("background task failed")
 
 
 def configured_policy(settings: Settings) -> Policy:
@@ -184,6 +222,9 @@ async def _migrate_until_done(store: Store) -> None:
             applied = await store.migrate()
         except StoreUnavailable as exc:
             log.error("migrations not applied yet: database unavailable; retrying", error=str(exc))
+            await asyncio.sleep(_MIGRATION_RETRY)
+        except Exception:
+            log.exception("migrations failed; retrying")
             await asyncio.sleep(_MIGRATION_RETRY)
         else:
             if applied:

@@ -1,25 +1,29 @@
 """In-process session cache: bounded TTL caches of good sessions and of known-bad token hashes.
 
-Good sessions live in a cachetools ``FIFOCache`` bounded in entries, with the TTL kept per entry (a
-session's TTL is capped by its own expiry, so one global timer would not do; and a plain lookup is ~10x
-cheaper than ``TTLCache``'s, which matters on every request). Known-bad hashes live in
-:class:`NegativeCache`, time slices of plain sets. A positive entry is *fresh* for the configured TTL
-(``degraded_ttl`` while the cross-process revocation feed is down) and never past its session's expiry
-or idle deadline. A stale entry is kept a while longer
-(``stale_if_error``) only so that it can still be served while the database is unreachable: nobody can
-revoke a session then. A generation counter lets a lookup that raced a revocation notice that its result
-is outdated and must not be cached.
+Good sessions live in :class:`_Entries`, a dict bounded in entries and dropped oldest put first, with the
+TTL kept per entry (a session's TTL is capped by its own expiry, so one global timer would not do; and a
+plain dict lookup is ~10x cheaper than ``TTLCache``'s, which matters on every request). Known-bad hashes
+live in :class:`NegativeCache`, time slices of plain sets. A positive entry is *fresh* for the configured
+TTL (``degraded_ttl`` while the cross-process revocation feed is down) and never past its session's
+expiry or idle deadline. A stale entry is kept a while longer (``stale_if_error``) only so that it can
+still be served while the database is unreachable: nobody can revoke a session then. Past that, an entry
+can never be served again and is dropped (a few at every put, oldest first), so memory follows the
+sessions seen in the last ``ttl + stale_if_error`` rather than filling up to ``max_entries`` with the
+dead. A generation counter lets a lookup that raced a revocation notice that its result is outdated and
+must not be cached.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from cachetools import FIFOCache
-
 from gateway.models import ActiveSession
+
+DROP_PER_PUT = 2
+"""Dead entries (past ``stale_if_error`` or their session's end) dropped at most per put: more than one,
+so the dead never pile up faster than they are dropped."""
 
 
 class CacheEntry:
@@ -37,17 +41,61 @@ class CacheEntry:
         """Front-ends may keep what they render for this session here; it goes with the entry."""
 
 
-class _CountingCache(FIFOCache[str, CacheEntry]):
-    """A FIFOCache that reports entries pushed out for room to a callback."""
+class _Entries:
+    """Good entries by token hash, bounded: when full, the one put longest ago goes (reported to
+    ``on_evict``). Putting a hash again makes it the newest. Lookups are one plain dict ``get``."""
+
+    __slots__ = ("_data", "_max", "_on_evict", "_order", "get")
 
     def __init__(self, maxsize: int, on_evict: Callable[[], None]) -> None:
-        super().__init__(maxsize)
+        self._data: dict[str, CacheEntry] = {}
+        self._order: OrderedDict[str, None] = OrderedDict()  # oldest put first
+        self._max = maxsize
         self._on_evict = on_evict
+        self.get = self._data.get
 
-    def popitem(self) -> tuple[str, CacheEntry]:
-        item = super().popitem()
-        self._on_evict()
-        return item
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def put(self, token_hash: str, entry: CacheEntry) -> None:
+        """Store ``entry`` as the newest; make room first (oldest out) when full."""
+        data = self._data
+        if token_hash in data:
+            self._order.move_to_end(token_hash)
+        else:
+            while len(data) >= self._max and data:
+                oldest, _ = self._order.popitem(last=False)
+                del data[oldest]
+                self._on_evict()
+            self._order[token_hash] = None
+        data[token_hash] = entry
+
+    def pop(self, token_hash: str) -> CacheEntry | None:
+        """Remove and return the entry for ``token_hash`` (None when absent)."""
+        entry = self._data.pop(token_hash, None)
+        if entry is not None:
+            del self._order[token_hash]
+        return entry
+
+    def drop_oldest_while(self, dead: Callable[[CacheEntry], bool], limit: int) -> None:
+        """Drop up to ``limit`` entries, oldest put first, while ``dead`` holds for the oldest."""
+        data, order = self._data, self._order
+        for _ in range(limit):
+            if not order:
+                return
+            oldest = next(iter(order))
+            if not dead(data[oldest]):
+                return
+            del order[oldest]
+            del data[oldest]
+
+    def items(self) -> Iterator[tuple[str, CacheEntry]]:
+        """A snapshot of the entries (safe to change the cache while iterating)."""
+        return iter(list(self._data.items()))
+
+    def clear(self) -> None:
+        self._data.clear()
+        self._order.clear()
 
 
 class NegativeCache:
@@ -104,7 +152,7 @@ class SessionCache:
         self._degraded_ttl = degraded_ttl
         self._stale_if_error = stale_if_error
         self._clock = clock
-        self._good: _CountingCache = _CountingCache(max_entries, on_evict)
+        self._good = _Entries(max_entries, on_evict)
         self._bad = NegativeCache(negative_max_entries, negative_ttl)
         self.degraded = False
         self.generation = 0
@@ -156,8 +204,16 @@ class SessionCache:
             return
         # The idle deadline is checked on every get (it moves with use); the absolute expiry never moves.
         fresh_until = min(now + ttl, active.session.expires_at)
-        if fresh_until > now:  # a key put again moves to the back of the eviction order (FIFOCache does it)
-            self._good[token_hash] = CacheEntry(active, fresh_until)
+        if fresh_until > now:  # a key put again moves to the back of the eviction order
+            self._good.put(token_hash, CacheEntry(active, fresh_until))
+        self._good.drop_oldest_while(lambda entry: self._is_dead(entry, now), DROP_PER_PUT)
+
+    def _is_dead(self, entry: CacheEntry, now: float) -> bool:
+        """True when ``entry`` can never be served again, fresh or stale."""
+        if now >= entry.fresh_until + self._stale_if_error:
+            return True
+        idle_deadline = entry.idle_deadline
+        return now >= entry.active.session.expires_at or (idle_deadline is not None and now >= idle_deadline)
 
     def put_bad(self, token_hash: str, now: float) -> None:
         """Remember briefly that this hash admits nobody."""
@@ -166,21 +222,21 @@ class SessionCache:
     def evict(self, token_hash: str) -> None:
         """Forget one session now (it was revoked)."""
         self.generation += 1
-        self._good.pop(token_hash, None)
+        self._good.pop(token_hash)
         self.put_bad(token_hash, self._clock())
 
     def evict_user(self, user_id: int) -> None:
         """Forget every cached session of one user (revocations of a whole user are rare: a scan is fine)."""
         self.generation += 1
-        stale = [h for h, e in list(self._good.items()) if e.active.user.id == user_id]
+        stale = [h for h, e in self._good.items() if e.active.user.id == user_id]
         for token_hash in stale:
-            self._good.pop(token_hash, None)
+            self._good.pop(token_hash)
 
     def mark_all_stale(self, now: float) -> None:
         """Make every entry stale (revocations may have been missed): each is re-checked on next use,
         but can still be served from :meth:`get_stale` while the database is unreachable."""
         self.generation += 1
-        for entry in list(self._good.values()):
+        for _, entry in self._good.items():
             entry.fresh_until = min(entry.fresh_until, now)
 
     def flush(self) -> None:

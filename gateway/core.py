@@ -285,10 +285,14 @@ class Checker:
             self._flusher = asyncio.ensure_future(self._flush_touches_soon())
 
     async def _flush_touches_soon(self) -> None:
-        """Write pending uses in batches, one round trip per :data:`_TOUCH_BATCH_DELAY`."""
+        """Write pending uses in batches, one round trip per :data:`_TOUCH_BATCH_DELAY`; never raises (a
+        background task whose exception nobody would retrieve)."""
         while self._pending_touches:
             await asyncio.sleep(_TOUCH_BATCH_DELAY)
-            await self.flush_touches()
+            try:
+                await self.flush_touches()
+            except Exception:
+                log.exception("could not record session use")
 
     async def flush_touches(self) -> None:
         """Write every pending use now, :data:`_TOUCH_CHUNK` per statement, so checks are served between

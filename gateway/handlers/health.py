@@ -1,10 +1,10 @@
-"""``/healthz`` (the process is alive), ``/readyz`` (it can serve: database reachable, schema current, not
-draining) and ``/metrics`` (Prometheus exposition)."""
+"""``/healthz`` (the process is alive), ``/readyz`` (it can serve checks correctly: not draining, database
+reachable, schema current, revocation feed live) and ``/metrics`` (Prometheus exposition)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 from aiohttp import web
@@ -18,6 +18,10 @@ log = structlog.get_logger("gateway.health")
 
 _ACTIVE_SESSIONS_REFRESH = 10.0
 
+FEED_START_GRACE = 10.0
+"""Seconds after start during which readiness does not wait for the revocation feed's first connect
+(until then the cache keeps sessions only ``cache.degraded_ttl``, so checks are still correct)."""
+
 
 @dataclass
 class RuntimeState:
@@ -26,6 +30,15 @@ class RuntimeState:
     draining: bool = False
     schema_current: bool = False
     active_sessions_at: float = 0.0
+    feed_live: bool = False
+    """True while the revocation feed is live (set by the store lifecycle)."""
+    feed_ever_live: bool = False
+    """True once the feed has been live: from then on its start-up grace is over."""
+    started_at: float = field(default_factory=time.monotonic)
+
+    def in_feed_grace(self) -> bool:
+        """True while the process is starting and its feed has not been live yet (:data:`FEED_START_GRACE`)."""
+        return not self.feed_ever_live and time.monotonic() - self.started_at < FEED_START_GRACE
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -34,27 +47,38 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 class Readiness:
-    """``/readyz``: 200 only when this process should receive traffic."""
+    """``/readyz``: 200 only when this process should receive traffic, i.e. it can serve checks correctly.
+
+    Ready means all of: not draining; the database answers (so an unknown token can be checked, not
+    only the cached ones); the schema is current; and the revocation feed is live (so a session revoked
+    anywhere stops passing here within a second), or the process is still in its start-up grace
+    (:data:`FEED_START_GRACE`, until the feed's first connect). Otherwise 503 with the first reason that
+    applies: ``draining``, ``database_unavailable``, ``migrations_pending``, ``revocation_feed_down``.
+    """
 
     def __init__(self, store: Store, state: RuntimeState) -> None:
         self._store = store
         self._state = state
 
     async def handle(self, request: web.Request) -> web.Response:
-        """Ping the database and check migrations; 503 with the reason otherwise."""
-        if self._state.draining:
+        """Ping the database, check migrations and the feed; 503 with the reason otherwise."""
+        state = self._state
+        if state.draining:
             return web.json_response({"status": "draining"}, status=503)
         try:
             await self._store.ping()
-            if not self._state.schema_current:
+            if not state.schema_current:
                 pending = await self._store.pending_migrations()
                 if pending:
                     log.warning("not ready: migrations pending", pending=pending)
                     return web.json_response({"status": "migrations_pending", "pending": pending}, status=503)
-                self._state.schema_current = True
+                state.schema_current = True
         except StoreUnavailable as exc:
             log.error("not ready: database unavailable", error=str(exc))
             return web.json_response({"status": "database_unavailable"}, status=503)
+        if not state.feed_live and not state.in_feed_grace():
+            log.warning("not ready: revocation feed down")
+            return web.json_response({"status": "revocation_feed_down"}, status=503)
         return web.json_response({"status": "ready"})
 
 
