@@ -16,7 +16,9 @@ more (random) with ``GATEWAY_SECURITY_FULL=1``.
 
 from __future__ import annotations
 
-from hypothesis import HealthCheck, given, settings
+from collections.abc import Callable
+
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from gateway import facts
@@ -73,17 +75,29 @@ def judge(stack: SecurityStack, path: str) -> Verdict:
     return verdict
 
 
+SEEDS = ["/;/forbidden;x/", "/api/;x/%66orbidden", "/a/..;/forbidden", "/forbidden;x", "/%2e%2e/forbidden",
+         "//forbidden/x", "/a//../forbidden", "/forbidden%2fx", "/public/%2E%2E/api/forbidden/"]
+"""Paths every run tries besides hypothesis's own (found by earlier runs, or classic)."""
+
+
+def seeds(test: Callable[..., None]) -> Callable[..., None]:
+    for path in reversed(SEEDS):
+        test = example(path=path)(test)
+    return test
+
+
 def test_nginx_passes_the_app_the_path_the_gateway_judged(stack: SecurityStack, tally: Tally) -> None:
     verdicts: dict[str, Verdict] = {}
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not FULL,
               suppress_health_check=list(HealthCheck))
     @given(path=paths)
-    def example(path: str) -> None:
+    @seeds
+    def one(path: str) -> None:
         if path not in verdicts:
             verdicts[path] = judge(stack, path)
 
-    example()
+    one()
     for verdict in verdicts.values():
         tally.record(verdict)
     failed = [v for v in verdicts.values() if not v.ok]
