@@ -161,7 +161,8 @@ async def test_three_instances_on_one_database_behave_as_one(postgres_url: str, 
 
 async def test_sigterm_fails_readiness_then_finishes_in_flight_requests(sqlite_url: str, tmp_path: Path) -> None:
     """A webhook call whose body is still arriving when SIGTERM lands is answered 200, readiness turns 503
-    during the drain delay, and the process exits 0."""
+    during the drain delay while new connections are still served (every answer now closing its
+    connection: keep-alive is retired from SIGTERM on), and the process exits 0."""
     with contextlib.contextmanager(_start)(sqlite_url, tmp_path, 1, GATEWAY_SHUTDOWN_DELAY="0.6s") as served:
         token = served.cli("tokens", "mint", "--email", "slow@example.com").stdout.strip()
         host, port = served.url.removeprefix("http://").split(":")
@@ -173,9 +174,14 @@ async def test_sigterm_fails_readiness_then_finishes_in_flight_requests(sqlite_u
         await asyncio.sleep(0.2)
         served.proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
-        async with aiohttp.ClientSession() as session, session.get(f"{served.url}/readyz") as ready:
-            assert ready.status == 503
-            assert (await ready.json())["status"] == "draining"
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"{served.url}/readyz") as ready:
+                assert ready.status == 503
+                assert (await ready.json())["status"] == "draining"
+                assert ready.headers["Connection"] == "close"
+            async with session.get(f"{served.url}/auth/check", headers={"Cookie": f"{COOKIE}={token}"}) as check:
+                assert check.status == 200
+                assert check.headers["Connection"] == "close"
         writer.write(body[10:])
         await writer.drain()
         response = await asyncio.wait_for(reader.read(), timeout=10)
