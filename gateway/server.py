@@ -83,22 +83,18 @@ def runner_options(settings: Settings) -> dict[str, Any]:
     }
 
 
-def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -> Callable[[], asyncio.Protocol]:
-    """The protocol factory for the listening socket: the fast lane (handing everything else to aiohttp),
-    or aiohttp alone when ``fast_lane`` is off or ``access_log`` is on. Call with the runner set up."""
+def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -> FastLane:
+    """The protocol factory for the listening socket: the fast lane, handing everything else to aiohttp.
+
+    With ``fast_lane`` off or ``access_log`` on, the fast lane only judges each connection's first head
+    (bytes that are not HTTP get a 400 at once, a stalled head is closed after ``keepalive_timeout``) and
+    then hands every request to aiohttp, which logs them. Call with the runner set up.
+    """
     server = runner.server
     assert server is not None
-    metrics = app[METRICS]
-    aiohttp_protocol = protocol_factory(server)
-    if settings.fast_lane and not settings.access_log:
-        return FastLane(app[HOT], aiohttp_protocol, metrics, keepalive_timeout=settings.keepalive_timeout,
-                        max_head_bytes=settings.max_header_bytes)
-
-    def counting_factory() -> asyncio.Protocol:
-        metrics.connections_accepted.inc()
-        return aiohttp_protocol()
-
-    return counting_factory
+    return FastLane(app[HOT], protocol_factory(server), app[METRICS], keepalive_timeout=settings.keepalive_timeout,
+                    max_head_bytes=settings.max_header_bytes,
+                    answers=settings.fast_lane and not settings.access_log)
 
 
 def _run_worker(settings: Settings, *, reuse_port: bool, metrics_file: Path | None = None) -> int:
@@ -120,7 +116,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
 
     app = create_app(settings)
     state = app[STATE]
-    app.on_response_prepare.append(_closing_while_draining(lambda: state.draining))
+    app.on_response_prepare.append(_closing_while_draining(state))
     shared = app[METRICS].share(metrics_file) if metrics_file is not None else None
     # The drain below gives requests shutdown_timeout; aiohttp's own shutdown only has to clean up after it.
     options = {**runner_options(settings), "shutdown_timeout": _AIOHTTP_LAST_WAIT}
@@ -140,7 +136,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     publisher = asyncio.ensure_future(shared.publish_periodically()) if shared is not None else None
     log.info("gateway listening", listen=settings.listen, public_url=settings.public_url,
              database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port,
-             event_loop=type(loop).__module__.split(".")[0], fast_lane=isinstance(front, FastLane))
+             event_loop=type(loop).__module__.split(".")[0], fast_lane=front.answers)
     await stop.wait()
 
     log.info("shutting down: readiness off, finishing in-flight requests",
@@ -217,12 +213,11 @@ async def stop_listening(listener: asyncio.Server, front: Callable[[], asyncio.P
         log.info("served connections still queued at the listener", connections=len(accepted))
 
 
-def _closing_while_draining(draining: Callable[[], bool]) -> Callable[[web.Request, web.StreamResponse],
-                                                                      Awaitable[None]]:
+def _closing_while_draining(state: RuntimeState) -> Callable[[web.Request, web.StreamResponse], Awaitable[None]]:
     """An ``on_response_prepare`` hook: while draining, aiohttp's answers say ``Connection: close`` and close
     their connection, as the fast lane's do."""
     async def close_after_answer(request: web.Request, response: web.StreamResponse) -> None:
-        if draining():
+        if state.draining:
             response.force_close()
             response.headers["Connection"] = "close"
     return close_after_answer

@@ -17,7 +17,7 @@ import contextlib
 import importlib.util
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,18 +62,20 @@ def require_loop(loop: str) -> None:
 @contextlib.contextmanager
 def start_gateway_on(loop: str, directory: Path, *, port: int, public_url: str = "http://127.0.0.1",
                      redirect_hosts: Sequence[str] = ("127.0.0.1",), access_toml: str = DEFAULT_ACCESS_TOML,
-                     extra_toml: str = "", database: Path | None = None) -> Iterator[Gateway]:
+                     extra_toml: str = "", database: Path | None = None,
+                     extra_env: Mapping[str, str] | None = None) -> Iterator[Gateway]:
     """Run one gateway process (``loop``: ``"uvloop"``, ``"asyncio"`` or ``"serve"``) until the block ends.
 
-    The config is :func:`tests.deploy.stack.gateway_toml` (SQLite ``database``, by default in ``directory``);
-    returns once ``/readyz`` answers 200. On exit the process is sent SIGTERM if it still runs.
+    The config is :func:`tests.deploy.stack.gateway_toml` (SQLite ``database``, by default in ``directory``)
+    plus ``extra_env`` (``GATEWAY_*`` settings); returns once ``/readyz`` answers 200. On exit the process
+    is sent SIGTERM if it still runs.
     """
     require_loop(loop)
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
     config.write_text(gateway_toml(port=port, public_url=public_url, database=database or directory / "gateway.db",
                                    redirect_hosts=redirect_hosts, access_toml=access_toml, extra_toml=extra_toml))
-    env = gateway_env(config)
+    env = {**gateway_env(config), **(extra_env or {})}
     log = directory / "gateway.log"
     command = [sys.executable, "-m", "gateway", "serve"] if loop == "serve" else \
         [sys.executable, "-c", _RUN_ON_LOOP, loop]

@@ -178,6 +178,38 @@ async def test_a_request_aiohttp_owns_still_arriving_at_sigterm_is_answered_in_f
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+async def test_with_aiohttp_alone_on_the_port_a_request_still_arriving_is_answered_in_full(
+        loop: str, tmp_path: Path, clients: Clients) -> None:
+    """``fast_lane = false`` (and ``access_log = true``) put aiohttp alone on the port: a body still arriving
+    at SIGTERM is received and answered all the same, and so is a request sent right after it over a
+    connection that was between requests."""
+    with start_gateway_on(loop, tmp_path, port=free_port(), extra_env={"GATEWAY_FAST_LANE": "false"}) as gateway:
+        token = await asyncio.to_thread(gateway.mint, "plain@example.com")
+        head, body = webhook_post(token)
+        half_body = await clients.connect(gateway)
+        await send(half_body[1], head + body[:20])
+        pooled = await clients.connect(gateway)
+        await send(pooled[1], check(token))
+        await read_one(pooled[0])
+        await asyncio.sleep(0.2)
+
+        await sigterm_and_wait_for_the_listener_to_close(gateway)
+        await send(pooled[1], check(token))
+        on_pooled = await read_until_closed(pooled[0])
+        await asyncio.sleep(LATE)
+        await send(half_body[1], body[20:] + check(token))
+        transcript = await read_until_closed(half_body[0])
+        exit_code = await asyncio.to_thread(gateway.proc.wait, 30)
+
+    answer = only_answer(transcript, "half body")
+    assert answer.status == 200 and json.loads(answer.body)["X-Hasura-Role"], answer
+    assert answer.headers["server"].startswith("Python")
+    assert only_answer(on_pooled, "pooled").status == 200
+    assert log_events(gateway, "gateway listening")[0]["fast_lane"] is False
+    assert exit_code == 0, gateway.log_text()
+
+
+@pytest.mark.parametrize("loop", LOOPS)
 async def test_a_request_on_a_keepalive_connection_right_after_sigterm_is_answered_with_connection_close(
         loop: str, tmp_path: Path, clients: Clients) -> None:
     """A proxy may already be sending its next request over a pooled connection when the gateway starts
