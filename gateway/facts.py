@@ -107,6 +107,10 @@ def _merge_slashes(path: str) -> str:
     return path
 
 
+def _drop_parameters(path: str) -> str:
+    return "/".join(segment.partition(";")[0] for segment in path.split("/"))
+
+
 def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in path.replace("\\", "/").split("/"))
 
@@ -123,8 +127,9 @@ def normalise_path(raw_path: str) -> str:
     Refused rather than repaired, because two common servers would resolve it to different resources:
     a malformed escape, bytes that are not UTF-8, control characters or spaces, a raw ``#``; empty
     segments before a dot segment (``/a//../b`` is ``/a/b`` to the RFC but ``/b`` after merging slashes);
-    and dot segments that appear only after dropping parameters or decoding (``/a/..;/b``, ``/a/..%2fb``,
-    ``/a/..%5cb``, ``/a/..\\b``). The query is never part of the path.
+    dot segments that appear only after dropping parameters or decoding (``/a/..;/b``, ``/a/..%2fb``,
+    ``/a/..%5cb``, ``/a/..\\b``); and parameters whose dropping before or after resolving dot segments
+    gives different paths (``/a/;x/../b``). The query is never part of the path.
     """
     if not raw_path.startswith("/"):
         raw_path = "/" + raw_path
@@ -138,10 +143,11 @@ def normalise_path(raw_path: str) -> str:
     path = remove_dot_segments(_merge_slashes(decoded))
     if "//" in decoded and _merge_slashes(remove_dot_segments(decoded)) != path:
         raise MalformedOriginalRequest("original path has empty segments before a dot segment")
-    if ";" in path:
-        path = "/".join(segment.partition(";")[0] for segment in path.split("/"))
-        if _has_dot_segment(path):
-            raise MalformedOriginalRequest("original path hides a dot segment behind ;parameters")
+    if ";" in decoded:
+        # Servlet containers drop parameters before resolving dot segments, the RFC after: both must agree.
+        path = _merge_slashes(_drop_parameters(path))
+        if _has_dot_segment(path) or path != remove_dot_segments(_merge_slashes(_drop_parameters(decoded))):
+            raise MalformedOriginalRequest("original path reads differently with its ;parameters dropped")
     if "%" in path:
         try:
             path = unquote(path, encoding="utf-8", errors="strict")

@@ -33,6 +33,7 @@ from multidict import CIMultiDict
 from gateway import __version__
 from gateway.app import HotEndpoints
 from gateway.metrics import Metrics
+from gateway.protocol import BAD_REQUEST_TEXT
 from gateway.reply import Reply
 
 log = structlog.get_logger("gateway.fastlane")
@@ -56,7 +57,7 @@ class FastLane:
     """The protocol factory for the listening socket, and the state every connection shares."""
 
     def __init__(self, endpoints: HotEndpoints, fallback: Callable[[], asyncio.Protocol], metrics: Metrics, *,
-                 keepalive_timeout: float, max_head_bytes: int) -> None:
+                 keepalive_timeout: float, max_head_bytes: int, answers: bool = True) -> None:
         self.check = endpoints.check
         self.webhook = endpoints.webhook
         self.fallback = fallback
@@ -65,7 +66,10 @@ class FastLane:
         self._keepalive_timeout = keepalive_timeout
         self._accepted = metrics.connections_accepted
         self.counts = metrics.hot.fast_lane
+        self.answers = answers
+        """False: judge each connection's first head, then hand every request to aiohttp (its access log)."""
         self.internal_error = Reply(500, {"Content-Type": "application/json"}, b'{"error":"internal_error"}')
+        self.bad_request = Reply(400, {"Content-Type": "text/plain; charset=utf-8"}, BAD_REQUEST_TEXT.encode())
         self.connections: set[_Connection] = set()
         self.date = b""
         self.draining = False
@@ -210,13 +214,18 @@ class _Connection(asyncio.Protocol):
                 if len(buffer) > lane.max_head_bytes or b"\n\n" in buffer or b"\n\r\n" in buffer \
                         or not _could_begin_a_request(buffer):
                     self._hand_over()
+                elif _not_a_request_line(buffer):
+                    self._refuse_malformed()
                 return
             if end > lane.max_head_bytes or (not buffer.isascii() and not buffer[:end].isascii()):
                 self._hand_over()
                 return
-            match = _HEAD.fullmatch(buffer[:end + 2].decode("ascii"))
+            match = _HEAD.fullmatch(buffer[:end + 2].decode("ascii")) if lane.answers else None
             if match is None:
-                self._hand_over()
+                if _not_a_request_line(buffer):
+                    self._refuse_malformed()
+                else:
+                    self._hand_over()
                 return
             method, target, minor, lines = match.groups()
             headers = CIMultiDict([_split(line) for line in lines.split("\r\n")[:-1]])
@@ -298,6 +307,12 @@ class _Connection(asyncio.Protocol):
             transport.close()
         self.last_active = time.monotonic()
 
+    def _refuse_malformed(self) -> None:
+        """Answer 400 and close: a complete first line that is no HTTP/1.x request line (HTTP/0.9, SMTP,
+        ...), which aiohttp would wait on for a head that never comes."""
+        log.info("malformed request refused", client=self.peer)
+        self._send(self.lane.bad_request, _CLOSE)
+
     def _hand_over(self) -> None:
         """Give this connection, from the current request on, to aiohttp's protocol."""
         transport = self.transport
@@ -318,6 +333,15 @@ class _Connection(asyncio.Protocol):
 _REQUEST_LINE_START = re.compile(rb"[A-Z]{1,16}(?: [!-~]*(?: [!-~]*)?)?")
 _BARE_CR = re.compile(rb"\r(?!\n)")
 _CONTROL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+_REQUEST_LINE = re.compile(rb"[A-Z][A-Z_-]{0,19} [!-~]+ HTTP/[0-9]\.[0-9]")
+
+
+def _not_a_request_line(buffer: bytes) -> bool:
+    """True when ``buffer``'s first line is complete and is not ``METHOD SP target SP HTTP/x.y``."""
+    end = buffer.find(b"\r\n")
+    return end >= 0 and _REQUEST_LINE.fullmatch(buffer, 0, end) is None
 
 
 def _could_begin_a_request(partial: bytes) -> bool:

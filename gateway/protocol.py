@@ -29,7 +29,8 @@ from gateway.http_errors import error_response
 
 log = structlog.get_logger("gateway.protocol")
 
-_BAD_REQUEST = "400 Bad Request: the request is not well-formed HTTP/1.1.\n"
+BAD_REQUEST_TEXT = "400 Bad Request: the request is not well-formed HTTP/1.1.\n"
+"""The body of every 400 for bytes that do not parse as HTTP (both front-ends): it never quotes them."""
 _SERVER_ERROR = "500 Internal Server Error\n"
 
 
@@ -50,7 +51,7 @@ class GatewayRequestHandler(RequestHandler):
         else:
             log.info("malformed request refused", status=status, error=type(exc).__name__ if exc else None,
                      client=request.remote)
-            text = _BAD_REQUEST if status == 400 else f"{status}\n"
+            text = BAD_REQUEST_TEXT if status == 400 else f"{status}\n"
         response = web.Response(status=status, text=text, content_type="text/plain")
         response.force_close()
         return response

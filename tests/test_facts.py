@@ -38,20 +38,23 @@ PROXIES = TrustedProxies([ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_netw
     ("/admin%2fx", "/admin/x"),
     ("/admin%2f%2fx", "/admin/x"),
     ("/a/b?", "/a/b?"),
+    ("/;/forbidden;x/", "/forbidden/"),
+    ("/api/;x/%66orbidden", "/api/forbidden"),
 ], ids=["root", "dotdot", "encoded-dotdot", "nested-encoded", "encoded-hash", "dots-slashes", "double-slash",
         "double-encoded", "above-root", "no-slash", "utf8", "final-dotdot", "final-dot", "final-encoded-dot",
         "final-encoded-dot-upper", "final-encoded-dotdot", "final-mixed-dotdot", "dotdot-to-root", "trailing-slash",
-        "encoded-unreserved", "path-parameter", "encoded-slash", "encoded-double-slash", "question-mark-kept"])
+        "encoded-unreserved", "path-parameter", "encoded-slash", "encoded-double-slash", "question-mark-kept",
+        "parameter-only-segment", "parameter-only-segment-then-escape"])
 def test_normalise_path(raw: str, expected: str) -> None:
     assert normalise_path(raw) == expected
 
 
 @pytest.mark.parametrize("raw", [
     "/%ff", "/a%00b", "/a%0d%0ab", "/a\x7fb", "/a b", "/a#b", "/a%zz", "/a%2", "/a%",
-    "/a//../b", "/a/..%2fb", "/a/%2e%2e%2fb", "/a/..;/b", "/a/..%5cb", "/a/..\\b", "/a/.;x/b",
+    "/a//../b", "/a/..%2fb", "/a/%2e%2e%2fb", "/a/..;/b", "/a/..%5cb", "/a/..\\b", "/a/.;x/b", "/a/;x/../b",
 ], ids=["not-utf8", "nul", "crlf", "del", "space", "fragment", "bad-escape", "short-escape", "bare-percent",
         "empty-segment-then-dotdot", "encoded-slash-dotdot", "encoded-dotdot-slash", "tomcat-dotdot",
-        "encoded-backslash-dotdot", "backslash-dotdot", "dot-with-parameter"])
+        "encoded-backslash-dotdot", "backslash-dotdot", "dot-with-parameter", "parameter-segment-then-dotdot"])
 def test_normalise_path_refuses_ambiguous_or_bad_paths(raw: str) -> None:
     with pytest.raises(MalformedOriginalRequest):
         normalise_path(raw)

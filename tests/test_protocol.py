@@ -11,7 +11,7 @@ import logging
 
 import pytest
 
-from tests.harness import FRONT_ENDS, Gateway
+from tests.harness import FRONT_ENDS, Gateway, GatewayFactory
 from tests.test_fastlane import exchange, open_raw, read_answer
 
 
@@ -63,10 +63,15 @@ async def test_a_chunked_requests_trailer_never_reaches_the_next_request(gw: Gat
     b"get /auth/check HTTP/1.1\r\n",
     b"GET\t/auth/check HTTP/1.1\r\n",
     b"SSH-2.0-OpenSSH_9.2\r\n",
+    b"EHLO evil.example\r\n",
+    b"GET /auth/check\r\n",
+    b"GET /auth/check\r\n\r\n",
+    b"GET /login\r\n",
 ], ids=["tls-client-hello", "binary", "nul-bytes", "bare-cr-request-line", "bare-cr-header", "lowercase-method",
-        "tab-in-request-line", "ssh-banner"])
+        "tab-in-request-line", "ssh-banner", "smtp-ehlo", "http-0.9", "http-0.9-blank-line", "http-0.9-other-path"])
 async def test_bytes_that_are_not_http_are_answered_at_once(gw: Gateway, raw: bytes) -> None:
-    """Judged as they arrive: a 400 (or a close) within 2 s, not a wait for the 75 s keep-alive timeout."""
+    """Judged as they arrive: a 400 (or a close) within 2 s, not a wait for the 75 s keep-alive timeout
+    (aiohttp alone would wait on HTTP/0.9 for a head that never comes)."""
     reader, writer = await open_raw(gw)
     try:
         writer.write(raw)
@@ -127,3 +132,14 @@ async def test_canary_aiohttps_c_parser_still_carries_trailers_over() -> None:
         assert (first.body, second.body) == (b"-", b"gw_session=carried")
     finally:
         await runner.cleanup()
+
+
+async def test_a_stalled_first_head_is_closed_on_both_front_ends(gateway_factory: GatewayFactory) -> None:
+    """aiohttp has no timeout for a request's head; the fast lane in front of it closes a stalled one."""
+    gw = await gateway_factory(keepalive_timeout="1s")
+    reader, writer = await open_raw(gw)
+    try:
+        writer.write(b"GET /login HTTP/1.1\r\nHost: gw\r\nX-Slow: ")
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+    finally:
+        writer.close()
