@@ -296,14 +296,17 @@ def gateway_env(config: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def start_gateway(directory: Path, *, port: int, public_url: str, redirect_hosts: Sequence[str],
                   access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "",
-                  database: Path | None = None) -> Iterator[Gateway]:
-    """Run ``gateway serve`` (one worker; SQLite ``database``, default in ``directory``) until the block ends."""
-    directory.mkdir(exist_ok=True)
+                  database: Path | None = None, env: Mapping[str, str] | None = None) -> Iterator[Gateway]:
+    """Run ``gateway serve`` (one worker; SQLite ``database``, default in ``directory``) until the block ends.
+
+    ``env``: extra environment variables (``GATEWAY_*`` settings) on top of the config file.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
     config.write_text(gateway_toml(port=port, public_url=public_url, database=database or directory / "gateway.db",
                                    redirect_hosts=redirect_hosts, access_toml=access_toml,
                                    extra_toml=extra_toml))
-    env = gateway_env(config)
+    env = {**gateway_env(config), **(env or {})}
     log = directory / "gateway.log"
     with running([sys.executable, "-m", "gateway", "serve"], log, env=env) as proc:
         gateway = Gateway(f"http://127.0.0.1:{port}", config, env, log, proc)

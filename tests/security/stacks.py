@@ -33,14 +33,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
+from tests.deploy import stack as deploy_stack
 from tests.deploy.stack import (
     COOKIE,
     DEFAULT_ACCESS_TOML,
     Gateway,
     Nginx,
     find_nginx,
-    gateway_env,
-    gateway_toml,
     http,
     port_open,
     render_site,
@@ -115,24 +114,10 @@ def start_echo(directory: Path) -> Iterator[Echo]:
 def start_gateway(directory: Path, *, public_url: str, redirect_hosts: Sequence[str], database: Path,
                   env: Mapping[str, str] = GATEWAY_ENV, access_toml: str = DEFAULT_ACCESS_TOML,
                   extra_toml: str = "", port: int | None = None) -> Iterator[Gateway]:
-    """``gateway serve`` as :func:`tests.deploy.stack.start_gateway` runs it, plus ``env`` settings."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = port or free_port()
-    config = directory / "gateway.toml"
-    config.write_text(gateway_toml(port=port, public_url=public_url, database=database,
-                                   redirect_hosts=redirect_hosts, access_toml=access_toml, extra_toml=extra_toml))
-    process_env = {**gateway_env(config), **env}
-    log = directory / "gateway.log"
-    with running([sys.executable, "-m", "gateway", "serve"], log, env=process_env) as proc:
-        gateway = Gateway(f"http://127.0.0.1:{port}", config, process_env, log, proc)
-
-        def ready() -> bool:
-            try:
-                return http("GET", gateway.url + "/readyz", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, "gateway", proc=proc, log=log)
+    """:func:`tests.deploy.stack.start_gateway` on a free port, with the corpus's ``env`` settings."""
+    with deploy_stack.start_gateway(directory, port=port or free_port(), public_url=public_url,
+                                    redirect_hosts=redirect_hosts, access_toml=access_toml, extra_toml=extra_toml,
+                                    database=database, env=env) as gateway:
         yield gateway
 
 
