@@ -1083,6 +1083,79 @@ async def test_watch_delivers_revocations_from_another_store(store: Store, store
         assert set(revocations[2:]) == {Revocation(user_id=user_id), Revocation(user_id=doomed)}
 
 
+def _log_without_broadcast(database_url: str, revoked: str) -> None:
+    """Append a revocation to the log the way a writer whose NOTIFY got lost would leave it: a row, no
+    broadcast."""
+    if database_url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(sqlite_module.sqlite_path(database_url))) as conn, conn:
+            conn.execute("INSERT INTO revocations (token_hash, user_id, at) VALUES (?, NULL, ?)",
+                         (revoked, time.time()))
+        return
+    with contextlib.closing(psycopg2.connect(database_url)) as conn, conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO revocations (token_hash) VALUES (%s)", (revoked,))
+
+
+async def test_every_revocation_is_logged_in_order(store: Store) -> None:
+    alice = await make_user(store)
+    bob = await make_user(store, "bob")
+    carol = await make_user(store, "carol")
+    first, second = await make_session(store, alice, "first"), await make_session(store, alice, "second")
+    start = await store.revocation_sequence()
+    assert start >= 0
+    assert await store.revocations_since(start) == []
+
+    assert await store.revoke_session(first, actor="alice", reason="logout")
+    assert not await store.revoke_session(first, actor="alice", reason="logout")  # nothing new: nothing logged
+    assert await store.revoke_user_sessions(alice, actor="admin", reason="offboarded") == 1
+    assert await store.delete_user(bob, actor="admin")
+    await store.block_subject(BlockKey.for_identity("oidc", "carol"), actor="admin")
+    logged = await store.revocations_since(start)
+    assert [entry.revocation for entry in logged] == [
+        Revocation(token_hash=first), Revocation(user_id=alice), Revocation(user_id=bob), Revocation(user_id=carol)]
+    seqs = [entry.seq for entry in logged]
+    assert seqs == sorted(set(seqs)) and seqs[0] > start
+    assert await store.revocation_sequence() == seqs[-1]
+    assert all(abs(entry.at - time.time()) < 60 for entry in logged)
+    # read from any point on, in pages
+    assert await store.revocations_since(seqs[1]) == logged[2:]
+    assert await store.revocations_since(start, limit=2) == logged[:2]
+    assert await store.revocations_since(seqs[-1]) == []
+    assert second  # revoked with the user, logged as the user's revocation
+
+
+async def test_pruning_the_log_keeps_what_is_newer(store: Store) -> None:
+    user_id = await make_user(store)
+    old = await make_session(store, user_id, "old")
+    assert await store.revoke_session(old, actor="t", reason="r")
+    cut = time.time() + 0.001
+    await asyncio.sleep(0.01)
+    new = await make_session(store, user_id, "new")
+    assert await store.revoke_session(new, actor="t", reason="r")
+    newest = await store.revocation_sequence()
+    assert await store.prune_revocations(before=cut) == 1
+    assert [e.revocation.token_hash for e in await store.revocations_since(0)] == [new]
+    assert await store.revocation_sequence() == newest  # numbers are never handed out again
+    assert await store.prune_revocations(before=cut) == 0
+
+
+async def test_watch_delivers_a_revocation_whose_broadcast_never_came(store: Store, database_url: str) -> None:
+    """The watcher reads the log (at least every second), so a lost NOTIFY costs a second, not the revocation."""
+    async with watching(store) as (revocations, _):
+        await asyncio.to_thread(_log_without_broadcast, database_url, token_hash("unannounced"))
+        assert await eventually(lambda: revocations == [Revocation(token_hash=token_hash("unannounced"))],
+                                timeout=2.5), revocations
+
+
+async def test_a_revocation_is_logged_only_if_it_commits(store: Store) -> None:
+    """The log row is written in the revoking transaction: a revocation that fails leaves none."""
+    user_id = await make_user(store)
+    start = await store.revocation_sequence()
+    with pytest.raises(ValueError):  # the block's reason is too long: refused before anything is written
+        await store.block_subject(BlockKey.for_identity("oidc", "alice"), actor="admin", reason="x" * 600)
+    assert await store.revocations_since(start) == []
+    assert await store.list_sessions(user_id) == []
+
+
 async def test_watch_ends_when_the_store_is_closed(store: Store) -> None:
     states: list[bool] = []
     task = asyncio.create_task(store.watch_revocations(lambda _r: None, states.append))
@@ -1136,6 +1209,65 @@ async def test_watcher_survives_a_database_restart(postgres_cluster: Any, postgr
     finally:
         await watcher_store.close()
         await writer.close()
+
+
+@pytest.mark.postgres
+async def test_watcher_catches_up_on_what_was_revoked_while_its_listener_reconnected(
+        postgres_url: str, store_factory: StoreFactory) -> None:
+    watcher_store = await store_factory(postgres_url)
+    writer = await store_factory(postgres_url)
+    await writer.migrate()
+    user_id = await make_user(writer)
+    hashes = [await make_session(writer, user_id, f"gap{i}") for i in range(20)]
+    async with watching(watcher_store) as (revocations, states):
+        with contextlib.closing(psycopg2.connect(postgres_url)) as conn, conn.cursor() as cur:
+            conn.autocommit = True
+            cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database()"
+                        " AND application_name = 'gateway-revocation-feed'")
+            assert cur.fetchall() == [(True,)]
+        for h in hashes:  # most of these are committed while the listener is away
+            assert await writer.revoke_session(h, actor="t", reason="r")
+        assert await eventually(lambda: {r.token_hash for r in revocations} == set(hashes), timeout=2.5)
+        assert await eventually(lambda: states[-1], timeout=2.5) and False in states
+        await asyncio.sleep(1.2)  # a log read later: each session's revocation was delivered once
+        assert sorted(r.token_hash for r in revocations if r.token_hash) == sorted(hashes)
+
+
+@pytest.mark.postgres
+async def test_concurrent_revocations_become_visible_in_sequence_order(
+        postgres_url: str, store_factory: StoreFactory) -> None:
+    """Writers in many transactions at once; a reader paging through the log as fast as it can never
+    sees a number appear below one it has already read past (it would have skipped that revocation)."""
+    writers = [await store_factory(postgres_url) for _ in range(4)]
+    await writers[0].migrate()
+    user_id = await make_user(writers[0])
+    hashes = [await make_session(writers[0], user_id, f"concurrent{i}") for i in range(200)]
+    reader = await store_factory(postgres_url)
+    start = await reader.revocation_sequence()
+    read: list[int] = []
+    done = asyncio.Event()
+
+    async def read_all() -> None:
+        last = start
+        while True:
+            finished = done.is_set()
+            for entry in await reader.revocations_since(last, limit=7):
+                read.append(entry.seq)
+                last = entry.seq
+            if finished and not await reader.revocations_since(last):
+                return
+
+    async def revoke(writer: Store, mine: list[str]) -> None:
+        for h in mine:
+            assert await writer.revoke_session(h, actor="t", reason="r")
+
+    reading = asyncio.create_task(read_all())
+    await asyncio.gather(*(revoke(w, hashes[i::len(writers)]) for i, w in enumerate(writers)))
+    done.set()
+    await reading
+    everything = [entry.seq for entry in await reader.revocations_since(start, limit=1000)]
+    assert read == everything  # nothing skipped, nothing twice, in order
+    assert len(everything) == len(hashes)
 
 
 @pytest.mark.postgres
