@@ -158,22 +158,20 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     return 0
 
 
-async def _drain(settings: Settings, state: RuntimeState, listener: asyncio.Server,
-                 front: Callable[[], asyncio.Protocol], runner: web.AppRunner) -> None:
+async def _drain(settings: Settings, state: RuntimeState, listener: asyncio.Server, front: FastLane,
+                 runner: web.AppRunner) -> None:
     """Readiness off and keep-alive retired at once; accept for ``shutdown_delay``; then stop accepting and
     let every request in flight finish within ``shutdown_timeout`` (see the module docstring)."""
     state.draining = True
     started = time.monotonic()
-    if isinstance(front, FastLane):
-        front.begin_draining()
+    front.begin_draining()
     if settings.shutdown_delay > 0:
         await asyncio.sleep(settings.shutdown_delay)
     await stop_listening(listener, front)
     grace = float(settings.shutdown_timeout)
     linger = min(_IDLE_LINGER, grace)
     deadline = time.monotonic() + grace
-    if isinstance(front, FastLane):
-        await front.shutdown(grace, linger=linger)
+    await front.shutdown(grace, linger=linger)
     server = runner.server
     if server is not None:
         await _finish_aiohttp_requests(server, drain_started=started, deadline=deadline, linger=linger)
