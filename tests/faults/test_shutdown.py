@@ -178,11 +178,11 @@ async def test_a_request_aiohttp_owns_still_arriving_at_sigterm_is_answered_in_f
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-async def test_with_aiohttp_alone_on_the_port_a_request_still_arriving_is_answered_in_full(
+async def test_with_the_fast_lane_off_a_request_still_arriving_is_answered_in_full(
         loop: str, tmp_path: Path, clients: Clients) -> None:
-    """``fast_lane = false`` (and ``access_log = true``) put aiohttp alone on the port: a body still arriving
-    at SIGTERM is received and answered all the same, and so is a request sent right after it over a
-    connection that was between requests."""
+    """With ``fast_lane = false`` (or ``access_log = true``) aiohttp answers every request (the fast lane only
+    judges each connection's first head): a body still arriving at SIGTERM is received and answered all
+    the same, and so is a request sent right after it over a connection that was between requests."""
     with start_gateway_on(loop, tmp_path, port=free_port(), extra_env={"GATEWAY_FAST_LANE": "false"}) as gateway:
         token = await asyncio.to_thread(gateway.mint, "plain@example.com")
         head, body = webhook_post(token)
