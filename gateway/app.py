@@ -168,14 +168,19 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _keep_watching(store: Store, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
-    """Run the store's revocation feed until cancelled: should it ever end or fail (a bug), say so, mark the
-    feed down and start it again, so the cache never stays unprotected and the feed metric never lies."""
+    """Run the store's revocation feed until cancelled, or until it ends because the store was closed.
+
+    Should it ever fail (a bug: it handles every database failure itself), say so, mark the feed down and
+    start it again, so the cache is never left unprotected and the feed metric never lies.
+    """
     while True:
         try:
             await store.watch_revocations(on_revoke, on_state)
-            log.error("revocation feed ended while serving; restarting it")
         except Exception:
             log.exception("revocation feed failed; restarting it")
+        else:
+            on_state(False)  # the store was closed: nothing will be heard any more
+            return
         on_state(False)
         await asyncio.sleep(_FEED_RESTART)
 

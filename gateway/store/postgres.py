@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import aiopg
@@ -73,7 +73,6 @@ from gateway.store.pgconn import (
     connect,
     connection_options,
     describe,
-    raise_unavailable,
     scrub,
     unavailable_errors,
 )
@@ -270,12 +269,6 @@ class PostgresStore:
     def lookup_queries(self) -> int:
         """How many session lookup queries (point or batched, retries included) this store has sent."""
         return self._lookups.queries
-
-    # -- errors ----------------------------------------------------------------------------------
-
-    def _raise_unavailable(self, exc: BaseException) -> NoReturn:
-        """Raise StoreUnavailable for ``exc`` (see :func:`gateway.store.pgconn.raise_unavailable`)."""
-        raise_unavailable(exc, self._secrets)
 
     # -- connections -----------------------------------------------------------------------------
 
