@@ -124,9 +124,6 @@ class _AppliedOnce:
                 del seen[next(iter(seen))]
         return True
 
-    def __len__(self) -> int:
-        return len(self._by_notify) + len(self._by_log)
-
 
 class RevocationFeed:
     """One watch of the revocation feed (see the module docstring); :meth:`run` until cancelled."""
