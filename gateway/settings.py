@@ -121,6 +121,10 @@ class DatabaseSettings:
     sqlite_poll_interval: Duration = Duration(0.1)
     prepared_statements: bool = True
     lookup_concurrency: int = 2
+    # PostgreSQL: the revocation feed's own connection (LISTEN/NOTIFY and the revocation log), when
+    # database_url goes through PgBouncer in transaction pooling, which drops notifications: point this
+    # straight at PostgreSQL (or at a session-pooled PgBouncer database). Empty: database_url.
+    feed_url: str = ""
 
 
 @dataclass(frozen=True)
@@ -234,7 +238,7 @@ class Settings:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
 
-SECRET_SETTINGS = frozenset({"database_url"})
+SECRET_SETTINGS = frozenset({"database_url", "database.feed_url"})
 """Settings whose values must never be printed."""
 
 
@@ -573,6 +577,12 @@ def validate(s: Settings) -> list[str]:
         problems.append("database_url: expected sqlite:///PATH or postgresql://USER@HOST/DB")
     elif scheme == "sqlite" and not s.database_url.startswith("sqlite:///"):
         problems.append("database_url: SQLite URLs look like sqlite:///relative.db or sqlite:////abs/path.db")
+    if s.database.feed_url:
+        feed_scheme = s.database.feed_url.split(":", 1)[0].lower()
+        if feed_scheme not in {"postgresql", "postgres"}:
+            problems.append("database.feed_url: expected postgresql://USER@HOST/DB (or empty: database_url)")
+        elif scheme not in {"postgresql", "postgres"}:
+            problems.append("database.feed_url: only for a PostgreSQL database_url (leave it empty for SQLite)")
 
     for net in s.trusted_proxies:
         try:

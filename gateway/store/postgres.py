@@ -251,7 +251,10 @@ class PostgresStore:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._dsn = settings.database_url
-        self._secrets = url_secrets(settings.database_url)
+        # the revocation feed may bypass a transaction-pooling PgBouncer, which drops NOTIFY
+        self._feed_dsn = settings.database.feed_url or settings.database_url
+        self._secrets = tuple(sorted({*url_secrets(settings.database_url), *url_secrets(self._feed_dsn)},
+                                     key=len, reverse=True))
         self._pool: aiopg.Pool | None = None
         self._listeners: set[aiopg.Connection] = set()
         self._closed = False
@@ -273,8 +276,10 @@ class PostgresStore:
     # -- connections -----------------------------------------------------------------------------
 
     async def _connect(self, role: str) -> aiopg.Connection:
-        """A new connection outside the pool (``lookups`` or ``feed``); raises StoreUnavailable."""
-        return await connect(self._dsn, role=role, connect_timeout=self._settings.database.connect_timeout,
+        """A new connection outside the pool (``lookups``, or ``feed`` on ``database.feed_url`` when set);
+        raises StoreUnavailable."""
+        dsn = self._feed_dsn if role == "feed" else self._dsn
+        return await connect(dsn, role=role, connect_timeout=self._settings.database.connect_timeout,
                              secrets=self._secrets)
 
     async def open(self) -> None:

@@ -143,15 +143,16 @@ class PgGateway:
 
 @contextlib.contextmanager
 def run_gateway(loop: str, database_url: str, directory: Path, *, name: str = "gateway", workers: int = 1,
-                **settings: str) -> Iterator[PgGateway]:
+                port: int | None = None, **settings: str) -> Iterator[PgGateway]:
     """Run a gateway (``loop``: ``uvloop`` or ``asyncio``; with ``workers`` > 1, ``gateway serve --workers``)
     on ``database_url`` until the block ends; yields once ``/readyz`` answers 200.
 
-    ``settings`` are extra ``GATEWAY_*`` variables (``cache_ttl="1h"`` sets ``GATEWAY_CACHE_TTL``).
+    ``settings`` are extra ``GATEWAY_*`` variables (``cache_ttl="1h"`` sets ``GATEWAY_CACHE_TTL``); ``port``
+    is a free one unless given (a test that sets ``public_url`` picks it first).
     """
     require_loop(loop)
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     env.update({
         "GATEWAY_DATABASE_URL": database_url, "GATEWAY_LISTEN": f"127.0.0.1:{port}",
