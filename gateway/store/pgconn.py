@@ -28,6 +28,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from gateway.errors import StoreUnavailable
+from gateway.store.pghosts import HostRoute
 
 UNREACHABLE: tuple[type[BaseException], ...] = (
     psycopg2.OperationalError,   # refused, dropped, admin shutdown, cannot connect now, statement timeout
@@ -114,10 +115,13 @@ APPLICATION_NAMES = {"pool": "gateway", "lookups": "gateway-lookups", "feed": "g
 can tell them apart in ``pg_stat_activity``."""
 
 
-def connection_options(dsn: str, role: str) -> dict[str, Any]:
+def connection_options(dsn: str, role: str, route: HostRoute | None = None) -> dict[str, Any]:
     """Keyword arguments for ``aiopg.create_pool`` and ``aiopg.connect``: :data:`CONNECTION_OPTIONS`, and
-    the ``application_name`` of ``role`` (a key of :data:`APPLICATION_NAMES`) when the URL names none."""
+    the ``application_name`` of ``role`` (a key of :data:`APPLICATION_NAMES`) when the URL names none.
+    With a multi-host ``route``, connections go to its current host."""
     options = dict(CONNECTION_OPTIONS)
+    if route is not None and route.multi:
+        options["connection_factory"] = route.connection_factory(FreshSocketConnection)
     try:
         named = "application_name" in psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.Error:
@@ -135,11 +139,36 @@ CONNECTION_OPTIONS: dict[str, Any] = {
 """Keyword arguments for ``aiopg.create_pool`` and ``aiopg.connect``: fresh sockets, no type probing."""
 
 
-async def connect(dsn: str, *, role: str, connect_timeout: float, secrets: Sequence[str]) -> aiopg.Connection:
+async def connect(dsn: str, *, role: str, connect_timeout: float, secrets: Sequence[str],
+                  route: HostRoute | None = None) -> aiopg.Connection:
     """A new connection outside any pool for ``role`` (see :func:`connection_options`); raises
-    StoreUnavailable when none can be made in ``connect_timeout``."""
+    StoreUnavailable when none can be made in ``connect_timeout``.
+
+    With a multi-host ``route``: to its current host, and when that fails, to the first listed host that
+    accepts (see :func:`locate`).
+    """
+    try:
+        with unavailable_errors(secrets, connecting=True):
+            return await aiopg.connect(dsn, timeout=connect_timeout, **connection_options(dsn, role, route))
+    except StoreUnavailable:
+        if route is None or not await locate(route, dsn, connect_timeout=connect_timeout):
+            raise
     with unavailable_errors(secrets, connecting=True):
-        return await aiopg.connect(dsn, timeout=connect_timeout, **connection_options(dsn, role))
+        return await aiopg.connect(dsn, timeout=connect_timeout, **connection_options(dsn, role, route))
+
+
+async def locate(route: HostRoute, dsn: str, *, connect_timeout: float) -> bool:
+    """Move ``route`` to the first of its hosts that accepts a connection of ``dsn`` (libpq checking its
+    ``target_session_attrs``); True when one did. Never raises but CancelledError."""
+    async def try_host(single_host_dsn: str) -> bool:
+        try:
+            conn = await aiopg.connect(single_host_dsn, timeout=connect_timeout, **CONNECTION_OPTIONS)
+        except Exception:
+            return False
+        await close_quietly(conn)
+        return True
+
+    return await route.locate(dsn, try_host)
 
 
 async def close_quietly(conn: aiopg.Connection | None) -> None:

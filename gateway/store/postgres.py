@@ -73,6 +73,7 @@ from gateway.store.pgconn import (
     connect,
     connection_options,
     describe,
+    locate,
     scrub,
     unavailable_errors,
 )
@@ -85,6 +86,7 @@ from gateway.store.pgfeed import (
     log_revocations,
     read_log,
 )
+from gateway.store.pghosts import HostRoute
 from gateway.store.pglookups import LookupLane
 
 log = logging.getLogger(__name__)
@@ -255,6 +257,9 @@ class PostgresStore:
         self._feed_dsn = settings.database.feed_url or settings.database_url
         self._secrets = tuple(sorted({*url_secrets(settings.database_url), *url_secrets(self._feed_dsn)},
                                      key=len, reverse=True))
+        # which host of a multi-host URL new connections go to (aiopg cannot fail over by itself)
+        self._route = HostRoute(self._dsn)
+        self._feed_route = self._route if self._feed_dsn == self._dsn else HostRoute(self._feed_dsn)
         self._pool: aiopg.Pool | None = None
         self._listeners: set[aiopg.Connection] = set()
         self._closed = False
@@ -278,9 +283,9 @@ class PostgresStore:
     async def _connect(self, role: str) -> aiopg.Connection:
         """A new connection outside the pool (``lookups``, or ``feed`` on ``database.feed_url`` when set);
         raises StoreUnavailable."""
-        dsn = self._feed_dsn if role == "feed" else self._dsn
+        dsn, route = (self._feed_dsn, self._feed_route) if role == "feed" else (self._dsn, self._route)
         return await connect(dsn, role=role, connect_timeout=self._settings.database.connect_timeout,
-                             secrets=self._secrets)
+                             secrets=self._secrets, route=route)
 
     async def open(self) -> None:
         """Create the pool and warm up ``database.pool_min`` connections if the database answers.
@@ -294,7 +299,8 @@ class PostgresStore:
         db = self._settings.database
         # minsize=0: creating the pool connects nothing, so a database that is down cannot fail open()
         self._pool = await aiopg.create_pool(self._dsn, minsize=0, maxsize=db.pool_max,
-                                             timeout=db.connect_timeout, **connection_options(self._dsn, "pool"))
+                                             timeout=db.connect_timeout,
+                                             **connection_options(self._dsn, "pool", self._route))
         warm: list[aiopg.Connection] = []
         try:
             with unavailable_errors(self._secrets, connecting=True):
@@ -355,8 +361,15 @@ class PostgresStore:
             if self._closed:
                 raise StoreUnavailable("The session store is closed.")
             # any error while connecting (an invalid URL is a ProgrammingError) means no database
-            with unavailable_errors(self._secrets, connecting=True):
-                conn = await pool.acquire()
+            try:
+                with unavailable_errors(self._secrets, connecting=True):
+                    conn = await pool.acquire()
+            except StoreUnavailable:
+                # a multi-host URL: the host in use may be gone, another may have taken over
+                if attempt == 1 and await locate(self._route, self._dsn,
+                                                 connect_timeout=self._settings.database.connect_timeout):
+                    continue
+                raise
             try:
                 with unavailable_errors(self._secrets):
                     try:
