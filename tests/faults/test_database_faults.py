@@ -48,6 +48,7 @@ from tests.faults.pgstack import (
     terminate_backends,
     token_hash,
 )
+from tests.faults.report import Figures, Scenario
 from tests.helpers import PostgresCluster
 
 pytestmark = pytest.mark.postgres
@@ -147,12 +148,15 @@ async def seen_by(gateways: list[PgGateway], tokens: list[str]) -> None:
                 assert await status(gateway, token) == 200
 
 
-def exit_cleanly(gateways: list[PgGateway], findings: Findings) -> None:
+def exit_cleanly(gateways: list[PgGateway], findings: Findings, scene: Scenario) -> None:
     """SIGTERM each gateway: exit code 0, and no log line showing a leak or a lost exception."""
     for gateway in gateways:
         code = gateway.stop()
+        scene.record(f"{gateway.name}: exit code at SIGTERM", code, goal="0", ok=code == 0)
         findings.expect(code == 0, f"{gateway.name}: exit code {code} at SIGTERM")
         problems = gateway.problems()
+        scene.record(f"{gateway.name}: log lines showing a leak or a lost exception", len(problems), goal="0",
+                     ok=not problems)
         findings.expect(not problems, f"{gateway.name}: {len(problems)} log lines of leaks or lost exceptions,"
                                       f" e.g. {problems[:2]}")
 
@@ -162,7 +166,8 @@ def exit_cleanly(gateways: list[PgGateway], findings: Findings) -> None:
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_database_stopped_restarted_and_killed(loop: str, postgres_cluster: PostgresCluster, postgres_url: str,
-                                               settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+                                               settings_factory: Callable[..., Settings], tmp_path: Path,
+                                               figures: Figures) -> None:
     """Two replicas through a fast stop, an immediate stop and a SIGKILL of the server, each followed by a
     restart, under steady load on cached sessions."""
     require_loop(loop)
@@ -173,6 +178,12 @@ def test_database_stopped_restarted_and_killed(loop: str, postgres_cluster: Post
         gateways = [a, b]
 
         findings = Findings()
+        scene = figures.scenario(
+            f"Database stopped, restarted and killed ({loop})",
+            f"Replica a ({loop}) and replica {second['name']} on one PostgreSQL, each under 100 requests a second"
+            f" on cached sessions; the server stopped (fast, then immediate) and SIGKILLed, down {OUTAGE:g} s each"
+            " time, then started again. Recovery: from the server's start to an unseen token passing, the feed"
+            " metric at 1 and /readyz 200 (with --workers, +1 s for the merged metrics).")
 
         async def main() -> list[str]:
             store = make_store(settings)
@@ -183,20 +194,22 @@ def test_database_stopped_restarted_and_killed(loop: str, postgres_cluster: Post
                 cached = await tokens.mint(6)
                 await seen_by(gateways, cached)
                 for mode in ("fast", "immediate", "kill"):
-                    report.append(await outage(mode, gateways, store, tokens, cached, postgres_cluster, findings))
+                    report.append(await outage(mode, gateways, store, tokens, cached, postgres_cluster, findings,
+                                               scene))
             finally:
                 await store.close()
             return report
 
         report = run_on("asyncio", main)
         print(f"[{loop}] " + "; ".join(report))
-        exit_cleanly(gateways, findings)
+        exit_cleanly(gateways, findings, scene)
         assert not findings.broken, "\n".join(findings.broken)
 
 
 async def outage(mode: str, gateways: list[PgGateway], store: Store, tokens: Tokens, cached: list[str],
-                 cluster: PostgresCluster, findings: Findings) -> str:
+                 cluster: PostgresCluster, findings: Findings, scene: Scenario) -> str:
     """One outage of ``mode`` under load, every promise checked; a line for the report."""
+    label = {"fast": "fast stop", "immediate": "immediate stop", "kill": "SIGKILL"}[mode]
     unseen = await tokens.mint(2)
     victims = await tokens.mint(1)
     await seen_by(gateways, victims)
@@ -216,6 +229,8 @@ async def outage(mode: str, gateways: list[PgGateway], store: Store, tokens: Tok
                             f"{mode}: {gateway.name}'s feed metric still says 1")
             # an unseen token cannot be checked: fail closed, 503 for proxies and 401 for Hasura
             answers = [await status(gateway, unseen[0]), await status(gateway, unseen[0], "/auth/webhook")]
+            scene.record(f"{label}: {gateway.name}: uncached token on /auth/check · /auth/webhook, database away",
+                         " · ".join(map(str, answers)), goal="503 · 401", ok=answers == [503, 401])
             findings.expect(answers == [503, 401], f"{mode}: {gateway.name} answered an unseen token {answers}")
             ready = await readiness(gateway)
             findings.expect(ready == (503, "database_unavailable"), f"{mode}: {gateway.name} /readyz {ready}")
@@ -226,13 +241,17 @@ async def outage(mode: str, gateways: list[PgGateway], store: Store, tokens: Tok
             slack = WORKERS_PUBLISH if gateway.name.endswith("workers") else 0.0
             back = await eventually(lambda g=gateway: recovered(g, unseen[1]), RECOVERY + slack + 3.0)
             took[gateway.name] = None if back is None else time.monotonic() - up
-            findings.expect(back is not None and time.monotonic() - up <= RECOVERY + slack,
+            in_time = findings.expect(back is not None and time.monotonic() - up <= RECOVERY + slack,
                             f"{mode}: {gateway.name} not back (lookups, feed, readiness) within {RECOVERY + slack} s"
                             f" of the database: {took[gateway.name]}")
+            scene.record(f"{label}: {gateway.name}: lookups, feed and readiness back after the database",
+                         took[gateway.name], goal=f"≤ {RECOVERY + slack:g} s", ok=in_time, unit="s")
         # and a revocation reaches every replica again
         assert await store.revoke_session(token_hash(victims[0]), actor="faults", reason="after restart")
         for gateway in gateways:
             landed = await eventually(lambda g=gateway: _is(status(g, victims[0]), 401), LOST_AFTER)
+            scene.record(f"{label}: {gateway.name}: a revocation made after the restart stops its token",
+                         landed, goal=f"≤ {LOST_AFTER:g} s", ok=landed is not None, unit="s")
             findings.expect(landed is not None, f"{mode}: a revocation did not reach {gateway.name}")
     finally:
         stop.set()
@@ -242,8 +261,21 @@ async def outage(mode: str, gateways: list[PgGateway], store: Store, tokens: Tok
                         f"{mode}: cached sessions on {kind}: {tally.of(kind)}")
     findings.expect(not tally.errors, f"{mode}: requests without an answer: {tally.errors}")
     answered = sum(sum(by.values()) for by in tally.statuses.values())
+    record_cached_sessions(scene, f"{label}: ", tally)
     return f"{mode}: {answered} cached checks, back in " + \
         ", ".join(f"{name} {'never' if t is None else f'{t:.2f} s'}" for name, t in took.items())
+
+
+def record_cached_sessions(scene: Scenario, prefix: str, tally: Tally) -> None:
+    """The figures of the steady load on cached sessions: 5xx, and any answer but 200 (or none)."""
+    answered = sum(sum(by.values()) for by in tally.statuses.values())
+    fivexx = sum(tally.server_errors(kind) for kind in ("check", "webhook"))
+    other = sum(n for kind in ("check", "webhook") for status, n in tally.of(kind).items() if status != 200)
+    other += sum(tally.errors.values())
+    scene.record(f"{prefix}5xx on cached sessions ({answered:,} /auth/check and /auth/webhook answers)", fivexx,
+                 goal="0", ok=fivexx == 0)
+    scene.record(f"{prefix}cached sessions answered other than 200, or not at all", other, goal="0",
+                 ok=other == 0 and all(tally.of(kind) for kind in ("check", "webhook")))
 
 
 async def _is(value: Awaitable[float], expected: float) -> bool:
@@ -256,13 +288,19 @@ async def _is(value: Awaitable[float], expected: float) -> bool:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_feed_cut_off_backends_terminated_and_connections_reset_stalled_blackholed(
         loop: str, postgres_cluster: PostgresCluster, postgres_url: str,
-        settings_factory: Callable[..., Settings], tmp_path: Path) -> None:
+        settings_factory: Callable[..., Settings], tmp_path: Path, figures: Figures) -> None:
     """One gateway reaching PostgreSQL through a fault proxy, under steady load on cached sessions, with
     revocations at random paces made directly on the database (as another replica would) all along."""
     require_loop(loop)
     settings = settings_factory(database_url=postgres_url)
     stall = 6.0 if FULL else 2.5
     findings = Findings()
+    scene = figures.scenario(
+        f"Feed cut off; backends terminated; connections reset, stalled, blackholed ({loop})",
+        f"One gateway ({loop}) reaching PostgreSQL through a fault proxy, under 100 requests a second on cached"
+        " sessions, while revocations are made on the database at random paces: first only its feed is cut"
+        " off, then all its backends are terminated, its connections reset, stalled and blackholed"
+        f" ({stall:g} s each).")
     with fault_proxy(postgres_cluster.port) as proxy:
         through_proxy = postgres_url.replace(f":{postgres_cluster.port}/", f":{proxy.port}/")
         with run_gateway(loop, through_proxy, tmp_path, name="proxied") as gateway:
@@ -275,7 +313,7 @@ def test_feed_cut_off_backends_terminated_and_connections_reset_stalled_blackhol
                     cached = await tokens.mint(6)
                     victims = await tokens.mint(40)
                     await seen_by([gateway], cached + victims)
-                    report = [await feed_cut_off(gateway, proxy, store, tokens, findings)]
+                    report = [await feed_cut_off(gateway, proxy, store, tokens, findings, scene)]
                     revoker = Revoker(store, victims)
                     tally, stop = Tally(), asyncio.Event()
                     loads = [asyncio.ensure_future(steady_checks(gateway.url, cached, tally, "check", rate=80,
@@ -286,10 +324,11 @@ def test_feed_cut_off_backends_terminated_and_connections_reset_stalled_blackhol
                     try:
                         for fault in ("terminate", "reset", "stall", "blackhole"):
                             report.append(await proxied_fault(fault, gateway, proxy, tokens, revoker, stall,
-                                                              postgres_url, findings))
+                                                              postgres_url, findings, scene))
                     finally:
                         stop.set()
                         await asyncio.gather(*loads)
+                    record_cached_sessions(scene, "every fault: ", tally)
                     for kind in ("check", "webhook"):
                         findings.expect(bool(tally.of(kind)) and set(tally.of(kind)) == {200},
                                         f"cached sessions on {kind}: {tally.of(kind)}")
@@ -299,18 +338,21 @@ def test_feed_cut_off_backends_terminated_and_connections_reset_stalled_blackhol
                     for token in revoker.revoked:
                         await asyncio.sleep(max(0.0, revoker.due(token) - time.monotonic()))
                         passing += await status(gateway, token) == 200
+                    scene.record(f"every fault: revoked tokens still passing when due"
+                                 f" (of {len(revoker.revoked)} revoked at random paces)", passing,
+                                 goal="0", ok=not passing)
                     findings.expect(not passing, f"{passing} revoked tokens still pass")
                     return "; ".join(report) + f"; {len(revoker.revoked)} revocations, {passing} lost"
                 finally:
                     await store.close()
 
             print(f"[{loop}] " + run_on("asyncio", main))
-            exit_cleanly([gateway], findings)
+            exit_cleanly([gateway], findings, scene)
     assert not findings.broken, "\n".join(findings.broken)
 
 
 async def feed_cut_off(gateway: PgGateway, proxy: FaultProxy, store: Store, tokens: Tokens,
-                       findings: Findings) -> str:
+                       findings: Findings, scene: Scenario) -> str:
     """Only the revocation feed loses the database (new connections refused, the feed's reset; the pool and
     the lookups keep theirs): the gateway still serves every check correctly, but is not ready until the
     feed is back, and says so; a revocation still lands (cached sessions are re-checked meanwhile)."""
@@ -325,13 +367,20 @@ async def feed_cut_off(gateway: PgGateway, proxy: FaultProxy, store: Store, toke
         findings.expect(await eventually(lambda: _is(feed_up(gateway), 0), 2.0) is not None,
                         "feed cut off: the feed metric still says 1")
         ready = await readiness(gateway)
+        scene.record("feed cut off: /readyz", f"{ready[0]} {ready[1]}", goal="503 revocation_feed_down",
+                     ok=ready == (503, "revocation_feed_down"))
         findings.expect(ready == (503, "revocation_feed_down"), f"feed cut off: /readyz {ready}")
         assert await store.revoke_session(token_hash(victim), actor="faults", reason="feed cut off")
-        findings.expect(await eventually(lambda: _is(status(gateway, victim), 401), 1.5) is not None,
+        landed = await eventually(lambda: _is(status(gateway, victim), 401), 1.5)
+        scene.record("feed cut off: a revocation still stops its token", landed, goal="≤ 1.5 s",
+                     ok=landed is not None, unit="s")
+        findings.expect(landed is not None,
                         "feed cut off: a revocation did not land within 1.5 s")
     finally:
         await asyncio.to_thread(proxy.set_mode, "pass")
     took = await eventually(lambda: recovered(gateway, unseen[1]), RECOVERY)
+    scene.record("feed cut off: feed and readiness back after the database", took, goal=f"≤ {RECOVERY:g} s",
+                 ok=took is not None, unit="s")
     findings.expect(took is not None, f"feed cut off: not back within {RECOVERY} s of the database")
     return f"feed cut off: /readyz {ready[0]} {ready[1]}, back in {took:.2f} s" if took is not None else \
         f"feed cut off: /readyz {ready}, never back"
@@ -384,7 +433,7 @@ class Revoker:
 
 
 async def proxied_fault(fault: str, gateway: PgGateway, proxy: FaultProxy, tokens: Tokens, revoker: Revoker,
-                        stall: float, admin_url: str, findings: Findings) -> str:
+                        stall: float, admin_url: str, findings: Findings, scene: Scenario) -> str:
     """One fault, healed: the gateway fails closed meanwhile and is back in time."""
     unseen = await tokens.mint(2)
     within = RECOVERY
@@ -399,9 +448,15 @@ async def proxied_fault(fault: str, gateway: PgGateway, proxy: FaultProxy, token
         started = time.monotonic()
         # the feed metric tells the truth: its connection is probed every second, given a second to answer
         noticed = await eventually(lambda: _is(feed_up(gateway), 0), 3.0)
+        scene.record(f"{fault}: the feed metric says the feed is down", noticed, goal="≤ 3 s",
+                     ok=noticed is not None, unit="s")
         findings.expect(noticed is not None, f"{fault}: the feed metric still says 1 after 3 s")
         answers = await asyncio.gather(status(gateway, unseen[0]), status(gateway, unseen[0], "/auth/webhook"),
                                        readiness(gateway))
+        scene.record(f"{fault}: uncached token on /auth/check · /auth/webhook; /readyz",
+                     f"{answers[0]} · {answers[1]}; {answers[2][0]} {answers[2][1]}",
+                     goal="503 · 401; 503 database_unavailable",
+                     ok=answers == [503, 401, (503, "database_unavailable")])
         findings.expect(answers == [503, 401, (503, "database_unavailable")],
                         f"{fault}: unseen token and /readyz answered {answers}")
         await asyncio.sleep(max(0.0, stall - (time.monotonic() - started)))
@@ -411,6 +466,9 @@ async def proxied_fault(fault: str, gateway: PgGateway, proxy: FaultProxy, token
             # a connection attempt caught in the blackhole has to time out first (database.connect_timeout)
             within += 1.0
     took = await eventually(lambda: recovered(gateway, unseen[1]), within)
+    scene.record(f"{fault}: lookups, feed and readiness back after the fault heals", took,
+                 goal=f"≤ {within:g} s" + (" (a blackholed connect times out first)" if fault == "blackhole" else ""),
+                 ok=took is not None, unit="s")
     findings.expect(took is not None, f"{fault}: not back within {within} s")
     detail = "" if noticed is None else f", feed down noticed in {noticed:.2f} s"
     return f"{fault}: back in " + ("never" if took is None else f"{took:.2f} s") + detail

@@ -24,6 +24,7 @@ from gateway.store import make_store
 from gateway.store.base import Store
 from gateway.store.pgconn import APPLICATION_NAMES
 from tests.faults.pgstack import FULL, LOOPS, run_on, terminate_backends
+from tests.faults.report import Figures
 
 pytestmark = pytest.mark.postgres
 
@@ -95,7 +96,8 @@ def late_or_lost(watcher: Watcher, sent: dict[str, float], within: float) -> lis
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_a_read_that_times_out_never_drops_a_notification(loop: str, postgres_url: str,
-                                                          settings_factory: Callable[..., Settings]) -> None:
+                                                          settings_factory: Callable[..., Settings],
+                                                          figures: Figures) -> None:
     """Revocations exactly one second apart, the pace that lines a notification up with a listener's
     one-second read timeout (logouts paced about one per second lost 1 to 12 % of them when a timed-out
     read discarded the notification it had taken). With nothing failing, every one must arrive at once:
@@ -122,6 +124,13 @@ def test_a_read_that_times_out_never_drops_a_notification(loop: str, postgres_ur
                 while time.monotonic() < deadline and any(len(w.seen) < len(sent) for w in watching):
                     await asyncio.sleep(0.05)
                 slow = {i: len(late) for i, w in enumerate(watching) if (late := late_or_lost(w, sent, 0.3))}
+                scene = figures.scenario(
+                    f"Revocations exactly one second apart, nothing failing ({loop})",
+                    "The pace that lines a notification up with a listener's one-second read timeout; eight"
+                    " watchers, each a store of its own.")
+                scene.record("revocations x watchers", f"{len(sent)} x {len(watching)}")
+                scene.record("deliveries later than 0.3 s after the commit, or never", sum(slow.values()), goal="0",
+                             ok=not slow)
                 assert not slow, f"revocations arriving late or never, by watcher: {slow}"
         finally:
             await writer.close()
@@ -131,7 +140,7 @@ def test_a_read_that_times_out_never_drops_a_notification(loop: str, postgres_ur
 
 @pytest.mark.parametrize("loop", LOOPS)
 def test_no_revocation_is_lost_while_listeners_are_killed_at_random(
-        loop: str, postgres_url: str, settings_factory: Callable[..., Settings]) -> None:
+        loop: str, postgres_url: str, settings_factory: Callable[..., Settings], figures: Figures) -> None:
     """Thousands of revocations at random paces (bursts, pauses, and gaps near a second) while the watchers'
     LISTEN connections are terminated at random: each reaches each of three watchers within 2.5 s,
     the ones made while a listener was reconnecting included (from the revocation log)."""
@@ -186,6 +195,21 @@ def test_no_revocation_is_lost_while_listeners_are_killed_at_random(
                            f" p99 {latencies[int(len(latencies) * 0.99)] * 1000:.0f} ms,"
                            f" max {latencies[-1] * 1000:.0f} ms")
                 print(summary)
+                scene = figures.scenario(
+                    f"Revocations at random paces, listeners killed at random ({loop})",
+                    "Bursts, pauses and gaps near a second, while the watchers' LISTEN connections are"
+                    " terminated every 0.2 to 1.5 s. Lost: not delivered to every watcher within 2.5 s.")
+                scene.record("revocations made", len(sent), ok=len(sent) == count,
+                             goal=f"{count:,}" + (" (10,000 over both event loops)" if FULL else
+                                                  " (CI mode; the full run makes 5,000)"))
+                scene.record("watchers (each a store of its own, as a replica)", len(watching))
+                scene.record("listener connections killed", kills, goal="≥ 3", ok=kills >= 3)
+                gone = {h for w in watching for h in late_or_lost(w, sent, LOST_AFTER)}
+                scene.record(f"revocations lost (not delivered to every watcher within {LOST_AFTER:g} s)",
+                             len(gone), goal="0", ok=not lost)
+                for name, at in (("p50", statistics.median(latencies)),
+                                 ("p99", latencies[int(len(latencies) * 0.99)]), ("max", latencies[-1])):
+                    scene.record(f"delivery latency {name}", at * 1000, unit="ms")
                 assert kills >= 3, summary
                 assert not lost, f"revocations lost, by watcher: {lost} ({summary})"
                 assert all(w.states[-1] for w in watching)

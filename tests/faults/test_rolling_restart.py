@@ -36,6 +36,7 @@ from tests.deploy.stack import (
     unavailable,
 )
 from tests.faults import start_gateway_on
+from tests.faults.report import Figures
 from tests.helpers import free_port
 
 RATE = 200
@@ -129,7 +130,38 @@ class Restart:
     ready: float
 
 
-async def test_a_rolling_restart_of_two_replicas_behind_nginx_fails_no_request(tmp_path: Path) -> None:
+def record_rolling_restart(figures: Figures, outcomes: list[Outcome], failed: list[Outcome],
+                           restarts: list[Restart]) -> None:
+    """The test's figures, held against the goals its assertions state."""
+    scene = figures.scenario(
+        "Rolling restart of two replicas behind nginx",
+        "deploy/nginx/protect-app.conf with two replicas (`gateway serve`, one SQLite database); each replica"
+        f" restarted {ROUNDS} times in turn (SIGTERM, exit, start, /readyz 200), the next one at once, under"
+        f" {RATE} requests a second: signed-in pages, API calls and browsers without a session, sign-in"
+        " pages and sign-out POSTs.")
+    scene.record(f"requests sent through nginx ({RATE} a second, 5 kinds)", len(outcomes), goal=f"≥ {RATE * 3:,}",
+                 ok=len(outcomes) >= RATE * 3)
+    bad_exits = sum(r.exited != 0 for r in restarts)
+    scene.record(f"replica exits other than 0 at SIGTERM (of {len(restarts)} restarts)", bad_exits, goal="0",
+                 ok=[r.exited for r in restarts] == [0] * (2 * ROUNDS))
+    during = [[o for o in outcomes if r.sigterm <= o.sent <= r.ready] for r in restarts]
+    thin = sum(len(sent) < max(10, RATE * (r.ready - r.sigterm) / 2) for r, sent in zip(restarts, during, strict=True))
+    scene.record("restarts the load did not run through", thin, goal="0", ok=not thin)
+    scene.record("requests sent during restarts (SIGTERM to /readyz 200)", sum(map(len, during)))
+    scene.record("longest restart (SIGTERM to /readyz 200)", max((r.ready - r.sigterm for r in restarts), default=0.0),
+                 unit="s")
+    in_restarts = sum(any(r.sigterm <= o.sent <= r.ready for r in restarts) for o in failed)
+    scene.record("failed requests during restarts", in_restarts, goal="0", ok=not in_restarts)
+    fivexx = sum(o.status is not None and o.status >= 500 for o in failed)
+    scene.record("5xx answers", fivexx, goal="0", ok=not fivexx)
+    errors = sum(o.error is not None for o in failed)
+    scene.record("connection errors or timeouts", errors, goal="0", ok=not errors)
+    scene.record("failed requests in all (5xx, another status than expected, or no answer)", len(failed), goal="0",
+                 ok=not failed)
+
+
+async def test_a_rolling_restart_of_two_replicas_behind_nginx_fails_no_request(tmp_path: Path,
+                                                                               figures: Figures) -> None:
     if find_nginx() is None:
         unavailable("nginx not found (apt-get install nginx)")
     nginx_port = free_port()
@@ -185,6 +217,7 @@ async def test_a_rolling_restart_of_two_replicas_behind_nginx_fails_no_request(t
     expected = {kind.name: kind.expected for kind in kinds}
     failed = [o for o in outcomes if o.error is not None or o.status != expected[o.kind]]
     summary = Counter(f"{o.kind}: {o.error or o.status}" for o in failed)
+    record_rolling_restart(figures, outcomes, failed, restarts)
     assert not failed, f"{len(failed)} of {len(outcomes)} requests failed: {dict(summary)}\n" + \
         "\n".join(line for line in error_log.splitlines() if "[error]" in line)[-3000:]
     assert [r.exited for r in restarts] == [0] * (2 * ROUNDS), restarts

@@ -32,6 +32,7 @@ from tests.faults import (
     require_loop,
     start_gateway_on,
 )
+from tests.faults.report import Figures
 from tests.helpers import free_port
 
 UNKNOWN_TOKEN = "gwt_" + "Z" * 43
@@ -108,6 +109,29 @@ def only_answer(transcript: Transcript, what: str) -> Answer:
     return answer
 
 
+SCENARIO = "SIGTERM while requests are in flight"
+
+
+def answered_in_full(transcript: Transcript, status: int) -> bool:
+    """What :func:`only_answer` and the status check demand, as a figure: one whole answer of ``status``
+    saying ``Connection: close``, then a clean close."""
+    answers = transcript.answers
+    return (not transcript.reset and len(answers) == 1 and answers[0].headers.get("connection") == "close"
+            and answers[0].status == status)
+
+
+def record_drain(figures: Figures, case: str, loop: str, transcripts: list[tuple[Transcript, int]],
+                 exit_code: int | None) -> None:
+    """A SIGTERM case's figures: requests not answered in full (with the status each must get), exit code."""
+    figures.scenario(SCENARIO, "A gateway (defaults: shutdown_delay 0) sent SIGTERM while requests are still"
+                     f" arriving; their rest arrives {LATE:g} s later. Each must be answered in full with"
+                     " `Connection: close`, then a clean close; the process exits 0.")
+    short = sum(not answered_in_full(transcript, status) for transcript, status in transcripts)
+    figures.record(SCENARIO, f"{case} [{loop}]: requests not answered in full (of {len(transcripts)})", short,
+                   goal="0", ok=not short)
+    figures.record(SCENARIO, f"{case} [{loop}]: exit code", exit_code, goal="0", ok=exit_code == 0)
+
+
 LATE = 1.5
 """Seconds after SIGTERM at which the rest of a request arrives: longer than the linger that a connection
 between requests gets (1 s), so a request in flight is shown not to be taken for an idle connection."""
@@ -115,7 +139,7 @@ between requests gets (1 s), so a request in flight is shown not to be taken for
 
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_requests_still_arriving_at_sigterm_are_answered_in_full(loop: str, tmp_path: Path,
-                                                                      clients: Clients) -> None:
+                                                                      clients: Clients, figures: Figures) -> None:
     """On the fast lane: a webhook POST with half its body, one whose token must be looked up (401), and
     one of which only the first bytes of the request line have arrived; each with a check pipelined
     behind it, which is not taken (the answer says ``Connection: close``)."""
@@ -140,6 +164,9 @@ async def test_requests_still_arriving_at_sigterm_are_answered_in_full(loop: str
             "half body": half_body, "unknown token": unknown, "first bytes": first_bytes}.items()}
         exit_code = await asyncio.to_thread(gateway.proc.wait, 30)
 
+    record_drain(figures, "fast lane: half a body, a token to look up, first bytes only", loop,
+                 [(transcripts["half body"], 200), (transcripts["unknown token"], 401),
+                  (transcripts["first bytes"], 200)], exit_code)
     for name in ("half body", "first bytes"):
         answer = only_answer(transcripts[name], name)
         assert answer.status == 200, (name, answer)
@@ -152,7 +179,8 @@ async def test_requests_still_arriving_at_sigterm_are_answered_in_full(loop: str
 
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_a_request_aiohttp_owns_still_arriving_at_sigterm_is_answered_in_full(loop: str, tmp_path: Path,
-                                                                                   clients: Clients) -> None:
+                                                                                   clients: Clients,
+                                                                                   figures: Figures) -> None:
     """aiohttp answers what the fast lane hands over (here for ``Expect: 100-continue``); its own shutdown
     stops reading at once, which would cut this body off. Nothing is in flight on the fast lane, so the
     drain of aiohttp's connections is what keeps the request alive."""
@@ -171,6 +199,8 @@ async def test_a_request_aiohttp_owns_still_arriving_at_sigterm_is_answered_in_f
         transcript = await read_until_closed(handed_over[0])
         exit_code = await asyncio.to_thread(gateway.proc.wait, 30)
 
+    record_drain(figures, "aiohttp: an Expect: 100-continue body still arriving", loop, [(transcript, 200)],
+                 exit_code)
     answer = only_answer(transcript, "handed over")
     assert answer.status == 200 and json.loads(answer.body)["X-Hasura-Role"], answer
     assert answer.headers["server"].startswith("Python")  # aiohttp's answer
@@ -179,7 +209,7 @@ async def test_a_request_aiohttp_owns_still_arriving_at_sigterm_is_answered_in_f
 
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_with_the_fast_lane_off_a_request_still_arriving_is_answered_in_full(
-        loop: str, tmp_path: Path, clients: Clients) -> None:
+        loop: str, tmp_path: Path, clients: Clients, figures: Figures) -> None:
     """With ``fast_lane = false`` (or ``access_log = true``) aiohttp answers every request (the fast lane only
     judges each connection's first head): a body still arriving at SIGTERM is received and answered all
     the same, and so is a request sent right after it over a connection that was between requests."""
@@ -201,6 +231,8 @@ async def test_with_the_fast_lane_off_a_request_still_arriving_is_answered_in_fu
         transcript = await read_until_closed(half_body[0])
         exit_code = await asyncio.to_thread(gateway.proc.wait, 30)
 
+    record_drain(figures, "fast lane off: a body still arriving, a pooled connection's next request", loop,
+                 [(transcript, 200), (on_pooled, 200)], exit_code)
     answer = only_answer(transcript, "half body")
     assert answer.status == 200 and json.loads(answer.body)["X-Hasura-Role"], answer
     assert answer.headers["server"].startswith("Python")
@@ -211,7 +243,7 @@ async def test_with_the_fast_lane_off_a_request_still_arriving_is_answered_in_fu
 
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_a_request_on_a_keepalive_connection_right_after_sigterm_is_answered_with_connection_close(
-        loop: str, tmp_path: Path, clients: Clients) -> None:
+        loop: str, tmp_path: Path, clients: Clients, figures: Figures) -> None:
     """A proxy may already be sending its next request over a pooled connection when the gateway starts
     draining: it gets an answer saying ``Connection: close``, and then a clean close, not a reset."""
     with start_gateway_on(loop, tmp_path, port=free_port()) as gateway:
@@ -232,6 +264,11 @@ async def test_a_request_on_a_keepalive_connection_right_after_sigterm_is_answer
         idle = await connect_refused_or_closed(gateway)
         exit_code = await asyncio.to_thread(gateway.proc.wait, 30)
 
+    record_drain(figures, "keep-alive: the next request right after SIGTERM (fast lane, aiohttp)", loop,
+                 [(on_fast_lane, 200), (on_aiohttp, 200)], exit_code)
+    figures.record(SCENARIO, f"keep-alive [{loop}]: new connections refused after the drain", "yes" if idle else "no",
+                   goal="yes", ok=idle)
+
     assert only_answer(on_fast_lane, "fast lane").status == 200
     assert only_answer(on_aiohttp, "aiohttp").status == 200
     assert idle
@@ -245,7 +282,8 @@ async def connect_refused_or_closed(gateway: Gateway) -> bool:
 
 @pytest.mark.parametrize("loop", LOOPS)
 async def test_sigterm_with_only_idle_connections_stops_within_a_second_or_two(loop: str, tmp_path: Path,
-                                                                             clients: Clients) -> None:
+                                                                             clients: Clients,
+                                                                             figures: Figures) -> None:
     """Connections between requests are closed after a short linger; they never hold the process up for
     shutdown_timeout (10 s)."""
     with start_gateway_on(loop, tmp_path, port=free_port()) as gateway:
@@ -261,6 +299,12 @@ async def test_sigterm_with_only_idle_connections_stops_within_a_second_or_two(l
         exit_code = await asyncio.to_thread(gateway.proc.wait, 30)
         took = time.monotonic() - started
         closed = [await read_until_closed(reader) for reader in idle]
+    unclean = sum(not (t.answers == [] and not t.reset) for t in closed)
+    figures.record(SCENARIO, f"only idle connections [{loop}]: SIGTERM to exit", took, goal="< 5 s", ok=took < 5,
+                   unit="s")
+    figures.record(SCENARIO, f"only idle connections [{loop}]: idle connections not closed cleanly (of {len(closed)})",
+                   unclean, goal="0", ok=not unclean)
+    figures.record(SCENARIO, f"only idle connections [{loop}]: exit code", exit_code, goal="0", ok=exit_code == 0)
     assert exit_code == 0, gateway.log_text()
     assert took < 5, f"stopping took {took:.1f} s"
     assert all(t.answers == [] and not t.reset for t in closed), closed
@@ -301,7 +345,8 @@ async def _queued_connections_are_served() -> tuple[list[bytes], bool]:
 
 
 @pytest.mark.parametrize("loop", LOOPS)
-def test_stopping_to_listen_serves_the_connections_waiting_in_the_accept_queue(loop: str) -> None:
+def test_stopping_to_listen_serves_the_connections_waiting_in_the_accept_queue(loop: str,
+                                                                              figures: Figures) -> None:
     """Closing a listening socket resets what waits in its accept queue, requests sent or not; the gateway
     accepts and serves those connections first."""
     require_loop(loop)
@@ -311,5 +356,9 @@ def test_stopping_to_listen_serves_the_connections_waiting_in_the_accept_queue(l
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         answers, refused = runner.run(_queued_connections_are_served())
+    unserved = sum(answer != b"answered: request %d" % i for i, answer in enumerate(answers))
+    figures.record(SCENARIO, f"accept queue at stop_listening [{loop}]: queued connections reset or unanswered"
+                   f" (of {len(answers)})", unserved, goal="0",
+                   ok=answers == [b"answered: request 0", b"answered: request 1", b"answered: request 2"])
     assert answers == [b"answered: request 0", b"answered: request 1", b"answered: request 2"]
     assert refused

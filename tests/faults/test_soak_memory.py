@@ -16,6 +16,7 @@ import tracemalloc
 import aiohttp
 
 from gateway.app import CHECKER
+from tests.faults.report import Figures
 from tests.harness import GatewayFactory
 
 TTL = 5.0
@@ -24,7 +25,7 @@ WINDOW = TTL + STALE_IF_ERROR
 NEW_PER_SECOND = 25
 
 
-async def test_memory_per_distinct_session_levels_off(gateway_factory: GatewayFactory) -> None:
+async def test_memory_per_distinct_session_levels_off(gateway_factory: GatewayFactory, figures: Figures) -> None:
     gw = await gateway_factory(**{"cache.ttl": f"{TTL}s", "cache.stale_if_error": f"{STALE_IF_ERROR}s"})
     cache = gw.app[CHECKER].cache
     await gw.user("soak@example.com")
@@ -62,7 +63,26 @@ async def test_memory_per_distinct_session_levels_off(gateway_factory: GatewayFa
     print(f"entries and bytes at the end of each {WINDOW:.0f} s window: {samples};"
           f" ~{per_session:.0f} B per cached session; {time.monotonic() - started:.1f} s")
     steady = NEW_PER_SECOND * WINDOW
+    record_soak(figures, samples, per_session, steady)
     for entries, _ in samples:
         assert entries <= steady + NEW_PER_SECOND * 2, samples  # only what may still be served
     first, *later = [grown for _, grown in samples]
     assert all(grown < first * 1.15 for grown in later), f"memory still growing after a window: {samples}"
+
+
+def record_soak(figures: Figures, samples: list[tuple[int, int]], per_session: float, steady: float) -> None:
+    """The soak's figures, held against the bounds its assertions state."""
+    scene = figures.scenario(
+        "Soak: memory per distinct session",
+        f"New sessions through the real front-end on a clock the test moves, for four windows of cache.ttl +"
+        f" cache.stale_if_error ({WINDOW:g} s); traced memory above the start, after warm-up.")
+    scene.record("new sessions a second, each checked twice and never again", NEW_PER_SECOND)
+    bound = steady + NEW_PER_SECOND * 2
+    scene.record(f"cache entries at the end of each {WINDOW:.0f} s window (fresh + stale-if-error)",
+                 ", ".join(f"{entries:,}" for entries, _ in samples), goal=f"each ≤ {bound:,.0f}",
+                 ok=all(entries <= bound for entries, _ in samples))
+    first, *later = [grown for _, grown in samples]
+    growth = (max(later) / first - 1) * 100 if first and later else float("nan")
+    scene.record("memory after later windows, above the first window's", growth, goal="< 15 %",
+                 ok=all(grown < first * 1.15 for grown in later), unit="%")
+    scene.record("memory per cached session", round(per_session), unit="bytes")

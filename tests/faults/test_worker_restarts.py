@@ -15,7 +15,10 @@ from pathlib import Path
 
 from gateway.server import RestartBackoff
 from tests.deploy.stack import gateway_env, gateway_toml, http, running, wait_until
+from tests.faults.report import Figures
 from tests.helpers import free_port
+
+SCENARIO = "Workers that die, under the supervisor"
 
 _SUPERVISE = """\
 import sys
@@ -81,7 +84,8 @@ def kill(pid: object) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_a_crash_looping_worker_backs_off_and_one_that_ran_healthy_restarts_at_once(tmp_path: Path) -> None:
+def test_a_crash_looping_worker_backs_off_and_one_that_ran_healthy_restarts_at_once(tmp_path: Path,
+                                                                                    figures: Figures) -> None:
     with supervisor(tmp_path, first=0.2, most=0.8, healthy_after=3.0) as running_supervisor:
         pid = running_supervisor.events("started workers")[0]["pids"]
         assert isinstance(pid, list)
@@ -95,20 +99,38 @@ def test_a_crash_looping_worker_backs_off_and_one_that_ran_healthy_restarts_at_o
         running_supervisor.wait_for("worker restarted", 6)
         wait_until(running_supervisor.ready, "worker restarted after a healthy run")
         running_supervisor.proc.send_signal(signal.SIGTERM)
+        code = running_supervisor.proc.wait(30)
+        figures.record(SCENARIO, "crash loop, then a healthy run: supervisor exit code at SIGTERM", code, goal="0",
+                       ok=code == 0)
         assert running_supervisor.proc.wait(30) == 0, running_supervisor.log.read_text()
 
     exits = running_supervisor.events("worker exited; restarting")
+    backoffs = [e["backoff"] for e in exits]
+    expected = [0.2, 0.4, 0.8, 0.8, 0.8, 0.2]
+    figures.record(SCENARIO, "crash loop, then a healthy run: back-off before each of 6 restarts",
+                   ", ".join(f"{b:g}" for b in backoffs if isinstance(b, float)) + " s",
+                   goal=", ".join(f"{b:g}" for b in expected) + " s (doubling to the 0.8 s cap; from the start after"
+                   " a healthy run)", ok=backoffs == expected)
     assert [e["backoff"] for e in exits] == [0.2, 0.4, 0.8, 0.8, 0.8, 0.2], exits
     assert isinstance(exits[-1]["ran_for"], float) and exits[-1]["ran_for"] >= 3.0
     assert running_supervisor.events("workers stopped")[0]["exitcodes"] == [0]
 
 
-def test_sigterm_while_a_restart_waits_out_its_backoff_stops_at_once_with_exit_0(tmp_path: Path) -> None:
+def test_sigterm_while_a_restart_waits_out_its_backoff_stops_at_once_with_exit_0(tmp_path: Path,
+                                                                                 figures: Figures) -> None:
     with supervisor(tmp_path, first=20.0, most=20.0, healthy_after=30.0) as running_supervisor:
         kill(running_supervisor.events("started workers")[0]["pids"][0])  # type: ignore[index]
         running_supervisor.wait_for("worker exited; restarting", 1)
         started = time.monotonic()
         running_supervisor.proc.send_signal(signal.SIGTERM)
+        code = running_supervisor.proc.wait(30)
+        took = time.monotonic() - started
+        figures.record(SCENARIO, "SIGTERM during a 20 s back-off: exit code", code, goal="0", ok=code == 0)
+        figures.record(SCENARIO, "SIGTERM during a 20 s back-off: SIGTERM to exit", took, goal="< 5 s", ok=took < 5,
+                       unit="s")
         assert running_supervisor.proc.wait(30) == 0, running_supervisor.log.read_text()
         assert time.monotonic() - started < 5
+    restarted = len(running_supervisor.events("worker restarted"))
+    figures.record(SCENARIO, "SIGTERM during a 20 s back-off: workers started after it", restarted, goal="0",
+                   ok=not restarted)
     assert running_supervisor.events("worker restarted") == []
