@@ -26,6 +26,12 @@ test: $(BIN)/.installed
 security: $(BIN)/.installed
 	GATEWAY_SECURITY_FULL=1 GATEWAY_TEST_STRICT=1 $(BIN)/pytest tests/security -q --tb=no -rN
 
+## faults: the fault tests in full (tests/faults: database faults, revocation feed, rolling restarts, SIGTERM);
+## writes docs/reliability.md (each figure next to its goal) and fails unless every goal is met
+.PHONY: faults
+faults: $(BIN)/.installed
+	GATEWAY_FAULTS_FULL=1 GATEWAY_TEST_STRICT=1 GATEWAY_FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults -q
+
 ## bench: the check-path benchmark; writes docs/benchmarks.md
 bench: $(BIN)/.installed
 	$(BIN)/python -m bench

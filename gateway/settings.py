@@ -285,7 +285,7 @@ SETTINGS_ENV_NAMES = frozenset({"GATEWAY_CONFIG", *(env_name(p) for p in FIELD_P
 #   (tests/test_config_typos.py fails when the test suite or CI reads one that is missing here)
 _NOT_SETTINGS_ENV_NAMES = frozenset({"GATEWAY_TEST_STRICT", "GATEWAY_TEST_SKIP_INSTALL",
                                      "GATEWAY_UPDATE_SCREENSHOTS", "GATEWAY_SECURITY_FULL",
-                                     "GATEWAY_SECURITY_REPORT", "GATEWAY_FAULTS_FULL"})
+                                     "GATEWAY_SECURITY_REPORT", "GATEWAY_FAULTS_FULL", "GATEWAY_FAULTS_REPORT"})
 # - Kubernetes service links for a Service named "gateway" (GATEWAY_SERVICE_HOST, GATEWAY_PORT,
 #   GATEWAY_PORT_4180_TCP_ADDR...), injected into every pod in its namespace unless the pod sets
 #   enableServiceLinks: false as deploy/k8s does. No setting is called "port" or "service_*", so they
