@@ -7,6 +7,10 @@ and answers it with one ``= ANY(...)`` query, so concurrent misses share round t
 lookup leaves on the next turn of the event loop. Skipping the pool's acquire and release and a cursor
 per query halves the gateway's CPU per query, which is most of a miss's cost when batches are small.
 
+A connection pooler that shares server sessions between clients (PgBouncer in transaction pooling)
+loses prepared statements between statements. The lane notices (the statement vanished, or preparing
+found it there already), logs a warning once and goes on without preparing.
+
 Failures never reach the event loop: every caller of a failed batch gets the same StoreUnavailable (what
 counts as the database being unavailable is decided by :mod:`gateway.store.pgconn`). A connection that
 fails is closed and replaced on the next use; a lost connection is retried once.
@@ -15,6 +19,7 @@ fails is closed and replaced on the next use; a lost connection is retried once.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
@@ -25,6 +30,8 @@ import psycopg2.errors
 from gateway.errors import StoreUnavailable
 from gateway.models import ActiveSession
 from gateway.store.pgconn import close_quietly, unavailable_errors
+
+log = logging.getLogger("gateway.store.postgres")
 
 LOOKUP_BATCH_MAX = 256
 """Most distinct token hashes one batched session lookup asks for; more wait for the next batch."""
@@ -67,6 +74,7 @@ class LookupLane:
         self._secrets = secrets
         parts = query.split("%s")
         numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        self._query_text = query
         self._prepare = f"PREPARE gateway_lookup_sessions(text[]) AS {numbered}" if prepared else None
         self._execute = "EXECUTE gateway_lookup_sessions(%s)" if prepared else query
         self._free = [_Slot() for _ in range(concurrency)]
@@ -169,6 +177,9 @@ class LookupLane:
                     rows = await cur.fetchall()
                 except BaseException as exc:
                     await slot.close()  # never reuse a connection in an unknown state
+                    if isinstance(exc, psycopg2.errors.InvalidSqlStatementName) and self._prepare is not None:
+                        self._stop_preparing()
+                        fresh = False  # the retry goes without the statement
                     if attempt == 1 and not fresh and isinstance(exc, _RETRY_FRESH):
                         continue
                     raise
@@ -183,12 +194,23 @@ class LookupLane:
             with unavailable_errors(self._secrets, connecting=True):
                 cur = await conn.cursor(timeout=self._query_timeout)
                 if self._prepare is not None:
-                    await cur.execute(self._prepare)
+                    try:
+                        await cur.execute(self._prepare)
+                    except psycopg2.errors.DuplicatePreparedStatement:
+                        self._stop_preparing()  # a new session that has it already: shared by a pooler
         except BaseException:
             await close_quietly(conn)
             raise
         slot.conn, slot.cur = conn, cur
         return cur
+
+    def _stop_preparing(self) -> None:
+        """Go on without the prepared statement: the server sessions behind these connections are shared."""
+        if self._prepare is not None:
+            log.warning("session lookups: the prepared lookup statement does not survive between statements"
+                        " (PgBouncer in transaction pooling?); going on without it. Set"
+                        " database.prepared_statements = false behind such a pooler")
+        self._prepare, self._execute = None, self._query_text
 
 
 def _fail(batch: LookupWaiters, error: BaseException) -> None:

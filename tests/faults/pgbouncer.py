@@ -52,9 +52,10 @@ class PgBouncer:
 
 
 @contextlib.contextmanager
-def start_pgbouncer(cluster: PostgresCluster, *, pool_mode: str = "transaction") -> Iterator[PgBouncer]:
+def start_pgbouncer(cluster: PostgresCluster, *, pool_mode: str = "transaction",
+                    pool_size: int = 20) -> Iterator[PgBouncer]:
     """Run PgBouncer in ``pool_mode`` in front of ``cluster`` until the block ends (trust authentication:
-    the cluster trusts its superuser on 127.0.0.1)."""
+    the cluster trusts its superuser on 127.0.0.1), with ``pool_size`` server connections per database."""
     binary = find_pgbouncer()
     if binary is None:
         unavailable("pgbouncer is not installed (apt-get install pgbouncer)")
@@ -75,7 +76,7 @@ auth_type = trust
 auth_file = {root / "userlist.txt"}
 pool_mode = {pool_mode}
 max_client_conn = 500
-default_pool_size = 20
+default_pool_size = {pool_size}
 logfile = {log}
 pidfile = {root / "pgbouncer.pid"}
 """)

@@ -10,6 +10,7 @@ reads the revocation log each second.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,6 +128,27 @@ def test_revocations_arrive_with_the_feed_through_pgbouncer(postgres_cluster: Po
         assert gateway.problems() == []
     assert gateway.exit_code == 0
 
+
+def test_prepared_statements_left_on_behind_pgbouncer(postgres_cluster: PostgresCluster, postgres_url: str,
+                                                      tmp_path: Path) -> None:
+    """The setting forgotten: two gateways prepare their lookup on PgBouncer's one shared server session.
+    The second finds it prepared already, the first loses it to the other's session reset; each goes on
+    without preparing and says so, and no check fails."""
+    with start_pgbouncer(postgres_cluster, pool_mode="transaction", pool_size=1) as bouncer:
+        pooled = bouncer.url(postgres_cluster, postgres_url)
+        with contextlib.ExitStack() as stack:
+            gateways = [stack.enter_context(run_gateway(LOOP, pooled, tmp_path / name, name=name,
+                                                        database_prepared_statements="true"))
+                        for name in ("gateway-a", "gateway-b")]
+            tokens = [_mint(pooled, f"user{i}@example.com") for i in range(6)]
+            for gateway in gateways:
+                assert [_status(gateway, token) for token in tokens] == [200] * len(tokens)
+            warned = [gateway.name for gateway in gateways
+                      if "does not survive between statements" in gateway.log_text()]
+            assert warned, "no gateway noticed that its prepared statement is shared"
+            for gateway in gateways:
+                assert gateway.problems() == []
+                assert gateway.stop() == 0
 
 @pytest.mark.parametrize(("database_url", "feed_url", "problem"), [
     pytest.param("postgresql://gw@127.0.0.1:6432/gw", "postgresql://gw@127.0.0.1:5432/gw", None, id="direct-feed"),
