@@ -122,3 +122,13 @@ def gateway_cli(database_url: str, *args: str, stdin: str | None = None,
                             capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, (args, result.returncode, result.stdout, result.stderr)
     return result.stdout
+
+
+def dev_sign_in_config(directory: Path) -> Path:
+    """A config file with the dev sign-in, for :func:`tests.deploy.stack.sign_in` (the database and the rest
+    come from the environment); shared by the PgBouncer and failover tests."""
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "gateway.toml"
+    config.write_text('[cookie]\nsecure = false\n\n[login]\nredirect_hosts = ["127.0.0.1"]\n'
+                      'rate_limit = 10000\n\n[upstreams.dev]\ntype = "dev"\n')
+    return config

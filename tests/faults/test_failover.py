@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from gateway.store.pghosts import HostRoute
-from tests.faults.pgbouncer import gateway_cli
+from tests.deploy.stack import sign_in
+from tests.faults.pgbouncer import dev_sign_in_config, gateway_cli
 from tests.faults.pgstack import PgGateway, run_gateway, run_on, status_of, stop_database
 from tests.faults.replication import primary_and_standby, promote, query, wait_replayed
+from tests.helpers import free_port
 
 pytestmark = pytest.mark.postgres
 
@@ -63,8 +65,12 @@ def test_gateways_follow_a_promoted_standby(tmp_path: Path) -> None:
         dbname = primary.create_database().rsplit("/", 1)[1]
         url = (f"postgresql://{primary.superuser}@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/{dbname}"
                "?target_session_attrs=read-write")
-        gateways = [stack.enter_context(run_gateway(LOOP, url, tmp_path / name, name=name, cache_ttl="1h"))
-                    for name in ("gateway-a", "gateway-b")]
+        gateways = []
+        for name in ("gateway-a", "gateway-b"):
+            port = free_port()
+            gateways.append(stack.enter_context(run_gateway(
+                LOOP, url, tmp_path / name, name=name, port=port, public_url=f"http://127.0.0.1:{port}",
+                config=str(dev_sign_in_config(tmp_path / name)), cache_ttl="1h")))
         revoked_before = _mint(url, "before@example.com")
         cached = _mint(url, "cached@example.com")
         revoked_after = _mint(url, "after@example.com")
@@ -92,6 +98,9 @@ def test_gateways_follow_a_promoted_standby(tmp_path: Path) -> None:
               f"{recovered:.2f}s after the primary crashed, both gateways ready after {ready:.2f}s; "
               f"a revocation made after the failover refused by both within {delay:.3f}s")
 
+        # a sign-in writes through each gateway's pool, whose idle connections went down with the primary
+        for gateway in gateways:
+            assert _status(gateway, sign_in(gateway.url, f"{gateway.name}@example.com").token) == 200
         for gateway in gateways:
             assert _status(gateway, revoked_before) == 401  # revoked before the failover: stays revoked
             assert _status(gateway, cached) == 200

@@ -19,7 +19,7 @@ import pytest
 
 from gateway.settings import SettingsError, redacted
 from tests.deploy.stack import sign_in
-from tests.faults.pgbouncer import PgBouncer, gateway_cli, start_pgbouncer
+from tests.faults.pgbouncer import PgBouncer, dev_sign_in_config, gateway_cli, start_pgbouncer
 from tests.faults.pgstack import PgGateway, run_gateway, run_on, status_of
 from tests.helpers import PostgresCluster, free_port, make_settings
 
@@ -30,15 +30,6 @@ LOOP = "uvloop"
 
 REVOKED_WITHIN = 2.0
 """Seconds by which a revocation made by another process must be refused (the README promises one)."""
-
-
-def _config(directory: Path) -> Path:
-    """A config file with the dev sign-in (the database and the rest come from the environment)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "gateway.toml"
-    config.write_text('[cookie]\nsecure = false\n\n[login]\nredirect_hosts = ["127.0.0.1"]\n'
-                      'rate_limit = 10000\n\n[upstreams.dev]\ntype = "dev"\n')
-    return config
 
 
 def _status(gateway: PgGateway, token: str) -> int:
@@ -80,7 +71,7 @@ def test_checks_logins_and_revocations_through_pgbouncer(postgres_cluster: Postg
     pooled = bouncer.url(postgres_cluster, postgres_url)
     port = free_port()
     with run_gateway(LOOP, pooled, tmp_path, port=port, public_url=f"http://127.0.0.1:{port}",
-                     config=str(_config(tmp_path)), database_feed_url=postgres_url,
+                     config=str(dev_sign_in_config(tmp_path)), database_feed_url=postgres_url,
                      database_prepared_statements="false", cache_ttl="1h") as gateway:
         tokens = [_mint(pooled, f"user{i}@example.com") for i in range(8)]
         # every token is new to the gateway: the lookups go through PgBouncer, several at once
@@ -112,7 +103,7 @@ def test_revocations_arrive_with_the_feed_through_pgbouncer(postgres_cluster: Po
     """Everything through PgBouncer in transaction pooling, the feed included (not recommended: NOTIFY is
     lost there): revocations still land within about a second, from the revocation log."""
     pooled = bouncer.url(postgres_cluster, postgres_url)
-    with run_gateway(LOOP, pooled, tmp_path, config=str(_config(tmp_path)),
+    with run_gateway(LOOP, pooled, tmp_path, config=str(dev_sign_in_config(tmp_path)),
                      database_prepared_statements="false", cache_ttl="1h") as gateway:
         tokens = [_mint(pooled, f"user{i}@example.com") for i in range(5)]
         assert [_status(gateway, token) for token in tokens] == [200] * len(tokens)
