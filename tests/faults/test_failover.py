@@ -20,6 +20,7 @@ from tests.deploy.stack import sign_in
 from tests.faults.pgbouncer import dev_sign_in_config, gateway_cli
 from tests.faults.pgstack import PgGateway, run_gateway, run_on, status_of, stop_database
 from tests.faults.replication import primary_and_standby, promote, query, wait_replayed
+from tests.faults.report import Figures
 from tests.helpers import free_port
 
 pytestmark = pytest.mark.postgres
@@ -60,7 +61,12 @@ def _until(gateways: list[PgGateway], token: str, want: int, since: float, limit
     return time.monotonic() - since
 
 
-def test_gateways_follow_a_promoted_standby(tmp_path: Path) -> None:
+def test_gateways_follow_a_promoted_standby(tmp_path: Path, figures: Figures) -> None:
+    scene = figures.scenario(
+        "Failover to a promoted standby",
+        "Two gateways (uvloop) on a primary and a streaming standby listed in one URL with"
+        " target_session_attrs=read-write; the primary stopped with -m immediate, the standby promoted with"
+        " pg_ctl promote. Times from the primary's stop.")
     with primary_and_standby() as (primary, standby), contextlib.ExitStack() as stack:
         dbname = primary.create_database().rsplit("/", 1)[1]
         url = (f"postgresql://{primary.superuser}@127.0.0.1:{primary.port},127.0.0.1:{standby.port}/{dbname}"
@@ -94,6 +100,13 @@ def test_gateways_follow_a_promoted_standby(tmp_path: Path) -> None:
 
         revoked_at = _revoke(url, revoked_after)
         delay = _until(gateways, revoked_after, 401, revoked_at, REVOKED_WITHIN)
+        scene.record("pg_ctl promote, from the primary's stop", promoted, unit="s")
+        scene.record("unknown tokens looked up again on both gateways", recovered,
+                     goal=f"≤ {RECOVERED_WITHIN:g} s", ok=recovered <= RECOVERED_WITHIN, unit="s")
+        scene.record("both gateways ready (lookups and revocation feed)", ready,
+                     goal=f"≤ {RECOVERED_WITHIN:g} s", ok=ready <= RECOVERED_WITHIN, unit="s")
+        scene.record("a revocation made after the failover refused by both", delay,
+                     goal=f"≤ {REVOKED_WITHIN:g} s", ok=delay <= REVOKED_WITHIN, unit="s")
         print(f"\nfailover: promotion took {promoted:.2f}s; lookups of unknown tokens served again "
               f"{recovered:.2f}s after the primary crashed, both gateways ready after {ready:.2f}s; "
               f"a revocation made after the failover refused by both within {delay:.3f}s")
@@ -101,12 +114,17 @@ def test_gateways_follow_a_promoted_standby(tmp_path: Path) -> None:
         # a sign-in writes through each gateway's pool, whose idle connections went down with the primary
         for gateway in gateways:
             assert _status(gateway, sign_in(gateway.url, f"{gateway.name}@example.com").token) == 200
+        before = [_status(gateway, revoked_before) for gateway in gateways]
+        scene.record("a token revoked before the failover, on both gateways", " · ".join(map(str, before)),
+                     goal="401 · 401", ok=before == [401, 401])
+        assert before == [401, 401]  # revoked before the failover: stays revoked
         for gateway in gateways:
-            assert _status(gateway, revoked_before) == 401  # revoked before the failover: stays revoked
             assert _status(gateway, cached) == 200
             assert gateway.problems() == []
         for gateway in gateways:
-            assert gateway.stop() == 0
+            code = gateway.stop()
+            scene.record(f"{gateway.name}: exit code at SIGTERM", code, goal="0", ok=code == 0)
+            assert code == 0
 
 
 def _until_ready(gateways: list[PgGateway], since: float, limit: float) -> float:
