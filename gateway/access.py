@@ -1,4 +1,4 @@
-"""Who may enrol, who may pass where, and which roles they hold.
+"""Who may enrol, who may pass where, and which roles they hold: every decision about a user, in one place.
 
 - Enrolment (first and every login): allowed emails, email domains, upstream groups. A user who fails
   never gets a row or a token. With nothing configured, anyone the upstream admits may enrol.
@@ -7,7 +7,10 @@
   on a segment boundary, or a glob with ``*``/``**``/``?``), ``methods``, ``networks`` (client CIDR),
   ``groups`` (the user's roles or upstream groups), ``emails``, ``domains``, ``mfa``. No match: the
   configured default. Rules only ever see the normalised path, never the query string.
-- Roles: upstream groups mapped to gateway roles by a table, refreshed at every login.
+- Roles: upstream groups mapped to gateway roles by a table, refreshed at every login; the role a request
+  acts as (Hasura's ``X-Hasura-Role``) is chosen here too.
+- The :class:`Policy` seam the check core consults after a session is found valid: the configured rules
+  (:class:`AccessPolicy`), or :class:`AllowAll` / :class:`DenyAll`.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import ipaddress
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from gateway.facts import RequestFacts, ip_in_networks
-from gateway.models import ActiveSession
+from gateway.models import ActiveSession, User
 from upstreams.base import unknown_key_problem
 
 _RULE_KEYS = frozenset({"action", "hosts", "paths", "methods", "networks", "groups", "emails", "domains", "mfa",
@@ -213,8 +216,31 @@ def parse_rules(tables: Sequence[Mapping[str, Any]]) -> tuple[AccessRule, ...]:
     return tuple(rules)
 
 
+class Policy(Protocol):
+    """Decides whether a valid session may make this request. Must be fast and must not block."""
+
+    def allows(self, active: ActiveSession, facts: RequestFacts | None) -> bool:
+        """True to admit. ``facts`` is None when the caller described no original request."""
+
+
+class AllowAll:
+    """Admit every valid session (the default until access rules are configured)."""
+
+    def allows(self, active: ActiveSession, facts: RequestFacts | None) -> bool:
+        """Always True."""
+        return True
+
+
+class DenyAll:
+    """Refuse every session: for maintenance windows and for testing the 403 path."""
+
+    def allows(self, active: ActiveSession, facts: RequestFacts | None) -> bool:
+        """Always False."""
+        return False
+
+
 class AccessPolicy:
-    """The configured rules as a :class:`gateway.policy.Policy`."""
+    """The configured rules as a :class:`Policy`."""
 
     def __init__(self, rules: Sequence[AccessRule], default_allow: bool) -> None:
         self._rules = tuple(rules)
@@ -281,3 +307,20 @@ def map_roles(groups: Sequence[str], table: Mapping[str, Sequence[str]], passthr
         if passthrough and is_role_name(group):
             roles[group] = None
     return tuple(roles)
+
+
+def effective_roles(user: User, default_role: str) -> tuple[str, ...]:
+    """The roles a user may act as: their own, or the configured default when they have none."""
+    return user.roles or (default_role,)
+
+
+def choose_role(user: User, requested: str | None, default_role: str) -> str | None:
+    """The role for this request, or None when the requested role is not one the user holds.
+
+    With no request, the configured default role wins if the user holds it, else their first role.
+    """
+    roles = effective_roles(user, default_role)
+    if requested is not None:
+        requested = requested.strip()
+        return requested if requested in roles else None
+    return default_role if default_role in roles else roles[0]

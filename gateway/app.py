@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 
 from gateway import __version__
-from gateway.access import AccessPolicy, parse_rules
+from gateway.access import AccessPolicy, AllowAll, Policy, parse_rules
 from gateway.cache import SessionCache
 from gateway.core import Checker
 from gateway.errors import StoreUnavailable
@@ -29,7 +29,6 @@ from gateway.handlers.webhook import WebhookEndpoint, WebhookHandler
 from gateway.http_errors import ErrorMapper, not_found
 from gateway.login import LoginService
 from gateway.metrics import Metrics
-from gateway.policy import AllowAll, Policy
 from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
 from gateway.settings import Settings

@@ -19,13 +19,13 @@ from typing import Any, NamedTuple, TypeVar
 import structlog
 
 from gateway import tokens
+from gateway.access import Policy
 from gateway.cache import CacheEntry, SessionCache
 from gateway.credentials import Credential, CredentialProblem, CredentialSource
 from gateway.errors import StoreUnavailable
 from gateway.facts import RequestFacts
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, Revocation
-from gateway.policy import Policy
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.core")

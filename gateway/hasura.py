@@ -19,23 +19,6 @@ from gateway.settings import HasuraSettings
 MAX_JSON_DEPTH = 32
 
 
-def effective_roles(user: User, default_role: str) -> tuple[str, ...]:
-    """The roles a user may act as: their own, or the configured default when they have none."""
-    return user.roles or (default_role,)
-
-
-def choose_role(user: User, requested: str | None, default_role: str) -> str | None:
-    """The role for this request, or None when the requested role is not one the user holds.
-
-    With no request, the configured default role wins if the user holds it, else their first role.
-    """
-    roles = effective_roles(user, default_role)
-    if requested is not None:
-        requested = requested.strip()
-        return requested if requested in roles else None
-    return default_role if default_role in roles else roles[0]
-
-
 def user_field(user: User, name: str) -> str:
     """One user field as Hasura wants it: a string; lists are Postgres array literals, ``{"a","b"}``."""
     value: Any = getattr(user, name)

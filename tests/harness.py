@@ -13,10 +13,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from yarl import URL
 
+from gateway.access import Policy
 from gateway.app import CHECKER, METRICS, STORE, create_app
 from gateway.fastlane import FastLane
 from gateway.models import SessionKind, User
-from gateway.policy import Policy
 from gateway.server import front_end, runner_options
 from gateway.sessions import start_session
 from gateway.settings import Settings

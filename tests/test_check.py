@@ -7,11 +7,11 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from gateway.access import DenyAll
 from gateway.app import CHECKER
 from gateway.core import Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialSource
 from gateway.handlers.check import IDENTITY_HEADERS
-from gateway.policy import DenyAll
 from gateway.tokens import mint_token
 from tests.harness import FRONT_ENDS, Gateway, GatewayFactory
 

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from gateway.access import DenyAll
 from gateway.app import CHECKER
 from gateway.hasura import encode_variables
-from gateway.policy import DenyAll
 from gateway.sessions import start_session
 from gateway.tokens import mint_token
 from tests.harness import FRONT_ENDS, Gateway, GatewayFactory

@@ -18,10 +18,10 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
+from gateway.access import effective_roles
 from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
-from gateway.hasura import effective_roles
 from gateway.http_errors import ErrorMapper
 from gateway.metrics import Metrics
 from gateway.reply import Reply

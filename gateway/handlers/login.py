@@ -41,6 +41,7 @@ import structlog
 from aiohttp import hdrs, web
 
 from gateway import pages
+from gateway.access import effective_roles
 from gateway.cookies import (
     clear_attempt_cookie,
     clear_session_cookie,
@@ -52,7 +53,6 @@ from gateway.core import Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialSource, find_credential
 from gateway.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
-from gateway.hasura import effective_roles
 from gateway.http_errors import wants_json
 from gateway.login import DEVICE_LIFETIME, LoginService
 from gateway.models import ActiveSession

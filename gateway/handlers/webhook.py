@@ -18,12 +18,12 @@ import structlog
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
+from gateway.access import choose_role
 from gateway.core import Checker, Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.hasura import (
     anonymous_variables,
-    choose_role,
     encode_variables,
     header_lookup,
     parse_post_body,
