@@ -31,6 +31,7 @@ from gateway.login import LoginService
 from gateway.metrics import Metrics
 from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
+from gateway.requestids import RequestIds
 from gateway.settings import Settings
 from gateway.store import make_store
 from gateway.store.base import RevocationHandler, Store, WatchStateHandler
@@ -85,7 +86,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     state = RuntimeState()
     proxies = TrustedProxies(settings.trusted_networks)
 
-    errors = ErrorMapper()
+    ids = RequestIds()
+    errors = ErrorMapper(ids)
     app = web.Application(client_max_size=settings.hasura.max_body_bytes, middlewares=[refuse_transfer_encoding])
     app[SETTINGS] = settings
     app[STORE] = store
@@ -97,8 +99,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.cleanup_ctx.append(_upstreams_lifecycle)
 
     # The check path is not wrapped (see gateway.http_errors); everything else is guarded.
-    hot = HotEndpoints(CheckEndpoint(checker, settings, metrics, proxies, errors),
-                       WebhookEndpoint(checker, settings, metrics, errors, clock))
+    hot = HotEndpoints(CheckEndpoint(checker, settings, metrics, proxies, ids),
+                       WebhookEndpoint(checker, settings, metrics, ids, clock))
     app[HOT] = hot
     check = CheckHandler(hot.check)
     webhook = WebhookHandler(hot.webhook)

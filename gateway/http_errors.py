@@ -1,4 +1,4 @@
-"""Request ids, and every error mapped to HTTP here: JSON for API clients, a small HTML page for browsers.
+"""Every error mapped to HTTP here: JSON for API clients, a small HTML page for browsers.
 
 Cold-path handlers are wrapped by :meth:`ErrorMapper.guard`, which binds the request id to every log line
 and turns GatewayErrors (and anything unexpected: logged, 500 without internals) into responses. The two
@@ -9,10 +9,7 @@ of a cached check: they never raise for an outcome, and render their few errors 
 
 from __future__ import annotations
 
-import itertools
 import json
-import os
-import re
 from collections.abc import Mapping
 
 import structlog
@@ -22,13 +19,9 @@ from aiohttp.typedefs import Handler
 from gateway.errors import GatewayError
 from gateway.pages import PAGE_HEADERS, error_page
 from gateway.reply import Reply
+from gateway.requestids import REQUEST_ID, RequestIds
 
 log = structlog.get_logger("gateway.http")
-
-REQUEST_ID = web.RequestKey("request_id", str)
-"""Where the middleware keeps the request id on each request."""
-
-_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 _TITLES = {400: "Bad request", 401: "Sign-in required", 403: "Not allowed", 404: "Not found",
            405: "Method not allowed", 411: "Length required", 413: "Request too large", 429: "Too many requests",
@@ -69,24 +62,10 @@ def error_response(request: web.Request, status: int, code: str, message: str,
 
 
 class ErrorMapper:
-    """Request ids (from ``X-Request-ID`` when sane, else a per-process counter) and error rendering."""
+    """Renders GatewayErrors for aiohttp requests, each with its request id (from ``ids``)."""
 
-    def __init__(self) -> None:
-        self._counter = itertools.count(1)
-        self._prefix = f"{os.getpid():x}-"
-
-    def request_id(self, request: web.Request) -> str:
-        """This request's id, assigned once."""
-        request_id = request.get(REQUEST_ID)
-        if request_id is None:
-            request_id = request[REQUEST_ID] = self.new_request_id(request.headers.get("X-Request-ID", ""))
-        return request_id
-
-    def new_request_id(self, incoming: str) -> str:
-        """A request id: the client's ``X-Request-ID`` when it is sane, else a fresh per-process one."""
-        if incoming and _REQUEST_ID_RE.fullmatch(incoming):
-            return incoming
-        return self._prefix + str(next(self._counter))
+    def __init__(self, ids: RequestIds) -> None:
+        self.request_id = ids.of
 
     def render(self, request: web.Request, exc: GatewayError) -> web.Response:
         """Log and render one GatewayError."""

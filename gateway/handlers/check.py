@@ -22,9 +22,9 @@ from gateway.access import effective_roles
 from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Miss, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
-from gateway.http_errors import ErrorMapper
 from gateway.metrics import Metrics
 from gateway.reply import Reply
+from gateway.requestids import RequestIds
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.check")
@@ -61,10 +61,10 @@ class CheckEndpoint:
     """The check endpoints' logic over plain request parts; every front-end adapts to it."""
 
     def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, proxies: TrustedProxies,
-                 errors: ErrorMapper) -> None:
+                 ids: RequestIds) -> None:
         self._checker = checker
         self._count = metrics.count_check
-        self._errors = errors
+        self._request_id = ids.new
         self._proxies = proxies
         self._cookie_name = settings.cookie.name
         self._accept_jwt = bool(settings.check.jwt_upstreams)
@@ -95,7 +95,7 @@ class CheckEndpoint:
                                       own_path=_envoy_path(target) if envoy else "", proxies=self._proxies)
         except MalformedOriginalRequest as exc:
             log.info("check denied", outcome=DENY_BAD_ORIGINAL_REQUEST.outcome.value, reason=str(exc),
-                     client=peer, request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
+                     client=peer, request_id=self._request_id(headers.get("X-Request-ID", "")))
             return self._finish(DENY_BAD_ORIGINAL_REQUEST, facts, redirect, credential, started, peer, headers)
         decision = self._checker.decide_now(credential, facts)
         if isinstance(decision, Miss):
@@ -112,7 +112,7 @@ class CheckEndpoint:
             source = credential.source.value if isinstance(credential, Credential) else None
             event("check denied", endpoint="check", outcome=decision.outcome.value, status=reply.status,
                   source=source, client=peer, user_id=decision.active.user.id if decision.active else None,
-                  request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
+                  request_id=self._request_id(headers.get("X-Request-ID", "")))
         self._count("check", decision.outcome.value, time.perf_counter() - started)
         return reply
 

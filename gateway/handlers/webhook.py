@@ -29,9 +29,10 @@ from gateway.hasura import (
     parse_post_body,
     session_variables,
 )
-from gateway.http_errors import ErrorMapper, error_reply
+from gateway.http_errors import error_reply
 from gateway.metrics import Metrics
 from gateway.reply import Reply
+from gateway.requestids import RequestIds
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.webhook")
@@ -42,11 +43,11 @@ _JSON = {"Content-Type": "application/json"}
 class WebhookEndpoint:
     """The webhook's logic over plain request parts; every front-end adapts to it."""
 
-    def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, errors: ErrorMapper,
+    def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, ids: RequestIds,
                  clock: Callable[[], float]) -> None:
         self._checker = checker
         self._count = metrics.count_check
-        self._errors = errors
+        self._request_id = ids.new
         self._hasura = settings.hasura
         self._default_role = settings.hasura.default_role
         self._anonymous = Reply(200, _JSON, encode_variables(anonymous_variables(settings.hasura.anonymous_role))) \
@@ -85,7 +86,7 @@ class WebhookEndpoint:
 
     def refuse(self, exc: GatewayError, headers: MultiMapping[str]) -> Reply:
         """Log and answer a malformed call (Hasura never sends one)."""
-        request_id = self._errors.new_request_id(headers.get("X-Request-ID", ""))
+        request_id = self._request_id(headers.get("X-Request-ID", ""))
         log.info("request refused", path="/auth/webhook", status=exc.status, error=exc.code, reason=exc.message,
                  request_id=request_id)
         return error_reply(headers.get("Accept", ""), request_id, exc.status, exc.code, exc.message, exc.headers,
@@ -109,7 +110,7 @@ class WebhookEndpoint:
                   source=credential.source.value if isinstance(credential, Credential) else None,
                   requested_role=roles[-1][:64] if roles else None, client=peer,
                   user_id=decision.active.user.id if decision.active else None,
-                  request_id=self._errors.new_request_id(headers.get("X-Request-ID", "")))
+                  request_id=self._request_id(headers.get("X-Request-ID", "")))
         self._count("webhook", outcome.value, time.perf_counter() - started)
         return reply
 
