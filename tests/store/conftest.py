@@ -1,0 +1,37 @@
+"""Store fixtures for every suite here; each test module names its backend(s) with a ``database_url`` fixture."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from gateway.settings import Settings
+from gateway.store import Store, make_store
+from tests.store.storekit import StoreFactory
+
+
+@pytest.fixture
+async def store_factory(database_url: str, settings_factory: Callable[..., Settings]
+                        ) -> AsyncIterator[StoreFactory]:
+    """Open more stores (by default on the test's database); all are closed after the test."""
+    stores: list[Store] = []
+
+    async def factory(url: str | None = None, **overrides: Any) -> Store:
+        store = make_store(settings_factory(database_url=url or database_url, **overrides))
+        stores.append(store)
+        await store.open()
+        return store
+
+    yield factory
+    for store in stores:
+        await store.close()
+
+
+@pytest.fixture
+async def store(store_factory: StoreFactory) -> Store:
+    """An open store with the schema migrated."""
+    opened = await store_factory()
+    await opened.migrate()
+    return opened
