@@ -1,4 +1,7 @@
-"""Dependencies point one way: gateway -> upstreams -> nothing of ours; upstreams never uses aiohttp.web."""
+"""Dependencies point one way: gateway -> upstreams -> nothing of ours; upstreams never uses aiohttp.web.
+
+Inside :mod:`upstreams.oidc` too: provider -> verify -> keys -> config, never back.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import ast
 from pathlib import Path
 
 UPSTREAMS = Path(__file__).resolve().parent.parent / "upstreams"
+OIDC_LAYERS = ("config", "keys", "verify", "provider")
+"""The modules of upstreams/oidc/, lowest first: each may import only those before it."""
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -21,9 +26,24 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_upstreams_import_neither_gateway_nor_aiohttp_web() -> None:
-    files = sorted(UPSTREAMS.glob("*.py"))
-    assert files
+    files = sorted(UPSTREAMS.rglob("*.py"))
+    assert UPSTREAMS / "oidc" / "provider.py" in files
     for path in files:
         for name in imported_modules(path):
             assert not (name == "gateway" or name.startswith("gateway.")), f"{path.name} imports {name}"
             assert not name.startswith("aiohttp.web"), f"{path.name} imports {name}"
+
+
+def test_oidc_modules_import_in_one_direction() -> None:
+    package = UPSTREAMS / "oidc"
+    assert sorted(p.stem for p in package.glob("*.py") if p.stem != "__init__") == sorted(OIDC_LAYERS)
+    for rank, layer in enumerate(OIDC_LAYERS):
+        allowed = {f"upstreams.oidc.{lower}" for lower in OIDC_LAYERS[:rank]}
+        for name in imported_modules(package / f"{layer}.py"):
+            if name == "upstreams.oidc" or name.startswith("upstreams.oidc."):
+                module = ".".join(name.split(".")[:3])
+                assert module in allowed, f"oidc/{layer}.py imports {name}: only {sorted(allowed)} may be"
+        tree = ast.parse((package / f"{layer}.py").read_text())
+        assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)), \
+            f"oidc/{layer}.py uses a relative import (spell it upstreams.oidc.<module>)"
+

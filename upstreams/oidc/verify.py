@@ -1,0 +1,109 @@
+"""OIDC token verification: every JWT (ID token, access token, bearer token) is checked before use.
+
+Signature with an allow-listed algorithm that fits the published key, ``iss``, ``aud``/``azp``, ``exp``,
+``iat``/``nbf``, and for ID tokens ``nonce`` and ``at_hash`` (OIDC Core 3.1.3.7).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from collections.abc import Sequence
+from typing import Any, Final
+
+import jwt
+
+from upstreams.oidc.config import SIGNING_ALGORITHMS, OIDCSettings
+from upstreams.oidc.keys import ProviderKeys, Rejected
+
+MAX_TOKEN_CHARS: Final = 16_384
+JWS_COMPACT: Final = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
+
+
+class TokenVerifier:
+    """Verifies one provider's JWTs against its settings and its published keys."""
+
+    def __init__(self, settings: OIDCSettings, keys: ProviderKeys) -> None:
+        self.settings = settings
+        self._keys = keys
+
+    async def verify_jwt(self, token: str, *, what: str, audience: str | None,
+                         require: Sequence[str]) -> dict[str, Any]:
+        """Claims of a JWT whose alg, signature, ``iss``, audience, ``exp``, ``iat``, ``nbf`` all check out.
+
+        Raises Rejected with a safe message; ProviderError(UNAVAILABLE) if keys cannot be fetched.
+        """
+        if len(token) > MAX_TOKEN_CHARS:
+            raise Rejected(f"the {what} is too large")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise Rejected(f"the {what} is not a well-formed JWT") from None
+        alg = header.get("alg")
+        if not isinstance(alg, str) or alg not in self.settings.allowed_algorithms or alg not in SIGNING_ALGORITHMS:
+            raise Rejected(f"the {what} uses a disallowed algorithm {str(alg)[:20]!r}")
+        kid = header.get("kid")
+        if kid is not None and not isinstance(kid, str):
+            raise Rejected(f"the {what} has a malformed key id")
+        key = await self._keys.signing_key(kid, alg)
+        try:
+            return jwt.decode(
+                token, key, algorithms=[alg], audience=audience, issuer=self.settings.issuer,
+                leeway=self.settings.clock_skew,
+                options={"require": list(require), "verify_aud": audience is not None,
+                         "enforce_minimum_key_length": True})
+        except jwt.ExpiredSignatureError:
+            raise Rejected(f"the {what} has expired") from None
+        except jwt.ImmatureSignatureError:
+            raise Rejected(f"the {what} is dated in the future (iat/nbf)") from None
+        except jwt.InvalidIssuerError:
+            raise Rejected(f"the {what} was issued by another issuer") from None
+        except jwt.InvalidAudienceError:
+            raise Rejected(f"the {what} is meant for another audience") from None
+        except jwt.MissingRequiredClaimError as exc:
+            raise Rejected(f"the {what} lacks the {exc.claim} claim") from None
+        except jwt.InvalidSignatureError:
+            raise Rejected(f"the {what}'s signature does not verify") from None
+        except jwt.PyJWTError as exc:
+            raise Rejected(f"the {what} is invalid ({type(exc).__name__})") from None
+
+    async def verify_id_token(self, id_token: str, *, nonce: str, access_token: str) -> dict[str, Any]:
+        """ID token validation per OIDC Core 3.1.3.7 (plus ``at_hash`` when present)."""
+        claims = await self.verify_jwt(id_token, what="ID token", audience=self.settings.client_id,
+                                       require=("iss", "aud", "exp", "iat", "sub"))
+        if "azp" in claims and claims["azp"] != self.settings.client_id:
+            raise Rejected("the ID token was issued to another client (azp)")
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not sub:
+            raise Rejected("the ID token has no subject")
+        token_nonce = claims.get("nonce")
+        if not isinstance(token_nonce, str) or not hmac.compare_digest(token_nonce.encode(), nonce.encode()):
+            raise Rejected("the ID token's nonce does not match this login attempt")
+        at_hash = claims.get("at_hash")
+        if at_hash is not None and access_token:
+            alg = jwt.get_unverified_header(id_token)["alg"]
+            if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash, half_hash(access_token, alg)):
+                raise Rejected("the ID token's at_hash does not match the access token")
+        return claims
+
+    async def access_token_claims(self, access_token: str) -> dict[str, Any]:
+        """Verified claims of a JWT access token; {} when the token is opaque (no groups then)."""
+        if not access_token or not JWS_COMPACT.fullmatch(access_token):
+            return {}
+        try:
+            jwt.get_unverified_header(access_token)
+        except jwt.PyJWTError:
+            return {}
+        return await self.verify_jwt(access_token, what="access token", audience=self.settings.audience or None,
+                                     require=("iss", "exp"))
+
+
+def half_hash(value: str, alg: str) -> str:
+    """``at_hash``/``c_hash``: base64url of the left half of the alg's hash of the ASCII value."""
+    digest = hashlib.new(SIGNING_ALGORITHMS[alg][2], value.encode("ascii", "replace")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
+
+
+__all__ = ["JWS_COMPACT", "MAX_TOKEN_CHARS", "TokenVerifier", "half_hash"]
