@@ -1,6 +1,6 @@
 """Read the gateway's ``/metrics`` (Prometheus text).
 
-With ``--workers N`` any worker answers for all of them (``gateway.workermetrics``), its siblings'
+With ``--workers N`` any worker answers for all of them (``gateway.serving.workermetrics``), its siblings'
 numbers at most ``PUBLISH_EVERY`` seconds old; ``gateway_workers`` says how many it covered.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from bench.procs import http_get
-from gateway.workermetrics import PUBLISH_EVERY
+from gateway.serving.workermetrics import PUBLISH_EVERY
 
 _SAMPLE_RE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 _LABEL_RE = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')

@@ -454,7 +454,7 @@ def markdown(results: Results) -> str:
         "adds noise)",
         f"- Python {e.python}; uvloop: {e.uvloop}; aiohttp {e.aiohttp}; {e.postgres}; {e.wrk}",
         f"- Gateway workers: {e.workers} (`gateway serve --workers {e.workers}`); every server in this run used the "
-        "same worker count, event loop and aiohttp runner options (`gateway.server.runner_options`, default "
+        "same worker count, event loop and aiohttp runner options (`gateway.serving.server.runner_options`, default "
         "settings).",
         f"- Load: `wrk -t{e.threads} -c{e.connections} -d{e.duration:g}s --latency`, after a {e.warmup:g} s "
         "warm-up run on the same server process whose numbers are discarded. wrk shares the machine with the "

@@ -8,7 +8,7 @@
   the measured window as JSON.
 
 Servers run like the gateway's: uvloop when installed, ``web.AppRunner`` with the gateway's
-:func:`gateway.server.runner_options` for default settings, ``backlog=2048``, and with ``--workers N``
+:func:`gateway.serving.server.runner_options` for default settings, ``backlog=2048``, and with ``--workers N``
 N processes sharing the port through SO_REUSEPORT. ``loop`` splits its concurrency over N processes, each
 with its own pool, as N gateway workers would.
 """
@@ -33,7 +33,7 @@ import aiopg
 from aiohttp import web
 
 from bench.database import LOOKUP_SQL
-from gateway.server import runner_options
+from gateway.serving.server import runner_options
 from gateway.settings import Settings
 from gateway.tokens import hash_token
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import aiohttp
 import structlog
@@ -24,6 +23,7 @@ from gateway.errors import StoreUnavailable
 from gateway.facts import TrustedProxies
 from gateway.handlers.check import CheckEndpoint, CheckHandler
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
+from gateway.handlers.hot import HotEndpoints
 from gateway.handlers.login import LoginHandlers
 from gateway.handlers.webhook import WebhookEndpoint, WebhookHandler
 from gateway.http_errors import ErrorMapper, not_found
@@ -48,15 +48,8 @@ STATE = web.AppKey("state", RuntimeState)
 LOGIN = web.AppKey("login", LoginService)
 
 
-@dataclass(frozen=True, slots=True)
-class HotEndpoints:
-    """The check-path endpoints' framework-free logic, for front-ends other than aiohttp's router."""
-
-    check: CheckEndpoint
-    webhook: WebhookEndpoint
-
-
 HOT = web.AppKey("hot", HotEndpoints)
+"""The check-path endpoints' framework-free logic, for front-ends other than aiohttp's router."""
 
 _MIGRATION_RETRY = 2.0
 _FEED_RESTART = 1.0

@@ -315,7 +315,7 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     if settings is None:
         return EXIT_USAGE
     # Imported here so admin commands never load the HTTP server stack.
-    from gateway.server import serve
+    from gateway.serving.server import serve
 
     return serve(settings)
 

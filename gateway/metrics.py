@@ -8,14 +8,11 @@ use prometheus_client's own types.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-
-from gateway.workermetrics import WorkerMetrics
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CACHE_EVENTS = ("hit", "miss", "negative_hit", "coalesced", "stale_hit", "eviction")
@@ -90,14 +87,9 @@ class Metrics:
                                             "TCP connections accepted by this process.", registry=r)
         self.logins = Counter("gateway_logins", "Login attempts by upstream and outcome.",
                               ["upstream", "outcome"], registry=r)
-        self.workers: WorkerMetrics | None = None
-        """Set by :meth:`share` in a worker of ``gateway serve --workers N``."""
-
-    def share(self, path: Path) -> WorkerMetrics:
-        """Answer scrapes with the metrics of every worker, publishing this one's to ``path`` (a file in the
-        directory the supervisor gave all its workers); see :mod:`gateway.workermetrics`."""
-        self.workers = WorkerMetrics(path, self.render_own)
-        return self.workers
+        self.render: Callable[[], bytes] = self.render_own
+        """The exposition text for ``/metrics``: this process's own, unless the serving machinery sets it
+        to every worker's (``gateway serve --workers N``, see :mod:`gateway.serving.workermetrics`)."""
 
     def count_check(self, endpoint: str, outcome: str, seconds: float) -> None:
         """Record one decision and how long it took."""
@@ -106,10 +98,6 @@ class Metrics:
     def cache_event(self, event: str) -> None:
         """Count one session-cache event (one of :data:`CACHE_EVENTS`)."""
         self.hot.cache[event] += 1
-
-    def render(self) -> bytes:
-        """The exposition text for ``/metrics``: this process's, or every worker's when shared."""
-        return self.workers.render() if self.workers is not None else self.render_own()
 
     def render_own(self) -> bytes:
         """The exposition text of this process's own metrics."""

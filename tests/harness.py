@@ -15,9 +15,9 @@ from yarl import URL
 
 from gateway.access import Policy
 from gateway.app import CHECKER, METRICS, STORE, create_app
-from gateway.fastlane import FastLane
 from gateway.models import SessionKind, User
-from gateway.server import front_end, runner_options
+from gateway.serving.fastlane import FastLane
+from gateway.serving.server import front_end, runner_options
 from gateway.sessions import start_session
 from gateway.settings import Settings
 from gateway.store import make_store
@@ -96,7 +96,7 @@ it does not answer to aiohttp), or aiohttp alone (as with ``fast_lane = false``)
 
 
 class ListenerTestServer(TestServer):
-    """A TestServer whose socket is served by :func:`gateway.server.front_end`, as in production."""
+    """A TestServer whose socket is served by :func:`gateway.serving.server.front_end`, as in production."""
 
     def __init__(self, app: web.Application, settings: Settings) -> None:
         super().__init__(app)

@@ -1,6 +1,6 @@
 """The fast lane over raw sockets: framing, pipelining, hand-over to aiohttp, timeouts, and parity.
 
-Every test talks bytes to a real listening socket served by ``gateway.server.front_end``. The parity
+Every test talks bytes to a real listening socket served by ``gateway.serving.server.front_end``. The parity
 table sends the same raw requests to a gateway with the fast lane and to one without it (aiohttp
 alone) and requires the same status and identity headers from both.
 """

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from gateway.gcpolicy import GcPolicy
+from gateway.serving.gcpolicy import GcPolicy
 from gateway.settings import SettingsError
 from tests.helpers import make_settings
 

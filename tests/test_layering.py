@@ -47,3 +47,26 @@ def test_oidc_modules_import_in_one_direction() -> None:
         assert not any(isinstance(n, ast.ImportFrom) and n.level for n in ast.walk(tree)), \
             f"oidc/{layer}.py uses a relative import (spell it upstreams.oidc.<module>)"
 
+
+
+GATEWAY = UPSTREAMS.parent / "gateway"
+SERVING = GATEWAY / "serving"
+
+
+def test_only_the_entry_point_imports_the_serving_machinery() -> None:
+    """Serving (process start, supervisor, fast lane, worker metrics, GC policy) sits below nothing but the CLI."""
+    outside = [p for p in GATEWAY.rglob("*.py") if SERVING not in p.parents and p.name != "cli.py"]
+    assert outside
+    for path in outside:
+        for name in imported_modules(path):
+            assert not name.startswith("gateway.serving"), f"{path.relative_to(GATEWAY)} imports {name}"
+
+
+def test_the_serving_machinery_serves_endpoints_defined_beneath_it() -> None:
+    """The fast lane answers with the hot endpoints from gateway.handlers, never with anything from gateway.app;
+    only the process start (server.py) builds the application."""
+    for path in sorted(SERVING.glob("*.py")):
+        if path.name == "server.py":
+            continue
+        for name in imported_modules(path):
+            assert not (name == "gateway.app" or name.startswith("gateway.app.")), f"serving/{path.name} imports {name}"

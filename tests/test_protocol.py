@@ -1,6 +1,6 @@
 """Both front-ends against bytes an attacker sends: chunked trailers, non-HTTP bytes, heads that quote a token.
 
-Every test talks raw bytes to a real listening socket served by ``gateway.server.front_end``, once through
+Every test talks raw bytes to a real listening socket served by ``gateway.serving.server.front_end``, once through
 the fast lane and once through aiohttp alone.
 """
 

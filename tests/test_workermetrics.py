@@ -7,7 +7,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import Metrics
-from gateway.workermetrics import Snapshot, merge, retire
+from gateway.serving.workermetrics import Snapshot, merge, retire, share
 
 
 def _samples(text: bytes | str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -69,7 +69,7 @@ def test_one_snapshot_merges_to_itself() -> None:
 def test_each_worker_answers_for_all_from_the_shared_directory(tmp_path: Path) -> None:
     first, second, third = _worker(1, feed_up=True, active=1), _worker(2, feed_up=True, active=1), \
         _worker(4, feed_up=False, active=1)
-    shared = [m.share(tmp_path / f"worker-{i}.prom") for i, m in enumerate((first, second, third), 1)]
+    shared = [share(m, tmp_path / f"worker-{i}.prom") for i, m in enumerate((first, second, third), 1)]
     shared[1].publish()
     shared[2].publish()
     retire(tmp_path / "worker-3.prom")  # died after publishing: counts stay, gauges go
@@ -86,7 +86,7 @@ def test_each_worker_answers_for_all_from_the_shared_directory(tmp_path: Path) -
 
 def test_an_unwritable_directory_answers_with_this_workers_own_metrics(tmp_path: Path) -> None:
     metrics = _worker(2, feed_up=True, active=1)
-    metrics.share(tmp_path / "missing" / "worker-1.prom")
+    share(metrics, tmp_path / "missing" / "worker-1.prom")
     assert _samples(metrics.render()) == _samples(metrics.render_own())
 
 
@@ -94,7 +94,7 @@ def test_a_directory_removed_under_a_worker_answers_with_its_own_metrics(tmp_pat
     metrics = _worker(2, feed_up=True, active=1)
     directory = tmp_path / "shared"
     directory.mkdir()
-    metrics.share(directory / "worker-1.prom")
+    share(metrics, directory / "worker-1.prom")
     (directory / "worker-2.prom").write_bytes(b"\xff\xfe not text")  # unreadable: skipped
     assert _samples(metrics.render())[("gateway_workers", ())] == 1
     for path in directory.iterdir():

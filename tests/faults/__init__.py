@@ -4,9 +4,9 @@ Shared here: starting a gateway process on a chosen event loop, and reading raw 
 socket until the server closes it, so a test can tell a clean close (FIN after the last answer) from a
 reset or a missing answer.
 
-Event loops: ``gateway serve`` picks uvloop whenever it is installed (``gateway.server._new_event_loop``)
+Event loops: ``gateway serve`` picks uvloop whenever it is installed (``gateway.serving.server._new_event_loop``)
 and has no setting to choose. :func:`start_gateway_on` therefore runs the very function ``serve`` runs,
-:func:`gateway.server.run_until_signalled`, from ``python -c`` with the loop a test asks for, and checks the
+:func:`gateway.serving.server.run_until_signalled`, from ``python -c`` with the loop a test asks for, and checks the
 process's own "gateway listening" log line names that loop. ``loop="serve"`` runs ``gateway serve`` itself.
 """
 
@@ -38,7 +38,7 @@ LOOPS = ("uvloop", "asyncio")
 _RUN_ON_LOOP = """\
 import asyncio, sys
 from gateway.logging import configure_logging
-from gateway.server import run_until_signalled
+from gateway.serving.server import run_until_signalled
 from gateway.settings import load_or_raise
 
 settings = load_or_raise()

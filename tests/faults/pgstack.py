@@ -41,7 +41,7 @@ T = TypeVar("T")
 _RUN_ON_LOOP = """\
 import asyncio, sys
 from gateway.logging import configure_logging
-from gateway.server import run_until_signalled
+from gateway.serving.server import run_until_signalled
 from gateway.settings import load_or_raise
 
 settings = load_or_raise()

@@ -20,7 +20,7 @@ from typing import cast
 
 import pytest
 
-from gateway.server import stop_listening
+from gateway.serving.server import stop_listening
 from tests.deploy.stack import COOKIE, Gateway
 from tests.faults import (
     LOOPS,

@@ -9,7 +9,7 @@ had already accepted), lets every request in flight finish (from its first byte:
 still arriving is in flight) bounded by ``shutdown_timeout``, closes connections between requests once
 they have been quiet a moment, and exits 0. The parent restarts a worker that dies unexpectedly, after a
 back-off that grows with repeated crashes and starts over once a worker has run healthy. With several
-workers, ``/metrics`` on any of them answers for all of them (see :mod:`gateway.workermetrics`).
+workers, ``/metrics`` on any of them answers for all of them (see :mod:`gateway.serving.workermetrics`).
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.app import HOT, METRICS, STATE, create_app
-from gateway.fastlane import FastLane
-from gateway.gcpolicy import GcPolicy
 from gateway.handlers.health import RuntimeState
 from gateway.logging import configure_logging
 from gateway.protocol import protocol_factory
+from gateway.serving.fastlane import FastLane
+from gateway.serving.gcpolicy import GcPolicy
+from gateway.serving.workermetrics import LIVE_SUFFIX, retire, share
 from gateway.settings import Settings
-from gateway.workermetrics import LIVE_SUFFIX, retire
 
-log = structlog.get_logger("gateway.server")
+log = structlog.get_logger("gateway.serving.server")
 
 _IDLE_LINGER = 1.0
 """Draining: how long a connection between requests stays open (and is answered) before it is closed."""
@@ -117,7 +117,7 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     app = create_app(settings)
     state = app[STATE]
     app.on_response_prepare.append(_closing_while_draining(state))
-    shared = app[METRICS].share(metrics_file) if metrics_file is not None else None
+    shared = share(app[METRICS], metrics_file) if metrics_file is not None else None
     # The drain below gives requests shutdown_timeout; aiohttp's own shutdown only has to clean up after it.
     options = {**runner_options(settings), "shutdown_timeout": _AIOHTTP_LAST_WAIT}
     runner = web.AppRunner(app, handle_signals=False, **options)

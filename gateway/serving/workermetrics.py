@@ -28,6 +28,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.metrics import Metrics
+
 log = structlog.get_logger("gateway.metrics")
 
 PUBLISH_EVERY = 1.0
@@ -166,3 +168,11 @@ def _read(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError) as exc:
         log.error("cannot read another worker's metrics", file=path.name, error=str(exc))
         return None
+
+
+def share(metrics: Metrics, path: Path) -> WorkerMetrics:
+    """Make ``metrics`` answer scrapes for every worker, publishing its own to ``path`` (a file in the
+    directory the supervisor gave all its workers). Returns the worker's side, to publish periodically."""
+    worker = WorkerMetrics(path, metrics.render_own)
+    metrics.render = worker.render
+    return worker

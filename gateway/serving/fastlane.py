@@ -31,12 +31,12 @@ import structlog
 from multidict import CIMultiDict
 
 from gateway import __version__
-from gateway.app import HotEndpoints
+from gateway.handlers.hot import HotEndpoints
 from gateway.metrics import Metrics
 from gateway.protocol import BAD_REQUEST_TEXT
 from gateway.reply import Reply
 
-log = structlog.get_logger("gateway.fastlane")
+log = structlog.get_logger("gateway.serving.fastlane")
 
 # Request line and header lines of the strict subset; the blank line is matched by the caller.
 _HEAD = re.compile(
