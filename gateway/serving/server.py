@@ -7,8 +7,9 @@ close``, so keep-alive connections are retired one answered request at a time. I
 ``shutdown_delay`` (so load balancers notice), then stops accepting (serving the connections the kernel
 had already accepted), lets every request in flight finish (from its first byte: a request whose body is
 still arriving is in flight) bounded by ``shutdown_timeout``, closes connections between requests once
-they have been quiet a moment, and exits 0. The parent restarts a worker that dies unexpectedly, after a
-back-off that grows with repeated crashes and starts over once a worker has run healthy. With several
+they have been quiet a moment, and exits 0. The parent (:mod:`gateway.serving.supervisor`) restarts a
+worker that dies unexpectedly, after a back-off that grows with repeated crashes and starts over once a
+worker has run healthy. With several
 workers, ``/metrics`` on any of them answers for all of them (see :mod:`gateway.serving.workermetrics`).
 """
 
@@ -17,17 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
 import os
-import shutil
 import signal
 import socket
-import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +36,8 @@ from gateway.logging import configure_logging
 from gateway.protocol import protocol_factory
 from gateway.serving.fastlane import FastLane
 from gateway.serving.gcpolicy import GcPolicy
-from gateway.serving.workermetrics import LIVE_SUFFIX, retire, share
+from gateway.serving.supervisor import supervise
+from gateway.serving.workermetrics import share
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.serving.server")
@@ -57,7 +53,7 @@ def serve(settings: Settings) -> int:
     """Serve until told to stop; return the process exit code. Settings must already be validated."""
     configure_logging(settings.log_format, settings.log_level)
     if settings.workers == 1:
-        return _run_worker(settings, reuse_port=False)
+        return run_worker(settings, reuse_port=False)
     if not hasattr(socket, "SO_REUSEPORT"):
         log.error("--workers needs SO_REUSEPORT, which this platform lacks")
         return 2
@@ -97,7 +93,8 @@ def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -
                     answers=settings.fast_lane and not settings.access_log)
 
 
-def _run_worker(settings: Settings, *, reuse_port: bool, metrics_file: Path | None = None) -> int:
+def run_worker(settings: Settings, *, reuse_port: bool, metrics_file: Path | None = None) -> int:
+    """Run one gateway process on a fresh event loop (uvloop when installed) until signalled; its exit code."""
     with asyncio.Runner(loop_factory=_new_event_loop()) as runner:
         return runner.run(run_until_signalled(settings, reuse_port=reuse_port, metrics_file=metrics_file))
 
@@ -255,119 +252,3 @@ def _between_requests(handler: RequestHandler) -> bool:
     """
     waiter = getattr(handler, "_waiter", None)
     return waiter is not None and not waiter.done() and not getattr(handler, "_messages", True)
-
-
-def _worker_main(settings: Settings, metrics_file: Path | None) -> None:
-    configure_logging(settings.log_format, settings.log_level)
-    # The parent decides when workers stop; ignore the terminal's Ctrl-C burst and wait for its SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    sys.exit(_run_worker(settings, reuse_port=True, metrics_file=metrics_file))
-
-
-class RestartBackoff:
-    """How long the supervisor waits before restarting a worker that exited, for one worker slot.
-
-    ``first`` seconds after a crash, doubling with each further crash up to ``most``; a worker that ran
-    ``healthy_after`` seconds or longer before it exited was serving, not crash-looping, so its restart
-    starts over at ``first``. (Uptime is the test because the supervisor cannot ask one worker for
-    ``/readyz``: the workers share the port.)
-    """
-
-    def __init__(self, first: float = 0.5, most: float = 10.0, healthy_after: float = 30.0) -> None:
-        self.first = first
-        self.most = most
-        self.healthy_after = healthy_after
-        self._next = first
-
-    def after_exit(self, ran_for: float) -> float:
-        """The delay before restarting a worker that ran ``ran_for`` seconds; call once per exit."""
-        if ran_for >= self.healthy_after:
-            self._next = self.first
-        delay = self._next
-        self._next = min(self._next * 2, self.most)
-        return delay
-
-
-@dataclass
-class _Slot:
-    """One of the supervisor's workers: the process now running in it, or the time it restarts at."""
-
-    proc: BaseProcess
-    metrics_file: Path | None
-    started: float
-    backoff: RestartBackoff
-    restart_at: float | None = None
-
-
-def supervise(settings: Settings, backoff: Callable[[], RestartBackoff] = RestartBackoff) -> int:
-    """Start ``settings.workers`` worker processes and keep them running until SIGTERM/SIGINT; return the
-    exit code (0 when every worker stopped cleanly). ``backoff`` makes each slot's restart policy."""
-    ctx = multiprocessing.get_context("spawn")
-    stopping = False
-
-    def request_stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
-
-    try:
-        metrics_dir: Path | None = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
-    except OSError as exc:
-        metrics_dir = None
-        log.error("cannot share metrics among workers: each answers /metrics for itself", error=str(exc))
-    started = 0
-
-    def start() -> tuple[BaseProcess, Path | None]:
-        """A new worker and its metrics file (a new file for every worker, restarts included)."""
-        nonlocal started
-        started += 1
-        file = metrics_dir / f"worker-{started}{LIVE_SUFFIX}" if metrics_dir is not None else None
-        proc = ctx.Process(target=_worker_main, args=(settings, file), daemon=False)
-        proc.start()
-        return proc, file
-
-    signalled: list[BaseProcess] = []
-    try:
-        slots = [_Slot(*start(), time.monotonic(), backoff()) for _ in range(settings.workers)]
-        log.info("started workers", workers=settings.workers, pids=[slot.proc.pid for slot in slots])
-        while not stopping:
-            time.sleep(0.2)
-            for slot in slots:
-                if stopping:
-                    break
-                now = time.monotonic()
-                if slot.restart_at is not None:
-                    if now >= slot.restart_at:
-                        slot.proc, slot.metrics_file = start()
-                        slot.started, slot.restart_at = now, None
-                        log.info("worker restarted", pid=slot.proc.pid)
-                elif slot.proc.exitcode is not None:
-                    ran_for = now - slot.started
-                    delay = slot.backoff.after_exit(ran_for)
-                    log.error("worker exited; restarting", pid=slot.proc.pid, exitcode=slot.proc.exitcode,
-                              ran_for=round(ran_for, 1), backoff=delay)
-                    if slot.metrics_file is not None:
-                        retire(slot.metrics_file)
-                    slot.restart_at = now + delay
-
-        # Slots waiting out a back-off have no worker to stop; their crash was logged when it happened.
-        signalled = [slot.proc for slot in slots if slot.restart_at is None]
-        for proc in signalled:
-            if proc.exitcode is None and proc.pid is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + settings.shutdown_delay + settings.shutdown_timeout + 5
-        for proc in signalled:
-            proc.join(max(0.0, deadline - time.monotonic()))
-            if proc.exitcode is None:
-                proc.kill()
-                proc.join()
-    finally:
-        if metrics_dir is not None:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
-    codes = [p.exitcode for p in signalled]
-    log.info("workers stopped", exitcodes=codes)
-    # -SIGTERM: a worker still starting up (its handler is set before it listens) had served nothing.
-    return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1

@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from gateway.serving.server import RestartBackoff
+from gateway.serving.supervisor import RestartBackoff
 from tests.deploy.stack import gateway_env, gateway_toml, http, running, wait_until
 from tests.faults.report import Figures
 from tests.helpers import free_port
@@ -23,7 +23,7 @@ SCENARIO = "Workers that die, under the supervisor"
 _SUPERVISE = """\
 import sys
 from gateway.logging import configure_logging
-from gateway.serving.server import RestartBackoff, supervise
+from gateway.serving.supervisor import RestartBackoff, supervise
 from gateway.settings import load_or_raise
 
 settings = load_or_raise()
