@@ -105,33 +105,45 @@ def test_a_read_that_times_out_never_drops_a_notification(loop: str, postgres_ur
     settings = settings_factory(database_url=postgres_url)
     count = 40 if FULL else 12
 
+    async def paced_run(writer: Store, label: str) -> tuple[dict[int, int], int, int]:
+        """One paced run: late-or-lost count by watcher, revocations sent, watchers."""
+        hashes = await sessions_to_revoke(writer, count, label)
+        async with watchers(settings, 8) as watching:
+            loop_ = asyncio.get_running_loop()
+            at = loop_.time()
+            sent: dict[str, float] = {}
+            for h in hashes:
+                at += 1.0
+                await asyncio.sleep(max(0.0, at - loop_.time()))
+                assert await writer.revoke_session(h, actor="faults", reason="paced")
+                sent[h] = time.monotonic()
+            deadline = time.monotonic() + LOST_AFTER
+            while time.monotonic() < deadline and any(len(w.seen) < len(sent) for w in watching):
+                await asyncio.sleep(0.05)
+            return ({i: len(late) for i, w in enumerate(watching) if (late := late_or_lost(w, sent, 0.3))},
+                    len(sent), len(watching))
+
     async def main() -> None:
         writer = make_store(settings)
         await writer.open()
         try:
             await writer.migrate()
-            hashes = await sessions_to_revoke(writer, count, "paced")
-            async with watchers(settings, 8) as watching:
-                loop_ = asyncio.get_running_loop()
-                at = loop_.time()
-                sent: dict[str, float] = {}
-                for h in hashes:
-                    at += 1.0
-                    await asyncio.sleep(max(0.0, at - loop_.time()))
-                    assert await writer.revoke_session(h, actor="faults", reason="paced")
-                    sent[h] = time.monotonic()
-                deadline = time.monotonic() + LOST_AFTER
-                while time.monotonic() < deadline and any(len(w.seen) < len(sent) for w in watching):
-                    await asyncio.sleep(0.05)
-                slow = {i: len(late) for i, w in enumerate(watching) if (late := late_or_lost(w, sent, 0.3))}
-                scene = figures.scenario(
-                    f"Revocations exactly one second apart, nothing failing ({loop})",
-                    "The pace that lines a notification up with a listener's one-second read timeout; eight"
-                    " watchers, each a store of its own.")
-                scene.record("revocations x watchers", f"{len(sent)} x {len(watching)}")
-                scene.record("deliveries later than 0.3 s after the commit, or never", sum(slow.values()), goal="0",
-                             ok=not slow)
-                assert not slow, f"revocations arriving late or never, by watcher: {slow}"
+            # On a shared 2-core machine a delivery can miss 0.3 s once in a long while for want of CPU, so
+            # one noisy run is run again. A read that drops notifications (the bug) misses in every run:
+            # the old code lost 1 to 4 per watcher each time.
+            for attempt in (1, 2):
+                slow, sent_count, watcher_count = await paced_run(writer, f"paced{attempt}")
+                if not slow:
+                    break
+            scene = figures.scenario(
+                f"Revocations exactly one second apart, nothing failing ({loop})",
+                "The pace that lines a notification up with a listener's one-second read timeout; eight"
+                " watchers, each a store of its own.")
+            scene.record("revocations x watchers", f"{sent_count} x {watcher_count}")
+            scene.record("runs (a second only when the first was slow)", attempt)
+            scene.record("deliveries later than 0.3 s after the commit, or never", sum(slow.values()), goal="0",
+                         ok=not slow)
+            assert not slow, f"revocations arriving late or never, by watcher: {slow}"
         finally:
             await writer.close()
 
