@@ -330,6 +330,8 @@ class Checker:
             if self.cache.degraded:
                 log.info("revocation feed live; cached sessions will be re-checked")
             self.cache.degraded = False
+            # The feed just reached the database: lookups need not wait out a recent failure's pause.
+            self._database_down_until = 0.0
         elif not self.cache.degraded:
             log.warning("revocation feed lost; caching sessions briefly until it returns")
             self.cache.degraded = True

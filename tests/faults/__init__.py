@@ -35,7 +35,7 @@ from tests.deploy.stack import (
 LOOPS = ("uvloop", "asyncio")
 """The event loops a fault test runs under (uvloop is what production uses when it is installed)."""
 
-_RUN_ON_LOOP = """\
+RUN_ON_LOOP = """\
 import asyncio, sys
 from gateway.logging import configure_logging
 from gateway.serving.server import run_until_signalled
@@ -51,6 +51,8 @@ else:
 with asyncio.Runner(loop_factory=factory) as runner:
     sys.exit(runner.run(run_until_signalled(settings)))
 """
+"""``python -c RUN_ON_LOOP uvloop|asyncio``: one gateway process on the chosen event loop (settings from the
+environment)."""
 
 
 def require_loop(loop: str) -> None:
@@ -78,7 +80,7 @@ def start_gateway_on(loop: str, directory: Path, *, port: int, public_url: str =
     env = {**gateway_env(config), **(extra_env or {})}
     log = directory / "gateway.log"
     command = [sys.executable, "-m", "gateway", "serve"] if loop == "serve" else \
-        [sys.executable, "-c", _RUN_ON_LOOP, loop]
+        [sys.executable, "-c", RUN_ON_LOOP, loop]
     with running(command, log, env=env) as proc:
         gateway = Gateway(f"http://127.0.0.1:{port}", config, env, log, proc)
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import psycopg2
 
 from tests.deploy.stack import REPO, http, unavailable, wait_until
+from tests.faults import RUN_ON_LOOP
 from tests.helpers import PostgresCluster, free_port
 
 LOOPS = ("uvloop", "asyncio")
@@ -37,23 +38,6 @@ FULL = os.environ.get("GATEWAY_FAULTS_FULL") == "1"
 
 COOKIE = "gw_session"
 T = TypeVar("T")
-
-_RUN_ON_LOOP = """\
-import asyncio, sys
-from gateway.logging import configure_logging
-from gateway.serving.server import run_until_signalled
-from gateway.settings import load_or_raise
-
-settings = load_or_raise()
-configure_logging(settings.log_format, settings.log_level)
-if sys.argv[1] == "uvloop":
-    import uvloop
-    factory = uvloop.new_event_loop
-else:
-    factory = asyncio.new_event_loop
-with asyncio.Runner(loop_factory=factory) as runner:
-    sys.exit(runner.run(run_until_signalled(settings)))
-"""
 
 LEAK_MARKS = ("Unclosed", "never retrieved", "Traceback", "ResourceWarning", "Exception ignored",
               "Task was destroyed")
@@ -165,7 +149,7 @@ def run_gateway(loop: str, database_url: str, directory: Path, *, name: str = "g
     if workers > 1:
         command = [sys.executable, "-m", "gateway", "serve", "--workers", str(workers)]
     else:
-        command = [sys.executable, "-c", _RUN_ON_LOOP, loop]
+        command = [sys.executable, "-c", RUN_ON_LOOP, loop]
     log = directory / f"{name}.log"
     with log.open("ab") as sink:
         proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT,
