@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import aiohttp
+import pytest
 from aiohttp import ClientResponse
 from yarl import URL
 
@@ -94,3 +95,10 @@ async def open_browsers() -> AsyncIterator[BrowserFactory]:
     finally:
         for browser in opened:
             await browser.session.close()
+
+
+@pytest.fixture
+async def browsers() -> AsyncIterator[BrowserFactory]:
+    """Browsers for a gateway, each with its own cookie jar (see :func:`open_browsers`)."""
+    async with open_browsers() as factory:
+        yield factory

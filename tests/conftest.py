@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import Settings
+from tests.browsers import browsers  # noqa: F401 - one cookie jar per browser, for the sign-in tests
 from tests.harness import frontend, gateway_factory, gw  # noqa: F401 - fixtures shared by the endpoint tests
 from tests.helpers import PostgresCluster, find_postgres_bindir, make_settings
 

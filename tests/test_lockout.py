@@ -8,7 +8,6 @@ an office behind NAT does. Sign-ins go through the fake OpenID Connect provider 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,18 +15,12 @@ import structlog.testing
 
 from gateway.login import DEVICE_LIFETIME, is_device_id, mint_device_id
 from gateway.tokens import hash_token
-from tests.browsers import DEVICE, PUBLIC, Browser, BrowserFactory, open_browsers
+from tests.browsers import DEVICE, PUBLIC, Browser, BrowserFactory
 from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory
 from tests.harness import Gateway, GatewayFactory
 
 ADDRESS = "127.0.0.1"
 LOGINS = "gateway_logins_total"
-
-
-@pytest.fixture
-async def browsers() -> AsyncIterator[BrowserFactory]:
-    async with open_browsers() as factory:
-        yield factory
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 from gateway import admin
 from gateway.store import make_store
 from gateway.store.base import BlockKey, Store
-from tests.browsers import PUBLIC, Browser, BrowserFactory, open_browsers
+from tests.browsers import PUBLIC, Browser, BrowserFactory
 from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory
 from tests.harness import Gateway, GatewayFactory
 
@@ -25,12 +25,6 @@ API_AUDIENCE = "https://api.example.com"
 JSON = {"Accept": "application/json"}
 HTML = {"Accept": "text/html"}
 ADA = BlockKey.for_identity("corp", "user-ada")
-
-
-@pytest.fixture
-async def browsers() -> AsyncIterator[BrowserFactory]:
-    async with open_browsers() as factory:
-        yield factory
 
 
 @pytest.fixture

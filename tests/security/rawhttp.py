@@ -8,52 +8,22 @@ response nor a close within the budget.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+
+from tests.deploy.stack import Reply
 
 BUDGET = 2.0
 """Seconds a server gets to answer (or close) before the case counts as a hang."""
 
 
-@dataclass
-class Response:
-    """One HTTP/1.x response as received (headers in arrival order, names as sent)."""
+class Response(Reply):
+    """One HTTP/1.x response as received (headers in arrival order, names as sent), with a report line.
 
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-
-    def header(self, name: str) -> str | None:
-        """The first header called ``name`` (any case), or None."""
-        for key, value in self.headers:
-            if key.lower() == name.lower():
-                return value
-        return None
-
-    def all(self, name: str) -> list[str]:
-        """Every header called ``name`` (any case)."""
-        return [v for k, v in self.headers if k.lower() == name.lower()]
-
-    def json(self) -> Any:
-        """The body as JSON."""
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        """The body as text."""
-        return self.body.decode("utf-8", "replace")
-
-    def cookies(self) -> dict[str, str]:
-        """``name -> value`` of every Set-Cookie."""
-        out: dict[str, str] = {}
-        for line in self.all("Set-Cookie"):
-            name, _, value = line.split(";", 1)[0].partition("=")
-            out[name.strip()] = value.strip().strip('"')
-        return out
+    Set-Cookie values are taken as sent (tokens are never quoted).
+    """
 
     def short(self) -> str:
         """``status``, the Location if any, and a little of the body, for reports."""
