@@ -296,10 +296,13 @@ def gateway_env(config: Path) -> dict[str, str]:
 @contextlib.contextmanager
 def start_gateway(directory: Path, *, port: int, public_url: str, redirect_hosts: Sequence[str],
                   access_toml: str = DEFAULT_ACCESS_TOML, extra_toml: str = "",
-                  database: Path | None = None, env: Mapping[str, str] | None = None) -> Iterator[Gateway]:
-    """Run ``gateway serve`` (one worker; SQLite ``database``, default in ``directory``) until the block ends.
+                  database: Path | None = None, env: Mapping[str, str] | None = None,
+                  command: Sequence[str] | None = None) -> Iterator[Gateway]:
+    """Run ``gateway serve`` (one worker; SQLite ``database``, default in ``directory``) until the block ends,
+    returning once ``/readyz`` answers 200.
 
-    ``env``: extra environment variables (``GATEWAY_*`` settings) on top of the config file.
+    ``env``: extra environment variables (``GATEWAY_*`` settings) on top of the config file; ``command``:
+    another way to start the process than ``python -m gateway serve``.
     """
     directory.mkdir(parents=True, exist_ok=True)
     config = directory / "gateway.toml"
@@ -308,7 +311,7 @@ def start_gateway(directory: Path, *, port: int, public_url: str, redirect_hosts
                                    extra_toml=extra_toml))
     env = {**gateway_env(config), **(env or {})}
     log = directory / "gateway.log"
-    with running([sys.executable, "-m", "gateway", "serve"], log, env=env) as proc:
+    with running(command or [sys.executable, "-m", "gateway", "serve"], log, env=env) as proc:
         gateway = Gateway(f"http://127.0.0.1:{port}", config, env, log, proc)
 
         def ready() -> bool:

@@ -24,12 +24,8 @@ from pathlib import Path
 from tests.deploy.stack import (
     DEFAULT_ACCESS_TOML,
     Gateway,
-    gateway_env,
-    gateway_toml,
-    http,
-    running,
+    start_gateway,
     unavailable,
-    wait_until,
 )
 
 LOOPS = ("uvloop", "asyncio")
@@ -73,24 +69,10 @@ def start_gateway_on(loop: str, directory: Path, *, port: int, public_url: str =
     is sent SIGTERM if it still runs.
     """
     require_loop(loop)
-    directory.mkdir(parents=True, exist_ok=True)
-    config = directory / "gateway.toml"
-    config.write_text(gateway_toml(port=port, public_url=public_url, database=database or directory / "gateway.db",
-                                   redirect_hosts=redirect_hosts, access_toml=access_toml, extra_toml=extra_toml))
-    env = {**gateway_env(config), **(extra_env or {})}
-    log = directory / "gateway.log"
-    command = [sys.executable, "-m", "gateway", "serve"] if loop == "serve" else \
-        [sys.executable, "-c", RUN_ON_LOOP, loop]
-    with running(command, log, env=env) as proc:
-        gateway = Gateway(f"http://127.0.0.1:{port}", config, env, log, proc)
-
-        def ready() -> bool:
-            try:
-                return http("GET", gateway.url + "/readyz", timeout=1).status == 200
-            except OSError:
-                return False
-
-        wait_until(ready, "gateway", proc=proc, log=log)
+    command = None if loop == "serve" else [sys.executable, "-c", RUN_ON_LOOP, loop]
+    with start_gateway(directory, port=port, public_url=public_url, redirect_hosts=redirect_hosts,
+                       access_toml=access_toml, extra_toml=extra_toml, database=database, env=extra_env,
+                       command=command) as gateway:
         if loop != "serve":
             assert log_events(gateway, "gateway listening")[0]["event_loop"] == loop
         yield gateway
