@@ -2,7 +2,8 @@
 
 The check path counts into plain integers (no locks, no label lookups: one event loop per process owns
 them) and a custom collector turns them into counters and a histogram at scrape time. Cold-path metrics
-use prometheus_client's own types.
+use prometheus_client's own types, and the standard ``process_*`` metrics (CPU, memory, file descriptors,
+start time; Linux only) come from prometheus_client's ``ProcessCollector``.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -75,6 +76,7 @@ class Metrics:
         r = self.registry
         self.hot = HotCounters()
         r.register(self.hot)
+        ProcessCollector(registry=r)  # reads /proc/self at scrape time: each process reports itself
         self.db_errors = Counter("gateway_database_errors", "Database calls that failed.", ["operation"],
                                  registry=r)
         self.active_sessions = Gauge("gateway_active_sessions",

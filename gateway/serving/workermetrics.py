@@ -44,8 +44,11 @@ OWN = "own"
 GAUGE_RULES: dict[str, str | Callable[[Iterable[float]], float]] = {
     "gateway_active_sessions": OWN,      # one database count, refreshed by the worker that is scraped
     "gateway_revocation_feed_up": min,   # 1 only while every live worker's feed is live
+    "process_start_time_seconds": max,   # the latest start: a restarted worker shows as a restart
+    "process_max_fds": min,              # the tightest limit any live worker has
 }
-"""How live workers' values of a gauge combine; gauges not listed are summed."""
+"""How live workers' values of a gauge combine; gauges not listed are summed (so memory and open file
+descriptors are the live workers' total, and ``process_cpu_seconds_total``, a counter, every worker's)."""
 
 
 class Snapshot:
