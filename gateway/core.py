@@ -1,15 +1,15 @@
 """The check core: ``(credential, request facts) -> Decision``, independent of any web framework.
 
-Known tokens are answered from the in-process cache; concurrent misses for one token share one
-database query; known-bad hashes are remembered briefly. Revocations evict locally at once and reach
-other processes through the store's revocation feed. Last use is written back at a coarse grain, off
-the request path, batched into one statement per half second.
+One way in: :meth:`Checker.check`. Known tokens are answered at once from the in-process cache;
+known-bad hashes are remembered briefly; concurrent misses for one token share one store lookup, and
+every check waiting for it is finished from that lookup's own callback. Revocations evict locally at
+once and reach other processes through the store's revocation feed. Last use is written back by
+:mod:`gateway.lastseen`, off the request path.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import functools
 import time
@@ -24,19 +24,16 @@ from gateway.cache import CacheEntry, SessionCache
 from gateway.credentials import Credential, CredentialProblem, CredentialSource
 from gateway.errors import StoreUnavailable
 from gateway.facts import RequestFacts
+from gateway.lastseen import LastSeenWriter
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, Revocation
 from gateway.store.base import Store
 
 log = structlog.get_logger("gateway.core")
 
+C = TypeVar("C")
 T = TypeVar("T")
 
-_MAX_PENDING_TOUCHES = 10_000
-_TOUCH_CHUNK = 500
-"""Most uses one write-back statement carries: building a statement holds the event loop (~3 us a use)."""
-_TOUCH_BATCH_DELAY = 0.5
-"""Uses are written back in one batch per this many seconds (the grain is a minute: nothing is lost)."""
 _RETRY_DATABASE_AFTER = 0.5
 """After a failed lookup, misses fail fast for this long instead of each waiting on the database."""
 
@@ -59,15 +56,8 @@ class Outcome(enum.Enum):
 JwtVerifier = Callable[[str, str, float], Awaitable[ActiveSession | None]]
 """``(jwt, its hash, now) -> session`` for a verified, enrolled bearer JWT, else None."""
 
-_PROBLEM_OUTCOMES = {
-    CredentialProblem.MISSING: Outcome.MISSING,
-    CredentialProblem.MALFORMED: Outcome.MALFORMED,
-    CredentialProblem.OVERSIZED: Outcome.OVERSIZED,
-}
-
-
-# Decision and Miss, like Credential and RequestFacts, are named tuples: one of each is built on every
-# check, and a frozen dataclass costs several times more to build (see gateway.models).
+# Decision, like Credential and RequestFacts, is a named tuple: one is built on every check, and a
+# frozen dataclass costs several times more to build (see gateway.models).
 class Decision(NamedTuple):
     """The answer to one check. ``active`` is set for ALLOW and FORBIDDEN (the caller's identity)."""
 
@@ -82,15 +72,26 @@ class Decision(NamedTuple):
         return self.outcome is Outcome.ALLOW
 
 
-class Miss(NamedTuple):
-    """A credential the cache could not answer for: :meth:`Checker.resolve` looks it up."""
-
-    credential: Credential
-    token_hash: str
-
-
-DENY_MISSING = Decision(Outcome.MISSING)
 DENY_BAD_ORIGINAL_REQUEST = Decision(Outcome.BAD_ORIGINAL_REQUEST)
+_DENY_UNKNOWN = Decision(Outcome.UNKNOWN)
+_DENY_PROBLEM = {
+    CredentialProblem.MISSING: Decision(Outcome.MISSING),
+    CredentialProblem.MALFORMED: Decision(Outcome.MALFORMED),
+    CredentialProblem.OVERSIZED: Decision(Outcome.OVERSIZED),
+}
+
+Then = Callable[[Decision, C], T]
+"""What a front-end does with a decision: ``then(decision, context) -> its answer``."""
+
+
+class _Waiting(NamedTuple):
+    """A check waiting for a lookup in flight: what :meth:`Checker.check` needs to finish it."""
+
+    token_hash: str
+    facts: RequestFacts | None
+    then: Then[Any, Any]
+    context: Any
+    out: asyncio.Future[Any]
 
 
 class Checker:
@@ -105,81 +106,62 @@ class Checker:
         self._counts = metrics.hot.cache
         self._grain = last_seen_grain
         self._clock = clock
+        self._last_seen = LastSeenWriter(store, metrics)
         self._inflight: dict[str, asyncio.Future[ActiveSession | None]] = {}
         # Checks waiting for each lookup in flight, finished in the lookup's own callback: no callback
         # (and no turn of the event loop) per waiting check.
-        self._waiting: dict[asyncio.Future[ActiveSession | None], list[_Waiting[Any]]] = {}
-        self._pending_touches: dict[str, tuple[float, float]] = {}  # hash -> (first, last) unwritten use
-        self._flusher: asyncio.Task[None] | None = None
+        self._waiting: dict[asyncio.Future[ActiveSession | None], list[_Waiting]] = {}
         self._database_down_until = 0.0
         self.jwt_verifier: JwtVerifier | None = None
         """Turns an upstream-issued bearer JWT into a session (set when ``check.jwt_upstreams`` is)."""
 
-    def decide_now(self, credential: Credential | CredentialProblem,
-                   facts: RequestFacts | None) -> Decision | Miss:
-        """The decision when it needs no I/O (a bad credential, a cached or known-bad token), else a
-        :class:`Miss` to pass to :meth:`resolve`.
+    def check(self, credential: Credential | CredentialProblem, facts: RequestFacts | None,
+              then: Then[C, T], context: C) -> T | asyncio.Future[T]:
+        """Judge one request and hand the decision to the front-end: ``then(decision, context)``.
 
-        Front-ends that can answer without scheduling anything call this first; together the two give
-        exactly what :meth:`decide` gives.
+        Its result is returned at once when the decision needs no I/O (a bad credential, a cached or
+        known-bad token); otherwise a future of it is returned, completed from the store lookup's own
+        callback (no task and no coroutine per check). ``facts`` is the original request the policy
+        judges (None when the caller described none); ``context`` is whatever ``then`` needs besides
+        the decision.
+
+        Deciding never raises for bad input or an unreachable database: those are outcomes
+        (UNAVAILABLE means the token could not be checked, and the front-end must fail closed). An
+        exception from ``then`` (a bug) propagates, or becomes the future's exception. Cancelling the
+        future never cancels the lookup: other checks for the same token may share it.
         """
         if not isinstance(credential, Credential):
-            return Decision(_PROBLEM_OUTCOMES[credential])
+            return then(_DENY_PROBLEM[credential], context)
         token_hash = tokens.hash_token(credential.token)
         now = self._clock()
         entry = self.cache.get(token_hash, now)
-        if entry is None:
-            if self.cache.is_known_bad(token_hash, now):
-                self._counts["negative_hit"] += 1
-                return Decision(Outcome.UNKNOWN)
-            return Miss(credential, token_hash)
-        self._counts["hit"] += 1
-        return self._conclude(token_hash, entry, entry.active, entry.last_seen, now, facts)
-
-    async def decide(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision:
-        """Judge one request: ALLOW with the identity, or the reason it is refused.
-
-        Never raises for bad input or an unreachable database: those are outcomes (UNAVAILABLE means the
-        token could not be checked, and the caller must fail closed).
-        """
-        decision = self.decide_now(credential, facts)
-        if isinstance(decision, Miss):
-            return await self.resolve(decision, facts)
-        return decision
-
-    async def resolve(self, miss: Miss, facts: RequestFacts | None) -> Decision:
-        """Finish a decision :meth:`decide_now` could not make without the store (or a JWT verifier).
-
-        Cancelling the caller never cancels the lookup: other requests for the same token may share it.
-        """
-        lookup = self.begin(miss)
-        if not lookup.done():
-            await asyncio.wait((lookup,))
-        return self.conclude(miss, lookup, facts)
-
-    def resolve_then(self, miss: Miss, facts: RequestFacts | None,
-                     finish: Callable[[Decision], T]) -> asyncio.Future[T]:
-        """A future of ``finish(decision)`` for ``miss``, completed from the lookup's own callback.
-
-        Costs no task and no coroutine: front-ends that answer a miss by writing bytes use this. An
-        exception from ``finish`` (a bug) becomes the future's exception.
-        """
+        if entry is not None:
+            self._counts["hit"] += 1
+            return then(self._judge(token_hash, entry, entry.active, entry.last_seen, now, facts), context)
+        if self.cache.is_known_bad(token_hash, now):
+            self._counts["negative_hit"] += 1
+            return then(_DENY_UNKNOWN, context)
         out: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        lookup = self.begin(miss)
-        waiting = self._waiting.get(lookup)
-        if waiting is not None:  # finished by _loaded, right after the cache is filled
-            waiting.append((miss, facts, finish, out))
+        waiting = _Waiting(token_hash, facts, then, context, out)
+        lookup = self._lookup(credential, token_hash)
+        queue = self._waiting.get(lookup)
+        if queue is not None:  # finished by _loaded, right after the cache is filled
+            queue.append(waiting)
         else:  # a lookup that failed before it started
-            lookup.add_done_callback(functools.partial(_finish_later, self, miss, facts, finish, out))
+            lookup.add_done_callback(functools.partial(self._finish, waiting))
         return out
 
-    def begin(self, miss: Miss) -> asyncio.Future[ActiveSession | None]:
-        """The lookup of ``miss``'s token: started now, or the one already in flight for it.
+    async def decide(self, credential: Credential | CredentialProblem, facts: RequestFacts | None) -> Decision:
+        """:meth:`check` for callers that await (the sign-in pages): the decision itself."""
+        answer = self.check(credential, facts, _decision, None)
+        return answer if isinstance(answer, Decision) else await answer
 
-        The future fails with StoreUnavailable when the database cannot answer; pass it, once done, to
-        :meth:`conclude`. Never cancel it: it is shared by every request for the token.
+    def _lookup(self, credential: Credential, token_hash: str) -> asyncio.Future[ActiveSession | None]:
+        """The lookup of a token the cache could not answer for: started now, or the one in flight.
+
+        The future fails with StoreUnavailable when the store cannot answer. It is shared by every check
+        for the token and is never cancelled.
         """
-        token_hash = miss.token_hash
         lookup = self._inflight.get(token_hash)
         if lookup is not None:
             self._counts["coalesced"] += 1
@@ -188,7 +170,6 @@ class Checker:
             # Fail fast while the database is known to be down, instead of queueing on timeouts.
             return _failed(StoreUnavailable("database unavailable (recent failure)"))
         self._counts["miss"] += 1
-        credential = miss.credential
         now = self._clock()
         try:
             if credential.source is CredentialSource.JWT:
@@ -200,52 +181,58 @@ class Checker:
             lookup = _failed(exc)
         self._inflight[token_hash] = lookup
         self._waiting[lookup] = []
-        # Registered first, so the cache is filled before any waiter's callback runs.
+        # Registered first, so the cache is filled before any waiting check is finished.
         lookup.add_done_callback(functools.partial(self._loaded, token_hash, now, self.cache.generation))
         return lookup
 
     def _loaded(self, token_hash: str, now: float, generation: int,
                 lookup: asyncio.Future[ActiveSession | None]) -> None:
-        """Cache what a lookup found, then finish the checks :meth:`resolve_then` left waiting for it."""
+        """Cache what a lookup found (or that it found nobody, or note that the database failed), then
+        finish every check left waiting for it."""
         waiting = self._waiting.pop(lookup, ())
-        self._cache_result(token_hash, now, generation, lookup)
-        for miss, facts, finish, out in waiting:
-            _finish_later(self, miss, facts, finish, out, lookup)
-
-    def _cache_result(self, token_hash: str, now: float, generation: int,
-                      lookup: asyncio.Future[ActiveSession | None]) -> None:
-        """Cache what a lookup found (or that it found nobody); note a database failure."""
         if self._inflight.get(token_hash) is lookup:
             del self._inflight[token_hash]
-        if lookup.cancelled():
-            return
-        error = lookup.exception()
-        if error is not None:
-            if isinstance(error, StoreUnavailable):
-                self._metrics.db_errors.labels("lookup_session").inc()
-                self._database_down_until = time.monotonic() + _RETRY_DATABASE_AFTER
-                log.error("session lookup failed: database unavailable", error=str(error))
-            return
-        active = lookup.result()
-        if active is None or not active.session.is_active(now):
-            self.cache.put_bad(token_hash, now)
-        else:
-            self.cache.put(token_hash, active, now, generation)
+        error = None if lookup.cancelled() else lookup.exception()
+        if isinstance(error, StoreUnavailable):
+            self._metrics.db_errors.labels("lookup_session").inc()
+            self._database_down_until = time.monotonic() + _RETRY_DATABASE_AFTER
+            log.error("session lookup failed: database unavailable", error=str(error))
+        elif error is None and not lookup.cancelled():
+            active = lookup.result()
+            if active is None or not active.session.is_active(now):
+                self.cache.put_bad(token_hash, now)
+            else:
+                self.cache.put(token_hash, active, now, generation)
+        for check in waiting:
+            self._finish(check, lookup)
 
-    def conclude(self, miss: Miss, lookup: asyncio.Future[ActiveSession | None],
-                 facts: RequestFacts | None) -> Decision:
-        """The decision for ``miss`` once its lookup (from :meth:`begin`) is done.
+    def _finish(self, waiting: _Waiting, lookup: asyncio.Future[ActiveSession | None]) -> None:
+        """Complete a waiting check's future with ``then(decision, context)`` now that its lookup is
+        done; a bug in ``then`` (or a lookup failure other than StoreUnavailable) becomes its exception,
+        and the front-end fails closed."""
+        out = waiting.out
+        if out.done():  # cancelled by its caller
+            return
+        try:
+            result = waiting.then(self._looked_up(waiting.token_hash, lookup, waiting.facts), waiting.context)
+        except Exception as exc:
+            out.set_exception(exc)
+        else:
+            out.set_result(result)
+
+    def _looked_up(self, token_hash: str, lookup: asyncio.Future[ActiveSession | None],
+                   facts: RequestFacts | None) -> Decision:
+        """The decision once a token's lookup is done.
 
         A database that could not answer gives the stale cached session if one is kept, else
         UNAVAILABLE. Any other failure of the lookup is a bug and is raised.
         """
-        token_hash = miss.token_hash
         now = self._clock()
         error = StoreUnavailable("lookup interrupted") if lookup.cancelled() else lookup.exception()
         if error is None:
             active = lookup.result()
             if active is None:
-                return Decision(Outcome.UNKNOWN)
+                return _DENY_UNKNOWN
             if active.session.revoked_at is not None:
                 return Decision(Outcome.REVOKED)
             if not active.session.is_active(now):
@@ -260,52 +247,20 @@ class Checker:
             raise error
         entry = self.cache.peek(token_hash)
         last_seen = entry.last_seen if entry is not None else active.session.last_seen_at
-        return self._conclude(token_hash, entry, active, last_seen, now, facts)
+        return self._judge(token_hash, entry, active, last_seen, now, facts)
 
-    def _conclude(self, token_hash: str, entry: CacheEntry | None, active: ActiveSession, last_seen: float,
-                  now: float, facts: RequestFacts | None) -> Decision:
-        """The tail shared by hits and misses: note the use, apply the policy."""
+    def _judge(self, token_hash: str, entry: CacheEntry | None, active: ActiveSession, last_seen: float,
+               now: float, facts: RequestFacts | None) -> Decision:
+        """The tail shared by hits and lookups: note the use, apply the policy."""
         if now - last_seen >= self._grain:
-            self._touch(token_hash, entry, now, active.session.idle_timeout)
+            if entry is not None:
+                entry.last_seen = now
+                idle_timeout = active.session.idle_timeout
+                if idle_timeout > 0:
+                    entry.idle_deadline = now + idle_timeout
+            self._last_seen.note(token_hash, now)
         outcome = Outcome.ALLOW if self._policy.allows(active, facts) else Outcome.FORBIDDEN
         return Decision(outcome, active, entry.memo if entry is not None else None)
-
-    def _touch(self, token_hash: str, entry: CacheEntry | None, now: float, idle_timeout: float) -> None:
-        """Note a use locally at once; write it to the database in the background, best effort."""
-        if entry is not None:
-            entry.last_seen = now
-            if idle_timeout > 0:
-                entry.idle_deadline = now + idle_timeout
-        pending = self._pending_touches
-        if len(pending) >= _MAX_PENDING_TOUCHES and token_hash not in pending:
-            return  # best effort: under a flood, later uses are recorded by later touches
-        earlier = pending.get(token_hash)
-        pending[token_hash] = (earlier[0], max(now, earlier[1])) if earlier else (now, now)
-        if self._flusher is None or self._flusher.done():
-            self._flusher = asyncio.ensure_future(self._flush_touches_soon())
-
-    async def _flush_touches_soon(self) -> None:
-        """Write pending uses in batches, one round trip per :data:`_TOUCH_BATCH_DELAY`; never raises (a
-        background task whose exception nobody would retrieve)."""
-        while self._pending_touches:
-            await asyncio.sleep(_TOUCH_BATCH_DELAY)
-            try:
-                await self.flush_touches()
-            except Exception:
-                log.exception("could not record session use")
-
-    async def flush_touches(self) -> None:
-        """Write every pending use now, :data:`_TOUCH_CHUNK` per statement, so checks are served between
-        statements; failures are logged and what is left is dropped."""
-        batch, self._pending_touches = self._pending_touches, {}
-        uses = list(batch.items())
-        for start in range(0, len(uses), _TOUCH_CHUNK):
-            try:
-                await self._store.touch_sessions(dict(uses[start:start + _TOUCH_CHUNK]))
-            except StoreUnavailable as exc:
-                self._metrics.db_errors.labels("touch_sessions").inc()
-                log.warning("could not record session use", sessions=len(uses) - start, error=str(exc))
-                return
 
     async def revoke_token(self, token: str, *, actor: str, reason: str) -> bool:
         """Revoke a session by its token: evict here at once, then in the database and everywhere else."""
@@ -340,11 +295,12 @@ class Checker:
 
     async def drain(self) -> None:
         """Write pending uses now and stop the batch writer (at shutdown, and in tests)."""
-        if self._flusher is not None and not self._flusher.done():
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-        await self.flush_touches()
+        await self._last_seen.drain()
+
+
+def _decision(decision: Decision, context: None) -> Decision:
+    """The ``then`` of :meth:`Checker.decide`: the decision itself."""
+    return decision
 
 
 def _failed(error: StoreUnavailable) -> asyncio.Future[ActiveSession | None]:
@@ -357,21 +313,3 @@ def _failed(error: StoreUnavailable) -> asyncio.Future[ActiveSession | None]:
 async def _nobody() -> None:
     """The lookup of a bearer JWT when no verifier is configured: it admits nobody."""
     return None
-
-
-_Waiting = tuple[Miss, RequestFacts | None, Callable[[Decision], T], asyncio.Future[T]]
-"""A check :meth:`Checker.resolve_then` left waiting for a lookup: its miss, facts, finish and future."""
-
-
-def _finish_later(checker: Checker, miss: Miss, facts: RequestFacts | None, finish: Callable[[Decision], T],
-                  out: asyncio.Future[T], lookup: asyncio.Future[ActiveSession | None]) -> None:
-    """Complete ``out`` with ``finish(decision)`` now that ``lookup`` is done; a bug in ``finish`` (or a
-    lookup failure other than StoreUnavailable) becomes its exception, and the caller fails closed."""
-    if out.done():  # cancelled by its caller
-        return
-    try:
-        result = finish(checker.conclude(miss, lookup, facts))
-    except Exception as exc:
-        out.set_exception(exc)
-    else:
-        out.set_result(result)

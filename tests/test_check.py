@@ -9,7 +9,7 @@ import pytest
 
 from gateway.access import DenyAll
 from gateway.app import CHECKER
-from gateway.core import Decision, Miss, Outcome
+from gateway.core import Decision, Outcome
 from gateway.credentials import Credential, CredentialSource
 from gateway.handlers.check import IDENTITY_HEADERS
 from gateway.tokens import mint_token
@@ -200,24 +200,27 @@ async def test_checks_finished_from_one_lookup_each_get_their_own_answer(gw: Gat
     token = await gw.token()
     gw.flush_cache()
     checker = gw.app[CHECKER]
-    miss = checker.decide_now(Credential(token, CredentialSource.COOKIE), None)
-    assert isinstance(miss, Miss)
+    credential = Credential(token, CredentialSource.COOKIE)
 
-    def broken(decision: Decision) -> str:
+    def outcome(decision: Decision, asked: int) -> tuple[Outcome, int]:
+        return decision.outcome, asked
+
+    def broken(decision: Decision, asked: None) -> str:
         raise RuntimeError("a bug in one front-end")
 
-    cancelled = checker.resolve_then(miss, None, lambda decision: "never")
-    outcomes = [checker.resolve_then(miss, None, lambda decision: decision.outcome) for _ in range(3)]
-    failing = checker.resolve_then(miss, None, broken)
+    cancelled = checker.check(credential, None, outcome, -1)
+    outcomes = [checker.check(credential, None, outcome, asked) for asked in range(3)]
+    failing = checker.check(credential, None, broken, None)
+    assert isinstance(cancelled, asyncio.Future) and isinstance(failing, asyncio.Future)
     cancelled.cancel()
-    assert await asyncio.gather(*outcomes) == [Outcome.ALLOW] * 3
+    assert await asyncio.gather(*outcomes) == [(Outcome.ALLOW, 0), (Outcome.ALLOW, 1), (Outcome.ALLOW, 2)]
     with pytest.raises(RuntimeError, match="a bug in one front-end"):
         await failing
     assert cancelled.cancelled()
     assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
     assert gw.metric("gateway_session_cache_events_total", event="coalesced") == 4
-    # the cache was filled before any of them finished: the next check is a hit
-    assert isinstance(checker.decide_now(Credential(token, CredentialSource.COOKIE), None), Decision)
+    # the cache was filled before any of them finished: the next check is answered at once
+    assert checker.check(credential, None, outcome, 3) == (Outcome.ALLOW, 3)
 
 
 async def test_revocation_evicts_the_cache_at_once(gw: Gateway) -> None:
@@ -293,7 +296,7 @@ async def test_many_uses_are_written_back_in_statements_of_bounded_size(
         await touch_sessions(touches)
 
     monkeypatch.setattr(store, "touch_sessions", counting)
-    monkeypatch.setattr("gateway.core._TOUCH_BATCH_DELAY", 3600.0)  # only drain() below writes: no timing
+    monkeypatch.setattr("gateway.lastseen.BATCH_DELAY", 3600.0)  # only drain() below writes: no timing
     gw.clock.advance(120)
     checker = gw.app[CHECKER]
     for token in tokens:

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from gateway.app import CHECKER
+from gateway.facts import RequestFacts
 from gateway.handlers.check import IDENTITY_HEADERS
+from gateway.models import ActiveSession
 from tests.harness import Gateway, GatewayFactory
 
 
@@ -263,22 +264,19 @@ async def test_the_fast_lane_answers_exactly_as_aiohttp_does(gateway_factory: Ga
 
 
 
-async def test_a_bug_in_the_check_fails_closed_with_a_500(gw: Gateway, monkeypatch: pytest.MonkeyPatch) -> None:
-    token = await gw.token()
-    checker = gw.app[CHECKER]
+class _BuggyPolicy:
+    """A policy with a bug: every check that reaches it raises."""
 
-    def broken(*args: object) -> None:
+    def allows(self, active: ActiveSession, facts: RequestFacts | None) -> bool:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(checker, "decide_now", broken)
-    [answer] = await exchange(gw, get("/auth/check", token))
-    assert answer.status == 500 and answer.headers["connection"] == "close"
-    gw.flush_cache()
 
-    def broken_later(*args: object) -> None:
-        raise RuntimeError("boom later")
-
-    monkeypatch.undo()  # the cache is empty now: the check gets as far as the lookup, then fails
-    monkeypatch.setattr(checker, "conclude", broken_later)
-    [answer] = await exchange(gw, get("/auth/webhook", token))
-    assert answer.status == 500 and answer.headers["connection"] == "close"
+async def test_a_bug_in_the_check_fails_closed_with_a_500(gateway_factory: GatewayFactory) -> None:
+    gw = await gateway_factory(policy=_BuggyPolicy())
+    token = await gw.token()
+    # the first check reaches the bug after the lookup, the second straight from the cache
+    for path in ("/auth/webhook", "/auth/check", "/auth/check", "/auth/webhook"):
+        [answer] = await exchange(gw, get(path, token))
+        assert answer.status == 500 and answer.headers["connection"] == "close", path
+    assert gw.metric("gateway_session_cache_events_total", event="miss") == 1
+    assert gw.metric("gateway_session_cache_events_total", event="hit") == 3

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from typing import NamedTuple
 from urllib.parse import parse_qsl, quote
 
 import structlog
@@ -19,7 +20,7 @@ from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from gateway.access import effective_roles
-from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Miss, Outcome
+from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
 from gateway.metrics import Metrics
@@ -55,6 +56,17 @@ def identity_headers(decision: Decision, default_role: str) -> dict[str, str]:
         "X-Auth-Request-Groups": header_safe(",".join(effective_roles(user, default_role))),
         "X-Auth-Request-User-Id": str(user.id),
     }
+
+
+class _Asked(NamedTuple):
+    """What a check asked, kept until it is decided: everything the reply and its log line need."""
+
+    facts: RequestFacts | None
+    redirect: bool
+    credential: Credential | CredentialProblem
+    started: float
+    peer: str
+    headers: MultiMapping[str]
 
 
 class CheckEndpoint:
@@ -96,24 +108,21 @@ class CheckEndpoint:
         except MalformedOriginalRequest as exc:
             log.info("check denied", outcome=DENY_BAD_ORIGINAL_REQUEST.outcome.value, reason=str(exc),
                      client=peer, request_id=self._request_id(headers.get("X-Request-ID", "")))
-            return self._finish(DENY_BAD_ORIGINAL_REQUEST, facts, redirect, credential, started, peer, headers)
-        decision = self._checker.decide_now(credential, facts)
-        if isinstance(decision, Miss):
-            return self._checker.resolve_then(
-                decision, facts, lambda later: self._finish(later, facts, redirect, credential, started, peer, headers))
-        return self._finish(decision, facts, redirect, credential, started, peer, headers)
+            return self._reply(DENY_BAD_ORIGINAL_REQUEST, _Asked(facts, redirect, credential, started, peer, headers))
+        return self._checker.check(credential, facts, self._reply,
+                                   _Asked(facts, redirect, credential, started, peer, headers))
 
-    def _finish(self, decision: Decision, facts: RequestFacts | None, redirect: bool,
-                credential: Credential | CredentialProblem, started: float, peer: str,
-                headers: MultiMapping[str]) -> Reply:
-        reply = self._render(decision, facts, redirect)
+    def _reply(self, decision: Decision, asked: _Asked) -> Reply:
+        """The reply to a decided check: rendered, logged when denied, counted."""
+        reply = self._render(decision, asked.facts, asked.redirect)
         if not decision.allowed:
             event = log.error if decision.outcome is Outcome.UNAVAILABLE else log.info
-            source = credential.source.value if isinstance(credential, Credential) else None
+            credential = asked.credential
             event("check denied", endpoint="check", outcome=decision.outcome.value, status=reply.status,
-                  source=source, client=peer, user_id=decision.active.user.id if decision.active else None,
-                  request_id=self._request_id(headers.get("X-Request-ID", "")))
-        self._count("check", decision.outcome.value, time.perf_counter() - started)
+                  source=credential.source.value if isinstance(credential, Credential) else None,
+                  client=asked.peer, user_id=decision.active.user.id if decision.active else None,
+                  request_id=self._request_id(asked.headers.get("X-Request-ID", "")))
+        self._count("check", decision.outcome.value, time.perf_counter() - asked.started)
         return reply
 
     def _render(self, decision: Decision, facts: RequestFacts | None, redirect: bool) -> Reply:

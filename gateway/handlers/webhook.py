@@ -12,14 +12,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import cast
+from typing import NamedTuple, cast
 
 import structlog
 from aiohttp import hdrs, web
 from multidict import MultiMapping
 
 from gateway.access import choose_role
-from gateway.core import Checker, Decision, Miss, Outcome
+from gateway.core import Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialProblem, find_credential
 from gateway.errors import GatewayError, PayloadTooLarge
 from gateway.hasura import (
@@ -38,6 +38,16 @@ from gateway.settings import Settings
 log = structlog.get_logger("gateway.webhook")
 
 _JSON = {"Content-Type": "application/json"}
+
+
+class _Asked(NamedTuple):
+    """What a webhook call asked, kept until it is decided: everything the reply and its log line need."""
+
+    credential: Credential | CredentialProblem
+    roles: list[str] | None
+    started: float
+    peer: str
+    headers: MultiMapping[str]
 
 
 class WebhookEndpoint:
@@ -78,11 +88,7 @@ class WebhookEndpoint:
             authorization = headers.getall(hdrs.AUTHORIZATION, ())
             roles = headers.getall("X-Hasura-Role", None)
         credential = find_credential(cookies, authorization, self._cookie_name, accept_jwt=self._accept_jwt)
-        decision = self._checker.decide_now(credential, None)
-        if isinstance(decision, Miss):
-            return self._checker.resolve_then(
-                decision, None, lambda later: self._finish(later, credential, roles, started, peer, headers))
-        return self._finish(decision, credential, roles, started, peer, headers)
+        return self._checker.check(credential, None, self._reply, _Asked(credential, roles, started, peer, headers))
 
     def refuse(self, exc: GatewayError, headers: MultiMapping[str]) -> Reply:
         """Log and answer a malformed call (Hasura never sends one)."""
@@ -92,8 +98,9 @@ class WebhookEndpoint:
         return error_reply(headers.get("Accept", ""), request_id, exc.status, exc.code, exc.message, exc.headers,
                            title=exc.title, link=exc.link)
 
-    def _finish(self, decision: Decision, credential: Credential | CredentialProblem, roles: list[str] | None,
-                started: float, peer: str, headers: MultiMapping[str]) -> Reply:
+    def _reply(self, decision: Decision, asked: _Asked) -> Reply:
+        """The reply to a decided call: session variables or the deny, logged when denied, counted."""
+        roles = asked.roles
         outcome = decision.outcome
         reply: Reply | None = None
         if outcome is Outcome.ALLOW and decision.active is not None:
@@ -106,12 +113,13 @@ class WebhookEndpoint:
         if reply is None:
             reply = self._deny
             event = log.error if outcome is Outcome.UNAVAILABLE else log.info
+            credential = asked.credential
             event("webhook denied", endpoint="webhook", outcome=outcome.value,
                   source=credential.source.value if isinstance(credential, Credential) else None,
-                  requested_role=roles[-1][:64] if roles else None, client=peer,
+                  requested_role=roles[-1][:64] if roles else None, client=asked.peer,
                   user_id=decision.active.user.id if decision.active else None,
-                  request_id=self._request_id(headers.get("X-Request-ID", "")))
-        self._count("webhook", outcome.value, time.perf_counter() - started)
+                  request_id=self._request_id(asked.headers.get("X-Request-ID", "")))
+        self._count("webhook", outcome.value, time.perf_counter() - asked.started)
         return reply
 
     def _allowed(self, decision: Decision, roles: list[str] | None) -> Reply | None:
