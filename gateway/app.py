@@ -92,8 +92,12 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.cleanup_ctx.append(_upstreams_lifecycle)
 
     # The check path is not wrapped (see gateway.http_errors); everything else is guarded.
-    hot = HotEndpoints(CheckEndpoint(checker, settings, metrics, proxies, ids),
-                       WebhookEndpoint(checker, settings, metrics, ids, clock))
+    hot = HotEndpoints(
+        CheckEndpoint(checker, settings.check, cookie_name=settings.cookie.name,
+                      default_role=settings.hasura.default_role, login_url=settings.public_url.rstrip("/") + "/login",
+                      metrics=metrics, proxies=proxies, ids=ids),
+        WebhookEndpoint(checker, settings.hasura, cookie_name=settings.cookie.name,
+                        accept_jwt=bool(settings.check.jwt_upstreams), metrics=metrics, ids=ids, clock=clock))
     app[HOT] = hot
     check = CheckHandler(hot.check)
     webhook = WebhookHandler(hot.webhook)

@@ -26,7 +26,7 @@ from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies
 from gateway.metrics import Metrics
 from gateway.reply import Reply
 from gateway.requestids import RequestIds
-from gateway.settings import Settings
+from gateway.settings import CheckSettings
 
 log = structlog.get_logger("gateway.check")
 
@@ -72,17 +72,19 @@ class _Asked(NamedTuple):
 class CheckEndpoint:
     """The check endpoints' logic over plain request parts; every front-end adapts to it."""
 
-    def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, proxies: TrustedProxies,
-                 ids: RequestIds) -> None:
+    def __init__(self, checker: Checker, check: CheckSettings, *, cookie_name: str, default_role: str,
+                 login_url: str, metrics: Metrics, proxies: TrustedProxies, ids: RequestIds) -> None:
+        """``login_url`` is the gateway's public sign-in page; ``default_role`` the role a session has when
+        its user holds none (reported in ``X-Auth-Request-Groups``)."""
         self._checker = checker
         self._count = metrics.count_check
         self._request_id = ids.new
         self._proxies = proxies
-        self._cookie_name = settings.cookie.name
-        self._accept_jwt = bool(settings.check.jwt_upstreams)
-        self._default_role = settings.hasura.default_role
-        self._redirect_browsers = settings.check.redirect_browsers
-        self._login_url = settings.public_url.rstrip("/") + "/login"
+        self._cookie_name = cookie_name
+        self._accept_jwt = bool(check.jwt_upstreams)
+        self._default_role = default_role
+        self._redirect_browsers = check.redirect_browsers
+        self._login_url = login_url
         self._anonymous = {status: Reply(status, _EMPTY_IDENTITY) for status in (401, 503)}
         """Replies that depend on nothing in the request; a front-end may keep their serialised form."""
 

@@ -33,7 +33,7 @@ from gateway.http_errors import error_reply
 from gateway.metrics import Metrics
 from gateway.reply import Reply
 from gateway.requestids import RequestIds
-from gateway.settings import Settings
+from gateway.settings import HasuraSettings
 
 log = structlog.get_logger("gateway.webhook")
 
@@ -53,18 +53,19 @@ class _Asked(NamedTuple):
 class WebhookEndpoint:
     """The webhook's logic over plain request parts; every front-end adapts to it."""
 
-    def __init__(self, checker: Checker, settings: Settings, metrics: Metrics, ids: RequestIds,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, checker: Checker, hasura: HasuraSettings, *, cookie_name: str, accept_jwt: bool,
+                 metrics: Metrics, ids: RequestIds, clock: Callable[[], float]) -> None:
+        """``accept_jwt`` admits upstream-issued bearer JWTs (``check.jwt_upstreams`` is set)."""
         self._checker = checker
         self._count = metrics.count_check
         self._request_id = ids.new
-        self._hasura = settings.hasura
-        self._default_role = settings.hasura.default_role
-        self._anonymous = Reply(200, _JSON, encode_variables(anonymous_variables(settings.hasura.anonymous_role))) \
-            if settings.hasura.anonymous_role else None
-        self._cookie_name = settings.cookie.name
-        self._accept_jwt = bool(settings.check.jwt_upstreams)
-        self.max_body = settings.hasura.max_body_bytes
+        self._hasura = hasura
+        self._default_role = hasura.default_role
+        self._anonymous = Reply(200, _JSON, encode_variables(anonymous_variables(hasura.anonymous_role))) \
+            if hasura.anonymous_role else None
+        self._cookie_name = cookie_name
+        self._accept_jwt = accept_jwt
+        self.max_body = hasura.max_body_bytes
         """POST bodies longer than this are refused (413) by the front-end before they are read."""
         self._clock = clock
         self._deny = Reply(401, _JSON, b'{"error":"unauthenticated"}')
