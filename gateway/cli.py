@@ -19,12 +19,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TextIO, TypeVar
-from urllib.parse import unquote, urlsplit
 
 from gateway import __version__, admin
 from gateway.errors import StoreUnavailable
 from gateway.logging import configure_logging
 from gateway.models import AuditEvent, SessionRecord, User
+from gateway.redaction import scrub, url_secrets
 from gateway.settings import Settings, load_settings, parse_duration, redacted
 from gateway.store import make_store
 from gateway.store.base import Block, BlockKey, Store
@@ -257,12 +257,8 @@ def _settings_or_report(args: argparse.Namespace, console: Console, **overrides:
 
 
 def _scrub(message: str, settings: Settings) -> str:
-    """``message`` with the database password masked, in case a driver error repeated it."""
-    password = urlsplit(settings.database_url).password
-    if password:
-        for form in {password, unquote(password)}:
-            message = message.replace(form, "***")
-    return message
+    """``message`` with the database passwords masked, in case a driver error repeated them."""
+    return scrub(message, url_secrets(settings.database_url, settings.database.feed_url))
 
 
 def _cli_log_level(level: str) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from gateway.access import is_role_name
+from gateway.redaction import MASK, mask_url
 from upstreams import PROVIDER_TYPES, provider_class
 from upstreams.base import closest_key
 
@@ -703,18 +704,11 @@ def redacted(settings: Settings) -> dict[str, Any]:
 def _printable(name: str, value: Any) -> Any:
     """A setting value as plain data with every secret masked."""
     if name in SECRET_SETTINGS:
-        return _mask_url(str(value))
+        return mask_url(str(value))
     if isinstance(value, Mapping):
-        return {k: "***" if any(w in str(k).lower() for w in ("secret", "password", "token")) and v
+        return {k: MASK if any(w in str(k).lower() for w in ("secret", "password", "token")) and v
                 else _printable(f"{name}.{k}", v) for k, v in value.items()}
     if isinstance(value, tuple | list):
         return [_printable(name, v) for v in value]
     return value
 
-
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return parts._replace(netloc=netloc).geturl()
-    return url

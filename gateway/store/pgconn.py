@@ -28,6 +28,7 @@ import psycopg2.errors
 import psycopg2.extensions
 
 from gateway.errors import StoreUnavailable
+from gateway.redaction import scrub as scrub  # re-exported: the pool and the feed mask with it too
 from gateway.store.pghosts import HostRoute
 
 UNREACHABLE: tuple[type[BaseException], ...] = (
@@ -53,13 +54,6 @@ def describe(exc: BaseException) -> str:
         if line.strip():
             return line.strip()
     return type(exc).__name__
-
-
-def scrub(text: str, secrets: Sequence[str]) -> str:
-    """``text`` with every one of ``secrets`` masked."""
-    for secret in secrets:
-        text = text.replace(secret, "***")
-    return text
 
 
 def raise_unavailable(exc: BaseException, secrets: Sequence[str]) -> NoReturn:
