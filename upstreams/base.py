@@ -70,6 +70,9 @@ class Identity:
     claims: Mapping[str, Any] = field(default_factory=dict)
     id_token: str = ""
     """The raw ID token, kept only to hint the provider's end-session endpoint at logout."""
+    session_id: str = ""
+    """The provider's own session at sign-in (OIDC ``sid``), named again by a back-channel logout; "" when
+    the provider gives none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +118,34 @@ class Provider(Protocol):
     async def verify_bearer(self, token: str) -> Identity | None:
         """Verify a JWT access token this provider issued (signature, iss, aud, exp); None if not
         supported or not valid. Never raises for a bad token; may raise ProviderError(UNAVAILABLE)."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogoutNotice:
+    """A verified OIDC back-channel logout: end every session of ``subject`` at this upstream, or only
+    those begun in the provider session ``session_id`` (at least one of the two is set).
+
+    ``token_id`` (the logout token's ``jti``) is single use: the gateway refuses a second notice with
+    the same id until ``expires_at`` (Unix time), after which the token itself is no longer accepted.
+    """
+
+    subject: str
+    session_id: str
+    token_id: str
+    expires_at: float
+
+
+class BackChannelLogout(Protocol):
+    """A provider that can tell the gateway, server to server, that a user signed out upstream
+    (OpenID Connect Back-Channel Logout 1.0)."""
+
+    async def verify_logout_token(self, token: str) -> LogoutNotice:
+        """Verify a logout token as the spec's section 2.6 says (signature from the provider's keys,
+        ``iss``, ``aud``, ``iat``, ``exp``, ``jti``, the logout event, ``sub`` or ``sid``, no ``nonce``).
+
+        Raises ProviderError(INVALID) for a token that fails any check, ProviderError(UNAVAILABLE) when
+        the provider's keys cannot be fetched. Does not check that ``jti`` is new: that is the gateway's.
+        """
 
 
 class ProviderFactory(Protocol):

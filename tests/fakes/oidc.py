@@ -164,6 +164,8 @@ class FakeOIDC:
         self.authorize_requests: list[dict[str, str]] = []
         self.token_requests: list[dict[str, str]] = []
         self.logout_requests: list[dict[str, str]] = []
+        self.session_ids: list[str] = []
+        """The provider session (``sid``) of each sign-in, in order: what a back-channel logout names."""
         self.issuer = ""
         self.server: TestServer | None = None
         self._grants: dict[str, Grant] = {}
@@ -238,6 +240,33 @@ class FakeOIDC:
         token = self.sign(payload, alg=alg, kid=kid)
         self._access_tokens[token] = user.sub
         return token
+
+    def logout_token(self, *, sub: str | None = "", sid: str | None = None, jti: str | None = None,
+                     typ: str | None = "logout+jwt", alg: Alg = "RS256", kid: str | None = None,
+                     omit: tuple[str, ...] = (), **claims: Any) -> str:
+        """A back-channel logout token (Back-Channel Logout 1.0, 2.4) as this provider would send it.
+
+        ``sub=""`` names the signed-in user (``login_as``), None leaves ``sub`` out; ``sid`` names a
+        provider session (None: none); ``typ`` None sends no ``typ`` header; ``claims`` override or add
+        claims; ``omit`` drops some.
+        """
+        now = int(time.time())
+        payload: dict[str, Any] = {
+            "iss": self.issuer, "aud": self.client_id, "iat": now, "exp": now + 120,
+            "jti": jti or secrets.token_urlsafe(16),
+            "events": {"http://schemas.openid.net/event/backchannel-logout": {}},
+        }
+        if sub is not None:
+            payload["sub"] = sub or self.users[self.login_as].sub
+        if sid is not None:
+            payload["sid"] = sid
+        payload.update(claims)
+        for claim in omit:
+            payload.pop(claim, None)
+        if alg != "RS256":
+            return self.sign(payload, alg=alg, kid=kid)
+        return jwt.encode(payload, self._keys[self.signing_kid], algorithm="RS256",
+                          headers={"kid": kid or self.signing_kid, "typ": typ})
 
     # ---- the app --------------------------------------------------------------------------------------
 
@@ -363,6 +392,8 @@ class FakeOIDC:
             "at_hash": at_hash("tampered" if knobs.bad_at_hash else access_token),
             **user.standard_claims(),
         }
+        claims["sid"] = f"sid-{len(self.session_ids) + 1}"
+        self.session_ids.append(claims["sid"])
         if grant.nonce is not None:
             claims["nonce"] = grant.nonce
         if knobs.id_token_nonce is not None:

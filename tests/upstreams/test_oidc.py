@@ -26,7 +26,7 @@ from tests.fakes.oidc import (
     make_login_secrets,
 )
 from upstreams import build_provider, config_problems
-from upstreams.base import Callback, FailureReason, Identity, ProviderError
+from upstreams.base import Callback, FailureReason, Identity, LogoutNotice, ProviderError
 from upstreams.oidc import DISCOVERY_TTL, JWKS_TTL, OIDCProvider
 
 
@@ -126,6 +126,7 @@ async def test_login_returns_the_verified_identity(fake: FakeOIDC, http: aiohttp
     assert identity.mfa is False
     assert identity.claims["iss"] == fake.issuer
     assert identity.id_token.count(".") == 2
+    assert identity.session_id == fake.session_ids[-1]
     token_request = fake.token_requests[-1]
     assert token_request["auth_method"] == "client_secret_post"
     assert token_request["redirect_uri"] == REDIRECT_URI
@@ -593,3 +594,74 @@ def test_parse_config_defaults() -> None:
 
 def test_knobs_default_to_good_behaviour() -> None:
     assert Knobs().id_token_alg == "RS256"
+
+
+# ---- back-channel logout tokens (OIDC Back-Channel Logout 1.0, 2.6) ---------------------------------------
+
+LOGOUT_EVENT = "http://schemas.openid.net/event/backchannel-logout"
+NOW = int(time.time())
+
+FORGED_LOGOUT_TOKENS = [
+    pytest.param({"aud": "another-client"}, "another audience", id="wrong-aud"),
+    pytest.param({"iss": "https://evil.example"}, "another issuer", id="wrong-iss"),
+    pytest.param({"azp": "another-client"}, "another client (azp)", id="wrong-azp"),
+    pytest.param({"events": {}}, "no back-channel logout event", id="no-event"),
+    pytest.param({"events": [LOGOUT_EVENT]}, "no back-channel logout event", id="events-a-list"),
+    pytest.param({"events": {LOGOUT_EVENT: "yes"}}, "no back-channel logout event", id="event-not-an-object"),
+    pytest.param({"nonce": "n-1"}, "carries a nonce", id="nonce"),
+    pytest.param({"sub": None}, "neither a subject nor a session", id="neither-sub-nor-sid"),
+    pytest.param({"jti": 7}, "invalid", id="jti-a-number"),
+    pytest.param({"sid": ["s"]}, "sid is malformed", id="sid-a-list"),
+    pytest.param({"sid": "s" * 1025}, "sid is malformed", id="sid-huge"),
+    pytest.param({"omit": ("jti",)}, "lacks the jti claim", id="no-jti"),
+    pytest.param({"omit": ("iat",)}, "lacks the iat claim", id="no-iat"),
+    pytest.param({"omit": ("exp",)}, "lacks the exp claim", id="no-exp"),
+    pytest.param({"omit": ("events",)}, "lacks the events claim", id="no-events"),
+    pytest.param({"exp": NOW - 3600, "iat": NOW - 3700}, "has expired", id="expired"),
+    pytest.param({"iat": NOW + 3600, "exp": NOW + 3700}, "dated in the future", id="iat-in-the-future"),
+    pytest.param({"typ": "at+jwt"}, "typed as something else", id="typed-as-an-access-token"),
+    pytest.param({"alg": "none"}, "disallowed algorithm", id="unsigned"),
+    pytest.param({"alg": "HS256-public-key"}, "disallowed algorithm", id="hs256-keyed-with-the-public-key"),
+    pytest.param({"kid": "unknown-key"}, "", id="unknown-key"),
+]
+
+
+async def test_a_logout_token_names_the_subject_and_the_provider_session(fake: FakeOIDC,
+                                                                         http: aiohttp.ClientSession) -> None:
+    provider = provider_for(fake, http)
+    notice = await provider.verify_logout_token(fake.logout_token(sid="sid-7", jti="jti-1"))
+    assert notice == LogoutNotice(subject="user-alice", session_id="sid-7", token_id="jti-1",
+                                  expires_at=notice.expires_at)
+    assert time.time() < notice.expires_at <= time.time() + 121
+    by_session = await provider.verify_logout_token(fake.logout_token(sub=None, sid="sid-8"))
+    assert (by_session.subject, by_session.session_id) == ("", "sid-8")
+    untyped = await provider.verify_logout_token(fake.logout_token(typ=None))
+    assert (untyped.subject, untyped.session_id) == ("user-alice", "")
+    for typ in ("application/logout+jwt", "JWT"):  # "JWT": what providers that do not type them send
+        assert (await provider.verify_logout_token(fake.logout_token(typ=typ))).subject == "user-alice"
+
+
+@pytest.mark.parametrize(("forge", "words"), FORGED_LOGOUT_TOKENS)
+async def test_forged_logout_tokens_are_refused(fake: FakeOIDC, http: aiohttp.ClientSession,
+                                                forge: dict[str, Any], words: str) -> None:
+    provider = provider_for(fake, http)
+    with pytest.raises(ProviderError) as caught:
+        await provider.verify_logout_token(fake.logout_token(**forge))
+    assert caught.value.reason is FailureReason.INVALID
+    assert words in caught.value.message and caught.value.message.startswith("corp: ")
+
+
+async def test_an_id_token_or_garbage_is_not_a_logout_token(fake: FakeOIDC, http: aiohttp.ClientSession) -> None:
+    provider = provider_for(fake, http)
+    identity = await login(provider)
+    for token in (identity.id_token, "", "not-a-jwt", "a.b", "x" * 20_000, fake.access_token()):
+        with pytest.raises(ProviderError) as caught:
+            await provider.verify_logout_token(token)
+        assert caught.value.reason is FailureReason.INVALID
+
+
+async def test_logout_tokens_need_the_key_set(fake: FakeOIDC, http: aiohttp.ClientSession) -> None:
+    fake.knobs.jwks_status = 503
+    with pytest.raises(ProviderError) as caught:
+        await provider_for(fake, http).verify_logout_token(fake.logout_token())
+    assert caught.value.reason is FailureReason.UNAVAILABLE

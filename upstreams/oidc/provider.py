@@ -24,7 +24,7 @@ from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
 )
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
 
-from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, ProviderError
+from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, LogoutNotice, ProviderError
 from upstreams.oidc.config import CLIENT_AUTH_BASIC, OIDCConfig, OIDCSettings
 from upstreams.oidc.keys import Discovery, ProviderKeys, Rejected
 from upstreams.oidc.verify import JWS_COMPACT, MAX_TOKEN_CHARS, TokenVerifier
@@ -47,6 +47,7 @@ class OIDCProvider(OIDCConfig):
     """
 
     type_name: ClassVar[str] = "oidc"
+    issues_bearer_jwts: ClassVar[bool] = True  # access tokens are JWTs signed with the provider's keys
     default_display_name: ClassVar[str] = ""
     username_claims: ClassVar[tuple[str, ...]] = ("preferred_username", "nickname")
     bearer_audience_claim: ClassVar[str] = "aud"
@@ -201,6 +202,17 @@ class OIDCProvider(OIDCConfig):
         return self._identity(claims, email=email, email_verified=verified,
                               groups=_strings_at(claims, self.settings.groups_claim), id_token="")
 
+    async def verify_logout_token(self, token: str) -> LogoutNotice:
+        """A verified back-channel logout notice (see :class:`~upstreams.base.BackChannelLogout`)."""
+        if not JWS_COMPACT.fullmatch(token[:MAX_TOKEN_CHARS + 1]):
+            raise ProviderError(FailureReason.INVALID, f"{self.name}: the logout token is not a signed JWT")
+        try:
+            claims = await self._verifier.verify_logout_token(token)
+        except Rejected as exc:
+            raise ProviderError(FailureReason.INVALID, f"{self.name}: {exc}") from None
+        return LogoutNotice(subject=claims.get("sub") or "", session_id=claims.get("sid") or "",
+                            token_id=claims["jti"], expires_at=float(claims["exp"]))
+
     async def discovery(self) -> Discovery:
         """The provider's discovery document (see :meth:`ProviderKeys.discovery`)."""
         return await self._keys.discovery()
@@ -296,6 +308,7 @@ class OIDCProvider(OIDCConfig):
             mfa=mfa,
             claims=dict(claims),
             id_token=id_token,
+            session_id=first("sid") if id_token else "",
         )
 
 

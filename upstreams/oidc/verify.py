@@ -1,7 +1,9 @@
 """OIDC token verification: every JWT (ID token, access token, bearer token) is checked before use.
 
 Signature with an allow-listed algorithm that fits the published key, ``iss``, ``aud``/``azp``, ``exp``,
-``iat``/``nbf``, and for ID tokens ``nonce`` and ``at_hash`` (OIDC Core 3.1.3.7).
+``iat``/``nbf``, and for ID tokens ``nonce`` and ``at_hash`` (OIDC Core 3.1.3.7); for back-channel logout
+tokens the logout event, ``jti``, ``sub``/``sid`` and the absence of ``nonce`` (Back-Channel Logout 1.0,
+2.6).
 """
 
 from __future__ import annotations
@@ -19,6 +21,13 @@ from upstreams.oidc.config import SIGNING_ALGORITHMS, OIDCSettings
 from upstreams.oidc.keys import ProviderKeys, Rejected
 
 MAX_TOKEN_CHARS: Final = 16_384
+BACKCHANNEL_LOGOUT_EVENT: Final = "http://schemas.openid.net/event/backchannel-logout"
+"""The member of a logout token's ``events`` claim that makes it one (Back-Channel Logout 1.0, 2.4)."""
+LOGOUT_TOKEN_TYPES: Final = frozenset({"logout+jwt", "application/logout+jwt", "jwt"})
+"""``typ`` values a logout token may carry: 2.4 says it SHOULD be typed ``logout+jwt``, and providers that do
+not type them send ``JWT`` or nothing. Another type (``at+jwt``) is another kind of token."""
+MAX_CLAIM_CHARS: Final = 1024
+"""Longest ``jti``, ``sub`` or ``sid`` a logout token may carry."""
 JWS_COMPACT: Final = re.compile(r"[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]+\.[A-Za-z0-9_\-]*")
 
 
@@ -88,6 +97,37 @@ class TokenVerifier:
                 raise Rejected("the ID token's at_hash does not match the access token")
         return claims
 
+    async def verify_logout_token(self, token: str) -> dict[str, Any]:
+        """Claims of a back-channel logout token that passes every check of Back-Channel Logout 1.0, 2.6.
+
+        Like an ID token: signature, ``iss``, ``aud`` (this client), ``azp`` when present, ``iat``, ``exp``.
+        Beyond it: ``jti`` present; ``events`` an object whose logout member is an object; ``sub`` or
+        ``sid`` (strings); no ``nonce`` (which an ID token passed off as a logout token would carry); a
+        ``typ`` header, when present, of a logout token. Raises Rejected.
+        """
+        try:
+            typ = jwt.get_unverified_header(token).get("typ") if len(token) <= MAX_TOKEN_CHARS else None
+        except jwt.PyJWTError:
+            typ = None  # verify_jwt says what is wrong with it
+        if typ is not None and (not isinstance(typ, str) or typ.lower() not in LOGOUT_TOKEN_TYPES):
+            raise Rejected("the logout token is typed as something else (typ)")
+        claims = await self.verify_jwt(token, what="logout token", audience=self.settings.client_id,
+                                       require=("iss", "aud", "iat", "exp", "jti", "events"))
+        if "azp" in claims and claims["azp"] != self.settings.client_id:
+            raise Rejected("the logout token was issued to another client (azp)")
+        events = claims.get("events")
+        if not isinstance(events, dict) or not isinstance(events.get(BACKCHANNEL_LOGOUT_EVENT), dict):
+            raise Rejected("the logout token carries no back-channel logout event")
+        if "nonce" in claims:
+            raise Rejected("the logout token carries a nonce (an ID token is not a logout token)")
+        for name in ("jti", "sub", "sid"):
+            value = claims.get(name)
+            if value is not None and (not isinstance(value, str) or not value or len(value) > MAX_CLAIM_CHARS):
+                raise Rejected(f"the logout token's {name} is malformed")
+        if not claims.get("sub") and not claims.get("sid"):
+            raise Rejected("the logout token names neither a subject nor a session (sub, sid)")
+        return claims
+
     async def access_token_claims(self, access_token: str) -> dict[str, Any]:
         """Verified claims of a JWT access token; {} when the token is opaque (no groups then)."""
         if not access_token or not JWS_COMPACT.fullmatch(access_token):
@@ -106,4 +146,5 @@ def half_hash(value: str, alg: str) -> str:
     return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode()
 
 
-__all__ = ["JWS_COMPACT", "MAX_TOKEN_CHARS", "TokenVerifier", "half_hash"]
+__all__ = ["BACKCHANNEL_LOGOUT_EVENT", "JWS_COMPACT", "LOGOUT_TOKEN_TYPES", "MAX_TOKEN_CHARS", "TokenVerifier",
+           "half_hash"]
