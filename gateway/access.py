@@ -169,6 +169,14 @@ def _strings(table: Mapping[str, Any], key: str) -> tuple[str, ...]:
     return tuple(str(v) for v in value)
 
 
+def access_problems(default: str, rules: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Every problem with ``[access]``: its ``default`` and each of its ``rules`` (empty when sound)."""
+    problems: list[str] = []
+    if default not in {"allow", "deny"}:
+        problems.append(f"access.default: expected allow or deny, got {default!r}")
+    return problems + rule_problems(rules)
+
+
 def rule_problems(tables: Sequence[Mapping[str, Any]]) -> list[str]:
     """Every problem with ``[[access.rules]]`` (empty when all parse)."""
     problems: list[str] = []
@@ -281,6 +289,18 @@ class EnrolmentPolicy:
         if (self.emails or self.domains) and not email_verified:
             return "your account has no verified email address that this site accepts"
         return "your account is not on this site's list of allowed users"
+
+
+def enrolment_problems(emails: Sequence[str], domains: Sequence[str]) -> list[str]:
+    """Problems with ``[enrolment]`` lists: each email an address, each domain a bare domain name."""
+    problems: list[str] = []
+    for domain in domains:
+        if "@" in domain or not re.fullmatch(r"[A-Za-z0-9.-]+\.[A-Za-z]{2,}", domain.strip()):
+            problems.append(f"enrolment.domains: {domain!r} is not a domain (write example.com)")
+    for email in emails:
+        if email.count("@") != 1:
+            problems.append(f"enrolment.emails: {email!r} is not an email address")
+    return problems
 
 
 _ROLE_NAME = re.compile(r"[^\s,\x00-\x1f\x7f]+")

@@ -73,7 +73,10 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     cache.degraded = True
     checker = Checker(store=store, cache=cache, policy=policy or configured_policy(settings), metrics=metrics,
                       last_seen_grain=settings.session.last_seen_grain, clock=clock)
-    login = LoginService(settings=settings, store=store, checker=checker, metrics=metrics, clock=clock)
+    login = LoginService(login=settings.login, sessions=settings.session, enrolment=settings.enrolment,
+                         roles=settings.roles, public_url=settings.public_url, redirect_hosts=settings.redirect_hosts,
+                         bearer_upstreams=settings.check.jwt_upstreams, store=store, checker=checker,
+                         metrics=metrics, clock=clock)
     if settings.check.jwt_upstreams:
         checker.jwt_verifier = login.verify_bearer_session
     state = RuntimeState()

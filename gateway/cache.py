@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from gateway.models import ActiveSession
+from gateway.settings import CacheSettings
 
 DROP_PER_PUT = 2
 """Dead entries (past ``stale_if_error`` or their session's end) dropped at most per put: more than one,
@@ -243,3 +244,14 @@ class SessionCache:
         """Forget every positive entry."""
         self.generation += 1
         self._good.clear()
+
+
+def cache_problems(cache: CacheSettings) -> list[str]:
+    """Problems with ``[cache]``: room for at least one entry, and a degraded TTL short enough that a
+    revocation made elsewhere still takes effect within a second while the feed is down."""
+    problems: list[str] = []
+    if cache.max_entries < 1 or cache.negative_max_entries < 1:
+        problems.append("cache.max_entries and cache.negative_max_entries: must be at least 1")
+    if cache.degraded_ttl > 1:
+        problems.append("cache.degraded_ttl: must be at most 1s to keep the revocation promise")
+    return problems

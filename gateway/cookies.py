@@ -8,9 +8,28 @@ host-only (only the gateway's sign-in pages read it), living as long as the devi
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from gateway.settings import CookieSettings
+
+COOKIE_NAME_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+"""A cookie name: an RFC 6265 token."""
+
+
+def cookie_problems(cookie: CookieSettings) -> list[str]:
+    """Problems with ``[cookie]``: a name browsers accept, a SameSite they know, a host-name domain."""
+    problems: list[str] = []
+    if not COOKIE_NAME_RE.fullmatch(cookie.name):
+        problems.append(f"cookie.name: {cookie.name!r} is not a valid cookie name")
+    if cookie.samesite not in {"Lax", "Strict", "None"}:
+        problems.append(f"cookie.samesite: expected Lax, Strict or None, got {cookie.samesite!r}")
+    if cookie.samesite == "None" and not cookie.secure:
+        problems.append("cookie.samesite: None requires cookie.secure = true (browsers drop it otherwise)")
+    if cookie.domain and not re.fullmatch(r"\.?[A-Za-z0-9.-]+", cookie.domain):
+        problems.append(f"cookie.domain: {cookie.domain!r} is not a host name")
+    return problems
 
 
 def set_session_cookie(response: web.StreamResponse, cookie: CookieSettings, token: str, max_age: float) -> None:

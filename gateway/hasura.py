@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,28 @@ from gateway.models import ActiveSession, User
 from gateway.settings import HasuraSettings
 
 MAX_JSON_DEPTH = 32
+USER_FIELDS = ("id", "email", "name", "username", "upstream", "subject", "roles", "groups")
+"""The user fields ``hasura.session_variables`` may map a header to (see :func:`user_field`)."""
+_HEADER_NAME_RE = re.compile(r"^[A-Za-z0-9-]+$")
+
+
+def hasura_problems(hasura: HasuraSettings) -> list[str]:
+    """Problems with ``[hasura]``: a default role, session variables that are ``X-Hasura-*`` headers the
+    gateway does not set itself and map to user fields, and a body limit a real request fits in."""
+    problems: list[str] = []
+    if not hasura.default_role:
+        problems.append("hasura.default_role: must not be empty")
+    for header, field_name in hasura.session_variables.items():
+        if not header.lower().startswith("x-hasura-") or not _HEADER_NAME_RE.match(header):
+            problems.append(f"hasura.session_variables: {header!r} must be a header name starting X-Hasura-")
+        elif header.lower() in {"x-hasura-role", "x-hasura-user-id"}:
+            problems.append(f"hasura.session_variables: {header!r} is set by the gateway itself")
+        if field_name not in USER_FIELDS:
+            problems.append(f"hasura.session_variables: {header!r} maps to unknown user field "
+                            f"{field_name!r} (one of {', '.join(USER_FIELDS)})")
+    if hasura.max_body_bytes < 1024:
+        problems.append("hasura.max_body_bytes: must be at least 1024")
+    return problems
 
 
 def user_field(user: User, name: str) -> str:

@@ -13,6 +13,17 @@ import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+_FORMATS = ("auto", "json", "console")
+
+
+def logging_problems(log_format: str, level: str) -> list[str]:
+    """Problems with ``log_format`` and ``log_level`` (what :func:`configure_logging` accepts)."""
+    problems: list[str] = []
+    if log_format not in _FORMATS:
+        problems.append(f"log_format: expected auto, json or console, got {log_format!r}")
+    if level.lower() not in _LEVELS:
+        problems.append(f"log_level: expected debug, info, warning or error, got {level!r}")
+    return problems
 
 
 class RedactProtocolErrors(logging.Filter):

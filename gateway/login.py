@@ -31,7 +31,7 @@ import hmac
 import math
 import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -39,6 +39,7 @@ import structlog
 
 from gateway import tokens
 from gateway.access import EnrolmentPolicy, map_roles
+from gateway.cookies import COOKIE_NAME_RE
 from gateway.core import Checker
 from gateway.errors import (
     AccessDenied,
@@ -51,10 +52,11 @@ from gateway.errors import (
 )
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, SessionRecord, User
-from gateway.redirects import RedirectPolicy, safe_redirect_target
+from gateway.redirects import RedirectPolicy, policy_problems, safe_redirect_target
 from gateway.sessions import start_session
-from gateway.settings import Settings
+from gateway.settings import EnrolmentSettings, LoginSettings, RolesSettings, SessionSettings
 from gateway.store.base import Device, Store
+from upstreams import issues_bearer_jwts
 from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, Provider, ProviderError
 
 log = structlog.get_logger("gateway.login")
@@ -122,21 +124,26 @@ class LoginFinished:
 class LoginService:
     """Everything the login, callback and logout handlers do, minus HTTP."""
 
-    def __init__(self, *, settings: Settings, store: Store, checker: Checker, metrics: Metrics,
+    def __init__(self, *, login: LoginSettings, sessions: SessionSettings, enrolment: EnrolmentSettings,
+                 roles: RolesSettings, public_url: str, redirect_hosts: Sequence[str],
+                 bearer_upstreams: Sequence[str], store: Store, checker: Checker, metrics: Metrics,
                  clock: Callable[[], float]) -> None:
-        self._settings = settings
+        """``redirect_hosts``: every host a login may return to, the gateway's own included;
+        ``bearer_upstreams``: the upstreams whose JWTs are accepted as bearer tokens, in order."""
+        self._login = login
+        self._sessions = sessions
+        self._roles = roles
+        self._bearer_upstreams = tuple(bearer_upstreams)
         self._store = store
         self._checker = checker
         self._metrics = metrics
         self._clock = clock
         self.providers: dict[str, Provider] = {}
         """Filled at start-up (providers need the shared HTTP client)."""
-        self._public = settings.public_url.rstrip("/")
-        self.redirects = RedirectPolicy(allowed_hosts=settings.redirect_hosts,
-                                        default_target=settings.login.default_redirect,
-                                        allow_http=settings.public_url.startswith("http://"))
-        self._enrolment = EnrolmentPolicy.from_lists(settings.enrolment.emails, settings.enrolment.domains,
-                                                     settings.enrolment.groups)
+        self._public = public_url.rstrip("/")
+        self.redirects = RedirectPolicy(allowed_hosts=tuple(redirect_hosts), default_target=login.default_redirect,
+                                        allow_http=public_url.startswith("http://"))
+        self._enrolment = EnrolmentPolicy.from_lists(enrolment.emails, enrolment.domains, enrolment.groups)
 
     # ---- helpers -------------------------------------------------------------------------------------
 
@@ -169,12 +176,12 @@ class LoginService:
 
     def attempt_cookie_name(self, state: str) -> str:
         """The binding cookie for the attempt with this state (one per attempt, so tabs don't collide)."""
-        return f"{self._settings.login.cookie_name}_{hashlib.sha256(state.encode()).hexdigest()[:16]}"
+        return f"{self._login.cookie_name}_{hashlib.sha256(state.encode()).hexdigest()[:16]}"
 
     @property
     def device_cookie_name(self) -> str:
         """The device cookie's name, ``<login.cookie_name>_device`` (attempt cookies end in 16 hex digits)."""
-        return f"{self._settings.login.cookie_name}_device"
+        return f"{self._login.cookie_name}_device"
 
     async def requester(self, client: str, device_cookie: str | None) -> Requester:
         """``client``, with its device when ``device_cookie`` is the value of a live device cookie.
@@ -221,7 +228,7 @@ class LoginService:
         await self._store.create_login_attempt(
             attempt_hash=tokens.hash_token(binding), upstream=name, state=login.state, nonce=login.nonce,
             code_verifier=login.code_verifier, return_to=return_to, client_addr=client, now=now,
-            expires_at=now + self._settings.login.attempt_ttl)
+            expires_at=now + self._login.attempt_ttl)
         log.info("login started", upstream=name, client=client)
         return LoginStarted(location, self.attempt_cookie_name(login.state), binding)
 
@@ -286,14 +293,14 @@ class LoginService:
             raise AccountRemoved()
 
         now = self._clock()
-        roles = map_roles(identity.groups, self._settings.roles.map, self._settings.roles.passthrough_groups)
+        roles = map_roles(identity.groups, self._roles.map, self._roles.passthrough_groups)
         user = await self._store.upsert_user(name, identity.subject, email=email, name=identity.name,
                                              username=identity.username, groups=identity.groups, roles=roles,
                                              login_at=now)
         if previous_token:
             await self._checker.revoke_token(previous_token, actor="login", reason="replaced at sign-in")
         try:
-            token, record = await start_session(self._store, self._settings.session, user_id=user.id,
+            token, record = await start_session(self._store, self._sessions, user_id=user.id,
                                                 kind="browser", now=now, client_addr=client,
                                                 user_agent=user_agent, mfa=identity.mfa)
         except NotFound:  # an administrator deleted the user since the upsert
@@ -325,7 +332,7 @@ class LoginService:
         sign-in). The session lives until the JWT's ``exp`` and is not stored. Raises StoreUnavailable
         when the database cannot answer (the check path then fails closed).
         """
-        for name in self._settings.check.jwt_upstreams:
+        for name in self._bearer_upstreams:
             provider = self.providers.get(name)
             if provider is None:
                 continue
@@ -350,8 +357,7 @@ class LoginService:
                 log.info("bearer JWT refused: identity blocked", upstream=name)
                 return None
             if user is None:
-                roles = map_roles(identity.groups, self._settings.roles.map,
-                                  self._settings.roles.passthrough_groups)
+                roles = map_roles(identity.groups, self._roles.map, self._roles.passthrough_groups)
                 user = await self._store.upsert_user(
                     name, identity.subject, email=identity.email.strip() if identity.email_verified else "",
                     name=identity.name, username=identity.username, groups=identity.groups, roles=roles)
@@ -386,7 +392,7 @@ class LoginService:
     async def _fail(self, name: str, requester: Requester, reason: str, *, outcome: str = "failed") -> None:
         """Count a failure of a genuine attempt towards the requester's lockout (device, else address)."""
         self._metrics.logins.labels(name, outcome).inc()
-        login = self._settings.login
+        login = self._login
         locked = await self._store.record_login_failure(
             requester.lockout_key, now=self._clock(), window=login.lockout_window,
             threshold=login.lockout_threshold, lock_for=login.lockout_duration)
@@ -419,3 +425,39 @@ class LoginService:
             if upstream_logout:
                 return upstream_logout
         return return_to
+
+
+def login_problems(login: LoginSettings, *, session_cookie: str, redirect_hosts: Sequence[str],
+                   allow_http: bool) -> list[str]:
+    """Problems with ``[login]``: its cookie (a valid name, not the session cookie's ``session_cookie``),
+    the attempt lifetime, the abuse limits, and the redirect policy :class:`LoginService` would build from
+    ``redirect_hosts`` and ``allow_http``."""
+    problems: list[str] = []
+    if not COOKIE_NAME_RE.fullmatch(login.cookie_name):
+        problems.append(f"login.cookie_name: {login.cookie_name!r} is not a valid cookie name")
+    elif login.cookie_name == session_cookie:
+        problems.append("login.cookie_name: must differ from cookie.name")
+    if not 60 <= login.attempt_ttl <= 3600:
+        problems.append("login.attempt_ttl: must be between 1m and 1h")
+    if login.rate_limit < 1:
+        problems.append("login.rate_limit: must be at least 1 request per minute")
+    if login.lockout_threshold < 1 or login.lockout_window <= 0 or login.lockout_duration <= 0:
+        problems.append("login.lockout_*: threshold must be >= 1, window and duration positive")
+    problems.extend(f"login.{p}" for p in policy_problems(redirect_hosts, login.default_redirect,
+                                                          allow_http=allow_http))
+    return problems
+
+
+def bearer_upstream_problems(bearer_upstreams: Sequence[str],
+                             upstreams: Mapping[str, Mapping[str, object]]) -> list[str]:
+    """Problems with ``check.jwt_upstreams``: each must name one of ``upstreams`` whose type issues JWTs
+    (:func:`upstreams.issues_bearer_jwts`), or :meth:`LoginService.verify_bearer_session` could never
+    accept its tokens."""
+    problems: list[str] = []
+    for name in bearer_upstreams:
+        table = upstreams.get(name)
+        if table is None:
+            problems.append(f"check.jwt_upstreams: {name!r} is not a configured upstream")
+        elif not issues_bearer_jwts(table.get("type")):
+            problems.append(f"check.jwt_upstreams: {name!r} issues no JWTs (needs an OIDC upstream)")
+    return problems

@@ -28,3 +28,18 @@ async def start_session(store: Store, settings: SessionSettings, *, user_id: int
                                         now=now, expires_at=now + ttl, idle_timeout=idle_timeout,
                                         client_addr=client_addr, user_agent=user_agent[:512], mfa=mfa)
     return token, record
+
+
+def session_problems(session: SessionSettings) -> list[str]:
+    """Problems with ``[session]``: positive lifetimes, and an idle timeout longer than the grain at which
+    last use is recorded (else a session in use would look idle)."""
+    problems: list[str] = []
+    if session.lifetime <= 0:
+        problems.append("session.lifetime: must be positive")
+    if session.api_token_lifetime <= 0:
+        problems.append("session.api_token_lifetime: must be positive")
+    if session.last_seen_grain <= 0:
+        problems.append("session.last_seen_grain: must be positive")
+    if 0 < session.idle_timeout <= session.last_seen_grain:
+        problems.append("session.idle_timeout: must be longer than session.last_seen_grain (or 0 for none)")
+    return problems

@@ -7,6 +7,7 @@ deployment loads only the providers it configures.
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, cast
@@ -43,9 +44,31 @@ def config_problems(name: str, config: Mapping[str, Any]) -> list[str]:
     return provider_class(type_name).config_problems(name, config)
 
 
+_NAME_RE = re.compile(r"[a-z][a-z0-9-]{0,31}")
+
+
+def upstreams_problems(tables: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Every problem with the ``[upstreams.<name>]`` tables: each name (it appears in callback URLs and
+    environment variables), then each table's own (:func:`config_problems`)."""
+    problems: list[str] = []
+    for name, table in tables.items():
+        if not _NAME_RE.fullmatch(name):
+            problems.append(f"upstreams.{name}: names are lower-case letters, digits and dashes")
+            continue
+        problems.extend(config_problems(name, table))
+    return problems
+
+
+def issues_bearer_jwts(type_name: object) -> bool:
+    """True when upstreams of config ``type`` ``type_name`` issue JWTs the gateway can verify as bearer
+    tokens; False for every other type, unknown ones included."""
+    return isinstance(type_name, str) and type_name in PROVIDER_TYPES and provider_class(type_name).issues_bearer_jwts
+
+
 def build_provider(name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Provider:
     """Build the provider for a validated ``[upstreams.<name>]`` table."""
     return provider_class(str(config["type"])).from_config(name, config, http)
 
 
-__all__ = ["PROVIDER_TYPES", "Provider", "build_provider", "config_problems", "provider_class"]
+__all__ = ["PROVIDER_TYPES", "Provider", "build_provider", "config_problems", "issues_bearer_jwts", "provider_class",
+           "upstreams_problems"]

@@ -152,6 +152,9 @@ class ProviderFactory(Protocol):
     """A provider class: validates its config table and builds instances."""
 
     type_name: str
+    issues_bearer_jwts: bool
+    """True when :meth:`Provider.verify_bearer` can accept a JWT this type of upstream issued, so that its
+    upstreams may be listed in ``check.jwt_upstreams``."""
 
     @classmethod
     def config_keys(cls) -> frozenset[str]:

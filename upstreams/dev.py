@@ -45,6 +45,7 @@ class DevProvider:
     """Signs in whoever types an email. ``groups`` (config) are given to everyone; the form may add more."""
 
     type_name: ClassVar[str] = "dev"
+    issues_bearer_jwts: ClassVar[bool] = False  # dev sign-in issues no tokens
 
     def __init__(self, name: str, display_name: str, groups: tuple[str, ...]) -> None:
         self.name = name

@@ -99,6 +99,7 @@ class GitHubProvider:
     """One GitHub or GitHub Enterprise OAuth app (config ``type = "github"``)."""
 
     type_name: ClassVar[str] = "github"
+    issues_bearer_jwts: ClassVar[bool] = False  # GitHub tokens are opaque
 
     def __init__(self, *, name: str, display_name: str, client_id: str, client_secret: str,
                  base_url: str, api_url: str, scopes: Sequence[str], orgs: Sequence[str],

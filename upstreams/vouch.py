@@ -83,6 +83,7 @@ class VouchProvider:
     """An existing vouch-proxy that logs users in for us (config ``type = "vouch"``)."""
 
     type_name: ClassVar[str] = "vouch"
+    issues_bearer_jwts: ClassVar[bool] = False  # vouch's JWTs are checked by vouch alone
 
     def __init__(self, *, name: str, display_name: str, url: str, cookie_name: str, claims_headers_prefix: str,
                  groups_claim: str, timeout: aiohttp.ClientTimeout, http: aiohttp.ClientSession) -> None:

@@ -1,0 +1,270 @@
+"""The settings as plain data: one frozen dataclass per section, and ``Settings`` holding them all.
+
+Each part of the gateway is handed only its own section (``CookieSettings``, ``LoginSettings``...) and
+reports that section's problems itself (see :mod:`gateway.settings.checks`); :mod:`.sources` builds these
+from defaults, the TOML file, ``GATEWAY_*`` variables and CLI flags.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+Duration = typing.NewType("Duration", float)
+"""Seconds; written in config as ``90``, ``"90s"``, ``"15m"``, ``"12h"`` or ``"7d"``."""
+
+UpstreamTables = typing.NewType("UpstreamTables", Mapping[str, Mapping[str, Any]])
+"""``[upstreams.<name>]`` tables, validated by each provider type."""
+
+RuleTables = typing.NewType("RuleTables", tuple[Mapping[str, Any], ...])
+"""``[[access.rules]]`` tables, validated by :mod:`gateway.access`."""
+
+RoleMap = typing.NewType("RoleMap", Mapping[str, tuple[str, ...]])
+"""Upstream group -> gateway roles."""
+
+class FrozenDict(dict[str, Any]):
+    """A read-only dict that pickles (settings cross to ``--workers`` processes; MappingProxyType can't)."""
+
+    def _readonly(self, *args: Any, **kwargs: Any) -> typing.NoReturn:
+        raise TypeError("settings are read-only")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _readonly
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> float:
+    """Turn ``90``, ``"90s"``, ``"15m"``, ``"12h"``, ``"7d"`` into seconds; raise ValueError otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"not a duration: {value!r}")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"negative duration: {value!r}")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(f"not a duration (use e.g. 30s, 15m, 12h, 7d): {value!r}")
+
+
+@dataclass(frozen=True)
+class CookieSettings:
+    """The session cookie set on the browser."""
+
+    name: str = "gw_session"
+    secure: bool = True
+    domain: str = ""
+    samesite: str = "Lax"
+
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """Session lifetimes, all enforced server-side."""
+
+    lifetime: Duration = Duration(7 * 86400)
+    idle_timeout: Duration = Duration(12 * 3600)
+    api_token_lifetime: Duration = Duration(90 * 86400)
+    last_seen_grain: Duration = Duration(60)
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """The in-process session cache on the check path."""
+
+    ttl: Duration = Duration(5)
+    max_entries: int = 100_000
+    negative_ttl: Duration = Duration(2)
+    negative_max_entries: int = 100_000
+    # While the revocation listener is down, cached entries live at most this long, so a revocation
+    # made elsewhere still takes effect within a second.
+    degraded_ttl: Duration = Duration(0.5)
+    # While the database is unreachable, a session seen within this long keeps working from the cache
+    # (nobody can revoke it while the database is down). 0 turns it off.
+    stale_if_error: Duration = Duration(300)
+
+
+@dataclass(frozen=True)
+class DatabaseSettings:
+    """Connection pool and timeouts."""
+
+    pool_min: int = 1
+    pool_max: int = 10
+    connect_timeout: Duration = Duration(5)
+    query_timeout: Duration = Duration(2)
+    sqlite_poll_interval: Duration = Duration(0.1)
+    prepared_statements: bool = True
+    lookup_concurrency: int = 2
+    # PostgreSQL: the revocation feed's own connection (LISTEN/NOTIFY and the revocation log), when
+    # database_url goes through PgBouncer in transaction pooling, which drops notifications: point this
+    # straight at PostgreSQL (or at a session-pooled PgBouncer database). Empty: database_url.
+    feed_url: str = ""
+
+
+@dataclass(frozen=True)
+class HasuraSettings:
+    """The Hasura auth webhook."""
+
+    default_role: str = "user"
+    anonymous_role: str = ""
+    session_variables: Mapping[str, str] = field(
+        default_factory=lambda: FrozenDict({"X-Hasura-Email": "email"}))
+    max_body_bytes: int = 64 * 1024
+
+
+@dataclass(frozen=True)
+class CheckSettings:
+    """The proxy check endpoint."""
+
+    redirect_browsers: bool = False
+    jwt_upstreams: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class LoginSettings:
+    """The login dance: attempts, redirect targets, abuse limits."""
+
+    attempt_ttl: Duration = Duration(600)
+    cookie_name: str = "gw_login"
+    redirect_hosts: tuple[str, ...] = ()
+    default_redirect: str = "/"
+    rate_limit: int = 30
+    lockout_threshold: int = 5
+    lockout_window: Duration = Duration(900)
+    lockout_duration: Duration = Duration(900)
+
+
+@dataclass(frozen=True)
+class EnrolmentSettings:
+    """Who may become a user at first login (empty lists: anyone the upstream admits)."""
+
+    emails: tuple[str, ...] = ()
+    domains: tuple[str, ...] = ()
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AccessSettings:
+    """Who may pass where: ordered rules, first match wins, else ``default``."""
+
+    default: str = "allow"
+    rules: RuleTables = RuleTables(())
+
+
+@dataclass(frozen=True)
+class RolesSettings:
+    """Gateway roles from upstream groups, refreshed at every login."""
+
+    map: RoleMap = field(default_factory=lambda: RoleMap(FrozenDict({})))
+    passthrough_groups: bool = True
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway needs to run; built by :func:`load_settings`."""
+
+    listen: str = "127.0.0.1:4180"
+    public_url: str = "http://127.0.0.1:4180"
+    database_url: str = "sqlite:///gateway.db"
+    migrate_on_start: bool = True
+    trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    log_format: str = "auto"
+    log_level: str = "info"
+    access_log: bool = False
+    fast_lane: bool = True
+    workers: int = 1
+    keepalive_timeout: Duration = Duration(75)
+    shutdown_timeout: Duration = Duration(10)
+    shutdown_delay: Duration = Duration(0)
+    gc_full_interval: Duration = Duration(300)
+    max_header_bytes: int = 16384
+    cookie: CookieSettings = field(default_factory=CookieSettings)
+    session: SessionSettings = field(default_factory=SessionSettings)
+    cache: CacheSettings = field(default_factory=CacheSettings)
+    database: DatabaseSettings = field(default_factory=DatabaseSettings)
+    hasura: HasuraSettings = field(default_factory=HasuraSettings)
+    check: CheckSettings = field(default_factory=CheckSettings)
+    login: LoginSettings = field(default_factory=LoginSettings)
+    enrolment: EnrolmentSettings = field(default_factory=EnrolmentSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    roles: RolesSettings = field(default_factory=RolesSettings)
+    upstreams: UpstreamTables = field(default_factory=lambda: UpstreamTables(FrozenDict({})))
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port (validated by :func:`process_problems`)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+    @property
+    def public_host(self) -> str:
+        """``public_url``'s host[:port], lower-cased (validated by :func:`process_problems`)."""
+        return urlsplit(self.public_url).netloc.rpartition("@")[2].lower()
+
+    @property
+    def redirect_hosts(self) -> tuple[str, ...]:
+        """Hosts a login may return to: the gateway's own plus ``login.redirect_hosts``."""
+        return (self.public_host, *self.login.redirect_hosts)
+
+    @property
+    def trusted_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``trusted_proxies`` parsed (validated by :func:`process_problems`)."""
+        return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
+
+
+SECRET_SETTINGS = frozenset({"database_url", "database.feed_url"})
+"""Settings whose values must never be printed."""
+
+
+class SettingsError(Exception):
+    """Raised by :func:`load_or_raise` when the settings have problems; ``problems`` lists them all."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def process_problems(s: Settings) -> list[str]:
+    """Problems with the top-level settings: where the process listens, its public URL, the proxies it
+    trusts, its workers and limits.
+
+    They belong to the serving machinery, which sits above everything but the entry point (nothing may
+    import it), so they are checked here, next to the properties that parse them.
+    """
+    problems: list[str] = []
+    _host, sep, port = s.listen.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        problems.append(f"listen: expected HOST:PORT, got {s.listen!r}")
+
+    public = urlsplit(s.public_url)
+    if public.scheme not in {"http", "https"} or not public.hostname:
+        problems.append(f"public_url: expected an absolute http(s) URL, got {s.public_url!r}")
+    elif public.query or public.fragment:
+        problems.append("public_url: must not carry a query or fragment")
+
+    for net in s.trusted_proxies:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            problems.append(f"trusted_proxies: {net!r} is not an IP address or CIDR range")
+
+    if s.workers < 1:
+        problems.append("workers: must be at least 1")
+    if 0 < s.gc_full_interval < 1:
+        problems.append("gc_full_interval: must be 0 (CPython's own policy) or at least 1s")
+    if s.max_header_bytes < 1024:
+        problems.append("max_header_bytes: must be at least 1024")
+    return problems
