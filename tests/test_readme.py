@@ -76,7 +76,8 @@ def test_try_it_snippet(sandbox: Path) -> None:
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-        result = subprocess.run(["bash", "-euo", "pipefail", "-c", snippet], cwd=sandbox, env=env,
+        # POSIX sh, as a reader's /bin/sh may be: dash (Debian's sh) when installed, so bash-only syntax fails.
+        result = subprocess.run([shutil.which("dash") or "sh", "-eu", "-c", snippet], cwd=sandbox, env=env,
                                 capture_output=True, text=True, timeout=60, check=False)
     finally:
         server.send_signal(signal.SIGTERM)
