@@ -6,8 +6,13 @@ what .dockerignore excludes), and its install command -- which must be exactly t
 install, ``pip install --no-cache-dir '.[speed]'`` -- runs in a new virtualenv. The installed ``gateway``
 must then report its version, pass ``check-config`` and apply every packaged migration to a fresh database.
 
-The install downloads the dependencies from PyPI (a few minutes at most). Deselect it with
-``-k 'not test_install'`` or ``GATEWAY_TEST_SKIP_INSTALL=1``; under GATEWAY_TEST_STRICT=1 (CI) it always runs.
+A second install is ``make run`` on a fresh copy of the sources: it must serve with only the package and
+its ``speed`` extra installed (no pytest, mypy, ruff or playwright), in a venv under a size limit, which
+``make test`` then extends in place.
+
+The installs download the dependencies from PyPI (a few minutes at most). Deselect them with
+``-k 'not test_install and not make_run'`` or ``GATEWAY_TEST_SKIP_INSTALL=1``; under GATEWAY_TEST_STRICT=1 (CI)
+they always run.
 """
 
 from __future__ import annotations
@@ -18,13 +23,19 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import free_port
 
 # Test dependencies (the `test` extra); without them the module is skipped, and under GATEWAY_TEST_STRICT=1
 # the import error fails the run.
@@ -257,12 +268,23 @@ def test_dockerignore_sends_only_what_the_build_needs() -> None:
 # --- the install, for real ---------------------------------------------------------------------------------
 
 
-def _clean_env(venv: Path, **extra: str) -> dict[str, str]:
-    # Keep PIP_* (a CI may point pip at a mirror); drop what would leak this test run's Python or settings.
+def require_installs() -> None:
+    """Skip a test that installs from PyPI when GATEWAY_TEST_SKIP_INSTALL=1 (refused under GATEWAY_TEST_STRICT=1)."""
+    if os.environ.get("GATEWAY_TEST_SKIP_INSTALL") == "1":
+        if os.environ.get("GATEWAY_TEST_STRICT") == "1":
+            pytest.fail("GATEWAY_TEST_SKIP_INSTALL=1 is not allowed with GATEWAY_TEST_STRICT=1", pytrace=False)
+        pytest.skip("GATEWAY_TEST_SKIP_INSTALL=1")
+
+
+def _clean_env(venv: Path | None, **extra: str) -> dict[str, str]:
+    # Keep PIP_* (a CI may point pip at a mirror); drop what would leak this test run's Python, settings or
+    # make variables (`make test VENV=...` passes VENV on to every make below it through MAKEFLAGS).
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GATEWAY_", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV"))}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", PIP_DISABLE_PIP_VERSION_CHECK="1",
-               VIRTUAL_ENV=str(venv), **extra)
+           if not k.startswith(("GATEWAY_", "PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV",
+                                "MAKEFLAGS", "MFLAGS", "MAKELEVEL"))}
+    env.update(PIP_DISABLE_PIP_VERSION_CHECK="1", **extra)
+    if venv is not None:
+        env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
     return env
 
 
@@ -273,11 +295,7 @@ def _run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) 
 
 
 def test_install_command_works_in_a_clean_virtualenv(tmp_path: Path) -> None:
-    if os.environ.get("GATEWAY_TEST_SKIP_INSTALL") == "1":
-        if os.environ.get("GATEWAY_TEST_STRICT") == "1":
-            pytest.fail("GATEWAY_TEST_SKIP_INSTALL=1 is not allowed with GATEWAY_TEST_STRICT=1", pytrace=False)
-        pytest.skip("GATEWAY_TEST_SKIP_INSTALL=1")
-
+    require_installs()
     source = assemble_build_dir(build_stage(), tmp_path / "image")
     assert (source / "pyproject.toml").is_file()
     venv = tmp_path / "venv"
@@ -316,3 +334,81 @@ def test_install_command_works_in_a_clean_virtualenv(tmp_path: Path) -> None:
     assert _run([gateway, "migrate", "--config", str(config)], env, work).stdout.strip() == "schema is current"
     connected = _run([gateway, "check-config", "--connect", "--config", str(config)], env, work)
     assert "schema current" in connected.stdout + connected.stderr
+
+
+# --- `make run` on a fresh clone ---------------------------------------------------------------------------
+
+# What `make run` installs: the package with the `speed` extra, nothing of the `test` extra. Measured on
+# CPython 3.11, Linux x86-64: 89 MB, against about 480 MB once `make test` has added the test tools.
+RUN_VENV_LIMIT_MB = 150
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.lstat().st_size for p in root.rglob("*") if not p.is_dir() or p.is_symlink())
+
+
+def test_make_run_installs_only_what_serving_needs(tmp_path: Path, record_property: Callable[[str, object], None]
+                                                   ) -> None:
+    require_installs()
+    make = shutil.which("make")
+    if make is None:
+        if os.environ.get("GATEWAY_TEST_STRICT") == "1":
+            pytest.fail("make not found (GATEWAY_TEST_STRICT=1)", pytrace=False)
+        pytest.skip("make not found")
+    # A fresh clone, as far as `make run` reads it (the working tree's files, so uncommitted changes count).
+    clone = tmp_path / "clone"
+    for folder in ("gateway", "upstreams", "config"):
+        shutil.copytree(REPO / folder, clone / folder, ignore=shutil.ignore_patterns("__pycache__", "*.py[cod]"))
+    for name in ("Makefile", "pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, clone / name)
+
+    port = free_port()
+    env = _clean_env(None, GATEWAY_LISTEN=f"127.0.0.1:{port}")
+    log = tmp_path / "make-run.log"
+    with log.open("wb") as out:
+        # A session of its own, so make and the gateway it starts are stopped together.
+        served = subprocess.Popen([make, "run"], cwd=clone, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+        try:
+            deadline = time.monotonic() + INSTALL_TIMEOUT
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as ready:
+                        assert ready.status == 200
+                        break
+                except OSError:
+                    assert served.poll() is None, f"make run exited {served.returncode}:\n{log.read_text()}"
+                    assert time.monotonic() < deadline, f"make run never became ready:\n{log.read_text()}"
+                    time.sleep(0.2)
+        finally:
+            os.killpg(served.pid, signal.SIGTERM)
+            served.wait(30)
+
+    venv = clone / ".venv"
+    installed = set(json.loads(_run([str(venv / "bin" / "python"), "-c",
+                                     "import json\nfrom importlib import metadata\n"
+                                     "print(json.dumps([d.metadata['Name'] for d in metadata.distributions()]))"],
+                                    _clean_env(venv), clone).stdout))
+    installed = {_canonical(name) for name in installed}
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    test_tools = {_canonical(re.match(r"[A-Za-z0-9._-]+", req)[0]) for req in extras["test"]}  # type: ignore[index]
+    assert {"pytest", "mypy", "playwright", "ruff"} <= test_tools
+    assert {"forward-auth-gateway", "uvloop"} <= installed
+    assert not installed & test_tools, f"make run installed test tools: {sorted(installed & test_tools)}"
+
+    size_mb = _tree_bytes(venv) / 2**20
+    record_property("make_run_venv_mb", round(size_mb, 1))
+    print(f"make run's venv: {size_mb:.1f} MB")  # shown with -rP
+    assert size_mb < RUN_VENV_LIMIT_MB, f"make run's venv is {size_mb:.0f} MB"
+
+    # One venv for both targets: after `make run`, its install is current and `make test` adds only the
+    # test extra to the same venv, which then counts as a run install too.
+    make_env = _clean_env(None)
+    assert subprocess.run([make, "-q", ".venv/bin/.installed-run"], cwd=clone, env=make_env).returncode == 0
+    assert subprocess.run([make, "-q", ".venv/bin/.installed-test"], cwd=clone, env=make_env).returncode == 1
+    plan = _run([make, "-n", ".venv/bin/.installed-test"], make_env, clone).stdout
+    assert "-m venv" not in plan and "-e '.[test,speed]'" in plan and ".venv/bin/.installed-run" in plan
