@@ -45,19 +45,19 @@ def _store_lookup_sql() -> tuple[str, str]:
     """The point lookup the baselines run, and where its columns came from.
 
     The store answers a whole batch as one JSON text; a raw point lookup selects the same session and
-    user columns (``gateway.store.postgres._SESSION_COLUMNS_S`` and ``_USER_COLUMNS_U``) as one plain
+    user columns (``gateway.store.pgsql.SESSION_COLUMNS_S`` and ``USER_COLUMNS_U``) as one plain
     row for one hash, so the baselines keep reading what the store reads as the schema evolves; else
     the copy.
     """
     try:
-        from gateway.store import postgres
+        from gateway.store import pgsql
     except ImportError:
         return LOOKUP_SQL_COPY, "bench/database.py (copy)"
-    session = getattr(postgres, "_SESSION_COLUMNS_S", None)
-    user = getattr(postgres, "_USER_COLUMNS_U", None)
+    session = getattr(pgsql, "SESSION_COLUMNS_S", None)
+    user = getattr(pgsql, "USER_COLUMNS_U", None)
     if isinstance(session, str) and isinstance(user, str) and session.startswith("s.token_hash, s.user_id,"):
         return (f"SELECT {session}, {user} FROM sessions s JOIN users u ON u.id = s.user_id"  # noqa: S608
-                " WHERE s.token_hash = %s", "gateway/store/postgres.py (the store's columns, as a point query)")
+                " WHERE s.token_hash = %s", "gateway/store/pgsql.py (the store's columns, as a point query)")
     return LOOKUP_SQL_COPY, "bench/database.py (copy; the store's columns were not found)"
 
 

@@ -33,7 +33,7 @@ from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
 from gateway.requestids import RequestIds
 from gateway.settings import Settings
-from gateway.store import make_store
+from gateway.store import make_store, revocation_retention
 from gateway.store.base import RevocationHandler, Store, WatchStateHandler
 from upstreams import build_provider
 from upstreams.base import DEFAULT_TIMEOUT
@@ -63,7 +63,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     exists so tests can move time without sleeping.
     """
     metrics = Metrics()
-    store = make_store(settings)
+    store = make_store(settings.database_url, settings.database,
+                       revocation_retention=revocation_retention(settings.cache))
     cache = SessionCache(max_entries=settings.cache.max_entries, ttl=settings.cache.ttl,
                          negative_max_entries=settings.cache.negative_max_entries,
                          negative_ttl=settings.cache.negative_ttl, degraded_ttl=settings.cache.degraded_ttl,

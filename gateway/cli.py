@@ -26,7 +26,7 @@ from gateway.logging import configure_logging
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.redaction import scrub, url_secrets
 from gateway.settings import Settings, load_settings, parse_duration, redacted
-from gateway.store import make_store
+from gateway.store import make_store, revocation_retention
 from gateway.store.base import Block, BlockKey, Store
 
 EXIT_OK = 0
@@ -267,7 +267,8 @@ def _cli_log_level(level: str) -> str:
 
 
 async def _using_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
-    store = make_store(settings)
+    store = make_store(settings.database_url, settings.database,
+                       revocation_retention=revocation_retention(settings.cache))
     try:
         await store.open()
         return await action(store)

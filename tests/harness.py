@@ -20,10 +20,9 @@ from gateway.serving.fastlane import FastLane
 from gateway.serving.server import front_end, runner_options
 from gateway.sessions import start_session
 from gateway.settings import Settings
-from gateway.store import make_store
 from gateway.store.base import Store
 from gateway.tokens import hash_token
-from tests.helpers import make_settings
+from tests.helpers import make_settings, store_for
 
 
 class FakeClock:
@@ -76,7 +75,7 @@ class Gateway:
 
     async def revoke_elsewhere(self, token: str) -> bool:
         """Revoke ``token`` through a second store on the same database, as another replica would."""
-        other = make_store(self.settings)
+        other = store_for(self.settings)
         await other.open()
         try:
             return await other.revoke_session(hash_token(token), actor="admin", reason="test")

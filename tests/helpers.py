@@ -18,6 +18,7 @@ import psycopg2
 from psycopg2 import sql
 
 from gateway.settings import Settings, load_or_raise
+from gateway.store import Store, make_store, revocation_retention
 
 
 def make_settings(overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) -> Settings:
@@ -29,6 +30,13 @@ def make_settings(overrides: Mapping[str, Any] | None = None, /, **kwargs: Any) 
     merged: dict[str, Any] = dict(overrides or {})
     merged.update({key.replace("__", "."): value for key, value in kwargs.items()})
     return load_or_raise(env={}, overrides=merged)
+
+
+def store_for(settings: Settings) -> Store:
+    """The store (not opened) for ``settings``: its database URL and section, and the revocation retention
+    its cache section asks for, as the app passes them."""
+    return make_store(settings.database_url, settings.database,
+                      revocation_retention=revocation_retention(settings.cache))
 
 
 def free_port() -> int:

@@ -12,9 +12,8 @@ from gateway import admin, tokens
 from gateway.errors import StoreUnavailable
 from gateway.models import SessionRecord
 from gateway.settings import Settings
-from gateway.store import make_store
 from gateway.store.base import BlockKey, Store
-from tests.helpers import make_settings
+from tests.helpers import make_settings, store_for
 
 NOW = 1_900_000_000.0
 
@@ -26,7 +25,7 @@ def settings(sqlite_url: str) -> Settings:
 
 @pytest.fixture
 async def store(settings: Settings) -> AsyncIterator[Store]:
-    store = make_store(settings)
+    store = store_for(settings)
     await store.open()
     await store.migrate()
     try:
@@ -36,7 +35,7 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
 
 
 async def test_check_database_reports_pending_migrations_until_migrated(settings: Settings) -> None:
-    store = make_store(settings)
+    store = store_for(settings)
     await store.open()
     try:
         before = await admin.check_database(store)
@@ -51,7 +50,7 @@ async def test_check_database_reports_pending_migrations_until_migrated(settings
 
 
 async def test_check_database_raises_when_unreachable(tmp_path: Any) -> None:
-    store = make_store(make_settings(database_url=f"sqlite:///{tmp_path}/missing/dir/gw.db"))
+    store = store_for(make_settings(database_url=f"sqlite:///{tmp_path}/missing/dir/gw.db"))
     await store.open()
     try:
         with pytest.raises(StoreUnavailable):
@@ -155,7 +154,7 @@ async def test_mint_enrols_an_unknown_email_and_stores_only_the_hash(store: Stor
 
 async def test_mint_defaults_to_the_api_token_lifetime(sqlite_url: str) -> None:
     settings = make_settings(database_url=sqlite_url, session__api_token_lifetime="3d")
-    store = make_store(settings)
+    store = store_for(settings)
     await store.open()
     try:
         await store.migrate()

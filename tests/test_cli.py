@@ -15,8 +15,7 @@ import pytest
 
 from gateway import tokens
 from gateway.models import ActiveSession
-from gateway.store import make_store
-from tests.helpers import free_port, make_settings
+from tests.helpers import free_port, make_settings, store_for
 
 TOKEN_LINE = re.compile(r"gwt_[A-Za-z0-9_-]{43}\n")
 SHORT_HASH = re.compile(r"\b[0-9a-f]{8}\b")
@@ -66,7 +65,7 @@ def migrated(cli: Cli) -> Cli:
 
 async def lookup(database_url: str, token: str) -> ActiveSession | None:
     """The session of ``token`` read straight from the store, by hash."""
-    store = make_store(make_settings(database_url=database_url))
+    store = store_for(make_settings(database_url=database_url))
     await store.open()
     try:
         return await store.lookup_session(tokens.hash_token(token))

@@ -15,11 +15,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import pytest
 
 from gateway import admin
-from gateway.store import make_store
 from gateway.store.base import BlockKey, Store
 from tests.browsers import PUBLIC, Browser, BrowserFactory
 from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory
 from tests.harness import Gateway, GatewayFactory
+from tests.helpers import store_for
 
 API_AUDIENCE = "https://api.example.com"
 JSON = {"Accept": "application/json"}
@@ -46,7 +46,7 @@ async def gw(request: pytest.FixtureRequest, gateway_factory: GatewayFactory, oi
 @pytest.fixture
 async def cli_store(gw: Gateway) -> AsyncIterator[Store]:
     """The admin's own connection to the gateway's database."""
-    store = make_store(gw.settings)
+    store = store_for(gw.settings)
     await store.open()
     try:
         yield store

@@ -1,7 +1,9 @@
-"""The ``Store`` protocol: everything the gateway keeps in its database, behind one interface.
+"""The store's protocols by role (schema, session lookups, sessions, revocations, users, login state, audit).
 
-Implementations (``sqlite.SQLiteStore``, ``postgres.PostgresStore``) pass one conformance suite
-(``tests/store/test_conformance.py``). Rules every implementation keeps:
+``Store`` composes them into the one object a backend implements; a consumer asks for the roles it uses
+(the check core: :class:`SessionLookups`). Implementations (``sqlite.SQLiteStore``,
+``postgres.PostgresStore``) pass one conformance suite (``tests/store/test_conformance.py``). Rules every
+implementation keeps:
 
 - Times cross the interface as Unix epoch seconds (float).
 - Only SHA-256 hex hashes of tokens are stored or passed in; a token never reaches the store.
@@ -120,8 +122,8 @@ class Device:
     expires_at: float
 
 
-class Store(Protocol):
-    """Persistent users, sessions, audit log and login state. Create with :func:`gateway.store.open_store`."""
+class Schema(Protocol):
+    """The database's lifecycle and schema: connecting, closing, probing, migrating."""
 
     async def open(self) -> None:
         """Connect (pool or file). Must not fail if the database is down: later calls raise instead."""
@@ -140,6 +142,90 @@ class Store(Protocol):
 
     async def pending_migrations(self) -> list[str]:
         """Versions not yet applied (empty when the schema is current)."""
+
+
+class SessionLookups(Protocol):
+    """What the check core needs: a session by its hash, batched last-use writes, one revocation."""
+
+    def lookup_session(self, token_hash: str) -> Awaitable[ActiveSession | None]:
+        """The session with this hash joined with its user, whatever its state; None when unknown.
+
+        The caller judges revocation and expiry (:meth:`SessionRecord.is_active`). Returns a coroutine or
+        a future (the hot path's lookups may be answered in batches without a task each); awaiting it
+        raises StoreUnavailable when the database cannot answer.
+        """
+
+    async def touch_sessions(self, touches: Mapping[str, tuple[float, float]]) -> None:
+        """Record batched uses in one round trip: ``token_hash -> (first use, last use)`` since the last write.
+
+        For each session, ``last_seen_at`` moves to the last use (never backwards) and the idle deadline
+        (when the session has one) moves with it, provided the session was still alive at the *first* use
+        (the writer saw every use in between, each within the idle timeout). A revoked session, or one whose
+        idle deadline had passed by the first use, is left alone: a late write never resurrects a session.
+        Unknown hashes are ignored.
+        """
+
+    async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
+        """Revoke one session, audit it and broadcast it; True if it was active until now."""
+
+
+class Sessions(Protocol):
+    """Sessions made and ended outside the check path: sign-in, admin commands, health metrics."""
+
+    async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
+                             expires_at: float, idle_timeout: float, client_addr: str = "",
+                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
+        """Insert a new session (``idle_timeout`` 0 means none) and return it.
+
+        ``mfa`` records whether the login used a second factor; it is returned by :meth:`lookup_session`
+        and :meth:`list_sessions`. Raises ValueError for a malformed hash, kind or idle timeout, or a hash
+        already in use, and NotFound when the user does not exist.
+        """
+
+    async def revoke_user_sessions(self, user_id: int, *, actor: str, reason: str) -> int:
+        """Revoke every active session of a user, audit and broadcast it; return how many."""
+
+    async def list_sessions(self, user_id: int, *, include_inactive: bool = False,
+                            now: float | None = None) -> list[SessionRecord]:
+        """A user's sessions, newest first; only active ones unless ``include_inactive``."""
+
+    async def count_active_sessions(self, now: float) -> int:
+        """How many sessions are active at ``now``."""
+
+
+class Revocations(Protocol):
+    """The revocation log and the live feed over it, which keep every replica's cache honest."""
+
+    async def revocations_since(self, seq: int, *, limit: int = 1000) -> list[LoggedRevocation]:
+        """The logged revocations with a sequence number above ``seq``, oldest first, at most ``limit``.
+
+        Sequence numbers only grow and become visible in order: once a caller has read ``n``, no
+        revocation numbered below ``n`` appears later (numbers may be skipped). Rows are kept at least
+        :func:`gateway.store.revocation_retention` seconds.
+        """
+
+    async def prune_revocations(self, *, before: float) -> int:
+        """Delete logged revocations written before ``before`` (epoch seconds); return how many.
+
+        The store also prunes by itself, keeping :func:`gateway.store.revocation_retention` seconds.
+        """
+
+    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
+        """Deliver every revocation made by any process on this database, until cancelled or closed.
+
+        Never ends on its own while the store is open: it reconnects by itself, with backoff, whatever
+        broke the feed, calling ``on_state(False)`` when the feed is lost and ``on_state(True)`` each time
+        it is (re-)established. Nothing is lost in between: on every (re)connect, and at least every
+        second while live, it reads the revocation log past the last sequence number it saw, so every
+        revocation logged after the watch began (less a few seconds, for clocks that disagree) reaches
+        ``on_revoke``, also those made while the feed was down or whose broadcast never arrived. A
+        revocation reaches it within about a second while the feed is live. Returns when the store is
+        closed; handler errors are logged, never raised.
+        """
+
+
+class Users(Protocol):
+    """Users and blocks: who is enrolled, who may not enrol again."""
 
     async def upsert_user(self, upstream: str, subject: str, *, email: str, name: str = "",
                           username: str = "", groups: Sequence[str] = (), roles: Sequence[str] = (),
@@ -170,56 +256,34 @@ class Store(Protocol):
         is recorded with it), so no sign-in or bearer JWT can enrol them again until it is unblocked.
         """
 
-    async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
-                             expires_at: float, idle_timeout: float, client_addr: str = "",
-                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
-        """Insert a new session (``idle_timeout`` 0 means none) and return it.
+    async def block_subject(self, key: BlockKey, *, actor: str, reason: str = "") -> BlockOutcome:
+        """Block an identity or an email, revoke the sessions of every user it matches, audit and broadcast.
 
-        ``mfa`` records whether the login used a second factor; it is returned by :meth:`lookup_session`
-        and :meth:`list_sessions`. Raises ValueError for a malformed hash, kind or idle timeout, or a hash
-        already in use, and NotFound when the user does not exist.
+        Users matched: the one keyed by an identity key, or every user whose email equals an email key
+        (ignoring case and surrounding space). Their active sessions are revoked in the same
+        transaction (audited ``revoke`` with reason ``user_block``), and a revocation of each user is
+        broadcast, so cached sessions (bearer JWTs included) end on every replica. A new block is audited
+        ``user_block``. Blocking again is not an error: the block is kept as it was (``created`` False)
+        and any active session of a matched user is still revoked. Raises ValueError for a malformed key
+        (both forms or neither, empty parts, NUL, ``upstream`` over 256, ``subject`` over 1024 or
+        ``email`` over 512 characters) or a ``reason`` over 512 characters.
         """
 
-    def lookup_session(self, token_hash: str) -> Awaitable[ActiveSession | None]:
-        """The session with this hash joined with its user, whatever its state; None when unknown.
+    async def unblock_subject(self, key: BlockKey, *, actor: str) -> bool:
+        """Lift the block on ``key`` and audit it (``user_unblock``); False when it was not blocked."""
 
-        The caller judges revocation and expiry (:meth:`SessionRecord.is_active`). Returns a coroutine or
-        a future (the hot path's lookups may be answered in batches without a task each); awaiting it
-        raises StoreUnavailable when the database cannot answer.
+    async def is_blocked(self, upstream: str, subject: str, *, emails: Sequence[str] = ()) -> bool:
+        """True when the identity ``(upstream, subject)`` is blocked, or any of ``emails`` is.
+
+        Emails are compared trimmed and lower-cased; empty ones are ignored. One round trip.
         """
 
-    async def touch_session(self, token_hash: str, *, last_seen_at: float) -> None:
-        """Record use: set ``last_seen_at`` and move the idle deadline (when the session has one).
+    async def list_blocked_subjects(self) -> list[Block]:
+        """Every block, oldest first."""
 
-        Never resurrects a revoked session and never moves ``last_seen_at`` backwards.
-        """
 
-    async def touch_sessions(self, touches: Mapping[str, tuple[float, float]]) -> None:
-        """Record batched uses in one round trip: ``token_hash -> (first use, last use)`` since the last write.
-
-        Like :meth:`touch_session` at the last use, except that the session must still have been alive at
-        the *first* use (the writer saw every use in between, each within the idle timeout).
-        """
-
-    async def revoke_session(self, token_hash: str, *, actor: str, reason: str) -> bool:
-        """Revoke one session, audit it and broadcast it; True if it was active until now."""
-
-    async def revoke_user_sessions(self, user_id: int, *, actor: str, reason: str) -> int:
-        """Revoke every active session of a user, audit and broadcast it; return how many."""
-
-    async def list_sessions(self, user_id: int, *, include_inactive: bool = False,
-                            now: float | None = None) -> list[SessionRecord]:
-        """A user's sessions, newest first; only active ones unless ``include_inactive``."""
-
-    async def count_active_sessions(self, now: float) -> int:
-        """How many sessions are active at ``now``."""
-
-    async def record_audit(self, event: str, *, user_id: int | None, user_key: str = "", actor: str,
-                           detail: Mapping[str, str] | None = None) -> None:
-        """Append one audit row (``login``, ``logout``, ``revoke``, ``token_mint``, ``user_delete``...)."""
-
-    async def list_audit(self, *, user_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
-        """Newest audit rows first, optionally for one user id."""
+class LoginState(Protocol):
+    """Sign-in state shared by every replica: logins in progress, failure counters and locks, devices."""
 
     async def create_login_attempt(self, *, attempt_hash: str, upstream: str, state: str, nonce: str,
                                    code_verifier: str, return_to: str, client_addr: str, now: float,
@@ -264,31 +328,6 @@ class Store(Protocol):
     async def clear_login_failures(self, client_addr: str) -> None:
         """Forget the address's failures and any lock (after a successful login). No error if none."""
 
-    async def block_subject(self, key: BlockKey, *, actor: str, reason: str = "") -> BlockOutcome:
-        """Block an identity or an email, revoke the sessions of every user it matches, audit and broadcast.
-
-        Users matched: the one keyed by an identity key, or every user whose email equals an email key
-        (ignoring case and surrounding space). Their active sessions are revoked in the same
-        transaction (audited ``revoke`` with reason ``user_block``), and a revocation of each user is
-        broadcast, so cached sessions (bearer JWTs included) end on every replica. A new block is audited
-        ``user_block``. Blocking again is not an error: the block is kept as it was (``created`` False)
-        and any active session of a matched user is still revoked. Raises ValueError for a malformed key
-        (both forms or neither, empty parts, NUL, ``upstream`` over 256, ``subject`` over 1024 or
-        ``email`` over 512 characters) or a ``reason`` over 512 characters.
-        """
-
-    async def unblock_subject(self, key: BlockKey, *, actor: str) -> bool:
-        """Lift the block on ``key`` and audit it (``user_unblock``); False when it was not blocked."""
-
-    async def is_blocked(self, upstream: str, subject: str, *, emails: Sequence[str] = ()) -> bool:
-        """True when the identity ``(upstream, subject)`` is blocked, or any of ``emails`` is.
-
-        Emails are compared trimmed and lower-cased; empty ones are ignored. One round trip.
-        """
-
-    async def list_blocked_subjects(self) -> list[Block]:
-        """Every block, oldest first."""
-
     async def remember_device(self, device_hash: str, *, user_id: int, now: float, expires_at: float) -> None:
         """Record the browser whose device cookie hashes to ``device_hash`` as ``user_id``'s, until ``expires_at``.
 
@@ -302,32 +341,21 @@ class Store(Protocol):
         """The device with this hash if it is recorded and ``now < expires_at``; else None (also for a
         malformed hash)."""
 
-    async def revocation_sequence(self) -> int:
-        """The sequence number of the newest revocation in the log; 0 when the log is empty."""
 
-    async def revocations_since(self, seq: int, *, limit: int = 1000) -> list[LoggedRevocation]:
-        """The logged revocations with a sequence number above ``seq``, oldest first, at most ``limit``.
+class Audit(Protocol):
+    """The append-only audit log."""
 
-        Sequence numbers only grow and become visible in order: once a caller has read ``n``, no
-        revocation numbered below ``n`` appears later (numbers may be skipped). Rows are kept at least
-        :func:`gateway.store.revocation_retention` seconds.
-        """
+    async def record_audit(self, event: str, *, user_id: int | None, user_key: str = "", actor: str,
+                           detail: Mapping[str, str] | None = None) -> None:
+        """Append one audit row (``login``, ``logout``, ``revoke``, ``token_mint``, ``user_delete``...)."""
 
-    async def prune_revocations(self, *, before: float) -> int:
-        """Delete logged revocations written before ``before`` (epoch seconds); return how many.
+    async def list_audit(self, *, user_id: int | None = None, limit: int = 100) -> list[AuditEvent]:
+        """Newest audit rows first, optionally for one user id."""
 
-        The store also prunes by itself, keeping :func:`gateway.store.revocation_retention` seconds.
-        """
 
-    async def watch_revocations(self, on_revoke: RevocationHandler, on_state: WatchStateHandler) -> None:
-        """Deliver every revocation made by any process on this database, until cancelled or closed.
+class Store(Schema, SessionLookups, Sessions, Revocations, Users, LoginState, Audit, Protocol):
+    """Persistent users, sessions, audit log and login state: every role in one object.
 
-        Never ends on its own while the store is open: it reconnects by itself, with backoff, whatever
-        broke the feed, calling ``on_state(False)`` when the feed is lost and ``on_state(True)`` each time
-        it is (re-)established. Nothing is lost in between: on every (re)connect, and at least every
-        second while live, it reads the revocation log past the last sequence number it saw, so every
-        revocation logged after the watch began (less a few seconds, for clocks that disagree) reaches
-        ``on_revoke``, also those made while the feed was down or whose broadcast never arrived. A
-        revocation reaches it within about a second while the feed is live. Returns when the store is
-        closed; handler errors are logged, never raised.
-        """
+    Build one with :func:`gateway.store.make_store`. A consumer that needs only some roles should ask
+    for those protocols, so it depends on the few methods it calls.
+    """

@@ -29,9 +29,11 @@ import psycopg2
 
 from gateway.errors import StoreUnavailable
 from gateway.models import Revocation
-from gateway.store import REVOCATION_BATCH, REVOCATION_REPLAY, is_token_hash, logged_revocation_from_row
 from gateway.store.base import LoggedRevocation, RevocationHandler, WatchStateHandler
+from gateway.store.checks import is_token_hash
 from gateway.store.pgconn import close_quietly, describe, scrub, unavailable_errors
+from gateway.store.revlog import REVOCATION_BATCH, REVOCATION_REPLAY
+from gateway.store.rows import logged_revocation_from_row
 
 log = logging.getLogger("gateway.store.postgres")
 

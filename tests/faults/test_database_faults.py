@@ -31,7 +31,6 @@ import pytest
 from gateway.errors import StoreUnavailable
 from gateway.sessions import start_session
 from gateway.settings import Settings
-from gateway.store import make_store
 from gateway.store.base import Store
 from tests.faults.faultproxy import FaultProxy, fault_proxy
 from tests.faults.pgstack import (
@@ -49,7 +48,7 @@ from tests.faults.pgstack import (
     token_hash,
 )
 from tests.faults.report import Figures, Scenario
-from tests.helpers import PostgresCluster
+from tests.helpers import PostgresCluster, store_for
 
 pytestmark = pytest.mark.postgres
 
@@ -186,7 +185,7 @@ def test_database_stopped_restarted_and_killed(loop: str, postgres_cluster: Post
             " metric at 1 and /readyz 200 (with --workers, +1 s for the merged metrics).")
 
         async def main() -> list[str]:
-            store = make_store(settings)
+            store = store_for(settings)
             await store.open()
             report = []
             try:
@@ -306,7 +305,7 @@ def test_feed_cut_off_backends_terminated_and_connections_reset_stalled_blackhol
         with run_gateway(loop, through_proxy, tmp_path, name="proxied") as gateway:
 
             async def main() -> str:
-                store = make_store(settings)
+                store = store_for(settings)
                 await store.open()
                 try:
                     tokens = Tokens(store, settings)

@@ -20,11 +20,11 @@ import pytest
 
 from gateway.models import Revocation
 from gateway.settings import Settings
-from gateway.store import make_store
 from gateway.store.base import Store
 from gateway.store.pgconn import APPLICATION_NAMES
 from tests.faults.pgstack import FULL, LOOPS, run_on, terminate_backends
 from tests.faults.report import Figures
+from tests.helpers import store_for
 
 pytestmark = pytest.mark.postgres
 
@@ -60,7 +60,7 @@ class Watcher:
 @contextlib.asynccontextmanager
 async def watchers(settings: Settings, count: int) -> AsyncIterator[list[Watcher]]:
     """``count`` watchers, each on a store of its own, live when yielded; stopped and closed afterwards."""
-    started = [Watcher(make_store(settings)) for _ in range(count)]
+    started = [Watcher(store_for(settings)) for _ in range(count)]
     for watcher in started:
         await watcher.store.open()
         watcher.start()
@@ -124,7 +124,7 @@ def test_a_read_that_times_out_never_drops_a_notification(loop: str, postgres_ur
                     len(sent), len(watching))
 
     async def main() -> None:
-        writer = make_store(settings)
+        writer = store_for(settings)
         await writer.open()
         try:
             await writer.migrate()
@@ -169,7 +169,7 @@ def test_no_revocation_is_lost_while_listeners_are_killed_at_random(
         return rng.uniform(0.95, 1.05)
 
     async def main() -> None:
-        writer = make_store(settings)
+        writer = store_for(settings)
         await writer.open()
         try:
             await writer.migrate()

@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from gateway.settings import Settings
-from gateway.store import Store, make_store
+from gateway.store import Store
+from tests.helpers import store_for
 from tests.store.storekit import StoreFactory
 
 
@@ -19,7 +20,7 @@ async def store_factory(database_url: str, settings_factory: Callable[..., Setti
     stores: list[Store] = []
 
     async def factory(url: str | None = None, **overrides: Any) -> Store:
-        store = make_store(settings_factory(database_url=url or database_url, **overrides))
+        store = store_for(settings_factory(database_url=url or database_url, **overrides))
         stores.append(store)
         await store.open()
         return store

@@ -12,7 +12,6 @@ import dataclasses
 import math
 import sqlite3
 import time
-from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -20,10 +19,11 @@ import pytest
 
 from gateway.errors import NotFound, StoreUnavailable
 from gateway.models import LoginAttempt, Revocation
-from gateway.settings import Settings
+from gateway.settings import DatabaseSettings
 from gateway.store import LOGIN_ATTEMPT_LIMITS, BlockKey, Store, make_store, migration_scripts
 from gateway.store import postgres as postgres_module
 from gateway.store import sqlite as sqlite_module
+from gateway.store.factory import sqlite_path
 from gateway.store.postgres import PostgresStore
 from gateway.store.sqlite import SQLiteStore
 from tests.store.storekit import (
@@ -56,18 +56,15 @@ def database_url(request: pytest.FixtureRequest) -> str:
     pytest.param("postgresql://u@127.0.0.1/db", PostgresStore, id="postgresql"),
     pytest.param("postgres://u@127.0.0.1/db", PostgresStore, id="postgres"),
 ])
-def test_make_store_picks_backend_by_scheme(settings_factory: Callable[..., Settings], url: str,
-                                            cls: type) -> None:
-    assert isinstance(make_store(settings_factory(database_url=url)), cls)
+def test_make_store_picks_backend_by_scheme(url: str, cls: type) -> None:
+    assert isinstance(make_store(url, DatabaseSettings(), revocation_retention=600.0), cls)
 
 
 @pytest.mark.parametrize("url", ["mysql://root:hunter2@db/gw", "hunter2", "redis:hunter2@x"],
                          ids=["mysql", "no-scheme", "redis"])
-def test_make_store_rejects_other_schemes_without_echoing_the_url(
-        settings_factory: Callable[..., Settings], url: str) -> None:
-    settings = dataclasses.replace(settings_factory(), database_url=url)
+def test_make_store_rejects_other_schemes_without_echoing_the_url(url: str) -> None:
     with pytest.raises(ValueError, match="unsupported scheme") as caught:
-        make_store(settings)
+        make_store(url, DatabaseSettings(), revocation_retention=600.0)
     assert "hunter2" not in str(caught.value)
 
 
@@ -104,7 +101,7 @@ def _write_0001_sessions(database_url: str, rows: list[tuple[Any, ...]]) -> None
     """
     values = [(h, u, k, c, e, i, c, ie, a, ua) for h, u, k, c, e, i, ie, a, ua in rows]
     if database_url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(sqlite_module.sqlite_path(database_url))) as conn, conn:
+        with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as conn, conn:
             conn.executemany("INSERT INTO sessions (token_hash, user_id, kind, created_at, expires_at,"
                              " idle_timeout, last_seen_at, idle_expires_at, client_addr, user_agent)"
                              " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", values)
@@ -119,7 +116,7 @@ def _write_0001_sessions(database_url: str, rows: list[tuple[Any, ...]]) -> None
 def _revoke_0001_session(database_url: str, token_hash: str, at: float) -> None:
     """Revoke a session the way code from before 0005 did: set ``revoked_at`` (no revocation log yet)."""
     if database_url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(sqlite_module.sqlite_path(database_url))) as conn, conn:
+        with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as conn, conn:
             conn.execute("UPDATE sessions SET revoked_at = ? WHERE token_hash = ?", (at, token_hash))
         return
     with contextlib.closing(psycopg2.connect(database_url)) as conn, conn, conn.cursor() as cur:
@@ -331,32 +328,32 @@ async def test_touch_moves_last_seen_and_idle_deadline_forward_only(store: Store
     now = 1_700_000_000.0
     h = await make_session(store, user_id, "s", now=now, lifetime=86400, idle_timeout=600)
 
-    await store.touch_session(h, last_seen_at=now + 100)
+    await store.touch_sessions({h: (now + 100, now + 100)})
     found = await store.lookup_session(h)
     assert found is not None
     assert found.session.last_seen_at == pytest.approx(now + 100, abs=APPROX)
     assert found.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
 
-    await store.touch_session(h, last_seen_at=now + 50)  # late writer from another replica
+    await store.touch_sessions({h: (now + 50, now + 50)})  # late writer from another replica
     found = await store.lookup_session(h)
     assert found is not None
     assert found.session.last_seen_at == pytest.approx(now + 100, abs=APPROX)
     assert found.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
 
-    await store.touch_session(h, last_seen_at=now + 5000)  # idle deadline passed: stays dead
+    await store.touch_sessions({h: (now + 5000, now + 5000)})  # idle deadline passed: stays dead
     found = await store.lookup_session(h)
     assert found is not None
     assert found.session.idle_expires_at == pytest.approx(now + 700, abs=APPROX)
     assert not found.session.is_active(now + 5000)
 
     api = await make_session(store, user_id, "api", now=now, idle_timeout=0, kind="api")
-    await store.touch_session(api, last_seen_at=now + 30)
+    await store.touch_sessions({api: (now + 30, now + 30)})
     found = await store.lookup_session(api)
     assert found is not None
     assert found.session.last_seen_at == pytest.approx(now + 30, abs=APPROX)
     assert found.session.idle_expires_at is None
 
-    await store.touch_session(token_hash("unknown"), last_seen_at=now)  # no error
+    await store.touch_sessions({token_hash("unknown"): (now, now)})  # no error
 
 
 async def test_touch_never_resurrects_a_revoked_session(store: Store) -> None:
@@ -364,7 +361,7 @@ async def test_touch_never_resurrects_a_revoked_session(store: Store) -> None:
     now = time.time()
     h = await make_session(store, user_id, "s", now=now)
     assert await store.revoke_session(h, actor="test", reason="logout")
-    await store.touch_session(h, last_seen_at=now + 10)
+    await store.touch_sessions({h: (now + 10, now + 10)})
     found = await store.lookup_session(h)
     assert found is not None
     assert found.session.revoked_at is not None
@@ -481,7 +478,7 @@ async def test_sessions_remember_whether_the_login_used_a_second_factor(store: S
     assert [(s.token_hash, s.mfa) for s in listed] == [(strong.token_hash, True), (weak, False)]
 
     # revoking and touching keep the flag
-    await store.touch_session(strong.token_hash, last_seen_at=now + 10)
+    await store.touch_sessions({strong.token_hash: (now + 10, now + 10)})
     await store.revoke_session(strong.token_hash, actor="t", reason="r")
     found = await store.lookup_session(strong.token_hash)
     assert found is not None and found.session.mfa is True
@@ -571,7 +568,7 @@ async def test_create_login_attempt_rejects_bad_values(store: Store, change: dic
 
 
 async def test_create_login_attempt_accepts_values_at_their_limits(store: Store) -> None:
-    limits = {name: "x" * size for name, size in LOGIN_ATTEMPT_LIMITS.items()}
+    limits: dict[str, Any] = {name: "x" * size for name, size in LOGIN_ATTEMPT_LIMITS.items()}
     await store.create_login_attempt(**attempt_args("max", **limits))
     got = await store.consume_login_attempt(token_hash("attempt:max"), now=1_700_000_000.0)
     assert got is not None
@@ -1025,7 +1022,7 @@ def _log_without_broadcast(database_url: str, revoked: str) -> None:
     """Append a revocation to the log the way a writer whose NOTIFY got lost would leave it: a row, no
     broadcast."""
     if database_url.startswith("sqlite"):
-        with contextlib.closing(sqlite3.connect(sqlite_module.sqlite_path(database_url))) as conn, conn:
+        with contextlib.closing(sqlite3.connect(sqlite_path(database_url))) as conn, conn:
             conn.execute("INSERT INTO revocations (token_hash, user_id, at) VALUES (?, NULL, ?)",
                          (revoked, time.time()))
         return
@@ -1038,8 +1035,7 @@ async def test_every_revocation_is_logged_in_order(store: Store) -> None:
     bob = await make_user(store, "bob")
     carol = await make_user(store, "carol")
     first, second = await make_session(store, alice, "first"), await make_session(store, alice, "second")
-    start = await store.revocation_sequence()
-    assert start >= 0
+    start = 0  # a fresh database: nothing logged yet
     assert await store.revocations_since(start) == []
 
     assert await store.revoke_session(first, actor="alice", reason="logout")
@@ -1052,7 +1048,6 @@ async def test_every_revocation_is_logged_in_order(store: Store) -> None:
         Revocation(token_hash=first), Revocation(user_id=alice), Revocation(user_id=bob), Revocation(user_id=carol)]
     seqs = [entry.seq for entry in logged]
     assert seqs == sorted(set(seqs)) and seqs[0] > start
-    assert await store.revocation_sequence() == seqs[-1]
     assert all(abs(entry.at - time.time()) < 60 for entry in logged)
     # read from any point on, in pages
     assert await store.revocations_since(seqs[1]) == logged[2:]
@@ -1069,11 +1064,14 @@ async def test_pruning_the_log_keeps_what_is_newer(store: Store) -> None:
     await asyncio.sleep(0.01)
     new = await make_session(store, user_id, "new")
     assert await store.revoke_session(new, actor="t", reason="r")
-    newest = await store.revocation_sequence()
+    newest = (await store.revocations_since(0))[-1].seq
     assert await store.prune_revocations(before=cut) == 1
     assert [e.revocation.token_hash for e in await store.revocations_since(0)] == [new]
-    assert await store.revocation_sequence() == newest  # numbers are never handed out again
     assert await store.prune_revocations(before=cut) == 0
+    # numbers are never handed out again: the next revocation is numbered past the newest, pruned or not
+    after = await make_session(store, user_id, "after")
+    assert await store.revoke_session(after, actor="t", reason="r")
+    assert [e.seq > newest for e in await store.revocations_since(0)] == [False, True]
 
 
 async def test_watch_delivers_a_revocation_whose_broadcast_never_came(store: Store, database_url: str) -> None:
@@ -1087,7 +1085,7 @@ async def test_watch_delivers_a_revocation_whose_broadcast_never_came(store: Sto
 async def test_a_revocation_is_logged_only_if_it_commits(store: Store) -> None:
     """The log row is written in the revoking transaction: a revocation that fails leaves none."""
     user_id = await make_user(store)
-    start = await store.revocation_sequence()
+    start = 0  # a fresh database: nothing logged yet
     with pytest.raises(ValueError):  # the block's reason is too long: refused before anything is written
         await store.block_subject(BlockKey.for_identity("oidc", "alice"), actor="admin", reason="x" * 600)
     assert await store.revocations_since(start) == []

@@ -16,7 +16,8 @@ import pytest
 
 from gateway.errors import StoreUnavailable
 from gateway.settings import Settings
-from gateway.store import Store, make_store
+from gateway.store import Store
+from tests.helpers import store_for
 from tests.store.storekit import VERSIONS, StoreFactory, eventually, make_session, make_user, token_hash, watching
 
 
@@ -29,8 +30,8 @@ def database_url(postgres_url: str) -> str:
 @pytest.mark.postgres
 async def test_watcher_survives_a_database_restart(postgres_cluster: Any, postgres_url: str,
                                                    settings_factory: Callable[..., Settings]) -> None:
-    watcher_store = make_store(settings_factory(database_url=postgres_url))
-    writer = make_store(settings_factory(database_url=postgres_url))
+    watcher_store = store_for(settings_factory(database_url=postgres_url))
+    writer = store_for(settings_factory(database_url=postgres_url))
     await watcher_store.open()
     await writer.open()
     try:
@@ -88,7 +89,7 @@ async def test_concurrent_revocations_become_visible_in_sequence_order(
     user_id = await make_user(writers[0])
     hashes = [await make_session(writers[0], user_id, f"concurrent{i}") for i in range(200)]
     reader = await store_factory(postgres_url)
-    start = await reader.revocation_sequence()
+    start = 0  # a fresh database: nothing revoked yet
     read: list[int] = []
     done = asyncio.Event()
 
@@ -118,7 +119,7 @@ async def test_concurrent_revocations_become_visible_in_sequence_order(
 @pytest.mark.postgres
 async def test_pool_recovers_after_a_database_restart(postgres_cluster: Any, postgres_url: str,
                                                       settings_factory: Callable[..., Settings]) -> None:
-    store = make_store(settings_factory(database_url=postgres_url))
+    store = store_for(settings_factory(database_url=postgres_url))
     await store.open()
     try:
         await store.migrate()
@@ -145,7 +146,7 @@ async def test_pool_recovers_after_a_database_restart(postgres_cluster: Any, pos
 async def test_open_succeeds_while_the_database_is_down(postgres_cluster: Any, postgres_url: str,
                                                         settings_factory: Callable[..., Settings]) -> None:
     await asyncio.to_thread(postgres_cluster.stop)
-    store = make_store(settings_factory(database_url=postgres_url))
+    store = store_for(settings_factory(database_url=postgres_url))
     try:
         await store.open()
         with pytest.raises(StoreUnavailable):
@@ -172,7 +173,7 @@ async def test_errors_never_reveal_the_password(postgres_cluster: Any, postgres_
         secret = "s3cret%zz"
         url = (f"postgresql://{postgres_cluster.password_user}:{secret}@127.0.0.1:"
                f"{postgres_cluster.port}/{dbname}")
-    store = make_store(settings_factory(database_url=url, **{"database.connect_timeout": 2}))
+    store = store_for(settings_factory(database_url=url, **{"database.connect_timeout": 2}))
     await store.open()
     try:
         for call in (store.ping, store.migrate, store.list_users):
@@ -194,7 +195,7 @@ async def test_password_authentication_works(postgres_cluster: Any, postgres_url
     dbname = postgres_url.rsplit("/", 1)[1]
     url = postgres_cluster.url(dbname, user=postgres_cluster.password_user,
                                password=postgres_cluster.password)
-    store = make_store(settings_factory(database_url=url))
+    store = store_for(settings_factory(database_url=url))
     await store.open()
     try:
         await store.ping()

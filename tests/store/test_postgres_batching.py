@@ -50,7 +50,7 @@ async def open_store(postgres_url: str, prepared: bool) -> AsyncIterator[StoreFa
     async def factory(url: str | None = None, **overrides: Any) -> PostgresStore:
         settings = make_settings({"database_url": url or postgres_url,
                                   "database.prepared_statements": prepared, **overrides})
-        store = PostgresStore(settings)
+        store = PostgresStore(settings.database_url, settings.database, revocation_retention=600.0)
         stores.append(store)
         await store.open()
         if url is None:
