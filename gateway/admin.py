@@ -18,7 +18,17 @@ from gateway.errors import StoreUnavailable
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.sessions import start_session
 from gateway.settings import Settings
-from gateway.store.base import Block, BlockKey, BlockOutcome, Store, normalise_email
+from gateway.store.base import (
+    Block,
+    BlockKey,
+    BlockOutcome,
+    Schema,
+    SessionLookups,
+    Sessions,
+    Store,
+    Users,
+    normalise_email,
+)
 
 ACTOR = "cli"
 """The audit ``actor`` for every change made from the command line."""
@@ -151,13 +161,13 @@ def _clean_roles(roles: Sequence[str]) -> tuple[str, ...]:
     return cleaned
 
 
-async def check_database(store: Store) -> DatabaseStatus:
+async def check_database(store: Schema) -> DatabaseStatus:
     """Ping the database and list pending migrations; raise StoreUnavailable when it cannot be reached."""
     await store.ping()
     return DatabaseStatus(pending_migrations=tuple(await store.pending_migrations()))
 
 
-async def apply_migrations(store: Store) -> list[str]:
+async def apply_migrations(store: Schema) -> list[str]:
     """Apply pending migrations and return the versions applied (empty when the schema was current)."""
     return await store.migrate()
 
@@ -187,12 +197,12 @@ async def add_user(store: Store, *, email: str, name: str = "", roles: Sequence[
     return user
 
 
-async def list_users(store: Store) -> list[User]:
+async def list_users(store: Users) -> list[User]:
     """Every enrolled user, oldest first."""
     return await store.list_users()
 
 
-async def find_user(store: Store, *, email: str | None = None, user_id: int | None = None) -> User:
+async def find_user(store: Users, *, email: str | None = None, user_id: int | None = None) -> User:
     """The one user with this id, or else with this email (case-insensitive).
 
     Raises UnknownUser when none matches and AmbiguousEmail when several users share the email.
@@ -223,7 +233,7 @@ async def user_details(store: Store, user: User, *, audit_limit: int = 20,
                        blocked=await is_blocked(store, user))
 
 
-async def delete_user(store: Store, user: User, *, block: bool = True, reason: str = "") -> None:
+async def delete_user(store: Users, user: User, *, block: bool = True, reason: str = "") -> None:
     """Unenrol: revoke and delete the user's sessions, devices and user row; audit rows are kept.
 
     With ``block`` (the default) the user's identity (``upstream:subject``) is blocked in the same
@@ -240,7 +250,7 @@ async def delete_user(store: Store, user: User, *, block: bool = True, reason: s
         raise UnknownUser(f"user {user.id} no longer exists")
 
 
-async def block_subject(store: Store, key: BlockKey, *, reason: str = "") -> BlockOutcome:
+async def block_subject(store: Users, key: BlockKey, *, reason: str = "") -> BlockOutcome:
     """Block an identity (``upstream:subject``, enrolled or not) or an email, on every replica at once.
 
     Every active session of the users it matches is revoked and their cached sessions (bearer JWTs
@@ -255,7 +265,7 @@ async def block_subject(store: Store, key: BlockKey, *, reason: str = "") -> Blo
         raise InvalidInput(str(exc)) from None
 
 
-async def unblock_subject(store: Store, key: BlockKey) -> bool:
+async def unblock_subject(store: Users, key: BlockKey) -> bool:
     """Lift a block (audited ``user_unblock``); False when ``key`` was not blocked.
 
     The identity may then sign in again (enrolled afresh when its user was deleted). Raises InvalidInput
@@ -267,17 +277,17 @@ async def unblock_subject(store: Store, key: BlockKey) -> bool:
         raise InvalidInput(str(exc)) from None
 
 
-async def list_blocked_subjects(store: Store) -> list[Block]:
+async def list_blocked_subjects(store: Users) -> list[Block]:
     """Every block, oldest first."""
     return await store.list_blocked_subjects()
 
 
-async def is_blocked(store: Store, user: User) -> bool:
+async def is_blocked(store: Users, user: User) -> bool:
     """True when the user's identity or email is blocked."""
     return await store.is_blocked(user.upstream, user.subject, emails=(user.email,))
 
 
-async def blocked_user_ids(store: Store, users: Iterable[User]) -> set[int]:
+async def blocked_user_ids(store: Users, users: Iterable[User]) -> set[int]:
     """The ids of those ``users`` whose identity or email is blocked (one query for all of them)."""
     blocks = await store.list_blocked_subjects()
     keys = {(b.key.upstream, b.key.subject) for b in blocks if not b.key.is_email}
@@ -285,7 +295,7 @@ async def blocked_user_ids(store: Store, users: Iterable[User]) -> set[int]:
     return {u.id for u in users if (u.upstream, u.subject) in keys or normalise_email(u.email) in emails}
 
 
-async def _refuse_blocked(store: Store, upstream: str, subject: str, email: str) -> None:
+async def _refuse_blocked(store: Users, upstream: str, subject: str, email: str) -> None:
     """Raise Blocked, saying how to lift it, when the identity or the email is blocked."""
     if await store.is_blocked(upstream, subject):
         key = BlockKey.for_identity(upstream, subject)
@@ -343,7 +353,7 @@ async def mint_api_token(store: Store, settings: Settings, *, email: str | None 
     return MintedToken(token=token, user=user, session=session, user_created=user_created)
 
 
-async def revoke_token(store: Store, token: str) -> bool:
+async def revoke_token(store: SessionLookups, token: str) -> bool:
     """Revoke the session of ``token`` by its hash; True if it was active until now.
 
     Raises MalformedToken, without echoing the text, when it is not shaped like a gateway token.
@@ -354,13 +364,13 @@ async def revoke_token(store: Store, token: str) -> bool:
     return await store.revoke_session(tokens.hash_token(token), actor=ACTOR, reason=REVOKE_REASON)
 
 
-async def list_sessions(store: Store, user: User, *, include_inactive: bool = False,
+async def list_sessions(store: Sessions, user: User, *, include_inactive: bool = False,
                         now: float | None = None) -> list[SessionRecord]:
     """The user's sessions, newest first: active ones only, or every one with ``include_inactive``."""
     now = time.time() if now is None else now
     return await store.list_sessions(user.id, include_inactive=include_inactive, now=now)
 
 
-async def revoke_user_sessions(store: Store, user: User) -> int:
+async def revoke_user_sessions(store: Sessions, user: User) -> int:
     """Revoke every active session of the user (broadcast to all gateway processes); return how many."""
     return await store.revoke_user_sessions(user.id, actor=ACTOR, reason=REVOKE_REASON)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from gateway import tokens
 from gateway.models import SessionKind, SessionRecord
 from gateway.settings import SessionSettings
-from gateway.store.base import Store
+from gateway.store.base import Sessions
 
 
-async def start_session(store: Store, settings: SessionSettings, *, user_id: int, kind: SessionKind,
+async def start_session(store: Sessions, settings: SessionSettings, *, user_id: int, kind: SessionKind,
                         now: float, lifetime: float | None = None, client_addr: str = "",
                         user_agent: str = "", mfa: bool = False) -> tuple[str, SessionRecord]:
     """Create a session and return ``(token, record)``; the token exists only in this return value.

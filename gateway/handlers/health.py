@@ -12,7 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.store.base import Store
+from gateway.store.base import Schema, Sessions
 
 log = structlog.get_logger("gateway.health")
 
@@ -56,7 +56,7 @@ class Readiness:
     applies: ``draining``, ``database_unavailable``, ``migrations_pending``, ``revocation_feed_down``.
     """
 
-    def __init__(self, store: Store, state: RuntimeState) -> None:
+    def __init__(self, store: Schema, state: RuntimeState) -> None:
         self._store = store
         self._state = state
 
@@ -85,7 +85,7 @@ class Readiness:
 class MetricsEndpoint:
     """``/metrics``: refreshes the active-sessions gauge at most every 10 s, then renders."""
 
-    def __init__(self, store: Store, metrics: Metrics, state: RuntimeState) -> None:
+    def __init__(self, store: Sessions, metrics: Metrics, state: RuntimeState) -> None:
         self._store = store
         self._metrics = metrics
         self._state = state
