@@ -6,9 +6,12 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
-from gateway.settings import DatabaseSettings
 from gateway.store.base import Store
+
+if TYPE_CHECKING:  # only annotations: gateway.settings may import gateway.store to check its section
+    from gateway.settings import DatabaseSettings
 
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]{0,30}")
 

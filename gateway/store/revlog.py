@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gateway.settings import CacheSettings
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only annotations: gateway.settings may import gateway.store to check its section
+    from gateway.settings import CacheSettings
 
 REVOCATION_RETENTION_FLOOR = 600.0
 """Logged revocations are kept at least this many seconds, whatever the cache settings."""
