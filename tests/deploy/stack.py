@@ -466,10 +466,106 @@ def start_nginx(directory: Path, site_text: str, port: int) -> Iterator[Nginx]:
         yield Nginx(f"http://127.0.0.1:{port}", port, directory, site, proc)
 
 
-# ---- the whole stack -------------------------------------------------------------------------------------
+# ---- HAProxy ---------------------------------------------------------------------------------------------
+
+HAPROXY_CONFIGS = REPO / "deploy" / "haproxy"
+
+
+def find_haproxy() -> str | None:
+    """The haproxy binary (on PATH, or Debian's /usr/sbin/haproxy)."""
+    found = shutil.which("haproxy")
+    if found:
+        return found
+    for candidate in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy"):
+        if os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def render_haproxy(*, listen_port: int, gateway_url: str, gateway_port: int, app_port: int) -> str:
+    """``deploy/haproxy/haproxy.cfg`` with each placeholder (each occurring exactly once) replaced: loopback
+    ports, the Lua file where it lies in this checkout, and ``gateway_url`` as the check's base URL (another
+    server than the pages' gateway, for tests that make the check misbehave)."""
+    text = (HAPROXY_CONFIGS / "haproxy.cfg").read_text()
+    substitutions = {
+        "\n    bind :80\n": f"\n    bind 127.0.0.1:{listen_port}\n",
+        "lua-load /etc/haproxy/auth-request.lua": f"lua-load {HAPROXY_CONFIGS / 'auth-request.lua'}",
+        "lua.auth_request http://127.0.0.1:4180/auth/check": f"lua.auth_request {gateway_url}/auth/check",
+        "server gateway 127.0.0.1:4180": f"server gateway 127.0.0.1:{gateway_port}",
+        "server app 127.0.0.1:8080": f"server app 127.0.0.1:{app_port}",
+    }
+    for placeholder, value in substitutions.items():
+        count = text.count(placeholder)
+        assert count == 1, f"haproxy.cfg: expected {placeholder!r} once, found it {count} times"
+        text = text.replace(placeholder, value)
+    return text
+
 
 @dataclass
-class Stack:
+class HAProxy:
+    """A running haproxy."""
+
+    url: str
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes]
+
+    def log_text(self) -> str:
+        """What haproxy wrote to stdout and stderr so far (alerts, warnings, the Lua action's warnings)."""
+        return self.log.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def start_haproxy(directory: Path, config_text: str, port: int) -> Iterator[HAProxy]:
+    """Check ``config_text`` with ``haproxy -c``, then run haproxy in the foreground until the block ends.
+
+    Skips (or fails under strict mode) without haproxy.
+    """
+    binary = find_haproxy()
+    if binary is None:
+        unavailable("haproxy not found (apt-get install haproxy)")
+    directory.mkdir(parents=True, exist_ok=True)
+    config = directory / "haproxy.cfg"
+    config.write_text(config_text)
+    test = subprocess.run([binary, "-c", "-f", str(config)], capture_output=True, text=True, timeout=30, check=False)
+    if test.returncode != 0:
+        pytest.fail(f"haproxy -c rejected the configuration:\n{test.stderr}{test.stdout}", pytrace=False)
+    log = directory / "haproxy.log"
+    # -db: stay in the foreground; SIGUSR1 is a soft stop (listeners closed, requests in flight finish)
+    with running([binary, "-db", "-f", str(config)], log, stop_signal=signal.SIGUSR1) as proc:
+        wait_until(lambda: port_open(port), "haproxy", proc=proc, log=log)
+        yield HAProxy(f"http://127.0.0.1:{port}", port, log, proc)
+
+
+# ---- the whole stack -------------------------------------------------------------------------------------
+
+class Site:
+    """Requests to a proxy's site (``url``) in front of the echo app, which checks with ``gateway``."""
+
+    gateway: Gateway
+    echo: Echo
+
+    @property
+    def url(self) -> str:
+        """The site's base URL (through the proxy), e.g. ``http://127.0.0.1:41234``."""
+        raise NotImplementedError
+
+    def get(self, path: str, headers: Sequence[tuple[str, str]] = (), *, token: str | None = None,
+            browser: bool = False) -> Reply:
+        """GET ``path`` through the proxy as a browser (HTML ``Accept``) or an API client, ``token`` as cookie."""
+        sent = list(headers)
+        sent.append(("Accept", "text/html,application/xhtml+xml" if browser else "application/json"))
+        if token is not None:
+            sent.append(cookie_header({COOKIE: token}))
+        return http("GET", self.url + path, sent)
+
+    def sign_in(self, email: str, *, groups: str = "", rd: str | None = None) -> SignIn:
+        """Sign in through the proxy with the dev upstream, as a browser would; see :func:`sign_in`."""
+        return sign_in(self.url, email, groups=groups, rd=rd)
+
+
+@dataclass
+class Stack(Site):
     """nginx (from ``deploy/nginx/protect-app.conf``) in front of the echo app, checking with the gateway."""
 
     nginx: Nginx
@@ -481,19 +577,6 @@ class Stack:
     def url(self) -> str:
         """The site's base URL (through nginx), e.g. ``http://127.0.0.1:41234``."""
         return self.nginx.url
-
-    def get(self, path: str, headers: Sequence[tuple[str, str]] = (), *, token: str | None = None,
-            browser: bool = False) -> Reply:
-        """GET ``path`` through nginx as a browser (HTML ``Accept``) or an API client, ``token`` as cookie."""
-        sent = list(headers)
-        sent.append(("Accept", "text/html,application/xhtml+xml" if browser else "application/json"))
-        if token is not None:
-            sent.append(cookie_header({COOKIE: token}))
-        return http("GET", self.url + path, sent)
-
-    def sign_in(self, email: str, *, groups: str = "", rd: str | None = None) -> SignIn:
-        """Sign in through nginx with the dev upstream, as a browser would; see :func:`sign_in`."""
-        return sign_in(self.url, email, groups=groups, rd=rd)
 
 
 @dataclass
@@ -561,3 +644,147 @@ def start_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TOML, extr
                                                    app_port=echo.port))
         nginx = stack.enter_context(start_nginx(directory / "nginx", site_text, nginx_port))
         yield Stack(nginx, gateway, echo, directory)
+
+
+@dataclass
+class HAProxyStack(Site):
+    """HAProxy (from ``deploy/haproxy/``) in front of the echo app, checking with the gateway."""
+
+    haproxy: HAProxy
+    gateway: Gateway
+    echo: Echo
+    directory: Path
+
+    @property
+    def url(self) -> str:
+        """The site's base URL (through HAProxy)."""
+        return self.haproxy.url
+
+
+@contextlib.contextmanager
+def start_haproxy_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TOML) -> Iterator[HAProxyStack]:
+    """Start the echo app, the gateway and HAProxy (``deploy/haproxy/haproxy.cfg``); stop them after.
+
+    HAProxy is looked for first, so a machine without it skips (or fails under strict mode) before anything
+    starts.
+    """
+    if find_haproxy() is None:
+        unavailable("haproxy not found (apt-get install haproxy)")
+    haproxy_port, gateway_port = free_port(), free_port()
+    haproxy_url = f"http://127.0.0.1:{haproxy_port}"
+    with contextlib.ExitStack() as stack:
+        echo = stack.enter_context(start_echo(directory))
+        gateway = stack.enter_context(start_gateway(
+            directory, port=gateway_port, public_url=haproxy_url,
+            redirect_hosts=[f"127.0.0.1:{haproxy_port}", f"localhost:{haproxy_port}"], access_toml=access_toml))
+        config = render_haproxy(listen_port=haproxy_port, gateway_url=gateway.url, gateway_port=gateway_port,
+                                app_port=echo.port)
+        haproxy = stack.enter_context(start_haproxy(directory / "haproxy", config, haproxy_port))
+        yield HAProxyStack(haproxy, gateway, echo, directory)
+
+
+# ---- what a site must do, whichever proxy: helpers shared by the proxy tests ----------------------------
+
+IDENTITY = ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups", "X-Auth-Request-User-Id")
+"""The identity headers the gateway answers and the proxy sets on the request to the app."""
+
+LOOKALIKES = ("x-user", "x-email", "x-groups", "remote-user", "x-remote-user", "x-forwarded-user",
+              "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username")
+"""Names apps and frameworks often read a user from: a client must never get them to the app."""
+
+SPOOFS = [
+    ("X-Auth-Request-User", "SPOOFED-admin"),
+    ("x-auth-request-user", "SPOOFED-admin"),
+    ("X-AUTH-REQUEST-EMAIL", "SPOOFED@evil.example"),
+    ("X-Auth-Request-Groups", "SPOOFED-admin"),
+    ("x-Auth-request-user-ID", "SPOOFED-0"),
+    ("X_Auth_Request_User", "SPOOFED-admin"),
+    ("X-User", "SPOOFED-admin"),
+    ("x-user", "SPOOFED-admin"),
+    ("X-Email", "SPOOFED@evil.example"),
+    ("X-Groups", "SPOOFED-admin"),
+    ("X-Remote-User", "SPOOFED-admin"),
+    ("Remote-User", "SPOOFED-admin"),
+    ("X-Forwarded-User", "SPOOFED-admin"),
+    ("X-Forwarded-Email", "SPOOFED@evil.example"),
+    ("X-Forwarded-Groups", "SPOOFED-admin"),
+    ("X-Forwarded-Preferred-Username", "SPOOFED-admin"),
+]
+"""Identity headers a client sends itself, in every letter case, with underscores, and lookalikes."""
+
+
+def seen_by_app(reply: Reply) -> list[tuple[str, str]]:
+    """The headers the echo app received, from its JSON answer."""
+    assert reply.status == 200, (reply.status, reply.text)
+    return [(name, value) for name, value in reply.json()["headers"]]
+
+
+def named(headers: list[tuple[str, str]], name: str) -> list[str]:
+    """Every value of the header ``name`` (any case)."""
+    return [v for k, v in headers if k.lower() == name.lower()]
+
+
+def assert_only_the_gateways_identity(seen: list[tuple[str, str]], email: str) -> None:
+    """The app was sent each identity header once, the gateway's (for ``email``), and none of :data:`SPOOFS`."""
+    assert "SPOOFED" not in json.dumps(seen)
+    names = [name.lower() for name, _ in seen]
+    for header in IDENTITY:
+        assert names.count(header.lower()) == 1, (header, seen)
+    assert named(seen, "X-Auth-Request-Email") == [email]
+    assert not any("_" in name for name in names)
+    for lookalike in LOOKALIKES:
+        assert lookalike not in names
+
+
+def raw_exchange(port: int, request: bytes, timeout: float = 2.0) -> bytes:
+    """Send ``request`` bytes to 127.0.0.1:``port`` as they are; everything answered until it closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+        conn.sendall(request)
+        chunks = []
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := conn.recv(65536):
+                chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def app_paths(site: Site, since: int) -> list[str]:
+    """Paths the echo app was asked for after its ``since``-th request."""
+    return [entry["path"] for entry in site.echo.requests()[since:]]
+
+
+def refused_within(site: Site, token: str, deadline: float, started: float) -> tuple[Reply, Reply]:
+    """Poll a browser and an API request with ``token`` until both are refused; fail after ``deadline`` s.
+
+    The revocation may land between the two requests of one round; once one request is refused, every
+    later one must be (one gateway process: a revocation never comes undone).
+    """
+    refused = False
+    while True:
+        page = site.get("/dashboard", token=token, browser=True)
+        assert page.status in ((302,) if refused else (200, 302)), page.status
+        refused = refused or page.status == 302
+        api = site.get("/api/me", token=token)
+        assert api.status in ((401,) if refused else (200, 401)), api.status
+        refused = refused or api.status == 401
+        if page.status == 302 and api.status == 401:
+            return page, api
+        elapsed = time.monotonic() - started
+        assert elapsed < deadline, f"the session still works {elapsed:.2f} s after it was revoked"
+        time.sleep(0.05)
+
+
+def sign_out_form(site: Site, token: str, rd: str) -> dict[str, str]:
+    """``GET /logout`` through the proxy: the confirmation page's form fields (asking changes nothing)."""
+    page = site.get(f"/logout?rd={quote(rd, safe='')}", token=token, browser=True)
+    assert page.status == 200 and not page.all("Set-Cookie"), (page.status, page.text)
+    assert re.search(r'<form method="post" action="/logout">', page.text), page.text
+    return {name: html.unescape(value)
+            for name, value in re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)">', page.text)}
+
+
+def post_sign_out(site: Site, token: str, fields: dict[str, str], origin: str) -> Reply:
+    """Press the form's button: a same-origin POST through the proxy, as Chromium sends it."""
+    return http("POST", site.url + "/logout",
+                [("Accept", "text/html"), ("Cookie", f"{COOKIE}={token}"), ("Origin", origin),
+                 ("Sec-Fetch-Site", "same-origin"), ("Content-Type", "application/x-www-form-urlencoded")],
+                urlencode(fields).encode())
