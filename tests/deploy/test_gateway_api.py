@@ -100,6 +100,14 @@ def lower(names: list[str]) -> list[str]:
     return [name.lower() for name in names]
 
 
+def seconds(duration: str) -> float:
+    """A Gateway API / Envoy Gateway / Istio duration ("60s", "1m30s", "500ms") in seconds."""
+    parts = re.findall(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)", duration)
+    assert parts and "".join(n + u for n, u in parts) == duration, f"not a duration: {duration}"
+    unit = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+    return sum(float(n) * unit[u] for n, u in parts)
+
+
 # --- schemas -------------------------------------------------------------------------------------------------
 
 
@@ -258,7 +266,7 @@ def test_istiod_values_match_the_mesh_config_definition() -> None:
 def test_every_file_is_covered() -> None:
     kinds = {doc["kind"] for _, doc in _documents()}
     assert {"Gateway", "HTTPRoute", "SecurityPolicy", "ClientTrafficPolicy", "AuthorizationPolicy",
-            "NetworkPolicy"} <= kinds
+            "NetworkPolicy", "DestinationRule"} <= kinds
     assert set(GATEWAY_API.rglob("*.yaml")) == {*MANIFESTS, ISTIOD_VALUES, *(d / "kustomization.yaml" for d in
                                                                              [*KUSTOMIZATIONS, ROUTES])}
 
@@ -285,6 +293,7 @@ BROKEN_COPIES = [
     pytest.param("istio/authorization-policy.yaml", "notHosts:", "notHost:", id="ap-field"),
     pytest.param("istio/authorization-policy.yaml", "action: CUSTOM", "action: EXTERNAL", id="ap-enum"),
     pytest.param("istio/network-policy.yaml", "  podSelector:", "  podSelecter:", id="netpol-field"),
+    pytest.param("istio/destination-rule.yaml", "idleTimeout:", "idle_timeout:", id="dr-field"),
     pytest.param("envoy-gateway/network-policy.yaml", "  name: gateway-from-envoy-gateway",
                  "  name: gateway-from-envoy-gateway\n  namespaces: auth", id="metadata-field"),
     pytest.param("istio/istiod-values.yaml", "headersToUpstreamOnAllow:", "headersToUpstreamOnAllowed:",
@@ -393,7 +402,8 @@ def assert_check_headers_match_the_replayed_envoy_file(sent: list[str]) -> None:
         "send the gateway what deploy/envoy/envoy.yaml sends (its requests are replayed in test_proxy_replays.py)"
 
 
-def test_envoy_gateway_security_policy_guards_the_app_route_with_the_gateway(example: list[Doc]) -> None:
+def test_envoy_gateway_security_policy_guards_the_app_route_with_the_gateway(example: list[Doc],
+                                                                            example_settings: Settings) -> None:
     docs = objects(ENVOY_GATEWAY)
     policy = one(docs, "SecurityPolicy")
     namespace = policy["metadata"]["namespace"]
@@ -410,6 +420,8 @@ def test_envoy_gateway_security_policy_guards_the_app_route_with_the_gateway(exa
     assert backend.get("kind", "Service") == "Service" and backend.get("group", "") == ""
     assert backend.get("namespace", namespace) == namespace, "another namespace would need a ReferenceGrant"
     assert_reaches_the_gateway(example, backend["name"], namespace, backend["port"])
+    idle = seconds(http["backendSettings"]["timeout"]["http"]["connectionIdleTimeout"])
+    assert idle < example_settings.keepalive_timeout, "Envoy must drop idle connections before the gateway does"
 
     # Envoy appends the original path to `path`: the gateway's Envoy mode, /auth/check/{anything}.
     assert "pathOverride" not in http
@@ -458,6 +470,14 @@ def test_istio_extension_provider_asks_the_gateway(example: list[Doc]) -> None:
     assert {"location", "set-cookie"} <= set(lower(config["headersToDownstreamOnDeny"])), \
         "the sign-in redirect and its cookie must reach the browser"
     assert not config.get("includeAdditionalHeadersInCheck") and not config.get("headersToDownstreamOnAllow")
+
+
+def test_istio_drops_idle_connections_to_the_gateway_before_the_gateway_does(example_settings: Settings) -> None:
+    rule = one(objects(ISTIO), "DestinationRule")
+    assert rule["spec"]["host"] == istio_provider()["envoyExtAuthzHttp"]["service"]
+    assert not rule["spec"].get("exportTo") and not rule["spec"].get("workloadSelector")
+    idle = seconds(rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"])
+    assert idle < example_settings.keepalive_timeout
 
 
 def test_istio_checks_every_request_through_the_gateway_but_sign_in(example_settings: Settings) -> None:
