@@ -34,6 +34,7 @@ from tests.deploy.stack import (
     app_paths,
     assert_only_the_gateways_identity,
     http,
+    metric_sum,
     named,
     post_sign_out,
     raw_exchange,
@@ -163,11 +164,13 @@ def test_client_sent_identity_headers_never_reach_the_app(stack: HAProxyStack, p
 def test_client_sent_forwarded_headers_never_reach_the_app(stack: HAProxyStack) -> None:
     token = stack.gateway.mint("forwarded@example.com")
     sent = [("X-Forwarded-Host", "evil.example"), ("X-Forwarded-For", "203.0.113.9"), ("X-Real-IP", "203.0.113.9"),
-            ("X-Forwarded-Proto", "https"), ("X-Original-URL", "http://evil.example/"), ("X-Request-ID", "mine")]
+            ("X-Forwarded-Proto", "https"), ("X-Original-URL", "http://evil.example/"), ("X-Request-ID", "mine"),
+            ("X-Rewrite-URL", "/forbidden/x"), ("Forwarded", "for=203.0.113.9;host=evil.example;proto=https")]
     seen = seen_by_app(stack.get("/dashboard", sent, token=token))
     assert named(seen, "X-Forwarded-For") == ["127.0.0.1"] and named(seen, "X-Real-IP") == ["127.0.0.1"]
     assert named(seen, "X-Forwarded-Proto") == ["http"]
-    assert named(seen, "X-Forwarded-Host") == [] and named(seen, "X-Original-URL") == []
+    for name in ("X-Forwarded-Host", "X-Original-URL", "X-Rewrite-URL", "Forwarded"):
+        assert named(seen, name) == [], name
     assert len(named(seen, "X-Request-ID")) == 1 and named(seen, "X-Request-ID") != ["mine"]
 
 
@@ -460,6 +463,21 @@ def test_a_gateway_that_is_down_is_a_503_and_its_pages_too(stack: HAProxyStack, 
     assert reply.status == 503 and time.monotonic() - started < FAIL_CLOSED_WITHIN
     assert http("GET", no_gateway.url + "/login?rd=/", [("Accept", "text/html")]).status == 503
     assert app_paths(stack, before) == []
+
+
+def test_haproxy_keeps_its_connections_to_the_gateway_open(stack: HAProxyStack, token: str) -> None:
+    """HAProxy's HTTP client reuses its connections: checks do not cost a TCP handshake each, and all of
+    them are answered on the gateway's fast lane."""
+    before = stack.gateway.metrics()
+    for i in range(100):
+        assert stack.get(f"/api/items/{i}", token=token).status == 200
+    after = stack.gateway.metrics()
+    opened = (metric_sum(after, "gateway_connections_accepted_total")
+              - metric_sum(before, "gateway_connections_accepted_total"))
+    fast = (metric_sum(after, "gateway_fast_lane_requests_total")
+            - metric_sum(before, "gateway_fast_lane_requests_total"))
+    assert opened < 10, f"HAProxy opened {opened:.0f} connections to the gateway for 100 checks"
+    assert fast >= 100
 
 
 # ---- the config itself -----------------------------------------------------------------------------------
