@@ -1,6 +1,7 @@
 """The ``gateway`` command line: ``serve``, ``check-config``, ``migrate`` and the admin subcommands.
 
-Thin by design: parse arguments, load settings, call :mod:`gateway.admin`, format the result. Exit codes:
+Thin by design: parse arguments, load settings, call :mod:`gateway.admin` (through
+:mod:`gateway.admincommands`), format the result (:mod:`gateway.console`). Exit codes:
 0 success, 1 the operation failed (unknown user, database unavailable, nothing to revoke or unblock, a
 blocked identity, bad config in ``check-config``), 2 the command was given bad input (usage, settings
 problems, a malformed token or key).
@@ -13,57 +14,23 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import sys
-import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TextIO, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-from gateway import __version__, admin
+from gateway import __version__, admin, admincommands
+from gateway.admincommands import StoreCommand
+from gateway.console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Console
 from gateway.errors import StoreUnavailable
 from gateway.logging import configure_logging
-from gateway.models import AuditEvent, SessionRecord, User
 from gateway.redaction import scrub, url_secrets
 from gateway.settings import Settings, load_settings, parse_duration, redacted
 from gateway.store import make_store, revocation_retention
-from gateway.store.base import Block, BlockKey, Store
-
-EXIT_OK = 0
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+from gateway.store.base import Store
 
 T = TypeVar("T")
 
-_FROM_STDIN = "-"
-_FULL_HASH_RE = re.compile(r"\b[0-9a-f]{64}\b")
-_UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-
-
-@dataclass(frozen=True, slots=True)
-class Console:
-    """Where a command writes results (``out``), messages (``err``) and reads piped input (``inp``)."""
-
-    out: TextIO
-    err: TextIO
-    inp: TextIO
-
-    def say(self, line: str = "") -> None:
-        """Write one result line to stdout."""
-        print(line, file=self.out)
-
-    def note(self, line: str) -> None:
-        """Write one informational line to stderr."""
-        print(line, file=self.err)
-
-    def error(self, message: str) -> None:
-        """Write one ``error:`` line to stderr."""
-        print(f"error: {message}", file=self.err)
-
-
 Handler = Callable[[argparse.Namespace, Console], int]
-StoreCommand = Callable[[argparse.Namespace, Settings, Store, Console], Awaitable[int]]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_check_config)
 
     migrate = commands.add_parser("migrate", parents=[common], help="apply pending database migrations")
-    migrate.set_defaults(handler=_store_command(_migrate))
+    migrate.set_defaults(handler=_store_command(admincommands.migrate))
 
     users = commands.add_parser("users", help="enrol, list, show, delete and block users").add_subparsers(
         dest="users_command", required=True, metavar="COMMAND")
@@ -117,15 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="grant a role (repeat for several)")
     add.add_argument("--upstream", default=admin.LOCAL_UPSTREAM, help="identity source (default: %(default)s)")
     add.add_argument("--subject", help="stable id at the upstream (default: the lower-cased email)")
-    add.set_defaults(handler=_store_command(_users_add))
+    add.set_defaults(handler=_store_command(admincommands.users_add))
     listing = users.add_parser("list", parents=[common], help="list every user")
     _add_json_option(listing)
-    listing.set_defaults(handler=_store_command(_users_list))
+    listing.set_defaults(handler=_store_command(admincommands.users_list))
     show = users.add_parser("show", parents=[common],
                             help="a user with their active sessions and recent audit rows")
     _add_user_selector(show)
     _add_json_option(show)
-    show.set_defaults(handler=_store_command(_users_show))
+    show.set_defaults(handler=_store_command(admincommands.users_show))
     delete = users.add_parser(
         "delete", parents=[common],
         help="unenrol a user: revoke their sessions and block them from coming back (audit is kept)",
@@ -138,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--allow-return", action="store_true",
                         help="do not block: the user may sign in again (and is then enrolled afresh)")
     delete.add_argument("--reason", default="", help="why, recorded with the block and in the audit log")
-    delete.set_defaults(handler=_store_command(_users_delete))
+    delete.set_defaults(handler=_store_command(admincommands.users_delete))
     block = users.add_parser(
         "block", parents=[common], help="keep an identity or an email out, enrolled or not",
         description="Block one identity (an enrolled user by --id, or any upstream:subject by --key, even "
@@ -149,14 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_block_selector(block, email_help="block every identity presenting this email (case-insensitive), "
                                           "enrolled users and future sign-ins alike")
     block.add_argument("--reason", default="", help="why, recorded with the block and in the audit log")
-    block.set_defaults(handler=_store_command(_users_block))
+    block.set_defaults(handler=_store_command(admincommands.users_block))
     unblock = users.add_parser("unblock", parents=[common],
                                help="lift a block: the identity (or email) may sign in again")
     _add_block_selector(unblock, email_help="lift the block on this email")
-    unblock.set_defaults(handler=_store_command(_users_unblock))
+    unblock.set_defaults(handler=_store_command(admincommands.users_unblock))
     blocked = users.add_parser("blocked", parents=[common], help="list every block")
     _add_json_option(blocked)
-    blocked.set_defaults(handler=_store_command(_users_blocked))
+    blocked.set_defaults(handler=_store_command(admincommands.users_blocked))
 
     token_commands = commands.add_parser("tokens", help="mint and revoke API tokens").add_subparsers(
         dest="tokens_command", required=True, metavar="COMMAND")
@@ -171,11 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     mint.add_argument("--role", dest="roles", action="append", default=[], metavar="ROLE",
                       help="roles for a new user; for an existing user, roles they must hold")
     mint.add_argument("--name", default="", help="display name of a user enrolled by this command")
-    mint.set_defaults(handler=_store_command(_tokens_mint))
+    mint.set_defaults(handler=_store_command(admincommands.tokens_mint))
     revoke = token_commands.add_parser("revoke", parents=[common], help="revoke one API or browser token")
     revoke.add_argument("token", metavar="TOKEN",
                         help="the token, or - to read it from stdin (keeps it out of shell history)")
-    revoke.set_defaults(handler=_store_command(_tokens_revoke))
+    revoke.set_defaults(handler=_store_command(admincommands.tokens_revoke))
 
     session_commands = commands.add_parser("sessions", help="list and revoke a user's sessions").add_subparsers(
         dest="sessions_command", required=True, metavar="COMMAND")
@@ -183,11 +150,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_user_selector(sessions_list)
     sessions_list.add_argument("--all", action="store_true", help="include revoked and expired sessions")
     _add_json_option(sessions_list)
-    sessions_list.set_defaults(handler=_store_command(_sessions_list))
+    sessions_list.set_defaults(handler=_store_command(admincommands.sessions_list))
     sessions_revoke = session_commands.add_parser("revoke", parents=[common],
                                                   help="revoke every active session of a user")
     _add_user_selector(sessions_revoke)
-    sessions_revoke.set_defaults(handler=_store_command(_sessions_revoke))
+    sessions_revoke.set_defaults(handler=_store_command(admincommands.sessions_revoke))
     return parser
 
 
@@ -351,234 +318,3 @@ def _check_config(args: argparse.Namespace, console: Console) -> int:
     for name, value in redacted(settings).items():
         console.say(f"{name} = {json.dumps(value)}")
     return EXIT_OK
-
-
-async def _migrate(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    applied = await admin.apply_migrations(store)
-    for version in applied:
-        console.say(f"applied {version}")
-    if not applied:
-        console.say("schema is current")
-    return EXIT_OK
-
-
-async def _users_add(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    user = await admin.add_user(store, email=args.email, name=args.name, roles=args.roles,
-                                upstream=args.upstream, subject=args.subject)
-    console.say(f"added user {user.id}: {_printable(user.email)} ({_printable(admin.user_key(user))})")
-    return EXIT_OK
-
-
-async def _users_list(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    users = await admin.list_users(store)
-    blocked = await admin.blocked_user_ids(store, users)
-    if args.json:
-        _print_json(console, [_user_json(user) | {"blocked": user.id in blocked} for user in users])
-        return EXIT_OK
-    rows = [[str(u.id), u.email, u.name, u.upstream, u.subject, ", ".join(u.roles), _time(u.last_login_at),
-             "yes" if u.id in blocked else ""] for u in users]
-    _print_table(console, ["ID", "EMAIL", "NAME", "UPSTREAM", "SUBJECT", "ROLES", "LAST LOGIN", "BLOCKED"], rows,
-                 empty="no users")
-    return EXIT_OK
-
-
-async def _users_show(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
-    details = await admin.user_details(store, user)
-    now = time.time()
-    if args.json:
-        _print_json(console, {"user": _user_json(user) | {"blocked": details.blocked},
-                              "sessions": [_session_json(s, now) for s in details.sessions],
-                              "audit": [_audit_json(a) for a in details.audit]})
-        return EXIT_OK
-    fields = [("id", str(user.id)), ("email", user.email), ("name", user.name), ("username", user.username),
-              ("upstream", user.upstream), ("subject", user.subject), ("roles", ", ".join(user.roles)),
-              ("groups", ", ".join(user.groups)), ("created", _time(user.created_at)),
-              ("updated", _time(user.updated_at)), ("last login", _time(user.last_login_at)),
-              ("blocked", "yes" if details.blocked else "no")]
-    for label, value in fields:
-        console.say(f"{label + ':':<12}{_printable(value) or '-'}")
-    console.say()
-    console.say(f"active sessions: {len(details.sessions)}")
-    if details.sessions:
-        _print_sessions(console, details.sessions, now)
-    console.say()
-    console.say(f"recent audit: {len(details.audit)}")
-    if details.audit:
-        rows = [[_time(a.at), a.event, a.actor, _detail_text(a.detail)] for a in details.audit]
-        _print_table(console, ["AT", "EVENT", "ACTOR", "DETAIL"], rows)
-    return EXIT_OK
-
-
-async def _users_delete(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
-    await admin.delete_user(store, user, block=not args.allow_return, reason=args.reason)
-    key = _printable(admin.user_key(user))
-    outcome = ("not blocked: they may sign in again" if args.allow_return
-               else f"blocked {key}; `gateway users unblock --key {key}` lets them back")
-    console.say(f"deleted user {user.id}: {_printable(user.email)} (sessions revoked, audit kept); {outcome}")
-    return EXIT_OK
-
-
-async def _block_key(args: argparse.Namespace, store: Store) -> BlockKey:
-    """The block key named by --id (an enrolled user's identity), --key or --email."""
-    if args.user_id is not None:
-        user = await admin.find_user(store, user_id=args.user_id)
-        return BlockKey.for_identity(user.upstream, user.subject)
-    if args.key is not None:
-        return admin.identity_key(args.key)
-    return admin.email_key(args.email)
-
-
-async def _users_block(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    key = await _block_key(args, store)
-    outcome = await admin.block_subject(store, key, reason=args.reason)
-    count = outcome.sessions_revoked
-    revoked = f"{count} session{'' if count == 1 else 's'} revoked"
-    if outcome.created:
-        console.say(f"blocked {_printable(str(key))} ({revoked})")
-    else:
-        console.say(f"{_printable(str(key))} was already blocked ({revoked})")
-    return EXIT_OK
-
-
-async def _users_unblock(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    key = await _block_key(args, store)
-    if await admin.unblock_subject(store, key):
-        console.say(f"unblocked {_printable(str(key))}")
-        return EXIT_OK
-    console.say(f"not blocked: {_printable(str(key))}")
-    return EXIT_FAILURE
-
-
-async def _users_blocked(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    blocks = await admin.list_blocked_subjects(store)
-    if args.json:
-        _print_json(console, [_block_json(b) for b in blocks])
-        return EXIT_OK
-    rows = [["email" if b.key.is_email else "identity", str(b.key), _time(b.created_at), b.actor, b.reason]
-            for b in blocks]
-    _print_table(console, ["KIND", "BLOCKED", "SINCE", "BY", "REASON"], rows, empty="no blocks")
-    return EXIT_OK
-
-
-async def _tokens_mint(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    minted = await admin.mint_api_token(store, settings, email=args.email, user_id=args.user_id,
-                                        roles=args.roles, name=args.name, lifetime=args.ttl)
-    user = minted.user
-    if minted.user_created:
-        console.note(f"enrolled user {user.id}: {_printable(user.email)} ({_printable(admin.user_key(user))})")
-    elif args.name:
-        console.note("note: --name only applies to a user enrolled by this command; ignored")
-    console.note(f"minted api token for user {user.id}, session {admin.short_hash(minted.session.token_hash)},"
-                 f" expires {admin.iso_time(minted.session.expires_at)}")
-    # The one place a token is printed: alone on stdout so `TOKEN=$(gateway tokens mint ...)` works.
-    console.out.write(minted.token + "\n")
-    console.out.flush()
-    return EXIT_OK
-
-
-async def _tokens_revoke(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    token = console.inp.readline() if args.token == _FROM_STDIN else args.token
-    if await admin.revoke_token(store, token):
-        console.say("revoked")
-        return EXIT_OK
-    console.say("not active")
-    return EXIT_FAILURE
-
-
-async def _sessions_list(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
-    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
-    sessions = await admin.list_sessions(store, user, include_inactive=args.all)
-    now = time.time()
-    if args.json:
-        _print_json(console, [_session_json(s, now) for s in sessions])
-        return EXIT_OK
-    if not sessions:
-        console.say("no sessions" if args.all else "no active sessions")
-        return EXIT_OK
-    _print_sessions(console, sessions, now)
-    return EXIT_OK
-
-
-async def _sessions_revoke(args: argparse.Namespace, settings: Settings, store: Store,
-                           console: Console) -> int:
-    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
-    count = await admin.revoke_user_sessions(store, user)
-    console.say(f"revoked {count} session{'' if count == 1 else 's'}")
-    return EXIT_OK
-
-
-# --- output --------------------------------------------------------------------------------------------
-
-
-def _printable(text: str) -> str:
-    """``text`` with control characters escaped, so names from upstreams cannot drive the terminal."""
-    return _UNPRINTABLE_RE.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
-
-
-def _time(ts: float | None) -> str:
-    return "-" if ts is None else admin.iso_time(ts)
-
-
-def _json_time(ts: float | None) -> str | None:
-    return None if ts is None else admin.iso_time(ts)
-
-
-def _mask_hashes(text: str) -> str:
-    return _FULL_HASH_RE.sub(lambda m: admin.short_hash(m.group()), text)
-
-
-def _detail_text(detail: Mapping[str, str]) -> str:
-    return " ".join(f"{key}={_mask_hashes(value)}" for key, value in sorted(detail.items()))
-
-
-def _print_table(console: Console, headers: Sequence[str], rows: Sequence[Sequence[str]],
-                 empty: str = "") -> None:
-    if not rows and empty:
-        console.say(empty)
-        return
-    cells = [list(headers), *([_printable(cell) or "-" for cell in row] for row in rows)]
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    for row in cells:
-        console.say("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
-def _print_sessions(console: Console, sessions: Sequence[SessionRecord], now: float) -> None:
-    rows = [[admin.short_hash(s.token_hash), s.kind, admin.session_state(s, now), _time(s.created_at),
-             _time(s.expires_at), _time(s.last_seen_at), s.client_addr, s.user_agent] for s in sessions]
-    _print_table(console, ["SESSION", "KIND", "STATE", "CREATED", "EXPIRES", "LAST SEEN", "CLIENT",
-                           "USER AGENT"], rows)
-
-
-def _print_json(console: Console, value: object) -> None:
-    console.say(json.dumps(value, indent=2, ensure_ascii=False))
-
-
-def _user_json(user: User) -> dict[str, Any]:
-    return {"id": user.id, "email": user.email, "name": user.name, "username": user.username,
-            "upstream": user.upstream, "subject": user.subject, "roles": list(user.roles),
-            "groups": list(user.groups), "created_at": _json_time(user.created_at),
-            "updated_at": _json_time(user.updated_at), "last_login_at": _json_time(user.last_login_at)}
-
-
-def _session_json(session: SessionRecord, now: float) -> dict[str, Any]:
-    return {"session": admin.short_hash(session.token_hash), "kind": session.kind,
-            "state": admin.session_state(session, now), "created_at": _json_time(session.created_at),
-            "expires_at": _json_time(session.expires_at),
-            "idle_expires_at": _json_time(session.idle_expires_at),
-            "last_seen_at": _json_time(session.last_seen_at), "revoked_at": _json_time(session.revoked_at),
-            "client_addr": session.client_addr, "user_agent": session.user_agent}
-
-
-def _block_json(block: Block) -> dict[str, Any]:
-    key = block.key
-    return {"kind": "email" if key.is_email else "identity", "upstream": key.upstream, "subject": key.subject,
-            "email": key.email, "blocked_at": _json_time(block.created_at), "actor": block.actor,
-            "reason": block.reason}
-
-
-def _audit_json(event: AuditEvent) -> dict[str, Any]:
-    return {"id": event.id, "at": _json_time(event.at), "event": event.event, "actor": event.actor,
-            "user_key": event.user_key,
-            "detail": {key: _mask_hashes(value) for key, value in sorted(event.detail.items())}}
