@@ -17,7 +17,7 @@ from gateway import tokens
 from gateway.errors import StoreUnavailable
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.sessions import start_session
-from gateway.settings import Settings
+from gateway.settings import SessionSettings
 from gateway.store.base import (
     Block,
     BlockKey,
@@ -305,7 +305,7 @@ async def _refuse_blocked(store: Users, upstream: str, subject: str, email: str)
                       f"gateway users unblock --email {normalise_email(email)}")
 
 
-async def mint_api_token(store: Store, settings: Settings, *, email: str | None = None,
+async def mint_api_token(store: Store, sessions: SessionSettings, *, email: str | None = None,
                          user_id: int | None = None, roles: Sequence[str] = (), name: str = "",
                          lifetime: float | None = None, now: float | None = None) -> MintedToken:
     """Start an ``api`` session for a user and return its token, the only copy that will ever exist.
@@ -336,7 +336,7 @@ async def mint_api_token(store: Store, settings: Settings, *, email: str | None 
                               f"(has: {', '.join(user.roles) or 'none'})")
 
     now = time.time() if now is None else now
-    token, session = await start_session(store, settings.session, user_id=user.id, kind="api", now=now,
+    token, session = await start_session(store, sessions, user_id=user.id, kind="api", now=now,
                                          lifetime=lifetime)
     detail = {"kind": session.kind, "expires_at": iso_time(session.expires_at),
               "session": short_hash(session.token_hash)}

@@ -155,7 +155,7 @@ async def users_blocked(args: argparse.Namespace, settings: Settings, store: Sto
 
 async def tokens_mint(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
     """``gateway tokens mint``: mint an API token and print it alone on stdout (the only place a token is printed)."""
-    minted = await admin.mint_api_token(store, settings, email=args.email, user_id=args.user_id,
+    minted = await admin.mint_api_token(store, settings.session, email=args.email, user_id=args.user_id,
                                         roles=args.roles, name=args.name, lifetime=args.ttl)
     user = minted.user
     if minted.user_created:

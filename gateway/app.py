@@ -32,7 +32,7 @@ from gateway.metrics import Metrics
 from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
 from gateway.requestids import RequestIds
-from gateway.settings import Settings
+from gateway.settings import AccessSettings, Settings
 from gateway.store import make_store, revocation_retention
 from gateway.store.base import RevocationHandler, Store, WatchStateHandler
 from upstreams import build_provider
@@ -72,7 +72,7 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
                          clock=clock, on_evict=lambda: metrics.cache_event("eviction"))
     # Until the revocation feed is confirmed live, cache only briefly.
     cache.degraded = True
-    checker = Checker(store=store, cache=cache, policy=policy or configured_policy(settings), metrics=metrics,
+    checker = Checker(store=store, cache=cache, policy=policy or configured_policy(settings.access), metrics=metrics,
                       last_seen_grain=settings.session.last_seen_grain, clock=clock)
     login = LoginService(login=settings.login, sessions=settings.session, enrolment=settings.enrolment,
                          roles=settings.roles, public_url=settings.public_url, redirect_hosts=settings.redirect_hosts,
@@ -109,7 +109,10 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.router.add_route("*", "/auth/check/{tail:.*}", check.handle)
     app.router.add_get("/auth/webhook", webhook.handle)
     app.router.add_post("/auth/webhook", webhook.handle)
-    pages = LoginHandlers(login, checker, settings, proxies, RateLimiter(settings.login.rate_limit, clock))
+    pages = LoginHandlers(login, checker, proxies, RateLimiter(settings.login.rate_limit, clock),
+                          cookie=settings.cookie, attempt_ttl=settings.login.attempt_ttl,
+                          session_lifetime=settings.session.lifetime, accept_jwt=bool(settings.check.jwt_upstreams),
+                          default_role=settings.hasura.default_role)
     guard = errors.guard
     app.router.add_get("/login", guard(pages.login))
     app.router.add_get("/login/dev/{name}", guard(pages.dev_form))
@@ -197,11 +200,11 @@ async def _ended(task: asyncio.Task[None]) -> None:
         log.exception("background task failed")
 
 
-def configured_policy(settings: Settings) -> Policy:
+def configured_policy(access: AccessSettings) -> Policy:
     """The access policy from ``[access]``: admit-all when there are no rules and the default allows."""
-    if not settings.access.rules and settings.access.default == "allow":
+    if not access.rules and access.default == "allow":
         return AllowAll()
-    return AccessPolicy(parse_rules(settings.access.rules), settings.access.default == "allow")
+    return AccessPolicy(parse_rules(access.rules), access.default == "allow")
 
 
 async def _upstreams_lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -106,8 +106,8 @@ async def test_find_user_with_shared_email_lists_every_id(store: Store) -> None:
 
 
 async def test_user_details_shows_active_sessions_and_recent_audit(store: Store, settings: Settings) -> None:
-    minted = await admin.mint_api_token(store, settings, email="ada@example.com", now=time.time())
-    old = await admin.mint_api_token(store, settings, email="ada@example.com", now=time.time())
+    minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
+    old = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
     await admin.revoke_token(store, old.token)
     details = await admin.user_details(store, minted.user)
     assert [s.token_hash for s in details.sessions] == [minted.session.token_hash]
@@ -117,7 +117,7 @@ async def test_user_details_shows_active_sessions_and_recent_audit(store: Store,
 
 
 async def test_delete_user_revokes_sessions_and_keeps_audit(store: Store, settings: Settings) -> None:
-    minted = await admin.mint_api_token(store, settings, email="ada@example.com", now=time.time())
+    minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
     await admin.delete_user(store, minted.user)
     assert await store.get_user(minted.user.id) is None
     found = await store.lookup_session(minted.session.token_hash)
@@ -129,7 +129,7 @@ async def test_delete_user_revokes_sessions_and_keeps_audit(store: Store, settin
 
 
 async def test_mint_enrols_an_unknown_email_and_stores_only_the_hash(store: Store, settings: Settings) -> None:
-    minted = await admin.mint_api_token(store, settings, email="Bot@Example.com", roles=["deploy"],
+    minted = await admin.mint_api_token(store, settings.session, email="Bot@Example.com", roles=["deploy"],
                                         name="CI bot", lifetime=3600, now=NOW)
     assert tokens.is_well_formed(minted.token)
     assert minted.user_created
@@ -158,7 +158,7 @@ async def test_mint_defaults_to_the_api_token_lifetime(sqlite_url: str) -> None:
     await store.open()
     try:
         await store.migrate()
-        minted = await admin.mint_api_token(store, settings, email="ada@example.com", now=NOW)
+        minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=NOW)
     finally:
         await store.close()
     assert minted.session.expires_at == pytest.approx(NOW + 3 * 86400)
@@ -166,16 +166,16 @@ async def test_mint_defaults_to_the_api_token_lifetime(sqlite_url: str) -> None:
 
 async def test_mint_for_an_existing_user_needs_roles_they_hold(store: Store, settings: Settings) -> None:
     user = await admin.add_user(store, email="ada@example.com", roles=["admin", "dev"])
-    minted = await admin.mint_api_token(store, settings, email="ada@example.com", roles=["dev"], now=NOW)
+    minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", roles=["dev"], now=NOW)
     assert minted.user == user and not minted.user_created
     with pytest.raises(admin.RoleNotHeld, match="ops"):
-        await admin.mint_api_token(store, settings, email="ada@example.com", roles=["dev", "ops"], now=NOW)
+        await admin.mint_api_token(store, settings.session, email="ada@example.com", roles=["dev", "ops"], now=NOW)
     assert len(await store.list_sessions(user.id, now=NOW)) == 1
 
 
 async def test_mint_by_unknown_id_does_not_enrol(store: Store, settings: Settings) -> None:
     with pytest.raises(admin.UnknownUser):
-        await admin.mint_api_token(store, settings, user_id=42, now=NOW)
+        await admin.mint_api_token(store, settings.session, user_id=42, now=NOW)
     assert await store.list_users() == []
 
 
@@ -183,7 +183,7 @@ async def test_mint_for_a_shared_email_is_ambiguous(store: Store, settings: Sett
     await admin.add_user(store, email="ada@example.com")
     await admin.add_user(store, email="ada@example.com", upstream="github", subject="1")
     with pytest.raises(admin.AmbiguousEmail):
-        await admin.mint_api_token(store, settings, email="ada@example.com", now=NOW)
+        await admin.mint_api_token(store, settings.session, email="ada@example.com", now=NOW)
 
 
 class _AuditDown:
@@ -204,13 +204,13 @@ class _AuditDown:
 async def test_mint_revokes_the_session_when_the_audit_row_fails(store: Store, settings: Settings) -> None:
     user = await admin.add_user(store, email="ada@example.com")
     with pytest.raises(StoreUnavailable):
-        await admin.mint_api_token(cast(Store, _AuditDown(store)), settings, email="ada@example.com", now=NOW)
+        await admin.mint_api_token(cast(Store, _AuditDown(store)), settings.session, email="ada@example.com", now=NOW)
     [session] = await store.list_sessions(user.id, include_inactive=True, now=NOW)
     assert session.revoked_at is not None
 
 
 async def test_revoke_token_by_hash(store: Store, settings: Settings) -> None:
-    minted = await admin.mint_api_token(store, settings, email="ada@example.com", now=time.time())
+    minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
     assert await admin.revoke_token(store, f"  {minted.token}\n") is True
     assert await admin.revoke_token(store, minted.token) is False
     assert await admin.revoke_token(store, tokens.mint_token()) is False
@@ -232,8 +232,8 @@ async def test_revoke_token_rejects_malformed_text_without_echoing_it(store: Sto
 
 async def test_list_and_revoke_user_sessions(store: Store, settings: Settings) -> None:
     now = time.time()
-    first = await admin.mint_api_token(store, settings, email="ada@example.com", now=now)
-    second = await admin.mint_api_token(store, settings, email="ada@example.com", now=now + 1)
+    first = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=now)
+    second = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=now + 1)
     user = first.user
     listed = await admin.list_sessions(store, user, now=now + 2)
     assert {s.token_hash for s in listed} == {first.session.token_hash, second.session.token_hash}
@@ -271,7 +271,7 @@ def test_short_hash_and_iso_time() -> None:
 
 
 async def test_delete_user_blocks_the_identity_by_default(store: Store, settings: Settings) -> None:
-    minted = await admin.mint_api_token(store, settings, email="ada@example.com", now=time.time())
+    minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
     await admin.delete_user(store, minted.user, reason="left")
     assert await store.is_blocked("local", "ada@example.com")
     events = await store.list_audit(user_id=minted.user.id)
@@ -282,7 +282,7 @@ async def test_delete_user_blocks_the_identity_by_default(store: Store, settings
     with pytest.raises(admin.Blocked, match=r"gateway users unblock --key local:ada@example\.com"):
         await admin.add_user(store, email="ada@example.com")
     with pytest.raises(admin.Blocked, match=r"gateway users unblock --key local:ada@example\.com"):
-        await admin.mint_api_token(store, settings, email="ada@example.com", now=NOW)
+        await admin.mint_api_token(store, settings.session, email="ada@example.com", now=NOW)
     assert await store.list_users() == []
     assert await admin.unblock_subject(store, admin.identity_key("local:ada@example.com"))
     assert (await admin.add_user(store, email="ada@example.com")).id != minted.user.id
@@ -297,7 +297,7 @@ async def test_delete_user_may_allow_the_user_back(store: Store) -> None:
 
 
 async def test_block_keeps_the_user_but_revokes_and_refuses_tokens(store: Store, settings: Settings) -> None:
-    minted = await admin.mint_api_token(store, settings, email="ada@example.com", now=time.time())
+    minted = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
     user = minted.user
     other = await admin.add_user(store, email="bob@example.com")
     outcome = await admin.block_subject(store, admin.identity_key(admin.user_key(user)), reason=" offboarded ")
@@ -309,7 +309,7 @@ async def test_block_keeps_the_user_but_revokes_and_refuses_tokens(store: Store,
     assert not (await admin.user_details(store, other)).blocked
     assert await admin.blocked_user_ids(store, await store.list_users()) == {user.id}
     with pytest.raises(admin.Blocked):
-        await admin.mint_api_token(store, settings, user_id=user.id, now=NOW)
+        await admin.mint_api_token(store, settings.session, user_id=user.id, now=NOW)
     (block,) = await admin.list_blocked_subjects(store)
     assert (str(block.key), block.actor, block.reason) == ("local:ada@example.com", "cli", "offboarded")
     again = await admin.block_subject(store, block.key)
@@ -317,7 +317,7 @@ async def test_block_keeps_the_user_but_revokes_and_refuses_tokens(store: Store,
 
     assert await admin.unblock_subject(store, block.key) is True
     assert await admin.unblock_subject(store, block.key) is False
-    assert (await admin.mint_api_token(store, settings, user_id=user.id, now=NOW)).user == user
+    assert (await admin.mint_api_token(store, settings.session, user_id=user.id, now=NOW)).user == user
 
 
 async def test_an_email_block_refuses_every_identity_with_that_email(store: Store, settings: Settings) -> None:
@@ -328,7 +328,7 @@ async def test_an_email_block_refuses_every_identity_with_that_email(store: Stor
     with pytest.raises(admin.Blocked, match=r"unblock --email carol@example\.com"):
         await admin.add_user(store, email="CAROL@example.com")
     with pytest.raises(admin.Blocked):
-        await admin.mint_api_token(store, settings, user_id=github.id, now=NOW)
+        await admin.mint_api_token(store, settings.session, user_id=github.id, now=NOW)
     assert await admin.unblock_subject(store, admin.email_key("carol@example.com"))
     await admin.add_user(store, email="carol@example.com")
 

@@ -94,7 +94,7 @@ async def test_a_deleted_user_is_refused_with_every_credential_until_unblocked(
     ada = browsers(gw)
     assert (await ada.sign_in()).status == 302
     (user,) = await gw.store.list_users()
-    minted = await admin.mint_api_token(cli_store, gw.settings, user_id=user.id)
+    minted = await admin.mint_api_token(cli_store, gw.settings.session, user_id=user.id)
     credentials = {
         "browser session": {},
         "api token": bearer(minted.token),

@@ -58,7 +58,7 @@ from gateway.login import DEVICE_LIFETIME, LoginService
 from gateway.models import ActiveSession
 from gateway.ratelimit import RateLimiter
 from gateway.redirects import is_safe_redirect_target
-from gateway.settings import Settings
+from gateway.settings import CookieSettings
 
 log = structlog.get_logger("gateway.login")
 
@@ -77,11 +77,19 @@ def _html(text: str, status: int = 200) -> web.Response:
 class LoginHandlers:
     """The browser-facing endpoints of the login dance."""
 
-    def __init__(self, service: LoginService, checker: Checker, settings: Settings, proxies: TrustedProxies,
-                 limiter: RateLimiter) -> None:
+    def __init__(self, service: LoginService, checker: Checker, proxies: TrustedProxies, limiter: RateLimiter, *,
+                 cookie: CookieSettings, attempt_ttl: float, session_lifetime: float, accept_jwt: bool,
+                 default_role: str) -> None:
+        """``cookie``: the session cookie's attributes; ``attempt_ttl`` and ``session_lifetime``: how long
+        the attempt and session cookies live; ``accept_jwt``: whether a bearer JWT may stand for a session
+        (``check.jwt_upstreams``); ``default_role``: the role of a user who holds none."""
         self._service = service
         self._checker = checker
-        self._settings = settings
+        self._cookie = cookie
+        self._attempt_ttl = attempt_ttl
+        self._session_lifetime = session_lifetime
+        self._accept_jwt = accept_jwt
+        self._default_role = default_role
         self._proxies = proxies
         self._limiter = limiter
 
@@ -103,7 +111,7 @@ class LoginHandlers:
 
     async def _current(self, request: web.Request) -> tuple[Credential | None, ActiveSession | None]:
         """The browser's session cookie credential, and its session when valid now."""
-        credential = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._settings.cookie.name)
+        credential = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._cookie.name)
         if not isinstance(credential, Credential):
             return None, None
         decision = await self._checker.decide(credential, None)
@@ -123,8 +131,8 @@ class LoginHandlers:
             raise NotFound("No sign-in provider is configured.")
         started = await self._service.start(name, target, client)
         response = _redirect(started.location)
-        set_attempt_cookie(response, self._settings.cookie, started.cookie_name, started.cookie_value,
-                           self._settings.login.attempt_ttl)
+        set_attempt_cookie(response, self._cookie, started.cookie_name, started.cookie_value,
+                           self._attempt_ttl)
         return response
 
     async def dev_form(self, request: web.Request) -> web.Response:
@@ -148,9 +156,9 @@ class LoginHandlers:
             user_agent=request.headers.get(hdrs.USER_AGENT, ""),
             previous_token=previous.token if previous else None)
         response = _redirect(finished.return_to)
-        set_session_cookie(response, self._settings.cookie, finished.token, self._settings.session.lifetime)
-        clear_attempt_cookie(response, self._settings.cookie, finished.attempt_cookie)
-        set_device_cookie(response, self._settings.cookie, self._service.device_cookie_name, finished.device_id,
+        set_session_cookie(response, self._cookie, finished.token, self._session_lifetime)
+        clear_attempt_cookie(response, self._cookie, finished.attempt_cookie)
+        set_device_cookie(response, self._cookie, self._service.device_cookie_name, finished.device_id,
                           DEVICE_LIFETIME)
         return response
 
@@ -187,7 +195,7 @@ class LoginHandlers:
         fields = await self._sign_out_fields(request)
         target = self._service.safe_target(fields.get("rd") or request.query.get("rd"))
         found = find_credential(request.headers.getall(hdrs.COOKIE, ()),
-                                request.headers.getall(hdrs.AUTHORIZATION, ()), self._settings.cookie.name)
+                                request.headers.getall(hdrs.AUTHORIZATION, ()), self._cookie.name)
         credential = found if isinstance(found, Credential) else None
         bearer = credential is not None and credential.source is CredentialSource.BEARER
         refusal = self._cross_site(request)
@@ -202,12 +210,12 @@ class LoginHandlers:
         else:
             response = web.Response(status=303, headers={"Location": location, **pages.PAGE_HEADERS})
         if not bearer:
-            clear_session_cookie(response, self._settings.cookie)
+            clear_session_cookie(response, self._cookie)
         return response
 
     async def _cookie_session(self, request: web.Request) -> tuple[Credential | None, Decision]:
         """The browser's session cookie credential (None without one) and what the checker says of it now."""
-        found = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._settings.cookie.name)
+        found = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._cookie.name)
         if not isinstance(found, Credential):
             return None, Decision(Outcome.MISSING)
         return found, await self._checker.decide(found, None)
@@ -253,15 +261,15 @@ class LoginHandlers:
     async def userinfo(self, request: web.Request) -> web.Response:
         """``GET /auth/userinfo``: the current identity as JSON; 401 without a session."""
         credential = find_credential(request.headers.getall(hdrs.COOKIE, ()),
-                                     request.headers.getall(hdrs.AUTHORIZATION, ()), self._settings.cookie.name,
-                                     accept_jwt=bool(self._settings.check.jwt_upstreams))
+                                     request.headers.getall(hdrs.AUTHORIZATION, ()), self._cookie.name,
+                                     accept_jwt=self._accept_jwt)
         decision = await self._checker.decide(credential, None)
         if decision.active is None or decision.outcome not in _SIGNED_IN:
             raise Unauthenticated("Sign in to see who you are.", link=("/login", "Sign in"))
         user, session = decision.active.user, decision.active.session
         body = {"user_id": str(user.id), "email": user.email, "name": user.name, "username": user.username,
                 "upstream": user.upstream, "subject": user.subject,
-                "roles": list(effective_roles(user, self._settings.hasura.default_role)),
+                "roles": list(effective_roles(user, self._default_role)),
                 "groups": list(user.groups),
                 "session": {"kind": session.kind, "expires_at": int(session.expires_at),
                             "idle_expires_at": int(session.idle_expires_at) if session.idle_expires_at else None,
@@ -276,7 +284,7 @@ class LoginHandlers:
             return _redirect("/login")
         user = active.user
         return self._sign_out_html(pages.home_page(user.email, user.name,
-                                                   effective_roles(user, self._settings.hasura.default_role),
+                                                   effective_roles(user, self._default_role),
                                                    sign_out_token(credential.token)))
 
 
