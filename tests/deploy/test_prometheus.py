@@ -5,12 +5,14 @@ the gateway exports. (tests/deploy/test_grafana.py evaluates them in a real Prom
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 from typing import Any
 
 import pytest
 
-from tests.deploy.monitoring import RULE_TESTS, RULES, binary, exported_metric_names, metric_names_in
+from tests.deploy.monitoring import PROMETHEUS_DIR, RULE_TESTS, RULES, binary, exported_metric_names, metric_names_in
+from tests.deploy.stack import REPO
 
 # Test dependency (the `test` extra); without it the module is skipped, and under GATEWAY_TEST_STRICT=1 the
 # import error fails the run.
@@ -40,6 +42,28 @@ def test_promtool_unit_tests_pass() -> None:
     assert RULE_TESTS, "no promtool unit tests in deploy/prometheus/tests"
     result = _promtool("test", "rules", *map(str, RULE_TESTS))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_checks_the_example_configuration_and_the_rules_it_loads() -> None:
+    config = PROMETHEUS_DIR / "prometheus.yml"
+    result = _promtool("check", "config", str(config))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [PROMETHEUS_DIR / f for f in yaml.safe_load(config.read_text())["rule_files"]] == [RULES]
+    (job,) = yaml.safe_load(config.read_text())["scrape_configs"]
+    assert job["job_name"] == "gateway"
+
+
+def test_readmes_monitoring_commands_run() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("\n### Monitoring\n"):]
+    match = re.search(r"```sh\n(.*?)```", section, re.S)
+    assert match
+    commands = [line.split("  #")[0].split() for line in match.group(1).splitlines() if line.startswith("promtool")]
+    assert len(commands) == 2
+    for command in commands:
+        result = subprocess.run([binary("promtool"), *command[1:]], cwd=REPO, capture_output=True, text=True,
+                                timeout=60, check=False)
+        assert result.returncode == 0, f"{' '.join(command)}:\n{result.stdout}{result.stderr}"
 
 
 def test_every_alert_is_tested_firing_and_silent() -> None:
