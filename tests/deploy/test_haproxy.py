@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import quote, urlencode
 
 import pytest
@@ -478,6 +479,19 @@ def test_haproxy_keeps_its_connections_to_the_gateway_open(stack: HAProxyStack, 
             - metric_sum(before, "gateway_fast_lane_requests_total"))
     assert opened < 10, f"HAProxy opened {opened:.0f} connections to the gateway for 100 checks"
     assert fast >= 100
+
+
+def test_a_failing_lua_action_is_a_503(stack: HAProxyStack, tmp_path: Path) -> None:
+    """The HTTP client cannot even start (a check URL that is no URL): the action fails, the app is not asked."""
+    token = stack.gateway.mint("lua-error@example.com")
+    port = free_port()
+    config = render_haproxy(listen_port=port, gateway_url="not-a-url", gateway_port=stack.gateway.port,
+                            app_port=stack.echo.port)
+    before = len(stack.echo.requests())
+    with start_haproxy(tmp_path, config, port) as haproxy:
+        assert http("GET", haproxy.url + "/dashboard", [("Cookie", f"{COOKIE}={token}")]).status == 503
+        assert "auth_request: asking the gateway failed" in haproxy.log_text()
+    assert app_paths(stack, before) == []
 
 
 # ---- the config itself -----------------------------------------------------------------------------------
