@@ -21,7 +21,7 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -351,6 +351,8 @@ def objects(directory: Path) -> list[Doc]:
     return copy.deepcopy(list(_parsed(directory)))
 
 
+# The rendered example overlay and its gateway's effective settings, as test_k8s.py's fixtures of the same
+# names give them (fixtures imported from another test module would shadow every test's parameters).
 @pytest.fixture
 def example() -> list[Doc]:
     return render(EXAMPLE)
@@ -618,17 +620,6 @@ def test_manifests_use_the_example_namespace(example: list[Doc]) -> None:
     for where, doc in _documents():
         if doc["kind"] != "GatewayClass":  # cluster-scoped
             assert doc["metadata"].get("namespace") == namespace, where
-
-
-def _walk_strings(node: Any) -> Iterator[str]:
-    if isinstance(node, str):
-        yield node
-    elif isinstance(node, Mapping):
-        for value in node.values():
-            yield from _walk_strings(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _walk_strings(value)
 
 
 def test_no_client_copy_of_an_identity_header_is_passed_through() -> None:
