@@ -4,7 +4,8 @@ One way in: :meth:`Checker.check`. Known tokens are answered at once from the in
 known-bad hashes are remembered briefly; concurrent misses for one token share one store lookup, and
 every check waiting for it is finished from that lookup's own callback. Revocations evict locally at
 once and reach other processes through the store's revocation feed. Last use is written back by
-:mod:`gateway.lastseen`, off the request path.
+:mod:`gateway.lastseen`, off the request path. Of the store, the core uses only
+:class:`~gateway.store.SessionLookups` (look up, note use, revoke).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from gateway.facts import RequestFacts
 from gateway.lastseen import LastSeenWriter
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, Revocation
-from gateway.store.base import Store
+from gateway.store.base import SessionLookups
 
 log = structlog.get_logger("gateway.core")
 
@@ -97,7 +98,7 @@ class _Waiting(NamedTuple):
 class Checker:
     """Decides checks and manages the session cache; one per process, built by ``create_app``."""
 
-    def __init__(self, *, store: Store, cache: SessionCache, policy: Policy, metrics: Metrics,
+    def __init__(self, *, store: SessionLookups, cache: SessionCache, policy: Policy, metrics: Metrics,
                  last_seen_grain: float, clock: Callable[[], float]) -> None:
         self._store = store
         self.cache = cache

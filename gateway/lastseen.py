@@ -16,7 +16,7 @@ import structlog
 
 from gateway.errors import StoreUnavailable
 from gateway.metrics import Metrics
-from gateway.store.base import Store
+from gateway.store.base import SessionLookups
 
 log = structlog.get_logger("gateway.lastseen")
 
@@ -31,7 +31,7 @@ BATCH_DELAY = 0.5
 class LastSeenWriter:
     """Batches session uses into ``store.touch_sessions`` calls; one per check core."""
 
-    def __init__(self, store: Store, metrics: Metrics) -> None:
+    def __init__(self, store: SessionLookups, metrics: Metrics) -> None:
         self._store = store
         self._metrics = metrics
         self._pending: dict[str, tuple[float, float]] = {}  # hash -> (first, last) unwritten use
