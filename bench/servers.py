@@ -115,7 +115,7 @@ async def _serve(mode: str, host: str, port: int, dsn: str, reuse_port: bool) ->
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     app = bare_app() if mode == "bare" else rawhttp_app(dsn)
-    runner = web.AppRunner(app, handle_signals=False, **runner_options(SETTINGS))
+    runner = web.AppRunner(app, handle_signals=False, **runner_options(SETTINGS.serving))
     await runner.setup()
     factory = runner.server
     assert factory is not None

@@ -109,7 +109,7 @@ class ListenerTestServer(TestServer):
         self.runner = await self._make_runner(handler_cancellation=True, **kwargs)
         await self.runner.setup()
         assert isinstance(self.runner, web.AppRunner)
-        self._front = front_end(self.app, self.runner, self._settings)
+        self._front = front_end(self.app, self.runner, self._settings.serving)
         self._listener = await asyncio.get_running_loop().create_server(self._front, self.host, 0)
         self.port = self._listener.sockets[0].getsockname()[1]
         self.scheme = "http"
@@ -132,7 +132,7 @@ def _gateway_factory(aiohttp_client: Any, default_url: str, frontend: str) -> Ca
         clock = FakeClock()
         app = create_app(settings, policy=policy, clock=clock)
         server = ListenerTestServer(app, settings)
-        await server.start_server(**runner_options(settings))
+        await server.start_server(**runner_options(settings.serving))
         client = await aiohttp_client(server)
         return Gateway(client, app, settings, clock)
     return start

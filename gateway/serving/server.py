@@ -38,7 +38,7 @@ from gateway.serving.fastlane import FastLane
 from gateway.serving.gcpolicy import GcPolicy
 from gateway.serving.supervisor import supervise
 from gateway.serving.workermetrics import share
-from gateway.settings import Settings
+from gateway.settings import ServingSettings, Settings
 
 log = structlog.get_logger("gateway.serving.server")
 
@@ -68,18 +68,18 @@ def _new_event_loop() -> Callable[[], asyncio.AbstractEventLoop]:
     return uvloop.new_event_loop
 
 
-def runner_options(settings: Settings) -> dict[str, Any]:
+def runner_options(serving: ServingSettings) -> dict[str, Any]:
     """Keyword arguments for ``web.AppRunner``: limits and timeouts (tests use the same ones)."""
     return {
-        "access_log": logging.getLogger("aiohttp.access") if settings.access_log else None,
-        "keepalive_timeout": settings.keepalive_timeout,
-        "shutdown_timeout": settings.shutdown_timeout,
-        "max_field_size": settings.max_header_bytes,
-        "max_line_size": settings.max_header_bytes,
+        "access_log": logging.getLogger("aiohttp.access") if serving.access_log else None,
+        "keepalive_timeout": serving.keepalive_timeout,
+        "shutdown_timeout": serving.shutdown_timeout,
+        "max_field_size": serving.max_header_bytes,
+        "max_line_size": serving.max_header_bytes,
     }
 
 
-def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -> FastLane:
+def front_end(app: web.Application, runner: web.AppRunner, serving: ServingSettings) -> FastLane:
     """The protocol factory for the listening socket: the fast lane, handing everything else to aiohttp.
 
     With ``fast_lane`` off or ``access_log`` on, the fast lane only judges each connection's first head
@@ -88,9 +88,9 @@ def front_end(app: web.Application, runner: web.AppRunner, settings: Settings) -
     """
     server = runner.server
     assert server is not None
-    return FastLane(app[HOT], protocol_factory(server), app[METRICS], keepalive_timeout=settings.keepalive_timeout,
-                    max_head_bytes=settings.max_header_bytes,
-                    answers=settings.fast_lane and not settings.access_log)
+    return FastLane(app[HOT], protocol_factory(server), app[METRICS], keepalive_timeout=serving.keepalive_timeout,
+                    max_head_bytes=serving.max_header_bytes,
+                    answers=serving.fast_lane and not serving.access_log)
 
 
 def run_worker(settings: Settings, *, reuse_port: bool, metrics_file: Path | None = None) -> int:
@@ -112,34 +112,35 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
             loop.add_signal_handler(signum, stop.set)
 
     app = create_app(settings)
+    serving = settings.serving
     state = app[STATE]
     app.on_response_prepare.append(_closing_while_draining(state))
     shared = share(app[METRICS], metrics_file) if metrics_file is not None else None
     # The drain below gives requests shutdown_timeout; aiohttp's own shutdown only has to clean up after it.
-    options = {**runner_options(settings), "shutdown_timeout": _AIOHTTP_LAST_WAIT}
+    options = {**runner_options(serving), "shutdown_timeout": _AIOHTTP_LAST_WAIT}
     runner = web.AppRunner(app, handle_signals=False, **options)
     await runner.setup()
-    front = front_end(app, runner, settings)
-    host, port = settings.listen_host_port
+    front = front_end(app, runner, serving)
+    host, port = serving.listen_host_port
     try:
         listener = await loop.create_server(front, host, port, reuse_port=reuse_port or None,
                                             reuse_address=True, backlog=2048)
     except OSError as exc:
-        log.error("cannot listen", listen=settings.listen, error=exc.strerror or str(exc))
+        log.error("cannot listen", listen=serving.listen, error=exc.strerror or str(exc))
         await runner.cleanup()
         return 1
-    gc_policy = GcPolicy(settings.gc_full_interval)
+    gc_policy = GcPolicy(serving.gc_full_interval)
     gc_policy.start()
     publisher = asyncio.ensure_future(shared.publish_periodically()) if shared is not None else None
-    log.info("gateway listening", listen=settings.listen, public_url=settings.public_url,
+    log.info("gateway listening", listen=serving.listen, public_url=settings.public_url,
              database=settings.database_url.split(":", 1)[0], reuse_port=reuse_port,
              event_loop=type(loop).__module__.split(".")[0], fast_lane=front.answers)
     await stop.wait()
 
     log.info("shutting down: readiness off, finishing in-flight requests",
-             delay=settings.shutdown_delay, timeout=settings.shutdown_timeout)
+             delay=serving.shutdown_delay, timeout=serving.shutdown_timeout)
     try:
-        await _drain(settings, state, listener, front, runner)
+        await _drain(serving, state, listener, front, runner)
     except Exception:  # a bug in draining must not keep the process from cleaning up and stopping
         log.exception("draining failed; closing what is left")
         listener.close()
@@ -155,17 +156,17 @@ async def run_until_signalled(settings: Settings, *, reuse_port: bool = False,
     return 0
 
 
-async def _drain(settings: Settings, state: RuntimeState, listener: asyncio.Server, front: FastLane,
+async def _drain(serving: ServingSettings, state: RuntimeState, listener: asyncio.Server, front: FastLane,
                  runner: web.AppRunner) -> None:
     """Readiness off and keep-alive retired at once; accept for ``shutdown_delay``; then stop accepting and
     let every request in flight finish within ``shutdown_timeout`` (see the module docstring)."""
     state.draining = True
     started = time.monotonic()
     front.begin_draining()
-    if settings.shutdown_delay > 0:
-        await asyncio.sleep(settings.shutdown_delay)
+    if serving.shutdown_delay > 0:
+        await asyncio.sleep(serving.shutdown_delay)
     await stop_listening(listener, front)
-    grace = float(settings.shutdown_timeout)
+    grace = float(serving.shutdown_timeout)
     linger = min(_IDLE_LINGER, grace)
     deadline = time.monotonic() + grace
     await front.shutdown(grace, linger=linger)

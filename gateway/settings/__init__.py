@@ -32,6 +32,7 @@ from gateway.settings.sections import (
     RoleMap,
     RolesSettings,
     RuleTables,
+    ServingSettings,
     SessionSettings,
     Settings,
     SettingsError,
@@ -50,8 +51,8 @@ from gateway.settings.sources import (
 __all__ = ["ENV_PREFIX", "FIELD_PATHS", "SECRET_SETTINGS", "SETTINGS_ENV_NAMES", "UPSTREAM_ENV_PREFIX",
            "AccessSettings", "CacheSettings", "CheckSettings", "CookieSettings", "DatabaseSettings", "Duration",
            "EnrolmentSettings", "FrozenDict", "HasuraSettings", "LoginSettings", "RoleMap", "RolesSettings",
-           "RuleTables", "SessionSettings", "Settings", "SettingsError", "UpstreamTables", "env_name",
-           "load_or_raise", "load_settings", "parse_duration", "redacted", "validate"]
+           "RuleTables", "ServingSettings", "SessionSettings", "Settings", "SettingsError", "UpstreamTables",
+           "env_name", "load_or_raise", "load_settings", "parse_duration", "redacted", "validate"]
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None,

@@ -173,6 +173,28 @@ class RolesSettings:
 
 
 @dataclass(frozen=True)
+class ServingSettings:
+    """What the serving machinery (process start, supervisor, fast lane) reads: top-level settings of the
+    process, gathered by :attr:`Settings.serving` (their keys stay top-level, ``listen``, ``workers``...)."""
+
+    listen: str
+    workers: int
+    access_log: bool
+    fast_lane: bool
+    keepalive_timeout: Duration
+    shutdown_timeout: Duration
+    shutdown_delay: Duration
+    gc_full_interval: Duration
+    max_header_bytes: int
+
+    @property
+    def listen_host_port(self) -> tuple[str, int]:
+        """``listen`` split into host and port (validated by :func:`process_problems`)."""
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "0.0.0.0", int(port)
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the gateway needs to run; built by :func:`load_settings`."""
 
@@ -204,10 +226,18 @@ class Settings:
     upstreams: UpstreamTables = field(default_factory=lambda: UpstreamTables(FrozenDict({})))
 
     @property
+    def serving(self) -> ServingSettings:
+        """The settings the serving machinery reads."""
+        return ServingSettings(
+            listen=self.listen, workers=self.workers, access_log=self.access_log, fast_lane=self.fast_lane,
+            keepalive_timeout=self.keepalive_timeout, shutdown_timeout=self.shutdown_timeout,
+            shutdown_delay=self.shutdown_delay, gc_full_interval=self.gc_full_interval,
+            max_header_bytes=self.max_header_bytes)
+
+    @property
     def listen_host_port(self) -> tuple[str, int]:
         """``listen`` split into host and port (validated by :func:`process_problems`)."""
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "0.0.0.0", int(port)
+        return self.serving.listen_host_port
 
     @property
     def public_host(self) -> str:
