@@ -11,7 +11,9 @@ ones these files depend on.
 Semantics: the ext_authz settings ask the gateway Service of ``deploy/k8s`` the same questions as
 ``deploy/envoy/envoy.yaml`` (whose requests ``test_proxy_replays.py`` replays against a real gateway), the
 identity headers are exactly the ones the gateway sets, client copies cannot reach the app, and the
-sign-in pages are routed to the gateway and nothing else of it is published.
+sign-in pages are routed to the gateway and nothing else of it is published. Last, the check requests these
+settings make ext_authz send are answered by a real gateway: browser mode comes from the gateway's setting,
+never from the user's query, and every identity header is in its 200, so Envoy's set replaces every client copy.
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ import functools
 import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import pytest
+from multidict import CIMultiDict
 
 from gateway.handlers.check import IDENTITY_HEADERS
 from gateway.settings import Settings
@@ -51,6 +55,7 @@ from tests.deploy.test_k8s import (
     render,
     selects,
 )
+from tests.harness import Gateway, GatewayFactory
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMAS = Path(__file__).resolve().parent / "schemas"
@@ -630,3 +635,104 @@ def test_no_client_copy_of_an_identity_header_is_passed_through() -> None:
         assert "allowed_upstream_headers_to_append" not in text and "headerstoappend" not in text, where
         for modifier in re.findall(r'"(?:add|set)": \[[^\]]*\]', text):
             assert "x-auth-request" not in modifier, where
+
+
+# --- the check these settings make Envoy send, answered by a real gateway -----------------------------------
+
+APP = "https://app.example.com"
+SIGN_IN = "https://auth.example.com"
+HTML = "text/html,application/xhtml+xml"
+FORGED_IDENTITY = [("X-Auth-Request-User", "admin"), ("x-auth-request-user", "root"),
+                   ("X-Auth-Request-Groups", "admin"), ("X-Auth-Request-Email", "ceo@example.com")]
+
+
+def ext_authz_settings(directory: Path) -> tuple[str, list[str], list[str]]:
+    """(path prefix, client headers sent to the check, identity headers set on the app's request) as written."""
+    if directory == ENVOY_GATEWAY:
+        ext_auth = one(objects(ENVOY_GATEWAY), "SecurityPolicy")["spec"]["extAuth"]
+        return ext_auth["http"]["path"], ext_auth["headersToExtAuth"], ext_auth["http"]["headersToBackend"]
+    config = istio_provider()["envoyExtAuthzHttp"]
+    return config["pathPrefix"], config["includeRequestHeadersInCheck"], config["headersToUpstreamOnAllow"]
+
+
+def check_request(directory: Path, method: str, url: str, client: list[tuple[str, str]]) -> tuple[str, str, Doc]:
+    """The check Envoy's ext_authz (HTTP service) sends for a client request, per these settings: the original
+    method, the prefix plus the original path and query, the original Host, Authorization and the listed headers
+    (names matched ignoring case), and X-Forwarded-For/-Proto as the edge Envoy sets them (the client's
+    replaced)."""
+    prefix, listed, _ = ext_authz_settings(directory)
+    scheme, _, rest = url.partition("://")
+    host, _, path = rest.partition("/")
+    headers: dict[str, str] = {"Host": host}
+    for name, value in client:
+        if name.lower() in [*lower(listed), "authorization"] and name.lower() not in {"x-forwarded-for",
+                                                                                     "x-forwarded-proto"}:
+            headers[name] = value
+    headers.update({"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": scheme})
+    return method, prefix + "/" + path, headers
+
+
+def envoy_sets(request: list[tuple[str, str]], answer: Mapping[str, str], names: list[str]) -> list[tuple[str, str]]:
+    """The app's request after ext_authz's ``allowed_upstream_headers``: every copy of a listed name the check
+    answered with is removed, then the gateway's value added (Envoy's ``setCopy``)."""
+    out = list(request)
+    for name in names:
+        if name in answer:
+            out = [(k, v) for k, v in out if k.lower() != name.lower()] + [(name, answer[name])]
+    return out
+
+
+@pytest.fixture
+async def checking_gateway(gateway_factory: GatewayFactory) -> Callable[..., Awaitable[Gateway]]:
+    async def start(**overrides: Any) -> Gateway:
+        return await gateway_factory(public_url=SIGN_IN, **{"login.redirect_hosts": [".example.com"]}, **overrides)
+    return start
+
+
+async def ask(gw: Gateway, request: tuple[str, str, Doc]) -> tuple[int, CIMultiDict[str]]:
+    method, target, headers = request
+    async with gw.client.request(method, target, headers=headers, allow_redirects=False) as resp:
+        await resp.read()
+        return resp.status, CIMultiDict(resp.headers)
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=[d.name for d in KUSTOMIZATIONS])
+async def test_browser_mode_is_the_gateways_setting_not_the_check_url(
+        directory: Path, checking_gateway: Callable[..., Awaitable[Gateway]]) -> None:
+    """No auth-signin behind ext_authz: with check.redirect_browsers the gateway answers the 302 itself; a
+    ?mode=redirect in the user's URL is the user's query and selects nothing."""
+    url = APP + "/reports/2026?mode=redirect"
+    plain = await checking_gateway()
+    status, headers = await ask(plain, check_request(directory, "GET", url, [("Accept", HTML)]))
+    assert status == 401 and "Location" not in headers
+
+    redirecting = await checking_gateway(**{"check.redirect_browsers": True})
+    status, headers = await ask(redirecting, check_request(directory, "GET", url, [("Accept", HTML)]))
+    assert status == 302
+    location = urlsplit(headers["Location"])
+    assert f"{location.scheme}://{location.netloc}{location.path}" == SIGN_IN + "/login"
+    assert parse_qs(location.query)["rd"] == [url]
+    if directory == ISTIO:  # Envoy Gateway passes every header of a denial
+        assert {"location", "set-cookie"} <= set(lower(istio_provider()["envoyExtAuthzHttp"]
+                                                       ["headersToDownstreamOnDeny"]))
+    api = check_request(directory, "GET", url, [("Accept", "application/json")])
+    assert (await ask(redirecting, api))[0] == 401
+
+
+@pytest.mark.parametrize("directory", KUSTOMIZATIONS, ids=[d.name for d in KUSTOMIZATIONS])
+async def test_the_app_sees_only_the_gateways_identity(directory: Path,
+                                                       checking_gateway: Callable[..., Awaitable[Gateway]]) -> None:
+    gw = await checking_gateway()
+    token = await gw.token("ada@example.com", roles=("staff",))  # no username: X-Auth-Request-User is the email
+    client = [("Cookie", f"gw_session={token}"), *FORGED_IDENTITY, ("X-Original-URL", APP + "/public/x"),
+              ("X-Forwarded-Uri", "/public/x"), ("X-Forwarded-For", "10.0.0.1")]
+    request = check_request(directory, "POST", APP + "/orders", client)
+    assert not [k for k in request[2] if k.lower().startswith((*FORWARDED_DESCRIPTIONS, "x-auth-request"))]
+    status, answer = await ask(gw, request)
+    assert status == 200
+    assert set(lower(list(IDENTITY_HEADERS))) <= set(lower(list(answer))), "the gateway sends all four, always"
+    _, _, upstream = ext_authz_settings(directory)
+    seen = CIMultiDict(envoy_sets(client, answer, upstream))
+    for name in IDENTITY_HEADERS:
+        assert seen.getall(name) == [answer[name]], f"{name}: a client copy survived"
+    assert seen["X-Auth-Request-Email"] == "ada@example.com" and "admin" not in seen["X-Auth-Request-Groups"]
