@@ -65,7 +65,7 @@ SETTINGS_ENV_NAMES = frozenset({"GATEWAY_CONFIG", *(env_name(p) for p in FIELD_P
 # - read by the test suite, not by the gateway; CI exports GATEWAY_TEST_STRICT=1, so every gateway a
 #   test starts (and every load_settings() reading os.environ) sees it;
 #   (tests/test_config_typos.py fails when the test suite or CI reads one that is missing here)
-_NOT_SETTINGS_ENV_NAMES = frozenset({"GATEWAY_TEST_STRICT", "GATEWAY_TEST_SKIP_INSTALL",
+_NOT_SETTINGS_ENV_NAMES = frozenset({"GATEWAY_TEST_STRICT", "GATEWAY_TEST_SKIP_INSTALL", "GATEWAY_TEST_IMAGE",
                                      "GATEWAY_UPDATE_SCREENSHOTS", "GATEWAY_SECURITY_FULL",
                                      "GATEWAY_SECURITY_REPORT", "GATEWAY_FAULTS_FULL", "GATEWAY_FAULTS_REPORT"})
 # - Kubernetes service links for a Service named "gateway" (GATEWAY_SERVICE_HOST, GATEWAY_PORT,
