@@ -322,7 +322,8 @@ def test_a_broken_copy_fails_validation(relative: str, good: str, bad: str) -> N
     assert all(schema_problems(doc) == [] for doc in load_docs(path))
     try:
         broken_docs = parse_docs(broken)
-    except yaml.YAMLError:
+    except yaml.constructor.ConstructorError as exc:
+        assert "duplicate field" in str(exc)
         return  # refused before any schema, as kubectl would
     assert any(schema_problems(doc) for doc in broken_docs), f"{relative}: {bad!r} was accepted"
 
