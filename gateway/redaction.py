@@ -27,7 +27,8 @@ def url_secrets(*urls: str) -> tuple[str, ...]:
         try:
             parts = urlsplit(url)
             passwords = [parts.password] if parts.password else []
-            passwords += parse_qs(parts.query).get("password", [])
+            passwords += parse_qs(parts.query).get("password", [])  # decoded
+            passwords += _QUERY_PASSWORD_RE.findall("?" + parts.query)  # as written
         except ValueError:
             continue
         found.update(spelling for password in passwords for spelling in (password, unquote(password)))

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from gateway.settings import FIELD_PATHS, env_name, load_settings, parse_duration, redacted
+from upstreams import PROVIDER_TYPES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,3 +133,11 @@ def test_a_mapped_role_that_would_split_in_a_header_is_a_problem(tmp_path: Path,
     config = write(tmp_path, f'[roles.map]\n"acme" = ["user", {role!r}]\n'.replace("'", '"'))
     _, problems = load_settings(config, env={})
     assert any("roles.map" in p and "no commas" in p for p in problems), problems
+
+
+@pytest.mark.parametrize("type_name", sorted(PROVIDER_TYPES))
+def test_jwt_upstreams_must_be_of_a_type_the_registry_says_issues_jwts(tmp_path: Path, type_name: str) -> None:
+    config = write(tmp_path, f'[upstreams.u]\ntype = "{type_name}"\n[check]\njwt_upstreams = ["u"]\n')
+    _, problems = load_settings(config, env={})
+    refused = any(p.startswith("check.jwt_upstreams: 'u' issues no JWTs") for p in problems)
+    assert refused == (type_name not in {"oidc", "auth0", "authing", "cognito", "google", "keycloak"}), problems
