@@ -70,3 +70,69 @@ def test_the_serving_machinery_serves_endpoints_defined_beneath_it() -> None:
             continue
         for name in imported_modules(path):
             assert not (name == "gateway.app" or name.startswith("gateway.app.")), f"serving/{path.name} imports {name}"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(GATEWAY.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def gateway_imports(path: Path) -> set[str]:
+    """The gateway modules ``path`` imports (``from gateway import tokens`` counts as gateway.tokens)."""
+    names = {n for n in imported_modules(path) if n == "gateway" or n.startswith("gateway.")}
+    return {n for n in names if (GATEWAY.parent / (n.replace(".", "/") + ".py")).exists()
+            or (GATEWAY.parent / n.replace(".", "/") / "__init__.py").exists()} - {"gateway"}
+
+
+STORE_MAY_IMPORT = ("gateway.models", "gateway.errors", "gateway.redaction", "gateway.settings")
+"""The floor beneath the store: records, errors, the scrubber and the settings types."""
+
+CHECK_CORE = ("core", "lastseen", "cache", "access", "facts", "credentials")
+"""The check core's modules: they decide, and know nothing of who asks (handlers, sign-in, the app)."""
+
+
+def test_the_store_imports_only_the_floor_beneath_it() -> None:
+    for path in sorted((GATEWAY / "store").glob("*.py")):
+        for name in gateway_imports(path):
+            if name.startswith("gateway.store"):
+                continue
+            assert name.startswith(STORE_MAY_IMPORT), f"store/{path.name} imports {name}"
+
+
+def test_the_check_core_knows_nothing_above_it() -> None:
+    """The core is asked by the endpoints, never the other way; of the store it knows only the roles."""
+    above = ("gateway.handlers", "gateway.app", "gateway.login", "gateway.sessions", "gateway.serving",
+             "gateway.cli", "gateway.admin", "gateway.hasura")
+    for stem in CHECK_CORE:
+        for name in gateway_imports(GATEWAY / f"{stem}.py"):
+            assert not name.startswith(above), f"{stem}.py imports {name}"
+            assert not name.startswith("gateway.store") or name == "gateway.store.base", \
+                f"{stem}.py imports {name}: the core depends on the store's role protocols only"
+
+
+def test_handlers_sit_beneath_the_app() -> None:
+    for path in sorted((GATEWAY / "handlers").glob("*.py")):
+        for name in gateway_imports(path):
+            assert not name.startswith(("gateway.app", "gateway.cli")), f"handlers/{path.name} imports {name}"
+
+
+def test_nothing_imports_the_command_line() -> None:
+    for path in sorted(GATEWAY.rglob("*.py")):
+        if path.name in {"cli.py", "__main__.py"}:
+            continue
+        for name in gateway_imports(path):
+            assert name != "gateway.cli", f"{module_name(path)} imports the entry point"
+
+
+LONG_MODULE = 500
+"""Lines a module of gateway/ may have, unless its docstring says why one job needs more."""
+
+
+def test_modules_stay_small_or_say_why() -> None:
+    for path in sorted(GATEWAY.rglob("*.py")):
+        text = path.read_text()
+        if text.count("\n") <= LONG_MODULE:
+            continue
+        docstring = ast.get_docstring(ast.parse(text)) or ""
+        assert "one job" in docstring, (f"{module_name(path)} has {text.count(chr(10))} lines: split it, or say in "
+                                        f"its docstring why its one job needs them")
