@@ -45,21 +45,27 @@ faults: $(BIN)/.installed-test
 	GATEWAY_FAULTS_FULL=1 GATEWAY_TEST_STRICT=1 GATEWAY_FAULTS_REPORT=docs/reliability.md $(BIN)/pytest tests/faults -q
 
 ## matrix: the unit tests (those needing no PostgreSQL, proxy, browser or compiler) on every Python the package
-## claims, each in its own .venv-X.Y (the interpreter from PATH, else from pyenv); a missing interpreter is
-## skipped with a note, or fails under GATEWAY_TEST_STRICT=1
+## claims: $(PYTHON)'s version in $(VENV), the others in .venv-X.Y (the interpreter from PATH, else from
+## pyenv). A missing interpreter is skipped with a note, or fails under GATEWAY_TEST_STRICT=1. MATRIX_LIGHT=1
+## (CI, after make test) leaves out the modules that start a process per test, most of the time.
 MATRIX_PYTHONS ?= 3.11 3.12 3.13
 PYENV_ROOT ?= $(HOME)/.pyenv
 MATRIX_TESTS ?= tests -m 'not postgres' --ignore=tests/deploy --ignore=tests/faults --ignore=tests/security \
-	--ignore=tests/test_bench_openloop.py --ignore=tests/test_readme.py
+	--ignore=tests/test_bench_openloop.py --ignore=tests/test_readme.py \
+	$(if $(MATRIX_LIGHT),--ignore=tests/test_cli.py --ignore=tests/test_serve.py)
 matrix:
-	@missing=; for v in $(MATRIX_PYTHONS); do \
-	  found=; for py in "$$(command -v python$$v)" $$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python$$v 2>/dev/null | sort -rV); do \
-	    if [ -n "$$py" ] && "$$py" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$$v'.split('.'))))" 2>/dev/null; \
-	    then found=$$py; break; fi; \
-	  done; \
+	@default=$$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); missing=; \
+	for v in $(MATRIX_PYTHONS); do \
+	  if [ "$$v" = "$$default" ]; then found=$$(command -v $(PYTHON)); venv=$(VENV); else \
+	    venv=.venv-$$v; found=; \
+	    for py in "$$(command -v python$$v)" $$(ls -d $(PYENV_ROOT)/versions/$$v.*/bin/python$$v 2>/dev/null | sort -rV); do \
+	      if [ -n "$$py" ] && "$$py" -c "import sys; sys.exit(sys.version_info[:2] != tuple(map(int, '$$v'.split('.'))))" \
+	        2>/dev/null; then found=$$py; break; fi; \
+	    done; \
+	  fi; \
 	  if [ -z "$$found" ]; then echo "matrix: no working python$$v, not tested"; missing="$$missing $$v"; continue; fi; \
-	  echo "matrix: Python $$v ($$found)"; \
-	  $(MAKE) --no-print-directory matrix-one VENV=.venv-$$v PYTHON="$$found" || exit 1; \
+	  echo "matrix: Python $$v ($$found, in $$venv)"; \
+	  $(MAKE) --no-print-directory matrix-one VENV=$$venv PYTHON="$$found" || exit 1; \
 	done; \
 	if [ -n "$$missing" ] && [ "$$GATEWAY_TEST_STRICT" = 1 ]; then \
 	  echo "matrix: Python$$missing missing (GATEWAY_TEST_STRICT=1)" >&2; exit 1; fi

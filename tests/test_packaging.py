@@ -107,6 +107,16 @@ def test_matrix_missing_python_is_a_note_or_under_strict_a_failure(tmp_path: Pat
     assert "matrix: Python 3.99 missing (GATEWAY_TEST_STRICT=1)" in strict.stderr
 
 
+def _plan_matrix(version: str, path: str, *settings: str) -> str:
+    """What ``make -n matrix`` for ``version`` would do: make prints the install and test commands instead of
+    running them, but runs the recipe that calls $(MAKE), so the interpreter search itself is real."""
+    planned = subprocess.run([_make(), "-n", "--no-print-directory", "-C", str(REPO), "matrix",
+                              f"MATRIX_PYTHONS={version}", *settings],
+                             env=_env(PATH=path), capture_output=True, text=True, timeout=60, check=False)
+    assert planned.returncode == 0, planned.stderr
+    return planned.stdout
+
+
 def test_matrix_skips_a_broken_shim_for_a_pyenv_interpreter(tmp_path: Path) -> None:
     """pyenv's shims exist for every installed version but fail outside it; the matrix tries the next one."""
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -118,15 +128,21 @@ def test_matrix_skips_a_broken_shim_for_a_pyenv_interpreter(tmp_path: Path) -> N
     interpreter = tmp_path / "pyenv" / "versions" / f"{version}.99" / "bin" / f"python{version}"
     interpreter.parent.mkdir(parents=True)
     interpreter.symlink_to(sys.executable)
-    # -n: make prints the install and test commands instead of running them, but runs the recipe that
-    # calls $(MAKE), so the interpreter search itself is real.
-    env = _env(PATH=f"{shims}{os.pathsep}{os.environ['PATH']}")
-    planned = subprocess.run([_make(), "-n", "--no-print-directory", "-C", str(REPO), "matrix",
-                              f"MATRIX_PYTHONS={version}", f"PYENV_ROOT={tmp_path / 'pyenv'}"],
-                             env=env, capture_output=True, text=True, timeout=60, check=False)
-    assert planned.returncode == 0, planned.stderr
-    assert f"matrix: Python {version} ({interpreter})" in planned.stdout
-    assert f".venv-{version}/bin/pytest -q" in planned.stdout
+    # PYTHON (make test's interpreter) is none here, so this version gets a venv of its own.
+    plan = _plan_matrix(version, f"{shims}{os.pathsep}{os.environ['PATH']}", f"PYENV_ROOT={tmp_path / 'pyenv'}",
+                        f"PYTHON={tmp_path / 'no-python'}")
+    assert f"matrix: Python {version} ({interpreter}, in .venv-{version})" in plan
+    assert f".venv-{version}/bin/pytest -q" in plan
+
+
+def test_matrix_tests_make_tests_python_in_make_tests_venv(tmp_path: Path) -> None:
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    plan = _plan_matrix(version, os.environ["PATH"], f"PYTHON={sys.executable}", f"VENV={tmp_path / 'venv'}",
+                        "MATRIX_LIGHT=1")
+    assert f"matrix: Python {version} ({sys.executable}, in {tmp_path / 'venv'})" in plan
+    assert f"{tmp_path / 'venv'}/bin/pytest -q" in plan
+    assert "--ignore=tests/test_cli.py" in plan  # the light mode
+    assert not (tmp_path / "venv").exists()
 
 
 # --- the sdist ---------------------------------------------------------------------------------------------
