@@ -41,7 +41,18 @@ def _log_calls(path: Path) -> Iterator[tuple[ast.Call, str, str]]:
             kind = FACTORIES.get(ast.unparse(node.value.func))
             if kind:
                 loggers.update((ast.unparse(target), kind) for target in node.targets)
+    # ``event = log.error if failed else log.info`` then ``event("...", ...)``: a call at either level
+    aliases: dict[str, list[tuple[str, str]]] = {}
     for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and isinstance(node.value, ast.IfExp):
+            chosen = [(ast.unparse(branch.value), branch.attr) for branch in (node.value.body, node.value.orelse)
+                      if isinstance(branch, ast.Attribute) and branch.attr in LEVELS]
+            if len(chosen) == 2 and all(receiver in loggers for receiver, _ in chosen):
+                aliases.update((ast.unparse(target), [(loggers[r], m) for r, m in chosen]) for target in node.targets)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in aliases:
+            for kind, method in aliases[node.func.id]:
+                yield node, kind, method
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in LEVELS:
             receiver = ast.unparse(node.func.value)
             if receiver in loggers:
