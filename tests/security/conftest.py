@@ -33,7 +33,7 @@ def tally(request: pytest.FixtureRequest) -> Tally:
 
 @pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory, tally: Tally) -> Iterator[SecurityStack]:
-    """Echo app, both gateways, nginx and Caddy, with the corpus's tokens: started once, stopped after the
+    """Echo app, both gateways, nginx, Caddy and HAProxy, with the corpus's tokens: started once, stopped after the
     corpus's last test (the processes are shared by every module of the package)."""
     with start_security_stack(tmp_path_factory.mktemp("security")) as running:
         tally.logs.update(running.logs())

@@ -42,8 +42,8 @@ LIGHT_SAMPLE = 25
 """In the normal run, one generated (non-core) variant in this many runs, chosen by a hash of its id."""
 
 CLASSES = {
-    "1-host": "host and authority tricks through nginx and Caddy",
-    "2-path": "path tricks through nginx and Caddy",
+    "1-host": "host and authority tricks through nginx, Caddy and HAProxy",
+    "2-path": "path tricks through nginx, Caddy and HAProxy",
     "3-differential": "path normalisation held against real nginx (hypothesis)",
     "4-forwarded": "forwarded headers from trusted and untrusted peers",
     "5-credentials": "tokens and cookies",

@@ -5,12 +5,12 @@ what the corpus needs on top:
 
 - the recording echo app of :mod:`tests.security.echo` as the protected app, so a case sees every request
   the app received, even one whose answer never came back;
-- two ``gateway serve`` processes on one SQLite database: one with the fast lane (behind nginx and Caddy),
+- two ``gateway serve`` processes on one SQLite database: one with the fast lane (behind the proxies),
   one with aiohttp alone (``fast_lane = false``), both at log level debug and trusting only 127.0.0.1, so a
   client bound to 127.0.0.2 is an untrusted peer;
-- real nginx running ``deploy/nginx/protect-app.conf`` and real Caddy running ``deploy/caddy/Caddyfile``, only
-  their placeholders substituted (Caddy's site also answers to ``app.example.com``, the name the host
-  tricks use, as the shipped file does);
+- real nginx running ``deploy/nginx/protect-app.conf``, real Caddy running ``deploy/caddy/Caddyfile`` and real
+  HAProxy running ``deploy/haproxy/haproxy.cfg``, only their placeholders substituted (Caddy's site also
+  answers to ``app.example.com``, the name the host tricks use, as the shipped file does);
 - a malicious OIDC provider (:class:`tests.fakes.oidc.FakeOIDC`, served from a thread) and a gateway that
   signs in with it.
 """
@@ -38,14 +38,18 @@ from tests.deploy.stack import (
     COOKIE,
     DEFAULT_ACCESS_TOML,
     Gateway,
+    HAProxy,
     Nginx,
+    find_haproxy,
     find_nginx,
     http,
     port_open,
+    render_haproxy,
     render_site,
     running,
     sign_in,
     site_substitutions,
+    start_haproxy,
     start_nginx,
     unavailable,
     wait_until,
@@ -55,7 +59,7 @@ from tests.fakes.oidc import FakeOIDC, FakeUser, Knobs
 from tests.helpers import free_port
 
 TRUSTED_PEER = "127.0.0.1"
-"""nginx, Caddy and the corpus's "trusted proxy" connect from here."""
+"""nginx, Caddy, HAProxy and the corpus's "trusted proxy" connect from here."""
 UNTRUSTED_PEER = "127.0.0.2"
 """A client binding this loopback address is not in the gateways' trusted_proxies."""
 APP_HOST = "app.example.com"
@@ -174,13 +178,15 @@ class SecurityStack:
     directory: Path
     echo: Echo
     gateway: Gateway
-    """Fast lane on; nginx and Caddy check with it."""
+    """Fast lane on; nginx, Caddy and HAProxy check with it."""
     plain: Gateway
     """aiohttp alone (``fast_lane = false``), same database."""
     nginx: Nginx
     caddy: Caddy | None
     tokens: Tokens
     caddy_problem: str = ""
+    haproxy: HAProxy | None = None
+    haproxy_problem: str = ""
 
     @property
     def gateways(self) -> dict[str, Gateway]:
@@ -197,6 +203,22 @@ class SecurityStack:
             unavailable(self.caddy_problem or "caddy is not available")
         assert self.caddy is not None
         return self.caddy
+
+    def require_haproxy(self) -> HAProxy:
+        """HAProxy, or skip (fail under GATEWAY_TEST_STRICT=1) when it could not be started."""
+        if self.haproxy is None:
+            unavailable(self.haproxy_problem or "haproxy is not available")
+        assert self.haproxy is not None
+        return self.haproxy
+
+    def port_of(self, front: str) -> int:
+        """The port of a proxy by name ("nginx", "caddy", "haproxy"); skips for a proxy that is missing."""
+        if front == "caddy":
+            return self.require_caddy().port
+        if front == "haproxy":
+            return self.require_haproxy().port
+        assert front == "nginx", front
+        return self.nginx.port
 
 
 def _wait_refused(gateway: Gateway, token: str, timeout: float = 5.0) -> None:
@@ -230,7 +252,8 @@ def redirect_hosts(nginx_port: int, caddy_port: int) -> list[str]:
 
 @contextlib.contextmanager
 def start_security_stack(directory: Path) -> Iterator[SecurityStack]:
-    """Start everything classes 1-8 need; stop it all at the end. nginx is required, Caddy optional."""
+    """Start everything classes 1-8 need; stop it all at the end. nginx is required, Caddy and HAProxy
+    optional (their cases skip, or fail under strict mode, without them)."""
     if find_nginx() is None:
         unavailable("nginx not found (apt-get install nginx)")
     nginx_port, caddy_port = free_port(), free_port()
@@ -252,8 +275,17 @@ def start_security_stack(directory: Path) -> Iterator[SecurityStack]:
             problem = "the caddy binary is not installed (Debian: apt-get install caddy)"
         else:
             caddy = stack.enter_context(_caddy_on(directory / "caddy", caddy_port, gateway.port, echo.port))
+        haproxy: HAProxy | None = None
+        haproxy_problem = ""
+        if find_haproxy() is None:
+            haproxy_problem = "haproxy not found (apt-get install haproxy)"
+        else:
+            haproxy_port = free_port()
+            config = render_haproxy(listen_port=haproxy_port, gateway_url=gateway.url, gateway_port=gateway.port,
+                                    app_port=echo.port)
+            haproxy = stack.enter_context(start_haproxy(directory / "haproxy", config, haproxy_port))
         tokens = make_tokens(gateway, nginx_url)
-        yield SecurityStack(directory, echo, gateway, plain, nginx, caddy, tokens, problem)
+        yield SecurityStack(directory, echo, gateway, plain, nginx, caddy, tokens, problem, haproxy, haproxy_problem)
 
 
 @contextlib.contextmanager

@@ -9,7 +9,7 @@ The gateways trust only 127.0.0.1 here; a client bound to 127.0.0.2 is an untrus
   with underscores is another header and must change nothing.
 - **Untrusted peer**: its forwarded headers are ignored, so the answer is the one without them; Envoy's path
   still counts (it is the check's own path); a browser-mode redirect never carries a URL it made up.
-- **Through nginx and Caddy**: the client sends the forgeries itself, on a denied path; the app must not
+- **Through nginx, Caddy and HAProxy**: the client sends the forgeries itself, on a denied path; the app must not
   receive it.
 """
 
@@ -235,14 +235,14 @@ def test_a_browser_mode_redirect_never_points_at_a_forged_host(stack: SecuritySt
     tally.conclude(verdict)
 
 
-# ---- the same forgeries through nginx and Caddy, on a denied path ---------------------------------------
+# ---- the same forgeries through nginx, Caddy and HAProxy, on a denied path -------------------------------
 
 def proxied_cases() -> list[Case]:
     forgeries = [*FORGERIES, ("envoy-style-path-header", [("X-Envoy-Original-Path", PUBLIC)]),
                  ("duplicate-uri", [("X-Original-URI", PUBLIC), ("X-Original-URI", PUBLIC)]),
                  ("duplicate-forwarded-uri", [("X-Forwarded-Uri", PUBLIC), ("X-Forwarded-Uri", PUBLIC)])]
     return [Case(f"{front}-client-sends-{fid}-{pid}", front == "nginx" and pid == "f", (front, forged, path))
-            for front in ("nginx", "caddy") for fid, forged in forgeries
+            for front in ("nginx", "caddy", "haproxy") for fid, forged in forgeries
             for pid, path in (("f", DENIED), ("af", "/api" + DENIED))]
 
 
@@ -250,7 +250,7 @@ def proxied_cases() -> list[Case]:
 def test_forged_headers_through_a_proxy_never_open_a_denied_path(stack: SecurityStack, tally: Tally,
                                                                  case: Case) -> None:
     front, forged, path = case.data
-    port = stack.nginx.port if front == "nginx" else stack.require_caddy().port
+    port = stack.port_of(front)
     data = request("GET", path, [("Cookie", f"{COOKIE}={stack.tokens.valid}"), ("Accept", "application/json"),
                                  *forged])
     verdict, sent, _ = attempt(stack, KLASS, case.id, port, data, secrets=stack.tokens.all())

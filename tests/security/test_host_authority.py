@@ -1,6 +1,7 @@
 """Class 1: a signed-in user plays with the authority (Host, absolute-form targets) to reach a denied path.
 
-Every case asks nginx (deploy/nginx/protect-app.conf) or Caddy (deploy/caddy/Caddyfile) for a path the
+Every case asks nginx (deploy/nginx/protect-app.conf), Caddy (deploy/caddy/Caddyfile) or HAProxy
+(deploy/haproxy/haproxy.cfg) for a path the
 access rules deny, with a valid session cookie and an authority the proxy and the gateway could read
 differently: a Host with ``#``, ``?``, ``@``, userinfo, a path, odd ports, several Host headers, an
 absolute-form request line naming another host. The app must never receive a denied path; the client gets
@@ -57,14 +58,15 @@ HOSTS: list[tuple[str, str | None]] = [
 ]
 
 PATHS = [("forbidden-x", "/forbidden/x"), ("api-forbidden-x", "/api/forbidden/x"), ("forbidden", "/forbidden")]
-FRONTS = ("nginx", "caddy")
+FRONTS = ("nginx", "caddy", "haproxy")
 
 # Request shapes: how the authority is presented.
 SHAPES = ("host", "absolute-form", "absolute-form-tricky", "duplicate-host", "host-then-tricky", "lower-name")
 
 
-CADDY_CORE = {"hash-after-port", "port-then-userinfo", "userinfo", "other-host", "missing", "upper-case"}
-"""The host tricks that also run through Caddy in the normal run (every trick does in the full run)."""
+PROXY_CORE = {"hash-after-port", "port-then-userinfo", "userinfo", "other-host", "missing", "upper-case"}
+"""The host tricks that also run through Caddy and HAProxy in the normal run (every trick does in the full
+run)."""
 
 
 def build(shape: str, host: str | None, path: str, token: str, method: str) -> bytes | None:
@@ -102,7 +104,7 @@ def cases() -> list[Case]:
                         if build(shape, host, path, "token", method) is None:
                             continue
                         core = shape == "host" and path_id == "forbidden-x" and method == "GET" and \
-                            (front == "nginx" or host_id in CADDY_CORE)
+                            (front == "nginx" or host_id in PROXY_CORE)
                         case_id = f"{front}-{shape}-{host_id}-{path_id}" + ("-head" if method == "HEAD" else "")
                         out.append(Case(case_id, core, (front, shape, host, path, method)))
     return out
@@ -111,7 +113,7 @@ def cases() -> list[Case]:
 @pytest.mark.parametrize("case", params(cases()))
 def test_a_trick_authority_never_reaches_a_denied_path(stack: SecurityStack, tally: Tally, case: Case) -> None:
     front, shape, host, path, method = case.data
-    port = stack.nginx.port if front == "nginx" else stack.require_caddy().port
+    port = stack.port_of(front)
     data = build(shape, host, path, stack.tokens.valid, method)
     assert data is not None
     verdict, sent, _ = attempt(stack, KLASS, case.id, port, data, secrets=stack.tokens.all(),
@@ -130,7 +132,7 @@ CONTROLS = [Case(f"control-{front}-{host_id}", True, (front, host)) for front in
 def test_control_the_same_session_reaches_an_allowed_path(stack: SecurityStack, tally: Tally, case: Case) -> None:
     """Without these the refusals above could be a broken session rather than a refusal."""
     front, host = case.data
-    port = stack.nginx.port if front == "nginx" else stack.require_caddy().port
+    port = stack.port_of(front)
     data = request("GET", "/dashboard", [("Cookie", f"{COOKIE}={stack.tokens.valid}")], host=host)
     verdict, sent, received = attempt(stack, KLASS, case.id, port, data, secrets=stack.tokens.all())
     if not (sent.first and served_by_app(sent.first) and sent.first.status == 200 and received):

@@ -2,7 +2,7 @@
 
 Dot segments (plain, percent-encoded, overlong UTF-8), encoded and doubled slashes, backslashes,
 ``;parameters``, NUL and ``#`` escapes, letter case, query strings that look like paths, each wrapped around
-``/forbidden`` and ``/api/forbidden`` and sent through nginx and Caddy. The oracle looks at the path the app
+``/forbidden`` and ``/api/forbidden`` and sent through nginx, Caddy and HAProxy. The oracle looks at the path the app
 actually received and routes it the ways apps do (:func:`tests.security.corpus.app_routes`: decoded once,
 slashes merged, dot segments removed, ``;parameters`` dropped); if any of those lies under a denied prefix,
 the request must not have reached the app.
@@ -23,7 +23,7 @@ from tests.security.rawhttp import request
 from tests.security.stacks import SecurityStack
 
 KLASS = "2-path"
-FRONTS = ("nginx", "caddy")
+FRONTS = ("nginx", "caddy", "haproxy")
 BASES = {"f": "/forbidden", "af": "/api/forbidden"}
 
 # Literal tricks; {b} is the denied base ("/forbidden"), {n} the base without its leading slash.
@@ -90,9 +90,9 @@ CONTROLS: list[tuple[str, str]] = [
 ]
 
 
-CADDY_CORE = {"trailing-dotdot", "double-slash", "encoded-slash-inside", "semicolon", "parent-of-public",
+PROXY_CORE = {"trailing-dotdot", "double-slash", "encoded-slash-inside", "semicolon", "parent-of-public",
               "semicolon-dotdot", "semicolon-dotdot-slash", "encoded-dotdot-root", "backslash-dotdot", "nul"}
-"""The tricks that also run through Caddy in the normal run (every trick does in the full run)."""
+"""The tricks that also run through Caddy and HAProxy in the normal run (every trick does in the full run)."""
 
 
 def spell(template: str, base: str) -> str:
@@ -120,7 +120,7 @@ def cases() -> list[Case]:
                 path = spell(template, base)
                 for method in ("GET", "POST"):
                     core = is_core and base_id == "f" and method == "GET" and \
-                        (front == "nginx" or trick_id in CADDY_CORE)
+                        (front == "nginx" or trick_id in PROXY_CORE)
                     case_id = f"{front}-{trick_id}-{base_id}" + ("-post" if method == "POST" else "")
                     out.append(Case(case_id, core, (front, path, method)))
     return out
@@ -129,7 +129,7 @@ def cases() -> list[Case]:
 @pytest.mark.parametrize("case", params(cases()))
 def test_a_dressed_up_denied_path_never_reaches_the_app(stack: SecurityStack, tally: Tally, case: Case) -> None:
     front, path, method = case.data
-    port = stack.nginx.port if front == "nginx" else stack.require_caddy().port
+    port = stack.port_of(front)
     body = b'{"x": 1}' if method == "POST" else None
     headers = [("Cookie", f"{COOKIE}={stack.tokens.valid}"), ("Accept", "application/json")]
     if body is not None:
@@ -147,7 +147,7 @@ def test_a_dressed_up_denied_path_never_reaches_the_app(stack: SecurityStack, ta
                                         for front in FRONTS for cid, path in CONTROLS))
 def test_control_allowed_paths_reach_the_app(stack: SecurityStack, tally: Tally, case: Case) -> None:
     front, path = case.data
-    port = stack.nginx.port if front == "nginx" else stack.require_caddy().port
+    port = stack.port_of(front)
     data = request("GET", path, [("Cookie", f"{COOKIE}={stack.tokens.valid}"), ("Accept", "application/json")])
     verdict, sent, received = attempt(stack, KLASS, case.id, port, data, secrets=stack.tokens.all())
     expected = path.partition("?")[0]

@@ -138,6 +138,7 @@ TARGETS = {
     "aiohttp-webhook": ("aiohttp", "/auth/webhook"),
     "nginx-api": ("nginx", "/api/items"),
     "caddy-api": ("caddy", "/api/items"),
+    "haproxy-api": ("haproxy", "/api/items"),
 }
 CORE_TARGETS = ("fastlane-check",)
 
@@ -151,13 +152,8 @@ def cases() -> list[Case]:
 def test_only_a_real_credential_in_its_place_counts(stack: SecurityStack, tally: Tally, case: Case) -> None:
     target, build, expectation = case.data
     front, path = TARGETS[target]
-    proxied = front in ("nginx", "caddy")
-    if front == "nginx":
-        port = stack.nginx.port
-    elif front == "caddy":
-        port = stack.require_caddy().port
-    else:
-        port = stack.gateways[front].port
+    proxied = front in ("nginx", "caddy", "haproxy")
+    port = stack.port_of(front) if proxied else stack.gateways[front].port
     data = request("GET", path, [("Accept", "application/json"), *build(stack.tokens)])
     verdict, sent, received = attempt(stack, KLASS, case.id, port, data, secrets=stack.tokens.all())
     response = sent.first
