@@ -74,10 +74,15 @@ def configure_logging(log_format: str, level: str) -> None:
         logger_factory=structlog.stdlib.LoggerFactory(),
         cache_logger_on_first_use=False,
     )
+    # A standard-library record's traceback becomes the same ``exception`` text as ours in JSON; the
+    # console renderer prints tracebacks itself (and warns when they arrive already formatted).
+    foreign = [*shared, structlog.stdlib.add_logger_name]
+    if log_format == "json":
+        foreign.append(structlog.processors.format_exc_info)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(structlog.stdlib.ProcessorFormatter(
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
-        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name]))
+        foreign_pre_chain=foreign))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric)

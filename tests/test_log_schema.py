@@ -70,13 +70,12 @@ def logged_events() -> dict[str, Event]:
             where = f"{path.relative_to(ROOT)}:{call.lineno}"
             assert call.args and isinstance(call.args[0], ast.Constant) and isinstance(call.args[0].value, str), \
                 f"{where}: the event must be a fixed sentence (a string literal)"
-            traceback = "exception" if kind == "structlog" else "exc_info"
-            names = {traceback if k.arg == "exc_info" else k.arg for k in call.keywords}
+            names = {"exception" if k.arg == "exc_info" else k.arg for k in call.keywords}
             assert None not in names, f"{where}: **kwargs hide the fields from docs/logging.md"
             if method == "exception":
-                names.add(traceback)
+                names.add("exception")
             if kind == "stdlib":
-                assert names <= {"exc_info"}, f"{where}: stdlib loggers render no fields but exc_info"
+                assert names <= {"exception"}, f"{where}: stdlib loggers render no fields but the traceback"
             event = events.setdefault(call.args[0].value, Event())
             event.levels.add(LEVELS[method])
             event.fields |= {name for name in names if name is not None}
@@ -128,7 +127,7 @@ def test_the_scan_finds_the_log_calls() -> None:
     events = logged_events()
     assert len(events) > 50
     assert events["login succeeded"].fields == {"upstream", "user_id", "client", "mfa", "known_device"}
-    assert events["revocation handler failed"].fields == {"exc_info"}
+    assert events["revocation handler failed"].fields == {"exception"}
     assert "request_id" in bound_fields()
 
 
@@ -181,3 +180,5 @@ def test_a_real_json_line_carries_only_documented_common_fields() -> None:
         common = set(line) - {"client"}
         assert tables["Fields on every line"] <= common, line
         assert common <= tables["Fields on every line"] | tables["Fields on some lines"], line
+    # a standard-library logger's traceback is rendered as text, like structlog's own
+    assert "Traceback (most recent call last)" in lines[2]["exception"] and "RuntimeError: boom" in lines[2]["exception"]
