@@ -78,12 +78,21 @@ class _Slot:
     restart_at: float | None = None
 
 
-class _Workers:
-    """The worker slots and the directory their metrics files live in."""
+WorkerStarter = Callable[[Path | None], BaseProcess]
+"""Starts one worker process that publishes its metrics to the given file (None: it keeps them to itself)."""
 
-    def __init__(self, settings: Settings, backoff: Callable[[], RestartBackoff]) -> None:
-        self._settings = settings
-        self._ctx = multiprocessing.get_context("spawn")
+
+class _Workers:
+    """The worker slots and the directory their metrics files live in.
+
+    ``start`` starts one worker; ``count`` slots are kept filled; ``stop_budget`` is how many seconds the
+    workers get to stop after SIGTERM before they are killed.
+    """
+
+    def __init__(self, start: WorkerStarter, count: int, stop_budget: float,
+                 backoff: Callable[[], RestartBackoff]) -> None:
+        self._start_worker = start
+        self._stop_budget = stop_budget
         self._started = 0
         try:
             self.metrics_dir: Path | None = Path(tempfile.mkdtemp(prefix="gateway-metrics-"))
@@ -92,19 +101,17 @@ class _Workers:
             log.error("cannot share metrics among workers: each answers /metrics for itself", error=str(exc))
         now = time.monotonic()
         try:
-            self.slots = [_Slot(*self._start(), now, backoff()) for _ in range(settings.workers)]
+            self.slots = [_Slot(*self._start(), now, backoff()) for _ in range(count)]
         except BaseException:
             self.remove_metrics_dir()
             raise
-        log.info("started workers", workers=settings.workers, pids=[slot.proc.pid for slot in self.slots])
+        log.info("started workers", workers=count, pids=[slot.proc.pid for slot in self.slots])
 
     def _start(self) -> tuple[BaseProcess, Path | None]:
         """A new worker and its metrics file (a new file for every worker, restarts included)."""
         self._started += 1
         file = self.metrics_dir / f"worker-{self._started}{LIVE_SUFFIX}" if self.metrics_dir is not None else None
-        proc = self._ctx.Process(target=_worker_main, args=(self._settings, file), daemon=False)
-        proc.start()
-        return proc, file
+        return self._start_worker(file), file
 
     def tend(self, slot: _Slot, now: float) -> None:
         """Restart ``slot``'s worker when its back-off is over; start the back-off when the worker exited."""
@@ -132,7 +139,7 @@ class _Workers:
             if proc.exitcode is None and proc.pid is not None:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self._settings.shutdown_delay + self._settings.shutdown_timeout + 5
+        deadline = time.monotonic() + self._stop_budget
         for proc in running:
             proc.join(max(0.0, deadline - time.monotonic()))
             if proc.exitcode is None:
@@ -158,10 +165,20 @@ def supervise(settings: Settings, backoff: Callable[[], RestartBackoff] = Restar
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
+    ctx = multiprocessing.get_context("spawn")
+
+    def start_worker(metrics_file: Path | None) -> BaseProcess:
+        # Each worker is a whole gateway, so it gets the whole Settings.
+        proc = ctx.Process(target=_worker_main, args=(settings, metrics_file), daemon=False)
+        proc.start()
+        return proc
+
+    serving = settings.serving
     workers: _Workers | None = None
     codes: list[int | None] = []
     try:
-        workers = _Workers(settings, backoff)
+        workers = _Workers(start_worker, serving.workers, serving.shutdown_delay + serving.shutdown_timeout + 5,
+                           backoff)
         while not stopping:
             time.sleep(_TEND_EVERY)
             for slot in workers.slots:
