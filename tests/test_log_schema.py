@@ -181,4 +181,5 @@ def test_a_real_json_line_carries_only_documented_common_fields() -> None:
         assert tables["Fields on every line"] <= common, line
         assert common <= tables["Fields on every line"] | tables["Fields on some lines"], line
     # a standard-library logger's traceback is rendered as text, like structlog's own
-    assert "Traceback (most recent call last)" in lines[2]["exception"] and "RuntimeError: boom" in lines[2]["exception"]
+    stdlib_traceback = lines[2]["exception"]
+    assert "Traceback (most recent call last)" in stdlib_traceback and "RuntimeError: boom" in stdlib_traceback
