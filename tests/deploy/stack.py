@@ -788,3 +788,97 @@ def post_sign_out(site: Site, token: str, fields: dict[str, str], origin: str) -
                 [("Accept", "text/html"), ("Cookie", f"{COOKIE}={token}"), ("Origin", origin),
                  ("Sec-Fetch-Site", "same-origin"), ("Content-Type", "application/x-www-form-urlencoded")],
                 urlencode(fields).encode())
+
+
+REVOCATION_DEADLINE = 1.0
+"""Seconds within which a sign-out or an admin revocation must refuse the session through a proxy."""
+
+
+def assert_anonymous_browser_sent_to_sign_in(site: Site) -> None:
+    """A browser without a session is sent to the gateway's sign-in on the same host, with the whole
+    original URL as ``rd`` (encoded by the gateway: ``X-Auth-Request-Login``), and that page starts a real
+    attempt."""
+    reply = site.get("/reports/2024?year=2024&q=a%26b&x=1", browser=True)
+    assert reply.status == 302
+    original = f"{site.url}/reports/2024?year=2024&q=a%26b&x=1"
+    assert reply.header("Location") == f"{site.url}/login?rd={quote(original, safe='')}"
+    assert reply.header("Cache-Control") == "no-store"
+
+    start = site.get((reply.header("Location") or "").removeprefix(site.url), browser=True)
+    assert start.status == 302
+    assert (start.header("Location") or "").startswith(site.url + "/login/dev/dev?state=")
+    assert any(name.startswith("gw_login_") for name in start.cookies())
+
+
+def assert_anonymous_api_call_gets_json_401(site: Site) -> None:
+    """Under /api/ a call without a session gets a plain JSON 401, whatever its Accept header says."""
+    for accept_html in (False, True):
+        reply = site.get("/api/items", browser=accept_html)
+        assert reply.status == 401
+        assert reply.header("Location") is None
+        assert reply.header("Content-Type") == "application/json"
+        assert reply.json()["error"] == "unauthenticated"
+
+
+def assert_sign_in_returns_to_the_page(site: Site) -> None:
+    """A browser sign-in through the proxy comes back to the page with a host-only session cookie, and the app
+    then sees who signed in; /auth/userinfo is the gateway's, on the same host."""
+    target = site.url + "/projects/7?tab=files"
+    signed = site.sign_in("grace@example.com", groups="editors", rd=target)
+    assert signed.location == target
+    attributes = [a.strip().lower() for a in signed.set_cookie.split(";")[1:]]
+    assert {"httponly", "path=/", "samesite=lax"} <= set(attributes)
+    assert not any(a.startswith("domain=") for a in attributes)  # host-only: sign-in is on this host
+
+    seen = seen_by_app(site.get("/projects/7?tab=files", token=signed.token, browser=True))
+    assert named(seen, "X-Auth-Request-User") == ["grace"]
+    assert named(seen, "X-Auth-Request-Email") == ["grace@example.com"]
+    assert named(seen, "X-Auth-Request-Groups") == ["editors"]
+    assert named(seen, "X-Auth-Request-User-Id")[0].isdigit()
+
+    info = site.get("/auth/userinfo", token=signed.token)
+    assert info.status == 200 and info.json()["email"] == "grace@example.com"
+
+
+def assert_policy_deny_pages(site: Site) -> None:
+    """A signed-in user the rules refuse gets the 403 page (never a sign-in loop), or a JSON 403 under /api/."""
+    token = site.gateway.mint("denied@example.com")
+    page = site.get("/forbidden/payroll", token=token, browser=True)
+    assert page.status == 403
+    assert page.header("Location") is None
+    assert (page.header("Content-Type") or "").startswith("text/html")
+    assert "Access denied" in page.text and "/logout" in page.text
+
+    api = site.get("/api/forbidden/payroll", token=token)
+    assert api.status == 403 and api.json() == {"error": "forbidden"}
+    assert site.get("/payroll", token=token).status == 200  # the rule is only for /forbidden/**
+
+
+def assert_sign_out_refuses_the_cookie_at_once(site: Site) -> None:
+    """Asking to sign out changes nothing; a POST from another origin is refused (the proxy passes Origin on);
+    the site's own POST clears the cookie and the session is refused within :data:`REVOCATION_DEADLINE`."""
+    signed = site.sign_in("leaving@example.com")
+    assert site.get("/dashboard", token=signed.token, browser=True).status == 200
+    fields = sign_out_form(site, signed.token, "/")
+    assert fields["rd"] == "/" and fields["csrf_token"]
+    assert site.get("/dashboard", token=signed.token, browser=True).status == 200  # still signed in
+
+    forged = post_sign_out(site, signed.token, fields, "http://evil.example")
+    assert forged.status == 403 and not forged.all("Set-Cookie"), (forged.status, forged.text)
+    assert site.get("/dashboard", token=signed.token, browser=True).status == 200
+
+    out = post_sign_out(site, signed.token, fields, site.url)  # the site's own origin: public_url's
+    assert out.status == 303, (out.status, out.text)
+    assert out.header("Location") == "/"
+    cleared = [c for c in out.all("Set-Cookie") if c.startswith(COOKIE + "=")]
+    assert cleared and "max-age=0" in cleared[0].lower()
+    page, _ = refused_within(site, signed.token, REVOCATION_DEADLINE, time.monotonic())
+    assert (page.header("Location") or "").startswith(site.url + "/login?rd=")
+
+
+def assert_session_revoke_refuses_within_a_second(site: Site) -> None:
+    """``gateway sessions revoke`` refuses a browser session through the proxy within the deadline."""
+    signed = site.sign_in("fired@example.com")
+    assert site.get("/api/me", token=signed.token).status == 200
+    site.gateway.cli("sessions", "revoke", "--email", "fired@example.com")
+    refused_within(site, signed.token, REVOCATION_DEADLINE, time.monotonic())

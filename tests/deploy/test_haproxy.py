@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import quote, urlencode
+from urllib.parse import urlencode
 
 import pytest
 
@@ -33,22 +33,24 @@ from tests.deploy.stack import (
     HAProxy,
     HAProxyStack,
     app_paths,
+    assert_anonymous_api_call_gets_json_401,
+    assert_anonymous_browser_sent_to_sign_in,
     assert_only_the_gateways_identity,
+    assert_policy_deny_pages,
+    assert_session_revoke_refuses_within_a_second,
+    assert_sign_in_returns_to_the_page,
+    assert_sign_out_refuses_the_cookie_at_once,
     http,
     metric_sum,
     named,
-    post_sign_out,
     raw_exchange,
-    refused_within,
     render_haproxy,
     seen_by_app,
-    sign_out_form,
     start_haproxy,
     start_haproxy_stack,
 )
 from tests.helpers import free_port
 
-REVOCATION_DEADLINE = 1.0
 FAIL_CLOSED_WITHIN = 6.0
 """Seconds until HAProxy answers 503 for a gateway that is down (~3 s: three retries a second apart) or
 hangs (4 attempts of auth-request.lua's 1 s)."""
@@ -82,26 +84,12 @@ def status_of(answer: bytes) -> int:
 # ---- anonymous ------------------------------------------------------------------------------------------
 
 def test_anonymous_browser_is_sent_to_sign_in_with_the_original_url(stack: HAProxyStack) -> None:
-    reply = stack.get("/reports/2024?year=2024&q=a%26b&x=1", browser=True)
-    assert reply.status == 302
-    original = f"{stack.url}/reports/2024?year=2024&q=a%26b&x=1"
-    assert reply.header("Location") == f"{stack.url}/login?rd={quote(original, safe='')}"
-    assert reply.header("Cache-Control") == "no-store"
-
-    start = stack.get((reply.header("Location") or "").removeprefix(stack.url), browser=True)
-    assert start.status == 302  # the gateway's sign-in, on the same host, starts a real attempt
-    assert (start.header("Location") or "").startswith(stack.url + "/login/dev/dev?state=")
-    assert any(name.startswith("gw_login_") for name in start.cookies())
+    assert_anonymous_browser_sent_to_sign_in(stack)
 
 
 def test_anonymous_api_call_gets_a_plain_json_401(stack: HAProxyStack) -> None:
     before = len(stack.echo.requests())
-    for accept_html in (False, True):  # under /api/ the path decides, not the Accept header
-        reply = stack.get("/api/items", browser=accept_html)
-        assert reply.status == 401
-        assert reply.header("Location") is None
-        assert reply.header("Content-Type") == "application/json"
-        assert reply.json()["error"] == "unauthenticated"
+    assert_anonymous_api_call_gets_json_401(stack)
     assert app_paths(stack, before) == []
 
 
@@ -115,21 +103,7 @@ def test_garbage_and_spoofed_headers_do_not_get_an_anonymous_caller_in(stack: HA
 # ---- signed in -------------------------------------------------------------------------------------------
 
 def test_browser_sign_in_through_haproxy_returns_to_the_page_with_a_session_cookie(stack: HAProxyStack) -> None:
-    target = stack.url + "/projects/7?tab=files"
-    signed = stack.sign_in("grace@example.com", groups="editors", rd=target)
-    assert signed.location == target
-    attributes = [a.strip().lower() for a in signed.set_cookie.split(";")[1:]]
-    assert {"httponly", "path=/", "samesite=lax"} <= set(attributes)
-    assert not any(a.startswith("domain=") for a in attributes)
-
-    seen = seen_by_app(stack.get("/projects/7?tab=files", token=signed.token, browser=True))
-    assert named(seen, "X-Auth-Request-User") == ["grace"]
-    assert named(seen, "X-Auth-Request-Email") == ["grace@example.com"]
-    assert named(seen, "X-Auth-Request-Groups") == ["editors"]
-    assert named(seen, "X-Auth-Request-User-Id")[0].isdigit()
-
-    info = stack.get("/auth/userinfo", token=signed.token)  # the gateway's, on the same host
-    assert info.status == 200 and info.json()["email"] == "grace@example.com"
+    assert_sign_in_returns_to_the_page(stack)
 
 
 def test_the_app_sees_the_identity_the_gateway_answers(stack: HAProxyStack) -> None:
@@ -213,9 +187,10 @@ def test_an_authority_that_is_not_host_and_port_never_reaches_a_denied_page(stac
 
 @pytest.mark.parametrize(("hosts", "status"), [
     ([], 400),                                                   # HTTP/1.1 without Host
+    ([""], 400),                                                 # an empty one: no site at all
     (["127.0.0.1", "localhost"], 400),                           # two sites at once
     (["127.0.0.1", "127.0.0.1"], 403),                           # the same one twice: one Host, judged
-], ids=["none", "two-different", "two-same"])
+], ids=["none", "empty", "two-different", "two-same"])
 def test_a_request_must_name_exactly_one_site(stack: HAProxyStack, token: str, hosts: list[str], status: int) -> None:
     before = len(stack.echo.requests())
     answer = raw_get(stack.haproxy.port, "/forbidden/x", None, token, *(f"Host: {h}" for h in hosts))
@@ -287,44 +262,17 @@ def test_a_smuggled_request_is_checked_on_its_own(stack: HAProxyStack) -> None:
 # ---- policy deny -----------------------------------------------------------------------------------------
 
 def test_policy_deny_shows_the_403_page_not_a_sign_in_loop(stack: HAProxyStack) -> None:
-    token = stack.gateway.mint("denied@example.com")
-    page = stack.get("/forbidden/payroll", token=token, browser=True)
-    assert page.status == 403
-    assert page.header("Location") is None
-    assert (page.header("Content-Type") or "").startswith("text/html")
-    assert "Access denied" in page.text and "/logout" in page.text
-
-    api = stack.get("/api/forbidden/payroll", token=token)
-    assert api.status == 403 and api.json() == {"error": "forbidden"}
-    assert stack.get("/payroll", token=token).status == 200  # the rule is only for /forbidden/**
+    assert_policy_deny_pages(stack)
 
 
 # ---- logout and revocation ------------------------------------------------------------------------------
 
 def test_logout_through_haproxy_refuses_the_same_cookie_at_once(stack: HAProxyStack) -> None:
-    signed = stack.sign_in("leaving@example.com")
-    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
-    fields = sign_out_form(stack, signed.token, "/")
-    assert fields["rd"] == "/" and fields["csrf_token"]
-
-    forged = post_sign_out(stack, signed.token, fields, "http://evil.example")  # HAProxy passes Origin on
-    assert forged.status == 403 and not forged.all("Set-Cookie"), (forged.status, forged.text)
-    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
-
-    out = post_sign_out(stack, signed.token, fields, stack.url)
-    assert out.status == 303, (out.status, out.text)
-    assert out.header("Location") == "/"
-    cleared = [c for c in out.all("Set-Cookie") if c.startswith(COOKIE + "=")]
-    assert cleared and "max-age=0" in cleared[0].lower()
-    page, _ = refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
-    assert (page.header("Location") or "").startswith(stack.url + "/login?rd=")
+    assert_sign_out_refuses_the_cookie_at_once(stack)
 
 
 def test_admin_session_revoke_refuses_a_browser_session_within_a_second(stack: HAProxyStack) -> None:
-    signed = stack.sign_in("fired@example.com")
-    assert stack.get("/api/me", token=signed.token).status == 200
-    stack.gateway.cli("sessions", "revoke", "--email", "fired@example.com")
-    refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
+    assert_session_revoke_refuses_within_a_second(stack)
 
 
 # ---- the gateway down, slow or odd: fail closed -----------------------------------------------------------

@@ -13,7 +13,6 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -22,27 +21,30 @@ from gateway.settings import Settings
 from tests.deploy.stack import (
     COOKIE,
     NGINX_CONFIGS,
+    REVOCATION_DEADLINE,
     SPOOFS,
     Stack,
     app_paths,
+    assert_anonymous_api_call_gets_json_401,
+    assert_anonymous_browser_sent_to_sign_in,
     assert_only_the_gateways_identity,
+    assert_policy_deny_pages,
+    assert_session_revoke_refuses_within_a_second,
+    assert_sign_in_returns_to_the_page,
+    assert_sign_out_refuses_the_cookie_at_once,
     http,
     metric_sum,
     named,
-    post_sign_out,
     prepare_nginx,
     raw_exchange,
     refused_within,
     render_site,
     seen_by_app,
-    sign_out_form,
     site_substitutions,
     start_nginx,
     start_stack,
 )
 from tests.helpers import free_port
-
-REVOCATION_DEADLINE = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +56,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # ---- anonymous ------------------------------------------------------------------------------------------
 
 def test_anonymous_browser_is_sent_to_sign_in_with_the_original_url(stack: Stack) -> None:
-    reply = stack.get("/reports/2024?year=2024&q=a%26b&x=1", browser=True)
-    assert reply.status == 302
-    # the whole query string, encoded by the gateway (X-Auth-Request-Login), since nginx cannot
-    original = f"{stack.url}/reports/2024?year=2024&q=a%26b&x=1"
-    assert reply.header("Location") == f"{stack.url}/login?rd={quote(original, safe='')}"
-    assert reply.header("Cache-Control") == "no-store"
-
-    # the sign-in page it points at is the gateway's, on the same host, and starts a real attempt
-    start = stack.get((reply.header("Location") or "").removeprefix(stack.url), browser=True)
-    assert start.status == 302
-    assert (start.header("Location") or "").startswith(stack.url + "/login/dev/dev?state=")
-    assert any(name.startswith("gw_login_") for name in start.cookies())
+    assert_anonymous_browser_sent_to_sign_in(stack)  # nginx cannot URL-encode: the gateway does
 
 
 def test_anonymous_api_call_gets_a_plain_json_401(stack: Stack) -> None:
-    for accept_html in (False, True):  # under /api/ the path decides, not the Accept header
-        reply = stack.get("/api/items", browser=accept_html)
-        assert reply.status == 401
-        assert reply.header("Location") is None
-        assert reply.header("Content-Type") == "application/json"
-        assert reply.json()["error"] == "unauthenticated"
+    assert_anonymous_api_call_gets_json_401(stack)
 
 
 def test_garbage_and_spoofed_headers_do_not_get_an_anonymous_caller_in(stack: Stack) -> None:
@@ -92,21 +78,7 @@ def test_the_check_location_is_internal(stack: Stack) -> None:
 # ---- signed in -------------------------------------------------------------------------------------------
 
 def test_browser_sign_in_through_nginx_returns_to_the_page_with_a_session_cookie(stack: Stack) -> None:
-    target = stack.url + "/projects/7?tab=files"
-    signed = stack.sign_in("grace@example.com", groups="editors", rd=target)
-    assert signed.location == target
-    attributes = [a.strip().lower() for a in signed.set_cookie.split(";")[1:]]
-    assert {"httponly", "path=/", "samesite=lax"} <= set(attributes)
-    assert not any(a.startswith("domain=") for a in attributes)  # host-only: sign-in is on this host
-
-    seen = seen_by_app(stack.get("/projects/7?tab=files", token=signed.token, browser=True))
-    assert named(seen, "X-Auth-Request-User") == ["grace"]
-    assert named(seen, "X-Auth-Request-Email") == ["grace@example.com"]
-    assert named(seen, "X-Auth-Request-Groups") == ["editors"]
-    assert named(seen, "X-Auth-Request-User-Id")[0].isdigit()
-
-    info = stack.get("/auth/userinfo", token=signed.token)  # proxied to the gateway on the same host
-    assert info.status == 200 and info.json()["email"] == "grace@example.com"
+    assert_sign_in_returns_to_the_page(stack)
 
 
 def test_the_app_sees_the_identity_headers_for_a_minted_token(stack: Stack) -> None:
@@ -193,39 +165,13 @@ def test_dot_segments_and_escapes_never_reach_a_denied_page(stack: Stack, path: 
 # ---- policy deny -----------------------------------------------------------------------------------------
 
 def test_policy_deny_shows_the_403_page_not_a_sign_in_loop(stack: Stack) -> None:
-    token = stack.gateway.mint("denied@example.com")
-    page = stack.get("/forbidden/payroll", token=token, browser=True)
-    assert page.status == 403
-    assert page.header("Location") is None
-    assert (page.header("Content-Type") or "").startswith("text/html")
-    assert "Access denied" in page.text and "/logout" in page.text
-
-    api = stack.get("/api/forbidden/payroll", token=token)
-    assert api.status == 403 and api.json() == {"error": "forbidden"}
-    assert stack.get("/payroll", token=token).status == 200  # the rule is only for /forbidden/**
+    assert_policy_deny_pages(stack)
 
 
 # ---- logout and revocation ------------------------------------------------------------------------------
 
 def test_logout_through_nginx_refuses_the_same_cookie_at_once(stack: Stack) -> None:
-    signed = stack.sign_in("leaving@example.com")
-    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
-    fields = sign_out_form(stack, signed.token, "/")
-    assert fields["rd"] == "/" and fields["csrf_token"]
-    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200  # still signed in
-
-    # nginx passes Origin on: another site's origin is refused, even with the right token
-    forged = post_sign_out(stack, signed.token, fields, "http://evil.example")
-    assert forged.status == 403 and not forged.all("Set-Cookie"), (forged.status, forged.text)
-    assert stack.get("/dashboard", token=signed.token, browser=True).status == 200
-
-    out = post_sign_out(stack, signed.token, fields, stack.url)  # the site's own origin: public_url's
-    assert out.status == 303, (out.status, out.text)
-    assert out.header("Location") == "/"
-    cleared = [c for c in out.all("Set-Cookie") if c.startswith(COOKIE + "=")]
-    assert cleared and "max-age=0" in cleared[0].lower()
-    page, _ = refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
-    assert (page.header("Location") or "").startswith(stack.url + "/login?rd=")
+    assert_sign_out_refuses_the_cookie_at_once(stack)
 
 
 def test_admin_token_revoke_refuses_the_cookie_within_a_second(stack: Stack) -> None:
@@ -236,10 +182,7 @@ def test_admin_token_revoke_refuses_the_cookie_within_a_second(stack: Stack) -> 
 
 
 def test_admin_session_revoke_refuses_a_browser_session_within_a_second(stack: Stack) -> None:
-    signed = stack.sign_in("fired@example.com")
-    assert stack.get("/api/me", token=signed.token).status == 200
-    stack.gateway.cli("sessions", "revoke", "--email", "fired@example.com")
-    refused_within(stack, signed.token, REVOCATION_DEADLINE, time.monotonic())
+    assert_session_revoke_refuses_within_a_second(stack)
 
 
 # ---- the config itself -----------------------------------------------------------------------------------
