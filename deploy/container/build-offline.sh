@@ -11,10 +11,11 @@
 # must trust in BUILD_CA_BUNDLE (default: $PIP_CERT or $SSL_CERT_FILE when set): it is mounted over the
 # build stage's bundle while RUN steps execute and never stored in the image.
 #
-# Caching, so a repeat run takes seconds: the base root filesystem is kept as a tarball under
+# Caching, so only the first run downloads Debian packages: the base root filesystem is kept as a tarball under
 # ${XDG_CACHE_HOME:-~/.cache}/forward-auth-gateway, named by a hash of everything that shapes it, and is
 # rebuilt when older than BASE_MAX_AGE_DAYS (7: security updates); the imported base image is reused while
-# it carries that hash; podman's layer cache skips the pip install while the build context is unchanged.
+# it carries that hash. The image itself is built afresh (about 15 s) without a layer cache, which would
+# keep an image per stage per build; tests/deploy/test_image.py reuses an image of an unchanged context.
 #
 # Builds use chroot isolation and the host's network (--isolation=chroot --network=host): they need no
 # network namespace set-up, so they work in VMs and CI containers where podman's default isolation does not.
@@ -64,7 +65,7 @@ then
 fi
 
 # --format docker: the OCI image format has no HEALTHCHECK; --pull=never: the base is the local one.
-podman build --quiet --format docker --pull=never --isolation=chroot --network=host \
+podman build --quiet --layers=false --format docker --pull=never --isolation=chroot --network=host \
     --build-arg "BASE=$BASE_IMAGE" \
     ${BUILD_CA_BUNDLE:+--volume "$BUILD_CA_BUNDLE:/etc/ssl/certs/ca-certificates.crt:ro"} \
     --tag "$IMAGE" --file "$CONTEXT/Dockerfile" "$CONTEXT" >/dev/null
