@@ -66,9 +66,13 @@ class CookieSettings:
     """The session cookie set on the browser."""
 
     name: str = "gw_session"
+    """The session cookie's name."""
     secure: bool = True
+    """Mark the cookie Secure (sent over https only); false only for plain-http local development."""
     domain: str = ""
+    """The cookie's Domain (``.example.com`` to share it with sibling subdomains); empty: host-only."""
     samesite: str = "Lax"
+    """The cookie's SameSite: ``Lax``, ``Strict`` or ``None`` (``None`` needs ``secure``)."""
 
 
 @dataclass(frozen=True)
@@ -76,9 +80,13 @@ class SessionSettings:
     """Session lifetimes, all enforced server-side."""
 
     lifetime: Duration = Duration(7 * 86400)
+    """Absolute lifetime of a browser session."""
     idle_timeout: Duration = Duration(12 * 3600)
+    """A browser session unused this long ends (0: never)."""
     api_token_lifetime: Duration = Duration(90 * 86400)
+    """Default lifetime of API tokens minted with ``gateway tokens mint`` (they have no idle timeout)."""
     last_seen_grain: Duration = Duration(60)
+    """A session's last use is written to the database at most this often."""
 
 
 @dataclass(frozen=True)
@@ -86,15 +94,19 @@ class CacheSettings:
     """The in-process session cache on the check path."""
 
     ttl: Duration = Duration(5)
+    """How long a known session is answered without asking the database."""
     max_entries: int = 100_000
+    """Most sessions cached per process."""
     negative_ttl: Duration = Duration(2)
+    """How long an unknown or revoked token is remembered as bad."""
     negative_max_entries: int = 100_000
-    # While the revocation listener is down, cached entries live at most this long, so a revocation
-    # made elsewhere still takes effect within a second.
+    """Most bad tokens remembered per process."""
     degraded_ttl: Duration = Duration(0.5)
-    # While the database is unreachable, a session seen within this long keeps working from the cache
-    # (nobody can revoke it while the database is down). 0 turns it off.
+    """While the revocation feed is down, cached entries live at most this long, so a revocation made
+    elsewhere still takes effect within a second."""
     stale_if_error: Duration = Duration(300)
+    """While the database is unreachable, a session seen within this long keeps working from the cache
+    (nobody can revoke it while the database is down); 0 turns it off."""
 
 
 @dataclass(frozen=True)
@@ -102,16 +114,25 @@ class DatabaseSettings:
     """Connection pool and timeouts."""
 
     pool_min: int = 1
+    """Connections the pool keeps open per process."""
     pool_max: int = 10
+    """Most connections the pool opens per process."""
     connect_timeout: Duration = Duration(5)
+    """How long opening a database connection may take."""
     query_timeout: Duration = Duration(2)
+    """How long one database query may take."""
     sqlite_poll_interval: Duration = Duration(0.1)
+    """SQLite only: how often each process polls for revocations made by others."""
     prepared_statements: bool = True
+    """PostgreSQL: plan the session lookup once per connection; turn off behind PgBouncer in transaction
+    pooling, where a connection is not yours between queries."""
     lookup_concurrency: int = 2
-    # PostgreSQL: the revocation feed's own connection (LISTEN/NOTIFY and the revocation log), when
-    # database_url goes through PgBouncer in transaction pooling, which drops notifications: point this
-    # straight at PostgreSQL (or at a session-pooled PgBouncer database). Empty: database_url.
+    """PostgreSQL: session lookups in flight at once per process, each on a connection of its own; more
+    queue and are answered together (raise it for a remote database with a long round trip)."""
     feed_url: str = ""
+    """PostgreSQL: the revocation feed's own connection (LISTEN/NOTIFY and the revocation log), when
+    database_url goes through PgBouncer in transaction pooling, which drops notifications: point this
+    straight at PostgreSQL (or at a session-pooled PgBouncer database). Empty: database_url."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +140,15 @@ class HasuraSettings:
     """The Hasura auth webhook."""
 
     default_role: str = "user"
+    """Role given when the client asks for none (and to users without roles)."""
     anonymous_role: str = ""
+    """Role for callers with no credentials at all; empty: deny them (401)."""
     session_variables: Mapping[str, str] = field(
         default_factory=lambda: FrozenDict({"X-Hasura-Email": "email"}))
+    """Extra ``X-Hasura-*`` session variables from user fields (id, email, name, username, upstream,
+    subject, roles, groups)."""
     max_body_bytes: int = 64 * 1024
+    """Largest POST-mode webhook body accepted."""
 
 
 @dataclass(frozen=True)
@@ -130,7 +156,11 @@ class CheckSettings:
     """The proxy check endpoint."""
 
     redirect_browsers: bool = False
+    """Answer browsers without a session with a 302 to ``/login`` (Traefik, Caddy) instead of 401 (nginx);
+    a check URL can also ask with ``?mode=redirect``."""
     jwt_upstreams: tuple[str, ...] = ()
+    """OIDC upstreams whose JWT access tokens are accepted as ``Authorization: Bearer`` (signature, iss,
+    aud, exp checked); the user is enrolled as at a sign-in."""
 
 
 @dataclass(frozen=True)
@@ -138,13 +168,22 @@ class LoginSettings:
     """The login dance: attempts, redirect targets, abuse limits."""
 
     attempt_ttl: Duration = Duration(600)
+    """How long a started sign-in may take (the attempt is single use, kept server-side)."""
     cookie_name: str = "gw_login"
+    """Prefix of the short-lived cookie binding a sign-in attempt to the browser."""
     redirect_hosts: tuple[str, ...] = ()
+    """Where ``/login`` and ``/logout`` may send the browser back to besides the gateway itself: exact
+    hosts (``app.example.com:8443``) or ``.example.com`` for a domain and its subdomains."""
     default_redirect: str = "/"
+    """Where to go when ``rd`` is missing or not allowed: a local path or an allowed absolute URL."""
     rate_limit: int = 30
+    """Requests per minute per client address on ``/login`` and ``/callback`` (per replica)."""
     lockout_threshold: int = 5
+    """Failed callbacks from one address within ``lockout_window`` that lock it out (on all replicas)."""
     lockout_window: Duration = Duration(900)
+    """The window in which failed callbacks are counted."""
     lockout_duration: Duration = Duration(900)
+    """How long a locked-out address stays locked out."""
 
 
 @dataclass(frozen=True)
@@ -152,8 +191,11 @@ class EnrolmentSettings:
     """Who may become a user at first login (empty lists: anyone the upstream admits)."""
 
     emails: tuple[str, ...] = ()
+    """Emails admitted."""
     domains: tuple[str, ...] = ()
+    """Domains whose verified emails are admitted (exact match after the last ``@``)."""
     groups: tuple[str, ...] = ()
+    """Upstream groups admitted (GitHub: ``org`` or ``org/team``)."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +203,10 @@ class AccessSettings:
     """Who may pass where: ordered rules, first match wins, else ``default``."""
 
     default: str = "allow"
+    """What happens when no rule matches: ``allow`` or ``deny``."""
     rules: RuleTables = RuleTables(())
+    """Ordered ``[[access.rules]]`` tables, each an ``action`` and any of hosts, paths, methods, networks,
+    groups, emails, domains and mfa; a rule matches when all it states hold."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +214,9 @@ class RolesSettings:
     """Gateway roles from upstream groups, refreshed at every login."""
 
     map: RoleMap = field(default_factory=lambda: RoleMap(FrozenDict({})))
+    """``[roles.map]``: an upstream group -> the gateway roles (a name or a list) it gives."""
     passthrough_groups: bool = True
+    """Also keep the upstream group names themselves as roles."""
 
 
 @dataclass(frozen=True)
@@ -199,20 +246,37 @@ class Settings:
     """Everything the gateway needs to run; built by :func:`load_settings`."""
 
     listen: str = "127.0.0.1:4180"
+    """Address to listen on, HOST:PORT (in a container: ``0.0.0.0:4180``)."""
     public_url: str = "http://127.0.0.1:4180"
+    """The gateway's own external URL: sign-in redirects and callbacks point here."""
     database_url: str = "sqlite:///gateway.db"
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``postgresql://user:password@host:5432/db``."""
     migrate_on_start: bool = True
+    """Apply schema migrations at start-up (else run ``gateway migrate`` first)."""
     trusted_proxies: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    """Peers (IP addresses or CIDR ranges) allowed to describe the original request (X-Forwarded-*,
+    X-Original-*, X-Real-IP)."""
     log_format: str = "auto"
+    """``auto`` (console on a terminal, JSON otherwise), ``json`` or ``console``."""
     log_level: str = "info"
+    """``debug``, ``info``, ``warning`` or ``error``."""
     access_log: bool = False
+    """One log line per request from aiohttp (the check path logs denials itself either way)."""
     fast_lane: bool = True
+    """Answer the check endpoints on the lean built-in HTTP/1.1 front-end; anything else goes to aiohttp on
+    the same port (with ``access_log`` on, aiohttp serves everything)."""
     workers: int = 1
+    """Processes sharing the port (SO_REUSEPORT), each with its own cache and revocation listener."""
     keepalive_timeout: Duration = Duration(75)
+    """How long an idle keep-alive connection stays open; keep it above the proxy's (nginx: 60s)."""
     shutdown_timeout: Duration = Duration(10)
+    """On SIGTERM, how long in-flight requests get to finish."""
     shutdown_delay: Duration = Duration(0)
+    """On SIGTERM, how long to keep accepting after readiness turns off, so load balancers stop first."""
     gc_full_interval: Duration = Duration(300)
+    """Run full garbage collections on this timer instead of CPython's heuristic; 0: CPython's policy."""
     max_header_bytes: int = 16384
+    """Largest request header line accepted; a larger one gets 400 before any handler runs."""
     cookie: CookieSettings = field(default_factory=CookieSettings)
     session: SessionSettings = field(default_factory=SessionSettings)
     cache: CacheSettings = field(default_factory=CacheSettings)
@@ -224,6 +288,7 @@ class Settings:
     access: AccessSettings = field(default_factory=AccessSettings)
     roles: RolesSettings = field(default_factory=RolesSettings)
     upstreams: UpstreamTables = field(default_factory=lambda: UpstreamTables(FrozenDict({})))
+    """``[upstreams.<name>]`` tables, one per identity provider users may sign in with."""
 
     @property
     def serving(self) -> ServingSettings:
