@@ -539,11 +539,14 @@ def start_haproxy(directory: Path, config_text: str, port: int) -> Iterator[HAPr
 
 # ---- the whole stack -------------------------------------------------------------------------------------
 
+@dataclass
 class Site:
-    """Requests to a proxy's site (``url``) in front of the echo app, which checks with ``gateway``."""
+    """A proxy's site (``url``) in front of the echo app, checking with ``gateway``; processes logged under
+    ``directory``."""
 
     gateway: Gateway
     echo: Echo
+    directory: Path
 
     @property
     def url(self) -> str:
@@ -569,9 +572,6 @@ class Stack(Site):
     """nginx (from ``deploy/nginx/protect-app.conf``) in front of the echo app, checking with the gateway."""
 
     nginx: Nginx
-    gateway: Gateway
-    echo: Echo
-    directory: Path
 
     @property
     def url(self) -> str:
@@ -632,18 +632,24 @@ def start_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TOML, extr
     """
     if find_nginx() is None:
         unavailable("nginx not found (apt-get install nginx)")
-    nginx_port, gateway_port = free_port(), free_port()
-    nginx_url = f"http://127.0.0.1:{nginx_port}"
+    nginx_port = free_port()
     with contextlib.ExitStack() as stack:
-        echo = stack.enter_context(start_echo(directory))
-        gateway = stack.enter_context(start_gateway(
-            directory, port=gateway_port, public_url=nginx_url,
-            redirect_hosts=[f"127.0.0.1:{nginx_port}", f"localhost:{nginx_port}"],
-            access_toml=access_toml, extra_toml=extra_toml))
-        site_text = render_site(site, site_substitutions(listen_port=nginx_port, gateway_port=gateway_port,
+        echo, gateway = _app_and_gateway(stack, directory, nginx_port, access_toml=access_toml, extra_toml=extra_toml)
+        site_text = render_site(site, site_substitutions(listen_port=nginx_port, gateway_port=gateway.port,
                                                    app_port=echo.port))
         nginx = stack.enter_context(start_nginx(directory / "nginx", site_text, nginx_port))
-        yield Stack(nginx, gateway, echo, directory)
+        yield Stack(gateway=gateway, echo=echo, directory=directory, nginx=nginx)
+
+
+def _app_and_gateway(stack: contextlib.ExitStack, directory: Path, site_port: int, *, access_toml: str,
+                     extra_toml: str = "") -> tuple[Echo, Gateway]:
+    """The echo app and a gateway whose public_url is the proxy's site on ``site_port``, run in ``stack``."""
+    echo = stack.enter_context(start_echo(directory))
+    gateway = stack.enter_context(start_gateway(
+        directory, port=free_port(), public_url=f"http://127.0.0.1:{site_port}",
+        redirect_hosts=[f"127.0.0.1:{site_port}", f"localhost:{site_port}"],
+        access_toml=access_toml, extra_toml=extra_toml))
+    return echo, gateway
 
 
 @dataclass
@@ -651,9 +657,6 @@ class HAProxyStack(Site):
     """HAProxy (from ``deploy/haproxy/``) in front of the echo app, checking with the gateway."""
 
     haproxy: HAProxy
-    gateway: Gateway
-    echo: Echo
-    directory: Path
 
     @property
     def url(self) -> str:
@@ -670,17 +673,13 @@ def start_haproxy_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TO
     """
     if find_haproxy() is None:
         unavailable("haproxy not found (apt-get install haproxy)")
-    haproxy_port, gateway_port = free_port(), free_port()
-    haproxy_url = f"http://127.0.0.1:{haproxy_port}"
+    haproxy_port = free_port()
     with contextlib.ExitStack() as stack:
-        echo = stack.enter_context(start_echo(directory))
-        gateway = stack.enter_context(start_gateway(
-            directory, port=gateway_port, public_url=haproxy_url,
-            redirect_hosts=[f"127.0.0.1:{haproxy_port}", f"localhost:{haproxy_port}"], access_toml=access_toml))
-        config = render_haproxy(listen_port=haproxy_port, gateway_url=gateway.url, gateway_port=gateway_port,
+        echo, gateway = _app_and_gateway(stack, directory, haproxy_port, access_toml=access_toml)
+        config = render_haproxy(listen_port=haproxy_port, gateway_url=gateway.url, gateway_port=gateway.port,
                                 app_port=echo.port)
         haproxy = stack.enter_context(start_haproxy(directory / "haproxy", config, haproxy_port))
-        yield HAProxyStack(haproxy, gateway, echo, directory)
+        yield HAProxyStack(gateway=gateway, echo=echo, directory=directory, haproxy=haproxy)
 
 
 # ---- what a site must do, whichever proxy: helpers shared by the proxy tests ----------------------------
