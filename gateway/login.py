@@ -53,7 +53,7 @@ from gateway.errors import (
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, SessionRecord, User
 from gateway.redirects import RedirectPolicy, policy_problems, safe_redirect_target
-from gateway.sessions import start_session
+from gateway.sessions import provider_session_key, start_session
 from gateway.settings import EnrolmentSettings, LoginSettings, RolesSettings, SessionSettings
 from gateway.store.base import Device, Store
 from upstreams import issues_bearer_jwts
@@ -300,9 +300,12 @@ class LoginService:
         if previous_token:
             await self._checker.revoke_token(previous_token, actor="login", reason="replaced at sign-in")
         try:
+            # Only the hash of the provider session is kept: what a back-channel logout names.
+            provider_session = provider_session_key(name, identity.session_id) if identity.session_id else ""
             token, record = await start_session(self._store, self._sessions, user_id=user.id,
                                                 kind="browser", now=now, client_addr=client,
-                                                user_agent=user_agent, mfa=identity.mfa)
+                                                user_agent=user_agent, mfa=identity.mfa,
+                                                provider_session=provider_session)
         except NotFound:  # an administrator deleted the user since the upsert
             await self._fail(name, requester, "user deleted during the sign-in", outcome="blocked")
             raise AccountRemoved() from None

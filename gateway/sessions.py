@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from gateway import tokens
 from gateway.models import SessionKind, SessionRecord
 from gateway.settings import SessionSettings
@@ -10,11 +12,13 @@ from gateway.store.base import Sessions
 
 async def start_session(store: Sessions, settings: SessionSettings, *, user_id: int, kind: SessionKind,
                         now: float, lifetime: float | None = None, client_addr: str = "",
-                        user_agent: str = "", mfa: bool = False) -> tuple[str, SessionRecord]:
+                        user_agent: str = "", mfa: bool = False,
+                        provider_session: str = "") -> tuple[str, SessionRecord]:
     """Create a session and return ``(token, record)``; the token exists only in this return value.
 
     Browser sessions get ``session.lifetime`` and the idle timeout; API tokens get ``lifetime`` (default
-    ``session.api_token_lifetime``) and no idle timeout. ``mfa`` records that the login used a second factor.
+    ``session.api_token_lifetime``) and no idle timeout. ``mfa`` records that the login used a second factor;
+    ``provider_session`` (:func:`provider_session_key`, or empty) the provider session the login began in.
     """
     idle_timeout: float
     if kind == "browser":
@@ -26,8 +30,27 @@ async def start_session(store: Sessions, settings: SessionSettings, *, user_id: 
     token = tokens.mint_token()
     record = await store.create_session(token_hash=tokens.hash_token(token), user_id=user_id, kind=kind,
                                         now=now, expires_at=now + ttl, idle_timeout=idle_timeout,
-                                        client_addr=client_addr, user_agent=user_agent[:512], mfa=mfa)
+                                        client_addr=client_addr, user_agent=user_agent[:512], mfa=mfa,
+                                        provider_session=provider_session)
     return token, record
+
+
+def provider_session_key(upstream: str, session_id: str) -> str:
+    """How a provider session (an ID token's or a logout token's ``sid``) at ``upstream`` is stored and
+    looked up: SHA-256 hex of ``upstream``, NUL, ``session_id``. The sid itself is never stored, and the
+    same sid at two upstreams gives two keys."""
+    return _scoped_hash(upstream, session_id)
+
+
+def logout_token_key(upstream: str, token_id: str) -> str:
+    """How a logout token's ``jti`` from ``upstream`` is remembered as used: SHA-256 hex of ``upstream``, NUL,
+    ``jti`` (two upstreams may pick the same ids)."""
+    return _scoped_hash(upstream, token_id)
+
+
+def _scoped_hash(upstream: str, value: str) -> str:
+    # surrogatepass: a JSON claim may hold a lone surrogate, which must hash, not fail
+    return hashlib.sha256(f"{upstream}\0{value}".encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def session_problems(session: SessionSettings) -> list[str]:

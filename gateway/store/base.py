@@ -1,4 +1,4 @@
-"""The store's protocols by role (schema, session lookups, sessions, revocations, users, login state, audit).
+"""The store's protocols by role (schema, lookups, sessions, provider logouts, revocations, users, login, audit).
 
 ``Store`` composes them into the one object a backend implements; a consumer asks for the roles it uses
 (the check core: :class:`SessionLookups`). Implementations (``sqlite.SQLiteStore``,
@@ -18,6 +18,9 @@ implementation keeps:
 - Blocks (identities an admin removed) and login devices live in the database too. Blocking revokes the
   sessions of every user it matches in the same transaction, so no session of a blocked identity
   outlives the block; nothing on the check path reads blocks.
+- A browser session remembers the provider session it began in (only as a hash), so an upstream's
+  back-channel logout can end it; the logout token's id is claimed in the same transaction as the
+  revocation, so a replayed token revokes nothing.
 """
 
 from __future__ import annotations
@@ -122,6 +125,27 @@ class Device:
     expires_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class ProviderLogout:
+    """A verified back-channel logout, as the store acts on it: end the browser sessions of ``upstream``
+    that began in the provider session ``provider_session``, or that belong to the user ``subject``, or
+    (both set) that match both. At least one of the two is set.
+
+    ``provider_session`` and ``token_id`` are SHA-256 hex (see :func:`gateway.sessions.provider_session_key`
+    and :func:`gateway.sessions.logout_token_key`); ``token_id`` is single use until ``token_expires_at``.
+    """
+
+    upstream: str
+    subject: str
+    provider_session: str
+    token_id: str
+    token_expires_at: float
+
+
+class LogoutTokenReused(Exception):
+    """The logout token's id was already used: a replay. Nothing was revoked."""
+
+
 class Schema(Protocol):
     """The database's lifecycle and schema: connecting, closing, probing, migrating."""
 
@@ -174,12 +198,15 @@ class Sessions(Protocol):
 
     async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
                              expires_at: float, idle_timeout: float, client_addr: str = "",
-                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
+                             user_agent: str = "", mfa: bool = False, provider_session: str = "") -> SessionRecord:
         """Insert a new session (``idle_timeout`` 0 means none) and return it.
 
         ``mfa`` records whether the login used a second factor; it is returned by :meth:`lookup_session`
-        and :meth:`list_sessions`. Raises ValueError for a malformed hash, kind or idle timeout, or a hash
-        already in use, and NotFound when the user does not exist.
+        and :meth:`list_sessions`. ``provider_session``, when not empty, is the SHA-256 hex of the provider
+        session the sign-in began in (:func:`gateway.sessions.provider_session_key`), which a back-channel
+        logout names (:meth:`ProviderLogouts.revoke_provider_sessions`). Raises ValueError for a malformed
+        hash (either), kind or idle timeout, or a hash already in use, and NotFound when the user does not
+        exist.
         """
 
     async def revoke_user_sessions(self, user_id: int, *, actor: str, reason: str) -> int:
@@ -191,6 +218,28 @@ class Sessions(Protocol):
 
     async def count_active_sessions(self, now: float) -> int:
         """How many sessions are active at ``now``."""
+
+
+class ProviderLogouts(Protocol):
+    """Sessions ended by the upstream that signed them in (OpenID Connect Back-Channel Logout 1.0)."""
+
+    async def revoke_provider_sessions(self, logout: ProviderLogout, *, actor: str, reason: str,
+                                       now: float) -> list[str]:
+        """Claim ``logout.token_id`` and revoke the browser sessions the logout names, in one transaction.
+
+        Revoked: the sessions of kind ``browser`` active at ``now`` of users of ``logout.upstream`` that
+        began in ``logout.provider_session`` (when set) and belong to the user ``logout.subject`` (when
+        set). API tokens are never revoked. Each revoked session is audited (one ``revoke`` row per user,
+        with ``reason`` and the count; one row with count 0 when nothing matched) and appended to the
+        revocation log like :meth:`SessionLookups.revoke_session`, so every replica evicts it. Returns the
+        token hashes revoked (maybe none).
+
+        The token id is claimed until ``logout.token_expires_at``; when it is already claimed and not
+        expired (a replay, also one racing the first use on another replica), nothing is revoked and
+        LogoutTokenReused is raised. Expired claims are deleted on the side. Raises ValueError for a
+        logout no schema would accept (malformed hashes, neither subject nor provider session, empty
+        upstream, NUL, an upstream over 128 or a subject over 1024 characters, non-finite times).
+        """
 
 
 class Revocations(Protocol):
@@ -353,7 +402,8 @@ class Audit(Protocol):
         """Newest audit rows first, optionally for one user id."""
 
 
-class Store(Schema, SessionLookups, Sessions, Revocations, Users, LoginState, Audit, Protocol):
+class Store(Schema, SessionLookups, Sessions, ProviderLogouts, Revocations, Users, LoginState, Audit,
+            Protocol):
     """Persistent users, sessions, audit log and login state: every role in one object.
 
     Build one with :func:`gateway.store.make_store`. A consumer that needs only some roles should ask

@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 
-from gateway.store.base import BlockKey, normalise_email
+from gateway.store.base import BlockKey, ProviderLogout, normalise_email
 
 SESSION_KINDS = frozenset({"browser", "api"})
 """The values ``SessionRecord.kind`` may take (mirrored by a CHECK constraint in both schemas)."""
@@ -49,16 +49,43 @@ def is_token_hash(value: str) -> bool:
     return len(value) == 64 and _TOKEN_HASH_RE.fullmatch(value) is not None
 
 
-def check_new_session(token_hash: str, kind: str, expires_at: float, idle_timeout: float) -> None:
+def check_new_session(token_hash: str, kind: str, expires_at: float, idle_timeout: float,
+                      provider_session: str = "") -> None:
     """Reject a session that no schema would accept, with a ValueError naming the field."""
     if not is_token_hash(token_hash):
         raise ValueError("token_hash must be 64 lower-case hex characters (SHA-256 of the token)")
+    if provider_session and not is_token_hash(provider_session):
+        raise ValueError("provider_session must be empty or 64 lower-case hex characters (SHA-256)")
     if kind not in SESSION_KINDS:
         raise ValueError(f"kind must be one of {sorted(SESSION_KINDS)}, got {kind!r}")
     if not idle_timeout >= 0:
         raise ValueError("idle_timeout must be 0 (none) or positive")
     if math.isnan(expires_at):
         raise ValueError("expires_at must be a number")
+
+
+PROVIDER_LOGOUT_LIMITS: Mapping[str, int] = MappingProxyType({"upstream": 128, "subject": 1024})
+"""Longest ``upstream`` and ``subject`` a back-channel logout may name (longer ones match no user anyway)."""
+
+
+def check_provider_logout(logout: ProviderLogout, now: float) -> None:
+    """Reject a back-channel logout no schema would accept, with a ValueError naming the problem."""
+    for name, limit in PROVIDER_LOGOUT_LIMITS.items():
+        value = getattr(logout, name)
+        if not isinstance(value, str):
+            raise TypeError(f"{name} must be a string")
+        if len(value) > limit or "\x00" in value:
+            raise ValueError(f"{name} must be at most {limit} characters without NUL")
+    if not logout.upstream:
+        raise ValueError("upstream must not be empty")
+    if not (logout.subject or logout.provider_session):
+        raise ValueError("a back-channel logout names a subject, a provider session or both")
+    if logout.provider_session and not is_token_hash(logout.provider_session):
+        raise ValueError("provider_session must be empty or 64 lower-case hex characters (SHA-256)")
+    if not is_token_hash(logout.token_id):
+        raise ValueError("token_id must be 64 lower-case hex characters (SHA-256)")
+    if not (math.isfinite(logout.token_expires_at) and math.isfinite(now)):
+        raise ValueError("token_expires_at and now must be finite numbers")
 
 
 def check_new_login_attempt(attempt_hash: str, fields: Mapping[str, str], now: float,

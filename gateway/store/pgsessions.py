@@ -11,7 +11,9 @@ import psycopg2.errors
 
 from gateway.errors import NotFound
 from gateway.models import Revocation, SessionKind, SessionRecord
-from gateway.store.checks import USER_AGENT_MAX, check_new_session
+from gateway.store.base import LogoutTokenReused, ProviderLogout
+from gateway.store.checks import USER_AGENT_MAX, check_new_session, check_provider_logout
+from gateway.store.logouts import audit_rows, revoking_condition
 from gateway.store.pgfeed import log_revocations
 from gateway.store.pgpool import PooledStore
 from gateway.store.pgsql import ACTIVE, COUNT_ACTIVE, REVOKE_USER_SESSIONS, SESSION_COLUMNS, insert_audit
@@ -30,19 +32,29 @@ _INSERT_SESSION = (
 )
 
 
+# A claim is new, or replaces one that expired and was not pruned yet; a live claim is a replay (a claim
+# racing it on another connection waits for that one's transaction, then sees it).
+_CLAIM_JTI = ("INSERT INTO logout_tokens (token_id_hash, expires_at) VALUES (%s, to_timestamp(%s))"
+                       " ON CONFLICT (token_id_hash) DO UPDATE SET expires_at = excluded.expires_at"
+                       " WHERE logout_tokens.expires_at <= to_timestamp(%s) RETURNING 1")
+_PRUNE_JTIS = ("DELETE FROM logout_tokens WHERE token_id_hash IN (SELECT token_id_hash FROM logout_tokens"
+                        " WHERE expires_at <= to_timestamp(%s) ORDER BY expires_at LIMIT 100"
+                        " FOR UPDATE SKIP LOCKED)")
+
+
 class SessionTables(PooledStore):
     """The :class:`gateway.store.base.Sessions` role on the pool, and the writes of
     :class:`gateway.store.base.SessionLookups` (its lookups are batched by the store itself)."""
 
     async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
                              expires_at: float, idle_timeout: float, client_addr: str = "",
-                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
-        """Insert a new session and return it.
+                             user_agent: str = "", mfa: bool = False, provider_session: str = "") -> SessionRecord:
+        """Insert a new session (and the provider session it began in, if any) and return it.
 
         Raises ValueError for a malformed hash, kind or idle timeout, or a hash already in use, and
         NotFound when the user does not exist (e.g. deleted meanwhile).
         """
-        check_new_session(token_hash, kind, expires_at, idle_timeout)
+        check_new_session(token_hash, kind, expires_at, idle_timeout, provider_session)
         params = {"token_hash": token_hash, "user_id": user_id, "kind": kind, "now": now,
                   "expires_at": expires_at, "idle_timeout": idle_timeout,
                   "idle_expires_at": now + idle_timeout if idle_timeout > 0 else None,
@@ -50,10 +62,14 @@ class SessionTables(PooledStore):
 
         async def work(cur: aiopg.Cursor) -> SessionRecord:
             await cur.execute(_INSERT_SESSION, params)
-            return session_from_row(await cur.fetchone())
+            record = session_from_row(await cur.fetchone())
+            if provider_session:
+                await cur.execute("INSERT INTO provider_sessions (token_hash, provider_session) VALUES (%s, %s)",
+                                  (token_hash, provider_session))
+            return record
 
         try:
-            return await self._run(work)
+            return await self._run(work, transaction=bool(provider_session))
         except psycopg2.errors.ForeignKeyViolation:
             raise NotFound(f"No user with id {user_id}.") from None
         except psycopg2.errors.UniqueViolation:
@@ -111,6 +127,33 @@ class SessionTables(PooledStore):
                          {"reason": reason, "sessions": str(count)})
             await log_revocations(cur, [Revocation(user_id=user_id)], keep=self._retention)
             return count
+
+        return await self._run(work, transaction=True)
+
+    async def revoke_provider_sessions(self, logout: ProviderLogout, *, actor: str, reason: str,
+                                       now: float) -> list[str]:
+        """Claim the logout token and revoke the browser sessions it names, in one transaction (see the protocol)."""
+        check_provider_logout(logout, now)
+        condition, params = revoking_condition(logout, lambda name: f"%({name})s")
+        revoke = ("UPDATE sessions SET revoked_at = to_timestamp(%(now)s)"  # noqa: S608
+                  f" WHERE {ACTIVE} AND {condition}"
+                  " RETURNING token_hash, user_id,"
+                  " (SELECT upstream || ':' || subject FROM users WHERE users.id = sessions.user_id)")
+
+        async def work(cur: aiopg.Cursor) -> list[str]:
+            await cur.execute(_PRUNE_JTIS, (now,))
+            await cur.execute(_CLAIM_JTI, (logout.token_id, logout.token_expires_at, now))
+            if await cur.fetchone() is None:
+                raise LogoutTokenReused()
+            await cur.execute(revoke, {**params, "now": now})
+            rows = await cur.fetchall()
+            keys = {int(row[1]): str(row[2] or "") for row in rows}
+            for user_id, user_key, detail in audit_rows(logout, [int(row[1]) for row in rows], keys, reason):
+                await insert_audit(cur, now, "revoke", user_id, user_key, actor, detail)
+            if rows:
+                await log_revocations(cur, [Revocation(token_hash=str(row[0])) for row in rows],
+                                      keep=self._retention)
+            return [str(row[0]) for row in rows]
 
         return await self._run(work, transaction=True)
 

@@ -9,7 +9,9 @@ from typing import Any
 
 from gateway.errors import NotFound
 from gateway.models import ActiveSession, Revocation, SessionKind, SessionRecord
-from gateway.store.checks import USER_AGENT_MAX, check_new_session, is_token_hash
+from gateway.store.base import LogoutTokenReused, ProviderLogout
+from gateway.store.checks import USER_AGENT_MAX, check_new_session, check_provider_logout, is_token_hash
+from gateway.store.logouts import audit_rows, revoking_condition
 from gateway.store.rows import active_session_from_row, session_from_row
 from gateway.store.sqliteconn import ConnectedStore
 from gateway.store.sqlitesql import (
@@ -36,18 +38,26 @@ _INSERT_SESSION = (f"INSERT INTO sessions ({SESSION_COLUMNS})"  # noqa: S608
                    f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?) RETURNING {SESSION_COLUMNS}")
 
 
+# A claim is new, or replaces one that expired and was not pruned yet; a live claim is a replay.
+_CLAIM_JTI = ("INSERT INTO logout_tokens (token_id_hash, expires_at) VALUES (?, ?)"
+                       " ON CONFLICT (token_id_hash) DO UPDATE SET expires_at = excluded.expires_at"
+                       " WHERE logout_tokens.expires_at <= ? RETURNING 1")
+_PRUNE_JTIS = ("DELETE FROM logout_tokens WHERE token_id_hash IN (SELECT token_id_hash FROM logout_tokens"
+                        " WHERE expires_at <= ? ORDER BY expires_at LIMIT 100)")
+
+
 class SessionTables(ConnectedStore):
     """The :class:`gateway.store.base.SessionLookups` and :class:`gateway.store.base.Sessions` roles on the file."""
 
     async def create_session(self, *, token_hash: str, user_id: int, kind: SessionKind, now: float,
                              expires_at: float, idle_timeout: float, client_addr: str = "",
-                             user_agent: str = "", mfa: bool = False) -> SessionRecord:
-        """Insert a new session and return it.
+                             user_agent: str = "", mfa: bool = False, provider_session: str = "") -> SessionRecord:
+        """Insert a new session (and the provider session it began in, if any) and return it.
 
         Raises ValueError for a malformed hash, kind or idle timeout, or a hash already in use, and
         NotFound when the user does not exist (e.g. deleted meanwhile).
         """
-        check_new_session(token_hash, kind, expires_at, idle_timeout)
+        check_new_session(token_hash, kind, expires_at, idle_timeout, provider_session)
         idle_expires_at = now + idle_timeout if idle_timeout > 0 else None
         try:
             async with self._use(write=True) as conn:
@@ -56,6 +66,9 @@ class SessionTables(ConnectedStore):
                     (token_hash, user_id, kind, now, expires_at, idle_timeout, now, idle_expires_at,
                      client_addr, user_agent[:USER_AGENT_MAX], bool(mfa)),
                 )
+                if provider_session:
+                    await conn.execute("INSERT INTO provider_sessions (token_hash, provider_session) VALUES (?, ?)",
+                                       (token_hash, provider_session))
         except sqlite3.IntegrityError as exc:
             if "FOREIGN KEY" in str(exc):
                 raise NotFound(f"No user with id {user_id}.") from None
@@ -110,6 +123,28 @@ class SessionTables(ConnectedStore):
                               {"reason": reason, "sessions": str(count)})
             await log_revocation(conn, now, Revocation(user_id=user_id))
         return count
+
+    async def revoke_provider_sessions(self, logout: ProviderLogout, *, actor: str, reason: str,
+                                       now: float) -> list[str]:
+        """Claim the logout token and revoke the browser sessions it names, in one transaction (see the protocol)."""
+        check_provider_logout(logout, now)
+        condition, params = revoking_condition(logout, lambda name: ":" + name)
+        async with self._use(write=True) as conn:
+            await conn.execute(_PRUNE_JTIS, (now,))
+            if not list(await conn.execute_fetchall(_CLAIM_JTI,
+                                                    (logout.token_id, logout.token_expires_at, now))):
+                raise LogoutTokenReused()
+            rows = list(await conn.execute_fetchall(
+                "UPDATE sessions SET revoked_at = :now WHERE revoked_at IS NULL AND expires_at > :now"  # noqa: S608
+                f" AND (idle_expires_at IS NULL OR idle_expires_at > :now) AND {condition}"
+                " RETURNING token_hash, user_id", {**params, "now": now}))
+            users = [int(row[1]) for row in rows]
+            keys = {user_id: await audit_user_key(conn, user_id) for user_id in set(users)}
+            for user_id, user_key, detail in audit_rows(logout, users, keys, reason):
+                await insert_audit(conn, now, "revoke", user_id, user_key, actor, detail)
+            for row in rows:
+                await log_revocation(conn, now, Revocation(token_hash=str(row[0])))
+        return [str(row[0]) for row in rows]
 
     async def list_sessions(self, user_id: int, *, include_inactive: bool = False,
                             now: float | None = None) -> list[SessionRecord]:

@@ -20,7 +20,15 @@ import pytest
 from gateway.errors import NotFound, StoreUnavailable
 from gateway.models import LoginAttempt, Revocation
 from gateway.settings import DatabaseSettings
-from gateway.store import LOGIN_ATTEMPT_LIMITS, BlockKey, Store, make_store, migration_scripts
+from gateway.store import (
+    LOGIN_ATTEMPT_LIMITS,
+    BlockKey,
+    LogoutTokenReused,
+    ProviderLogout,
+    Store,
+    make_store,
+    migration_scripts,
+)
 from gateway.store import postgres as postgres_module
 from gateway.store import sqlite as sqlite_module
 from gateway.store.factory import sqlite_path
@@ -1143,3 +1151,157 @@ async def test_touch_sessions_in_one_batch(store: Store) -> None:
     assert second.session.last_seen_at == pytest.approx(now + 1200, abs=APPROX)
     assert second.session.idle_expires_at == pytest.approx(now + 1800, abs=APPROX)
     assert revoked.session.last_seen_at == pytest.approx(now, abs=APPROX)
+
+
+# -- back-channel logouts ---------------------------------------------------------------------------
+
+
+def provider_logout(subject: str = "", sid: str = "", *, jti: str = "", upstream: str = "oidc",
+                    expires_at: float | None = None) -> ProviderLogout:
+    """A logout naming ``subject`` and/or the provider session ``sid`` (hashed as the gateway hashes it)."""
+    return ProviderLogout(upstream=upstream, subject=subject, provider_session=token_hash(f"ps:{sid}") if sid else "",
+                          token_id=token_hash(f"jti:{jti or subject + sid}"),
+                          token_expires_at=time.time() + 120 if expires_at is None else expires_at)
+
+
+async def make_provider_sessions(store: Store) -> dict[str, str]:
+    """Alice signed in twice (provider sessions A and B) and holds an API token; Bob (sid C) and another
+    upstream's "alice" have sessions too. Returns their token hashes by name."""
+    now = time.time()
+    alice, bob = await make_user(store), await make_user(store, "bob")
+    elsewhere = (await store.upsert_user("other", "alice", email="alice@other.example")).id
+    sessions = {"alice-a": (alice, "A", "browser"), "alice-b": (alice, "B", "browser"),
+                "alice-api": (alice, "A", "api"), "bob-c": (bob, "C", "browser"),
+                "other-alice": (elsewhere, "", "browser")}
+    hashes = {}
+    for name, (user_id, sid, kind) in sessions.items():
+        hashes[name] = token_hash(name)
+        await store.create_session(token_hash=hashes[name], user_id=user_id, kind=kind, now=now,
+                                   expires_at=now + 3600, idle_timeout=0 if kind == "api" else 600,
+                                   provider_session=token_hash(f"ps:{sid}") if sid else "")
+    return hashes
+
+
+async def active(store: Store, hashes: dict[str, str]) -> set[str]:
+    """The names of the sessions still active."""
+    found = {name: await store.lookup_session(h) for name, h in hashes.items()}
+    return {name for name, a in found.items() if a is not None and a.session.is_active(time.time())}
+
+
+@pytest.mark.parametrize(("logout", "revoked"), [
+    pytest.param(provider_logout(sid="A"), {"alice-a"}, id="sid"),
+    pytest.param(provider_logout("alice"), {"alice-a", "alice-b"}, id="sub"),
+    pytest.param(provider_logout("alice", "B"), {"alice-b"}, id="sub-and-sid"),
+    pytest.param(provider_logout("bob", "A"), set(), id="sid-of-another-user"),
+    pytest.param(provider_logout("nobody"), set(), id="unknown-sub"),
+    pytest.param(provider_logout(sid="unknown"), set(), id="unknown-sid"),
+])
+async def test_a_back_channel_logout_revokes_only_the_browser_sessions_it_names(
+        store: Store, logout: ProviderLogout, revoked: set[str]) -> None:
+    hashes = await make_provider_sessions(store)
+    ended = await store.revoke_provider_sessions(logout, actor="upstream:oidc", reason="backchannel_logout",
+                                                 now=time.time())
+    assert sorted(ended) == sorted(hashes[name] for name in revoked)
+    assert await active(store, hashes) == set(hashes) - revoked  # API tokens and other upstreams untouched
+    # audited, one row per user (or one saying nothing matched), and logged for every replica
+    (audit,) = [e for e in await store.list_audit(limit=10) if e.event == "revoke"]
+    assert audit.actor == "upstream:oidc"
+    assert audit.detail["reason"] == "backchannel_logout" and audit.detail["sessions"] == str(len(revoked))
+    assert audit.user_key == ("oidc:alice" if revoked else (f"oidc:{logout.subject}" if logout.subject else ""))
+    assert [entry.revocation for entry in await store.revocations_since(0)] == [
+        Revocation(token_hash=h) for h in ended]
+
+
+async def test_a_replayed_logout_token_revokes_nothing(store: Store) -> None:
+    hashes = await make_provider_sessions(store)
+    logout = provider_logout("alice", jti="once")
+    assert len(await store.revoke_provider_sessions(logout, actor="a", reason="r", now=time.time())) == 2
+    user_id = (await store.lookup_session(hashes["alice-a"])).user.id  # type: ignore[union-attr]
+    fresh = await make_session(store, user_id, "signed-in-again")
+    audit_before = await store.list_audit(limit=100)
+    log_before = await store.revocations_since(0)
+    by_sid = dataclasses.replace(logout, subject="", provider_session=token_hash("ps:C"))
+    for replay in (logout, dataclasses.replace(logout, subject="bob"), by_sid):
+        with pytest.raises(LogoutTokenReused):
+            await store.revoke_provider_sessions(replay, actor="a", reason="r", now=time.time())
+    found = await store.lookup_session(fresh)
+    assert found is not None and found.session.revoked_at is None
+    assert await active(store, hashes) == {"alice-api", "bob-c", "other-alice"}
+    assert await store.list_audit(limit=100) == audit_before
+    assert await store.revocations_since(0) == log_before
+    # the same jti from another upstream is another token
+    other = dataclasses.replace(logout, upstream="other", token_id=token_hash("jti:other:once"))
+    assert len(await store.revoke_provider_sessions(other, actor="a", reason="r", now=time.time())) == 1
+
+
+async def test_a_logout_token_id_is_single_use_until_it_expires(store: Store) -> None:
+    await make_provider_sessions(store)
+    now = time.time()
+    logout = provider_logout("bob", jti="short", expires_at=now + 10)
+    assert await store.revoke_provider_sessions(logout, actor="a", reason="r", now=now) != []
+    with pytest.raises(LogoutTokenReused):
+        await store.revoke_provider_sessions(logout, actor="a", reason="r", now=now + 9)
+    # once expired the claim is gone (the token itself would no longer verify); a new claim is made
+    later = dataclasses.replace(logout, token_expires_at=now + 100)
+    assert await store.revoke_provider_sessions(later, actor="a", reason="r", now=now + 11) == []
+    with pytest.raises(LogoutTokenReused):
+        await store.revoke_provider_sessions(later, actor="a", reason="r", now=now + 12)
+
+
+async def test_concurrent_uses_of_one_logout_token_revoke_once(store: Store, store_factory: StoreFactory) -> None:
+    # two stores, so on PostgreSQL the claims really race on separate connections
+    first, second = await store_factory(), await store_factory()
+    await make_provider_sessions(store)
+    for attempt in range(10):
+        logout = provider_logout("alice", jti=f"race{attempt}")
+        results = await asyncio.gather(
+            first.revoke_provider_sessions(logout, actor="a", reason="r", now=time.time()),
+            second.revoke_provider_sessions(logout, actor="a", reason="r", now=time.time()),
+            return_exceptions=True)
+        assert sum(isinstance(r, LogoutTokenReused) for r in results) == 1, results
+        assert sum(isinstance(r, list) for r in results) == 1, results
+
+
+async def test_a_back_channel_logout_is_broadcast(store: Store, store_factory: StoreFactory) -> None:
+    other = await store_factory()
+    hashes = await make_provider_sessions(other)
+    async with watching(store) as (revocations, _):
+        await other.revoke_provider_sessions(provider_logout("alice"), actor="a", reason="r", now=time.time())
+        expected = {Revocation(token_hash=hashes["alice-a"]), Revocation(token_hash=hashes["alice-b"])}
+        assert await eventually(lambda: set(revocations) == expected), revocations
+
+
+async def test_provider_sessions_go_with_their_sessions(store: Store) -> None:
+    hashes = await make_provider_sessions(store)
+    bob = (await store.lookup_session(hashes["bob-c"])).user.id  # type: ignore[union-attr]
+    assert await store.delete_user(bob, actor="admin")
+    assert await store.revoke_provider_sessions(provider_logout(sid="C"), actor="a", reason="r",
+                                                now=time.time()) == []
+
+
+@pytest.mark.parametrize("change", [
+    pytest.param({"subject": "", "provider_session": ""}, id="neither-sub-nor-sid"),
+    pytest.param({"upstream": ""}, id="no-upstream"),
+    pytest.param({"upstream": "x" * 129}, id="long-upstream"),
+    pytest.param({"subject": "x" * 1025}, id="long-subject"),
+    pytest.param({"subject": "a\x00b"}, id="nul-subject"),
+    pytest.param({"provider_session": "sid-1"}, id="raw-sid"),
+    pytest.param({"token_id": "jti"}, id="raw-jti"),
+    pytest.param({"token_id": token_hash("j").upper()}, id="upper-case-jti-hash"),
+    pytest.param({"token_expires_at": math.nan}, id="nan-expiry"),
+])
+async def test_malformed_back_channel_logouts_are_refused(store: Store, change: dict[str, Any]) -> None:
+    hashes = await make_provider_sessions(store)
+    logout = dataclasses.replace(provider_logout("alice", "A"), **change)
+    with pytest.raises(ValueError):
+        await store.revoke_provider_sessions(logout, actor="a", reason="r", now=time.time())
+    assert await active(store, hashes) == set(hashes)
+
+
+async def test_create_session_refuses_a_raw_provider_session(store: Store) -> None:
+    user_id = await make_user(store)
+    now = time.time()
+    with pytest.raises(ValueError):
+        await store.create_session(token_hash=token_hash("s"), user_id=user_id, kind="browser", now=now,
+                                   expires_at=now + 60, idle_timeout=0, provider_session="sid-1")
+    assert await store.lookup_session(token_hash("s")) is None
