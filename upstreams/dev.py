@@ -37,6 +37,7 @@ class DevSettings:
     """A validated ``type = "dev"`` table; its fields and ``type`` are the only keys the table may hold."""
 
     display_name: str = _DEFAULT_DISPLAY_NAME
+    """The label of this upstream's button on the sign-in page."""
     groups: tuple[str, ...] = ()
     """Given to everyone who signs in (the form may add more)."""
 

@@ -81,16 +81,25 @@ class GitHubSettings:
     """
 
     client_id: str
+    """The OAuth app's client id."""
     client_secret: str
+    """The OAuth app's client secret (pass it as ``GATEWAY_UPSTREAMS_<NAME>_CLIENT_SECRET[_FILE]``)."""
     display_name: str = "GitHub"
+    """The label of this upstream's button on the sign-in page."""
     base_url: str = GITHUB_URL
+    """GitHub's web URL: ``https://github.com``, or a GitHub Enterprise server's."""
     api_url: str = GITHUB_API_URL
     """Defaults to ``https://api.github.com`` for github.com, else ``{base_url}/api/v3`` (GHE Server)."""
     scopes: tuple[str, ...] = DEFAULT_SCOPES
+    """Scopes requested; must include ``user:email`` (``read:org`` is added when groups are needed)."""
     orgs: tuple[str, ...] = ()
+    """Admit only members of these organisations (or of ``teams``)."""
     teams: tuple[str, ...] = ()
+    """Admit only members of these teams, ``org/team-slug`` (or of ``orgs``)."""
     fetch_groups: bool = False
+    """Fetch the user's organisations and teams as groups even when ``orgs`` and ``teams`` are empty."""
     timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
+    """Seconds any one call to GitHub may take (at most 300)."""
     allow_insecure_http: bool = False
     """Permit plain http ``base_url``/``api_url`` (tests and local development); checked at validation."""
 

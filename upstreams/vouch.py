@@ -70,11 +70,17 @@ class VouchSettings:
     """
 
     url: str
+    """vouch-proxy's URL (its ``/login`` and ``/validate`` are called)."""
     display_name: str = "Single sign-on"
+    """The label of this upstream's button on the sign-in page."""
     cookie_name: str = DEFAULT_COOKIE_NAME
+    """vouch's cookie name (its ``cookie.name``)."""
     claims_headers_prefix: str = DEFAULT_CLAIMS_PREFIX
+    """The prefix of the claim headers vouch's ``/validate`` sends (its ``headers.claimheader``)."""
     groups_claim: str = ""
+    """The claim, as named in vouch's claim headers (``Groups``), that holds the user's groups; empty: none."""
     timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
+    """Seconds any one call to vouch may take (at most 300)."""
     allow_insecure_http: bool = False
     """Permit a plain http ``url`` (tests and local development); checked at validation."""
 

@@ -58,27 +58,52 @@ class OIDCSettings:
     """
 
     issuer: str
+    """The issuer URL; discovery is read from ``{issuer}/.well-known/openid-configuration``."""
     client_id: str
+    """The client id registered with the provider."""
     client_secret: str = ""
+    """The client secret (pass it as ``GATEWAY_UPSTREAMS_<NAME>_CLIENT_SECRET[_FILE]``); empty: a public
+    client, PKCE only."""
     scopes: tuple[str, ...] = DEFAULT_SCOPES
+    """Scopes requested (``openid`` is always added); custom ones such as ``order:read`` pass through."""
     display_name: str = ""
+    """The label of this upstream's button on the sign-in page; empty: the preset's name, else the
+    upstream's name."""
     groups_claim: str = "groups"
+    """Where the user's groups are: a claim name or a dotted path (``realm_access.roles``)."""
     groups_from_access_token: bool = False
+    """Read ``groups_claim`` from the (JWT) access token instead of the ID token and userinfo."""
     audience: str = ""
+    """Sent as the ``audience`` authorization parameter (Auth0 APIs); the access token's ``aud`` must then
+    match it when groups come from the access token."""
     extra_auth_params: tuple[tuple[str, str], ...] = ()
+    """Extra authorization request parameters (``prompt``, ``hd``...); never those the flow owns."""
     allowed_algorithms: tuple[str, ...] = DEFAULT_ALGORITHMS
+    """JWT signature algorithms accepted (asymmetric only: never ``none`` or HS*)."""
     token_endpoint_auth: str = CLIENT_AUTH_POST
+    """How the client authenticates at the token endpoint: ``client_secret_post`` or ``client_secret_basic``."""
     timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT
+    """Seconds any one call to the provider may take (at most 5 of them to connect)."""
     clock_skew: float = 60.0
+    """Seconds of clock difference tolerated on ``exp``, ``iat`` and ``nbf`` (at most 600)."""
     bearer_audience: str = ""
+    """The ``aud`` a bearer JWT must carry (see ``check.jwt_upstreams``); empty: ``client_id``."""
     end_session: bool = True
+    """At sign-out, also end the provider's session (RP-initiated logout) when it has an endpoint for it."""
     logout_endpoint: str = ""
+    """The provider's logout URL, when discovery names no ``end_session_endpoint``."""
     email_claim: str = "email"
+    """The claim holding the user's email."""
     require_verified_email: bool = True
+    """Refuse a sign-in whose email the provider says is not verified."""
     trust_unverified_email: bool = False
+    """Count an email as verified when the provider sends no ``email_verified`` at all."""
     mfa_acr_values: tuple[str, ...] = ()
+    """``acr`` values that mean a second factor was used (``amr`` values such as ``mfa`` always do)."""
     required_claims: tuple[tuple[str, str], ...] = ()
+    """Claims that must have exactly these values, else the sign-in is refused (``tid = "..."``)."""
     allow_insecure_http: bool = False
+    """Permit plain http ``issuer`` and ``logout_endpoint`` URLs (tests and local development)."""
 
 
 class OIDCConfig:
