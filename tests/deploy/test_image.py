@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -45,6 +46,7 @@ from tests.deploy.test_install import DOCKERFILE, DOCKERIGNORE, REPO, dockerfile
 from tests.helpers import free_port
 
 BUILD_SCRIPT = REPO / "deploy" / "container" / "build-offline.sh"
+README = REPO / "README.md"
 IMAGE_REPOSITORY = "localhost/forward-auth-gateway"
 K8S_WORKLOADS = [REPO / "deploy/k8s/base/deployment.yaml", REPO / "deploy/k8s/base/migration-job.yaml"]
 # Measured 212 MB (the bookworm python3 base 124 MB, the virtualenv 88 MB); the README states them.
@@ -191,11 +193,40 @@ def _get(port: int, path: str) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def readme_run_command() -> list[str]:
+    """The README's ``docker run`` command (section "Container image"), as arguments."""
+    section = README.read_text().partition("\n## Container image\n")[2].partition("\n## ")[0]
+    (block,) = re.findall(r"```sh\n(docker run .*?)```", section, re.S)
+    return shlex.split(block.replace("\\\n", " "))
+
+
+def test_readme_runs_the_image_read_only_with_a_tmpfs_and_a_data_volume() -> None:
+    words = readme_run_command()
+    assert "--read-only" in words
+    assert words[words.index("--tmpfs") + 1] == "/tmp"
+    assert words[words.index("-v") + 1].endswith(":/var/lib/gateway")
+    assert words[words.index("-p") + 1] == "4180:4180"
+
+
+def podman_run_command(image: str, name: str, volume: str, port: int, log: Path) -> list[str]:
+    """The README's command for podman: this test's image, container name, volume and host port, the
+    image's user stated, the log in a file, and what this machine needs (``_run_flags``)."""
+    docker, run, *words, _image = readme_run_command()
+    assert (docker, run) == ("docker", "run")
+    replaced = {"--name": name, "-p": f"127.0.0.1:{port}:4180", "-v": f"{volume}:/var/lib/gateway"}
+    for flag, value in replaced.items():
+        words[words.index(flag) + 1] = value
+    uid, gid = image_user()
+    # podman, unlike Docker, mounts tmpfs on /run and /var/tmp too under --read-only: not here.
+    return ["run", *_run_flags(), "--user", f"{uid}:{gid}", "--read-only-tmpfs=false",
+            "--log-driver", "k8s-file", "--log-opt", f"path={log}", *words, image]
+
+
 @pytest.fixture(scope="module")
 def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
-    """The image running as the README shows: read-only root, a tmpfs on /tmp, its own user, port 4180."""
-    uid, gid = image_user()
+    """The image running as the README shows: read-only root, a tmpfs on /tmp, a data volume, port 4180."""
     running = Container(f"gateway-image-test-{os.getpid()}", free_port())
+    volume = f"{running.name}-data"
     log = tmp_path_factory.mktemp("container") / "gateway.log"
 
     def answering() -> bool:
@@ -206,14 +237,13 @@ def container(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         except OSError:
             return False
 
-    _podman("run", "--detach", "--name", running.name, *_run_flags(), "--log-driver", "k8s-file",
-            "--log-opt", f"path={log}", "--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp",
-            "--user", f"{uid}:{gid}", "--publish", f"127.0.0.1:{running.port}:4180", image)
+    _podman(*podman_run_command(image, running.name, volume, running.port, log))
     try:
         wait_until(answering, "the gateway in its container", timeout=60, log=log)
         yield running
     finally:
-        _podman("rm", "--force", "--volumes", running.name, check=False)
+        _podman("rm", "--force", running.name, check=False)
+        _podman("volume", "rm", "--force", volume, check=False)
 
 
 def test_gateway_answers_from_the_host(container: Container) -> None:
