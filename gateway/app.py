@@ -21,6 +21,7 @@ from gateway.cache import SessionCache
 from gateway.core import Checker
 from gateway.errors import StoreUnavailable
 from gateway.facts import TrustedProxies
+from gateway.handlers.backchannel import BackChannelLogoutEndpoint
 from gateway.handlers.check import CheckEndpoint, CheckHandler
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
 from gateway.handlers.hot import HotEndpoints
@@ -120,6 +121,9 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.router.add_get("/callback/{name}", guard(pages.callback))
     app.router.add_get("/logout", guard(pages.confirm_logout))  # asks; only the POST signs out
     app.router.add_post("/logout", guard(pages.logout))
+    # Server to server (the provider posts a signed token): no cookie, none of /logout's same-origin checks.
+    backchannel = BackChannelLogoutEndpoint(login, store, cache, metrics, clock)
+    app.router.add_post("/backchannel-logout/{upstream}", guard(backchannel.handle))
     app.router.add_get("/auth/userinfo", guard(pages.userinfo))
     app.router.add_get("/", guard(pages.home))
     app.router.add_get("/healthz", healthz)

@@ -89,6 +89,9 @@ class Metrics:
                                             "TCP connections accepted by this process.", registry=r)
         self.logins = Counter("gateway_logins", "Login attempts by upstream and outcome.",
                               ["upstream", "outcome"], registry=r)
+        self.backchannel_logouts = Counter(
+            "gateway_backchannel_logouts", "Back-channel logout requests by upstream and outcome (revoked, "
+            "invalid, replayed, unavailable, not_found, bad_request, too_large).", ["upstream", "outcome"], registry=r)
         self.render: Callable[[], bytes] = self.render_own
         """The exposition text for ``/metrics``: this process's own, unless the serving machinery sets it
         to every worker's (``gateway serve --workers N``, see :mod:`gateway.serving.workermetrics`)."""

@@ -304,6 +304,9 @@ class FakeOIDC:
             document["end_session_endpoint"] = f"{self.base}/logout"
         if self.knobs.advertise_iss_parameter:
             document["authorization_response_iss_parameter_supported"] = True
+        # It signs logout tokens (logout_token()) naming the sid its ID tokens carry.
+        document["backchannel_logout_supported"] = True
+        document["backchannel_logout_session_supported"] = True
         return web.json_response(document)
 
     async def _authorize(self, request: web.Request) -> web.Response:
