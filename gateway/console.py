@@ -27,7 +27,12 @@ _UNPRINTABLE_RE = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 @dataclass(frozen=True, slots=True)
 class Console:
-    """Where a command writes results (``out``), messages (``err``) and reads piped input (``inp``)."""
+    """Where a command writes results (``out``), messages (``err``) and reads piped input (``inp``).
+
+    A message is always exactly one line, control characters escaped: a problem quoting a key or value
+    from the config file (a newline, an escape sequence) can neither split it in two for a script reading
+    stderr line by line nor drive the terminal.
+    """
 
     out: TextIO
     err: TextIO
@@ -38,12 +43,12 @@ class Console:
         print(line, file=self.out)
 
     def note(self, line: str) -> None:
-        """Write one informational line to stderr."""
-        print(line, file=self.err)
+        """Write one informational line to stderr (control characters escaped)."""
+        print(printable(line), file=self.err)
 
     def error(self, message: str) -> None:
-        """Write one ``error:`` line to stderr."""
-        print(f"error: {message}", file=self.err)
+        """Write one ``error:`` line to stderr (control characters escaped)."""
+        print(f"error: {printable(message)}", file=self.err)
 
 
 def printable(text: str) -> str:

@@ -125,6 +125,41 @@ def test_check_config_connect_reports_the_schema(cli: Cli) -> None:
     assert "gateway migrate" in pending.stderr
 
 
+def test_check_config_output_is_clean_when_piped(cli: Cli, tmp_path: Path) -> None:
+    """Piped (as ``capture_output`` does), both streams carry plain lines a script can read: problems one
+    per ``error:`` line in a stable order, even when a key or value holds a newline or an escape sequence
+    (escaped, never written raw), and no colour codes or progress output anywhere."""
+    config = tmp_path / "bad.toml"
+    config.write_text('log_format = "console"\n"list\\u001b[31mn" = "x"\n[upstreams."a\\nb"]\ntype = "dev"\n'
+                      '[upstreams.ok]\ntype = "dev"\n"gr\\noups" = ["x"]\n')
+    env = {"GATEWAY_COOKIE_SAMESITE": "La\nx"}
+    runs = [cli("check-config", "--config", str(config), env=env) for _ in range(2)]
+    assert runs[0].stderr == runs[1].stderr
+    result = runs[0]
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = result.stderr.splitlines()
+    assert len(errors) == 4, errors
+    assert all(line.startswith("error: ") for line in errors), errors
+    assert "\x1b" not in result.stderr
+    assert "error: config file: unknown setting 'list\\x1b[31mn'; did you mean 'listen'?" in errors
+    assert "error: upstreams.a\\x0ab: names are lower-case letters, digits and dashes" in errors
+    assert "error: upstreams.ok.gr\\x0aoups: unknown setting; did you mean 'groups'?" in errors
+
+    good = tmp_path / "good.toml"
+    good.write_text('log_format = "console"\nlog_level = "warning"\n')
+    ok = cli("check-config", "--connect", "--config", str(good))
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr == ""
+    lines = ok.stdout.splitlines()
+    assert lines[:3] == ["configuration OK", lines[1], ""] and lines[1].startswith("database: reachable")
+    for line in lines[3:]:
+        name, sep, value = line.partition(" = ")
+        assert sep and re.fullmatch(r"[a-z_.]+", name), line
+        json.loads(value)
+    assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", ok.stdout)
+
+
 # --- settings problems and an unreachable database ----------------------------------------------------
 
 
