@@ -102,6 +102,8 @@ async def test_a_sid_ends_that_browser_session_and_a_sub_every_one(
     assert by_sid not in repr(logs)
     # at once on this replica (it evicts its own cache); the other session and the API token live on
     assert (await check(first), await check(second), await check(first, api), await check(bob)) == (401, 200, 200, 200)
+    # and for Hasura alike
+    assert ((await first.get("/auth/webhook")).status, (await second.get("/auth/webhook")).status) == (401, 200)
 
     resp = await post_logout(gw, oidc.logout_token(sub="user-ada"))
     assert resp.status == 200
