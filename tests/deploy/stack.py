@@ -1,4 +1,5 @@
-"""The gateway behind real nginx, for deployment tests: processes, generated configs, a small HTTP client.
+"""The gateway behind real nginx or HAProxy, for deployment tests: processes, generated configs, a small HTTP
+client, and what every proxy's site must do (the ``assert_*`` functions at the end).
 
 :func:`start_stack` runs three real processes on free loopback ports and stops them on exit:
 
@@ -9,7 +10,9 @@
 - nginx, configured from ``deploy/nginx/protect-app.conf`` itself (only the placeholders substituted) inside
   a minimal main ``nginx.conf`` whose pid, logs and temp files live in the test's directory.
 
-Without nginx the tests skip, or fail under ``GATEWAY_TEST_STRICT=1``. A test module uses it like this::
+:func:`start_haproxy_stack` does the same with HAProxy running ``deploy/haproxy/haproxy.cfg`` and its Lua
+action. Without the proxy the tests skip, or fail under ``GATEWAY_TEST_STRICT=1``. A test module uses it
+like this::
 
     @pytest.fixture(scope="module")
     def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
