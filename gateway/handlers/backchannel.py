@@ -86,8 +86,8 @@ class BackChannelLogoutEndpoint:
     async def handle(self, request: web.Request) -> web.Response:
         """Answer one back-channel logout; failures are raised as GatewayErrors (rendered by the guard).
 
-        A failure's log line is the guard's ``request refused``, carrying ``upstream``, ``outcome`` and the
-        detailed ``detail`` bound here; a success logs ``back-channel logout``.
+        A failure's one log line is the guard's ``request refused``, carrying ``upstream``, ``outcome`` and
+        the detailed ``cause`` bound here; a success logs ``back-channel logout``.
         """
         name = request.match_info["upstream"]
         provider = self._login.providers.get(name)
@@ -108,8 +108,8 @@ class BackChannelLogoutEndpoint:
             self._cache.evict(token_hash)
         outcome = "revoked" if revoked else "no_session"
         self._metrics.backchannel_logouts.labels(name, outcome).inc()
-        log.info("back-channel logout", upstream=name, outcome=outcome, sessions=len(revoked),
-                 by_session=bool(notice.session_id), by_subject=bool(notice.subject))
+        names = "+".join(claim for claim, value in (("sid", notice.session_id), ("sub", notice.subject)) if value)
+        log.info("back-channel logout", upstream=name, outcome=outcome, revoked=len(revoked), names=names)
         return web.Response(status=200, headers={"Cache-Control": "no-store"})
 
     async def _logout_token(self, request: web.Request, name: str) -> str:
@@ -159,4 +159,4 @@ class BackChannelLogoutEndpoint:
         ``name`` is empty for an upstream that is not configured, so a stranger cannot mint label values.
         """
         self._metrics.backchannel_logouts.labels(name, outcome).inc()
-        structlog.contextvars.bind_contextvars(upstream=name, outcome=outcome, detail=detail[:300])
+        structlog.contextvars.bind_contextvars(upstream=name, outcome=outcome, cause=detail[:300])
