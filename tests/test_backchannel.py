@@ -83,6 +83,7 @@ async def api_token(gw: Gateway, subject: str = "user-ada") -> dict[str, str]:
 
 async def assert_refused(resp: ClientResponse, status: int = 400, error: str = "invalid_request") -> None:
     assert resp.status == status, await resp.text()
+    assert resp.headers["Cache-Control"] == "no-store"
     assert (await resp.json())["error"] == error
 
 

@@ -86,9 +86,18 @@ class BackChannelLogoutEndpoint:
     async def handle(self, request: web.Request) -> web.Response:
         """Answer one back-channel logout; failures are raised as GatewayErrors (rendered by the guard).
 
-        A failure's one log line is the guard's ``request refused``, carrying ``upstream``, ``outcome`` and
-        the detailed ``cause`` bound here; a success logs ``back-channel logout``.
+        Every answer carries ``Cache-Control: no-store`` (section 2.8). A failure's one log line is the
+        guard's ``request refused``, carrying ``upstream``, ``outcome`` and the detailed ``cause`` bound
+        here; a success logs ``back-channel logout``.
         """
+        try:
+            return await self._answer(request)
+        except GatewayError as exc:
+            exc.headers.setdefault("Cache-Control", "no-store")
+            raise
+
+    async def _answer(self, request: web.Request) -> web.Response:
+        """:meth:`handle` without the header every answer carries."""
         name = request.match_info["upstream"]
         provider = self._login.providers.get(name)
         if provider is None or not sends_logouts(provider):
