@@ -24,7 +24,7 @@ from gateway.console import EXIT_FAILURE, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE,
 from gateway.errors import StoreUnavailable
 from gateway.logging import configure_logging
 from gateway.redaction import scrub, url_secrets
-from gateway.settings import Settings, load_settings, parse_duration, redacted
+from gateway.settings import Settings, env_name, load_settings, parse_duration, redacted
 from gateway.store import make_store, revocation_retention
 from gateway.store.base import Store
 
@@ -55,22 +55,37 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _add_global_options(common, default=argparse.SUPPRESS)
     parser = argparse.ArgumentParser(
-        prog="gateway", description="Forward-auth gateway: serve it, check its configuration, administer it.")
+        prog="gateway", description="Forward-auth gateway: serve it, check its configuration, administer it.",
+        epilog=_SETTINGS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     _add_global_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    serve = commands.add_parser("serve", parents=[common], help="run the gateway HTTP server")
-    serve.add_argument("--listen", metavar="HOST:PORT", help="address to listen on")
-    serve.add_argument("--workers", type=_positive_int, metavar="N", help="number of worker processes")
-    serve.add_argument("--public-url", metavar="URL", help="the URL browsers reach the gateway at")
+    serve = commands.add_parser("serve", parents=[common], help="run the gateway HTTP server",
+                                epilog=_SETTINGS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve.add_argument("--listen", metavar="HOST:PORT", help=_setting_help("address to listen on", "listen"))
+    serve.add_argument("--workers", type=_positive_int, metavar="N",
+                       help=_setting_help("number of worker processes", "workers"))
+    serve.add_argument("--public-url", metavar="URL",
+                       help=_setting_help("the URL browsers reach the gateway at", "public_url"))
     serve.set_defaults(handler=_serve)
 
-    check = commands.add_parser("check-config", parents=[common],
-                                help="list every configuration problem, or print the effective settings")
+    check = commands.add_parser(
+        "check-config", parents=[common], epilog=_SETTINGS_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        help="list every configuration problem, or print the effective settings",
+        description="List every configuration problem, one per line on stderr, and exit 1; or print\n"
+                    "'configuration OK' and the effective settings (NAME = JSON value, passwords\n"
+                    "masked) on stdout and exit 0.")
     check.add_argument("--connect", action="store_true",
                        help="also connect to the database and check its schema")
     check.set_defaults(handler=_check_config)
+
+    reference = commands.add_parser(
+        "config-reference", help="print the configuration reference (every setting and upstream key) as Markdown",
+        description="Print the configuration reference as Markdown: every setting with its TOML key, "
+                    "environment variable, type, default and meaning, and every key of every upstream type. "
+                    "The repository's docs/configuration.md is this output.")
+    reference.set_defaults(handler=_config_reference)
 
     migrate = commands.add_parser("migrate", parents=[common], help="apply pending database migrations")
     migrate.set_defaults(handler=_store_command(admincommands.migrate))
@@ -158,11 +173,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_SETTINGS_EPILOG = """\
+Every setting can also come from the TOML file (--config) or a GATEWAY_*
+environment variable: the dotted name in capitals, cookie.name is
+GATEWAY_COOKIE_NAME; add _FILE to read the value from a file. Flags win over
+both. Every setting, variable and upstream key is listed in
+docs/configuration.md, which `gateway config-reference` prints."""
+"""Where to find every setting, under the help of the commands that read settings (kept as written, so
+that no line breaks inside a variable or command name)."""
+
+
+def _setting_help(text: str, setting: str) -> str:
+    """A flag's help naming the setting it overrides and that setting's environment variable."""
+    return f"{text} (setting {setting}, env {env_name(tuple(setting.split('.')))})"
+
+
 def _add_global_options(parser: argparse.ArgumentParser, *, default: Any) -> None:
     parser.add_argument("--config", metavar="FILE", default=default,
-                        help="TOML configuration file (default: $GATEWAY_CONFIG)")
+                        help="TOML configuration file (env GATEWAY_CONFIG)")
     parser.add_argument("--database-url", metavar="URL", default=default,
-                        help="database URL (prefer GATEWAY_DATABASE_URL[_FILE]: arguments are visible in ps)")
+                        help="database URL (setting database_url, env GATEWAY_DATABASE_URL[_FILE]; prefer the "
+                             "variable: arguments are visible in ps)")
 
 
 def _add_user_selector(parser: argparse.ArgumentParser) -> None:
@@ -282,6 +313,14 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     from gateway.serving.server import serve
 
     return serve(settings)
+
+
+def _config_reference(args: argparse.Namespace, console: Console) -> int:
+    # Imported here: only this command reads the settings code's source to describe it.
+    from gateway.settings.reference import render_reference
+
+    console.out.write(render_reference())
+    return EXIT_OK
 
 
 def _check_config(args: argparse.Namespace, console: Console) -> int:

@@ -160,6 +160,24 @@ def test_check_config_output_is_clean_when_piped(cli: Cli, tmp_path: Path) -> No
     assert not re.search(r"[\x00-\x09\x0b-\x1f\x7f]", ok.stdout)
 
 
+@pytest.mark.parametrize(("args", "variables"), [
+    pytest.param([], ["GATEWAY_CONFIG", "GATEWAY_DATABASE_URL[_FILE]"], id="gateway"),
+    pytest.param(["serve"], ["GATEWAY_CONFIG", "GATEWAY_DATABASE_URL[_FILE]", "GATEWAY_LISTEN", "GATEWAY_WORKERS",
+                             "GATEWAY_PUBLIC_URL"], id="serve"),
+    pytest.param(["check-config"], ["GATEWAY_CONFIG", "GATEWAY_DATABASE_URL[_FILE]"], id="check-config"),
+])
+def test_help_names_the_environment_variables(cli: Cli, args: list[str], variables: list[str]) -> None:
+    """Each flag that sets a setting names its variable, and the help points at the full reference."""
+    result = cli(*args, "--help", env={"COLUMNS": "100"})
+    assert result.returncode == 0, result.stderr
+    text = " ".join(result.stdout.split())
+    for variable in variables:
+        assert f"env {variable}" in text, (variable, result.stdout)
+    assert "docs/configuration.md" in text and "`gateway config-reference`" in text
+    flags = set(re.findall(r"^  (--[a-z-]+)", result.stdout, re.M)) - {"--help", "--version", "--connect"}
+    assert len(flags) == len(variables), flags
+
+
 # --- settings problems and an unreachable database ----------------------------------------------------
 
 
