@@ -315,11 +315,11 @@ def upstream_types() -> tuple[UpstreamTypeDoc, ...]:
     for type_name in _documentation_order():
         settings, terms = _definitions(type_name)
         shares = documented.get(settings, "")
-        keys = _key_docs(terms) if shares and terms else _key_docs(settings)
-        if not shares:
+        if shares:
+            keys = _key_docs(terms) if terms is not None else ()
+        else:
             documented[settings] = type_name
-            if terms is not None:
-                keys += _key_docs(terms)
+            keys = _key_docs(settings) + (_key_docs(terms) if terms is not None else ())
         out.append(UpstreamTypeDoc(type_name=type_name, summary=_first_sentence(provider_class(type_name)),
                                    keys=keys, shares=shares, fills=_fills(type_name, terms),
                                    required=_required(type_name)))
