@@ -25,6 +25,7 @@ from gateway.handlers.backchannel import MAX_BODY_BYTES
 from tests.browsers import PUBLIC, Browser, BrowserFactory
 from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory, rsa_key
 from tests.harness import Gateway, GatewayFactory
+from tests.helpers import PostgresCluster
 
 FORM = "application/x-www-form-urlencoded"
 SETTINGS: dict[str, Any] = {"public_url": PUBLIC, "cookie.secure": False}
@@ -237,3 +238,26 @@ async def test_a_logout_posted_to_one_replica_ends_a_session_cached_by_another_w
         assert time.monotonic() < deadline, "replica b still admits the session a second after the logout"
         await asyncio.sleep(0.02)
     assert await check(second) == 200
+
+
+@pytest.mark.postgres
+async def test_a_database_outage_asks_the_provider_to_retry(
+        gateway_factory: GatewayFactory, oidc: FakeOIDC, browsers: BrowserFactory, postgres_url: str,
+        postgres_cluster: PostgresCluster) -> None:
+    gw = await gateway_factory(upstreams={"corp": oidc.config()}, database_url=postgres_url,
+                               **SETTINGS, **{"database.connect_timeout": "1s", "database.query_timeout": "1s"})
+    (browser,) = await signed_in(browsers, gw, 1)  # the provider's keys are fetched by now
+    token = oidc.logout_token(sub="user-ada")
+    postgres_cluster.stop()
+    try:
+        resp = await post_logout(gw, token)
+        await assert_refused(resp, 503, "temporarily_unavailable")
+        assert int(resp.headers["Retry-After"]) > 0
+    finally:
+        postgres_cluster.start()
+    # nothing was written: the provider's retry (once the pool has reconnected) ends the session
+    deadline = time.monotonic() + 5.0
+    while (resp := await post_logout(gw, token)).status == 503 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert resp.status == 200, await resp.text()
+    assert await check(browser) == 401
