@@ -243,7 +243,8 @@ class LoginService:
         browser's device when ``cookies`` hold a live device cookie, else ``client``. A blocked identity
         (its key, its email, or its enrolled user's email) is AccountRemoved (403) and is never enrolled
         again. On success the requester's failures are forgotten and :attr:`LoginFinished.device_id` is
-        the device cookie to set.
+        the device cookie to set; the new session remembers the provider session (the ID token's ``sid``,
+        hashed) it began in, which the upstream's back-channel logout may end.
         """
         if name not in self.providers:
             raise NotFound("There is no such sign-in provider.")
