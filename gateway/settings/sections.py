@@ -191,11 +191,11 @@ class EnrolmentSettings:
     """Who may become a user at first login (empty lists: anyone the upstream admits)."""
 
     emails: tuple[str, ...] = ()
-    """Emails admitted."""
+    """Verified emails admitted (compared case-insensitively); a match in any of the three lists admits."""
     domains: tuple[str, ...] = ()
     """Domains whose verified emails are admitted (exact match after the last ``@``)."""
     groups: tuple[str, ...] = ()
-    """Upstream groups admitted (GitHub: ``org`` or ``org/team``)."""
+    """Upstream groups admitted, verified email or not (GitHub: ``org`` or ``org/team``)."""
 
 
 @dataclass(frozen=True)
