@@ -158,7 +158,7 @@ class BackChannelLogoutEndpoint:
         except StoreUnavailable as exc:
             self._refuse(name, "unavailable", exc.message)
             raise LogoutUnavailable(headers={"Retry-After": RETRY_AFTER}) from None
-        except ValueError as exc:  # a subject longer than any user key can be: nothing to end
+        except ValueError as exc:  # a sub no user can have (over 1024 characters, or a NUL): refused
             self._refuse(name, "invalid", str(exc))
             raise InvalidLogoutRequest("The logout token could not be verified.") from None
 
