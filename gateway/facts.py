@@ -324,13 +324,15 @@ def request_facts(headers: MultiMapping[str], *, peer: str, method: str, own_pat
     else:
         scheme = _scheme(_one(headers, "X-Forwarded-Proto") or "http")
         uri = _agreed("X-Forwarded-Uri", forwarded_uri, "X-Original-URI", original_uri)
+        host_text = forwarded_host if forwarded_host is not None else _one(headers, "Host")
         if uri is None and not own_path:
-            host_text = forwarded_host if forwarded_host is not None else _one(headers, "Host")
-            host = parse_authority(host_text, scheme)[1] if host_text else ""
+            host = parse_authority(host_text, scheme)[1] if host_text is not None else ""
             return RequestFacts(method.upper(), scheme, host, "", "", client_ip, wants_html)
         target = _request_target(uri if uri is not None else own_path)
-        host_text = forwarded_host if forwarded_host is not None else _one(headers, "Host")
-        authority = parse_authority(host_text, scheme)[1] if host_text else ""
+        if host_text is None:
+            # A request described without its host would pass every rule scoped to hosts by.
+            raise MalformedOriginalRequest("the original request's host is missing")
+        authority = parse_authority(host_text, scheme)[1]
     if own_path and own_path != target:
         raise MalformedOriginalRequest("the check path and the forwarded headers describe different requests")
     path = normalise_path(target.split("?", 1)[0])

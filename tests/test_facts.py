@@ -95,7 +95,7 @@ def test_underscore_header_is_not_the_forwarded_header() -> None:
     ("10.0.0.9, 10.0.0.5", "10.0.0.9"),
 ], ids=["one", "through-proxy", "spoofed-left", "all-internal"])
 def test_client_ip_is_the_nearest_untrusted_hop(xff: str, expected: str) -> None:
-    assert facts({"X-Forwarded-For": xff, "X-Original-URI": "/"}).client_ip == expected
+    assert facts({"X-Forwarded-For": xff, "X-Original-URI": "/", "Host": "app.example.com"}).client_ip == expected
 
 
 def test_ipv4_mapped_peer_is_trusted() -> None:
@@ -184,11 +184,31 @@ def test_envoy_path_must_agree_with_forwarded_headers() -> None:
 
 def test_several_forwarded_for_headers_are_one_list() -> None:
     headers = CIMultiDict([("X-Forwarded-For", "6.6.6.6"), ("X-Forwarded-For", "198.51.100.7, 10.0.0.5"),
-                           ("X-Original-URI", "/")])
+                           ("X-Original-URI", "/"), ("Host", "app.example.com")])
     assert request_facts(headers, peer="127.0.0.1", method="GET", own_path="", proxies=PROXIES).client_ip \
         == "198.51.100.7"
 
 
 def test_a_method_override_naming_the_same_method_is_fine() -> None:
-    f = facts({"X-Original-URI": "/x", "X-Original-Method": "POST", "X-HTTP-Method-Override": "post"})
+    f = facts({"X-Original-URI": "/x", "X-Original-Method": "POST", "X-HTTP-Method-Override": "post",
+               "Host": "app.example.com"})
     assert f.method == "POST"
+
+
+@pytest.mark.parametrize("headers", [
+    {"X-Original-URI": "/admin"},
+    {"X-Forwarded-Uri": "/admin", "X-Forwarded-Proto": "https"},
+    {"X-Original-URI": "/admin", "Host": ""},
+    {"X-Forwarded-Uri": "/admin", "X-Forwarded-Host": "", "Host": "app.example.com"},
+    {"X-Forwarded-Host": " ", "Host": "app.example.com"},
+], ids=["no-host", "forwarded-uri-no-host", "empty-host", "empty-forwarded-host", "blank-forwarded-host"])
+def test_a_request_described_without_its_host_is_refused(headers: dict[str, str]) -> None:
+    """A rule scoped to hosts cannot judge a request whose host is unknown: refuse it rather than let it pass."""
+    with pytest.raises(MalformedOriginalRequest):
+        facts(headers)
+
+
+def test_envoy_path_needs_the_host_too() -> None:
+    with pytest.raises(MalformedOriginalRequest):
+        facts({}, own_path="/admin")
+    assert facts({"Host": "app.example.com"}, own_path="/admin").host == "app.example.com"
