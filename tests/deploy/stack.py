@@ -691,7 +691,8 @@ IDENTITY = ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Group
 """The identity headers the gateway answers and the proxy sets on the request to the app."""
 
 LOOKALIKES = ("x-user", "x-email", "x-groups", "remote-user", "x-remote-user", "x-forwarded-user",
-              "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username")
+              "x-forwarded-email", "x-forwarded-groups", "x-forwarded-preferred-username",
+              "x-auth-request-preferred-username", "x-auth-request-access-token", "x-auth-request-role")
 """Names apps and frameworks often read a user from: a client must never get them to the app."""
 
 SPOOFS = [
@@ -711,6 +712,9 @@ SPOOFS = [
     ("X-Forwarded-Email", "SPOOFED@evil.example"),
     ("X-Forwarded-Groups", "SPOOFED-admin"),
     ("X-Forwarded-Preferred-Username", "SPOOFED-admin"),
+    ("X-Auth-Request-Preferred-Username", "SPOOFED-admin"),
+    ("X-Auth-Request-Access-Token", "SPOOFED-token"),
+    ("X-Auth-Request-Role", "SPOOFED-admin"),
 ]
 """Identity headers a client sends itself, in every letter case, with underscores, and lookalikes."""
 
