@@ -129,10 +129,11 @@ def test_deploy_snippets_are_the_files() -> None:
     blocks = re.findall(r"<!-- from (\S+) -->\n```[a-z]*\n(.*?)```", README, re.S)
     assert {path for path, _ in blocks} >= {"deploy/nginx/protect-app.conf", "deploy/nginx/hasura.conf",
                                             "deploy/caddy/Caddyfile", "deploy/traefik/dynamic.yml",
-                                            "deploy/envoy/envoy.yaml"}
+                                            "deploy/envoy/envoy.yaml", "deploy/haproxy/haproxy.cfg",
+                                            "deploy/haproxy/auth-request.lua"}
     for path, text in blocks:
         source = (ROOT / path).read_text()
         assert text in source, f"README's copy of {path} differs from the file"
-    whole = {path: text for path, text in blocks if path.endswith((".conf", "Caddyfile"))}
+    whole = {path: text for path, text in blocks if path.endswith((".conf", "Caddyfile", ".cfg", ".lua"))}
     for path, text in whole.items():
         assert text == (ROOT / path).read_text(), f"README must show all of {path}"
