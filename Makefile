@@ -73,6 +73,15 @@ matrix:
 matrix-one: $(BIN)/.installed-test
 	$(BIN)/pytest -q -p no:cacheprovider $(MATRIX_TESTS)
 
+## image: build the container image as localhost/forward-auth-gateway:dev without a registry (root, podman,
+## mmdebstrap; the base from Debian's packages, cached under ~/.cache/forward-auth-gateway)
+## image-test: build it and run it read-only as its user (tests/deploy/test_image.py)
+.PHONY: image image-test
+image:
+	deploy/container/build-offline.sh localhost/forward-auth-gateway:dev
+image-test: $(BIN)/.installed-test
+	GATEWAY_TEST_IMAGE=1 GATEWAY_TEST_STRICT=1 $(BIN)/pytest tests/deploy/test_image.py -q
+
 ## bench: the check-path benchmark; writes docs/benchmarks.md
 bench: $(BIN)/.installed-run
 	$(BIN)/python -m bench
