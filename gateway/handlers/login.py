@@ -30,10 +30,7 @@ browser on (or answers JSON), like a GET without one shows "you are signed out".
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import re
 from collections.abc import Mapping
 from urllib.parse import urlencode
 
@@ -51,13 +48,13 @@ from gateway.cookies import (
 )
 from gateway.core import Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialSource, find_credential
+from gateway.csrf import cross_site_problem, session_bound_token, token_problem
 from gateway.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
 from gateway.http_errors import wants_json
 from gateway.login import DEVICE_LIFETIME, LoginService
 from gateway.models import ActiveSession
 from gateway.ratelimit import RateLimiter
-from gateway.redirects import is_safe_redirect_target
 from gateway.settings import CookieSettings
 
 log = structlog.get_logger("gateway.login")
@@ -232,18 +229,8 @@ class LoginHandlers:
 
     def _cross_site(self, request: web.Request) -> str | None:
         """Why this request cannot come from one of our own pages (fetch metadata, ``Origin``), or None."""
-        fetch_sites = request.headers.getall("Sec-Fetch-Site", ())
-        if len(fetch_sites) > 1 or (fetch_sites and fetch_sites[0] != "same-origin"):
-            return f"Sec-Fetch-Site is {', '.join(fetch_sites)[:64]!r}, not 'same-origin'"
-        origins = request.headers.getall(hdrs.ORIGIN, ())
-        if len(origins) > 1 or (origins and origins[0] != "null" and not self._is_our_origin(origins[0])):
-            return f"Origin {', '.join(origins)[:200]!r} is not one of the gateway's"
-        return None
-
-    def _is_our_origin(self, origin: str) -> bool:
-        """True for an origin a sign-in may return to: where our pages may be served (see the module docstring)."""
-        return _ORIGIN_RE.fullmatch(origin) is not None and is_safe_redirect_target(origin + "/",
-                                                                                     self._service.redirects)
+        return cross_site_problem(request.headers.getall("Sec-Fetch-Site", ()), request.headers.getall(hdrs.ORIGIN, ()),
+                                  self._service.redirects)
 
     def _refuse_logout(self, request: web.Request, reason: str, target: str) -> None:
         """Log a refused sign-out and raise the 403 that tells the person how to sign out for real."""
@@ -295,21 +282,14 @@ _SIGN_OUT_CONTEXT = b"gateway sign-out v1"
 
 _MAX_SIGN_OUT_BODY = 4096
 
-_ORIGIN_RE = re.compile(r"https?://[^/?#@\\\s]+")
-"""``scheme://host[:port]`` as browsers serialise an ``Origin``: nothing after the authority."""
-
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 
 
 def sign_out_token(session_token: str) -> str:
     """The token the sign-out form carries for the session whose (cookie) token is ``session_token``."""
-    return hmac.new(session_token.encode(), _SIGN_OUT_CONTEXT, hashlib.sha256).hexdigest()
+    return session_bound_token(session_token, _SIGN_OUT_CONTEXT)
 
 
 def _token_problem(session_token: str, sent: str) -> str | None:
     """Why ``sent`` is not the sign-out token of ``session_token``'s session, or None when it is."""
-    if not sent:
-        return "no sign-out token"
-    if not hmac.compare_digest(sent.encode(), sign_out_token(session_token).encode()):
-        return "sign-out token does not match the session"
-    return None
+    return token_problem(session_token, sent, _SIGN_OUT_CONTEXT)
