@@ -278,6 +278,8 @@ class Checker:
             self.cache.evict(revocation.token_hash)
         if revocation.user_id is not None:
             self.cache.evict_user(revocation.user_id)
+        if revocation.everything:
+            self.cache.flush()
 
     def on_feed_state(self, live: bool) -> None:
         """Track the revocation feed: while down, cache briefly; when it comes back, forget everything."""

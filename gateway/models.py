@@ -87,10 +87,20 @@ class LoginAttempt:
 
 @dataclass(frozen=True, slots=True)
 class Revocation:
-    """A revocation broadcast to every gateway process: one session, or every session of one user."""
+    """A revocation broadcast to every gateway process: one session (``token_hash``), every session of one
+    user (``user_id``), or, with neither set, every session of everyone (:attr:`everything`).
+
+    What a receiver does is forget cached sessions, nothing more: the database already holds the truth. So
+    a ``user_id`` revocation also serves to make every process re-read a user whose roles changed.
+    """
 
     token_hash: str | None = None
     user_id: int | None = None
+
+    @property
+    def everything(self) -> bool:
+        """True for the revocation of every session of everyone (``gateway sessions revoke-all``)."""
+        return self.token_hash is None and self.user_id is None
 
 
 @dataclass(frozen=True, slots=True)

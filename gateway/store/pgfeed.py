@@ -38,7 +38,11 @@ from gateway.store.rows import logged_revocation_from_row
 log = logging.getLogger("gateway.store.postgres")
 
 CHANNEL = "gateway_revocations"
-"""The NOTIFY channel; payloads are ``s:<token_hash>`` (one session) or ``u:<user_id>`` (a user's)."""
+"""The NOTIFY channel; payloads are ``s:<token_hash>`` (one session), ``u:<user_id>`` (a user's) or
+:data:`EVERYTHING` (every session of everyone)."""
+
+EVERYTHING = "*"
+"""The NOTIFY payload of :attr:`Revocation.everything` (logged as a row with neither hash nor user)."""
 
 LOG_LOCK_KEY = 0x6777726576
 """``pg_advisory_xact_lock`` key serialising appends to the revocation log ("gwrev" in ASCII)."""
@@ -73,14 +77,18 @@ _SELECT_START = "SELECT coalesce(max(seq), 0) FROM revocations WHERE at < to_tim
 
 
 def encode_revocation(revocation: Revocation) -> str:
-    """The NOTIFY payload for a revocation: ``s:<token_hash>`` or ``u:<user_id>``."""
+    """The NOTIFY payload for a revocation: ``s:<token_hash>``, ``u:<user_id>`` or :data:`EVERYTHING`."""
     if revocation.token_hash is not None:
         return "s:" + revocation.token_hash
-    return f"u:{revocation.user_id}"
+    if revocation.user_id is not None:
+        return f"u:{revocation.user_id}"
+    return EVERYTHING
 
 
 def decode_revocation(payload: str) -> Revocation | None:
     """The revocation a NOTIFY payload announces; None for anything malformed."""
+    if payload == EVERYTHING:
+        return Revocation()
     kind, _, value = payload.partition(":")
     if kind == "s" and is_token_hash(value):
         return Revocation(token_hash=value)

@@ -20,6 +20,7 @@ from gateway.store.base import LoggedRevocation, RevocationHandler, WatchStateHa
 from gateway.store.revlog import REVOCATION_BATCH, REVOCATION_REPLAY
 from gateway.store.rows import audit_from_row, logged_revocation_from_row
 from gateway.store.schema import migration_scripts
+from gateway.store.sqliteadmin import AdminTables
 from gateway.store.sqliteconn import ConnectedStore
 from gateway.store.sqlitelogin import LoginTables
 from gateway.store.sqlitesessions import SessionTables
@@ -53,7 +54,7 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-class SQLiteStore(SessionTables, UserTables, LoginTables, ConnectedStore):
+class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, ConnectedStore):
     """The store on a local SQLite file, for single-host deployments and development.
 
     One connection serves every call (an asyncio lock keeps transactions from interleaving); several

@@ -1,0 +1,3 @@
+-- One revocation for everything (SQLite): nothing to change. The `revocations` log of 0001 has no CHECK on
+-- its columns, so a row with neither a token hash nor a user (`gateway sessions revoke-all`: every replica
+-- forgets every cached session) fits as it is; the file keeps both dialects at the same schema version.
