@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from gateway.store.base import (
+    API_TOKEN_ID_LENGTH,
+    API_TOKEN_NAME_MAX,
+    ApiToken,
+    ApiTokens,
     Audit,
     Block,
     BlockKey,
@@ -19,6 +23,7 @@ from gateway.store.base import (
     SessionLookups,
     Sessions,
     Store,
+    TooManyApiTokens,
     Users,
     WatchStateHandler,
     normalise_email,
@@ -29,12 +34,16 @@ from gateway.store.revlog import revocation_retention
 from gateway.store.schema import migration_scripts
 
 __all__ = [
+    "API_TOKEN_ID_LENGTH",
+    "API_TOKEN_NAME_MAX",
     "BACKENDS",
     "BLOCK_LIMITS",
     "CLIENT_ADDR_MAX",
     "LOGIN_ATTEMPT_LIMITS",
     "SESSION_KINDS",
     "USER_AGENT_MAX",
+    "ApiToken",
+    "ApiTokens",
     "Audit",
     "Block",
     "BlockKey",
@@ -51,6 +60,7 @@ __all__ = [
     "SessionLookups",
     "Sessions",
     "Store",
+    "TooManyApiTokens",
     "Users",
     "WatchStateHandler",
     "config_problems",

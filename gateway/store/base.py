@@ -160,6 +160,35 @@ class LogoutTokenReused(Exception):
     """The logout token's id was already used: a replay. Nothing was revoked."""
 
 
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    """An API token (a session of kind ``api``) as its owner sees it: the session and the name it was given.
+
+    ``name`` is empty for tokens minted without one (``gateway tokens mint``). :attr:`token_id` is what
+    people see and name the token by, never the token itself.
+    """
+
+    session: SessionRecord
+    name: str
+
+    @property
+    def token_id(self) -> str:
+        """The first :data:`API_TOKEN_ID_LENGTH` hex characters of the token's hash (as ``gateway sessions list``
+        shows them)."""
+        return self.session.token_hash[:API_TOKEN_ID_LENGTH]
+
+
+API_TOKEN_ID_LENGTH = 8
+"""Hex characters of a token hash that name an API token to its owner."""
+
+API_TOKEN_NAME_MAX = 100
+"""Longest API token name, in characters (the schema's CHECK)."""
+
+
+class TooManyApiTokens(Exception):
+    """The user already holds as many active API tokens as allowed; nothing was created."""
+
+
 class Schema(Protocol):
     """The database's lifecycle and schema: connecting, closing, probing, migrating."""
 
@@ -446,7 +475,57 @@ class Administration(Protocol):
         """
 
 
+class ApiTokens(Protocol):
+    """API tokens people mint, list and revoke for themselves: named sessions of kind ``api``."""
+
+    async def create_api_token(self, *, token_hash: str, user_id: int, name: str, now: float, expires_at: float,
+                               max_active: int) -> ApiToken:
+        """Insert an ``api`` session (no idle timeout) named ``name`` and return it, in one transaction.
+
+        Raises TooManyApiTokens when the user already holds ``max_active`` API tokens active at ``now``
+        (concurrent calls for one user are serialised, so the limit holds), ValueError for a malformed
+        hash, a hash already in use, a name that is empty, over :data:`API_TOKEN_NAME_MAX` characters or
+        holds a control character, or a non-finite time, and NotFound when the user does not exist.
+        """
+
+    async def list_api_tokens(self, user_id: int, *, since: float) -> list[ApiToken]:
+        """The user's API tokens that were still alive at ``since`` or later (not revoked, or expired,
+        before it), newest first; named or not."""
+
+    async def revoke_api_token(self, user_id: int, token_id: str, *, actor: str, reason: str,
+                               now: float) -> ApiToken | None:
+        """Revoke the user's unrevoked API token whose hash starts with ``token_id`` (:data:`API_TOKEN_ID_LENGTH`
+        to 64 lower-case hex digits) and return it as revoked; audited ``revoke`` and logged like
+        :meth:`SessionLookups.revoke_session`, so every replica drops it. None, and nothing revoked, when no
+        such token of this user (another user's, a browser session, a revoked one) or more than one matches,
+        or ``token_id`` is not such a prefix.
+        """
+
+
+class SessionSecrets(Protocol):
+    """What a session keeps for later calls to its upstream (today: the ID token, for the
+    ``id_token_hint`` of RP-initiated logout), sealed by the caller (:mod:`gateway.sealing`): the store
+    never sees one in clear. A kept value goes with its session: deleted with it, whatever deletes it."""
+
+    async def keep_session_secret(self, token_hash: str, purpose: SessionSecretPurpose, sealed: str) -> None:
+        """Keep ``sealed`` for the session ``token_hash`` under ``purpose``, replacing what it kept there.
+
+        Raises ValueError for a malformed hash, an unknown purpose, or a sealed value that is empty, longer
+        than :data:`gateway.store.SESSION_SECRET_MAX` or not printable ASCII; NotFound when no session has
+        this hash.
+        """
+
+    async def session_secret(self, token_hash: str, purpose: SessionSecretPurpose) -> str | None:
+        """The sealed value the session keeps under ``purpose``; None when there is none (also for a
+        malformed hash or an unknown purpose)."""
+
+    async def take_session_secret(self, token_hash: str, purpose: SessionSecretPurpose) -> str | None:
+        """Like :meth:`session_secret`, and delete it in the same statement: a value meant to be used once
+        (the ``id_token_hint`` at sign-out). Of concurrent calls for one value at most one gets it."""
+
+
 class Store(Schema, SessionLookups, Sessions, ProviderLogouts, Revocations, Users, LoginState, Audit,
+            ApiTokens,
             Administration, Protocol):
     """Persistent users, sessions, audit log and login state: every role in one object.
 

@@ -30,6 +30,7 @@ from gateway.store.pglookups import LookupLane
 from gateway.store.pgpool import PooledStore
 from gateway.store.pgsessions import SessionTables
 from gateway.store.pgsql import SESSION_COLUMNS_S, USER_COLUMNS_U, columns, insert_audit
+from gateway.store.pgtokens import TokenTables
 from gateway.store.pgusers import UserTables
 from gateway.store.rows import active_session_from_row, audit_from_row
 from gateway.store.schema import migration_scripts
@@ -60,7 +61,7 @@ _LOOKUP_SESSIONS = (f"SELECT json_agg(json_build_array({SESSION_COLUMNS_S}, {USE
                     " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
 
 
-class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, PooledStore):
+class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, PooledStore):
     """The store on PostgreSQL, for several gateway replicas sharing one database.
 
     The pool is created by :meth:`open` without connecting; connections are made on demand, and a

@@ -25,6 +25,7 @@ from gateway.store.sqliteconn import ConnectedStore
 from gateway.store.sqlitelogin import LoginTables
 from gateway.store.sqlitesessions import SessionTables
 from gateway.store.sqlitesql import insert_audit, one
+from gateway.store.sqlitetokens import TokenTables
 from gateway.store.sqliteusers import UserTables
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, ConnectedStore):
+class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, ConnectedStore):
     """The store on a local SQLite file, for single-host deployments and development.
 
     One connection serves every call (an asyncio lock keeps transactions from interleaving); several
