@@ -32,6 +32,12 @@ from gateway.store.checks import BLOCK_LIMITS, CLIENT_ADDR_MAX, LOGIN_ATTEMPT_LI
 from gateway.store.factory import BACKENDS, config_problems, make_store
 from gateway.store.revlog import revocation_retention
 from gateway.store.schema import migration_scripts
+from gateway.store.sessionsecrets import (
+    SESSION_SECRET_MAX,
+    SESSION_SECRET_PURPOSES,
+    SessionSecretPurpose,
+    SessionSecrets,
+)
 
 __all__ = [
     "API_TOKEN_ID_LENGTH",
@@ -41,6 +47,8 @@ __all__ = [
     "CLIENT_ADDR_MAX",
     "LOGIN_ATTEMPT_LIMITS",
     "SESSION_KINDS",
+    "SESSION_SECRET_MAX",
+    "SESSION_SECRET_PURPOSES",
     "USER_AGENT_MAX",
     "ApiToken",
     "ApiTokens",
@@ -58,6 +66,8 @@ __all__ = [
     "Revocations",
     "Schema",
     "SessionLookups",
+    "SessionSecretPurpose",
+    "SessionSecrets",
     "Sessions",
     "Store",
     "TooManyApiTokens",

@@ -1,4 +1,5 @@
-"""The store's protocols by role (schema, lookups, sessions, provider logouts, revocations, users, login, audit).
+"""The store's protocols by role (schema, lookups, sessions, provider logouts, revocations, users, login, audit,
+session secrets).
 
 ``Store`` composes them into the one object a backend implements; a consumer asks for the roles it uses
 (the check core: :class:`SessionLookups`). Implementations (``sqlite.SQLiteStore``,
@@ -21,6 +22,8 @@ implementation keeps:
 - A browser session remembers the provider session it began in (only as a hash), so an upstream's
   back-channel logout can end it; the logout token's id is claimed in the same transaction as the
   revocation, so a replayed token revokes nothing.
+- What a session keeps of its upstream (the ID token) is stored only sealed, by the caller, and goes with
+  the session (its role, :class:`gateway.store.sessionsecrets.SessionSecrets`, lives beside this module).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from gateway.models import (
     SessionRecord,
     User,
 )
+from gateway.store.sessionsecrets import SessionSecrets
 
 RevocationHandler = Callable[[Revocation], None]
 """Called for every revocation seen by the watcher, in any process (including this one); at least once
@@ -502,31 +506,9 @@ class ApiTokens(Protocol):
         """
 
 
-class SessionSecrets(Protocol):
-    """What a session keeps for later calls to its upstream (today: the ID token, for the
-    ``id_token_hint`` of RP-initiated logout), sealed by the caller (:mod:`gateway.sealing`): the store
-    never sees one in clear. A kept value goes with its session: deleted with it, whatever deletes it."""
-
-    async def keep_session_secret(self, token_hash: str, purpose: SessionSecretPurpose, sealed: str) -> None:
-        """Keep ``sealed`` for the session ``token_hash`` under ``purpose``, replacing what it kept there.
-
-        Raises ValueError for a malformed hash, an unknown purpose, or a sealed value that is empty, longer
-        than :data:`gateway.store.SESSION_SECRET_MAX` or not printable ASCII; NotFound when no session has
-        this hash.
-        """
-
-    async def session_secret(self, token_hash: str, purpose: SessionSecretPurpose) -> str | None:
-        """The sealed value the session keeps under ``purpose``; None when there is none (also for a
-        malformed hash or an unknown purpose)."""
-
-    async def take_session_secret(self, token_hash: str, purpose: SessionSecretPurpose) -> str | None:
-        """Like :meth:`session_secret`, and delete it in the same statement: a value meant to be used once
-        (the ``id_token_hint`` at sign-out). Of concurrent calls for one value at most one gets it."""
-
-
 class Store(Schema, SessionLookups, Sessions, ProviderLogouts, Revocations, Users, LoginState, Audit,
             ApiTokens,
-            Administration, Protocol):
+            Administration, SessionSecrets, Protocol):
     """Persistent users, sessions, audit log and login state: every role in one object.
 
     Build one with :func:`gateway.store.make_store`. A consumer that needs only some roles should ask

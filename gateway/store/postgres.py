@@ -28,6 +28,7 @@ from gateway.store.pgfeed import CHANNEL, RevocationFeed, decode_revocation, enc
 from gateway.store.pglogin import LoginTables
 from gateway.store.pglookups import LookupLane
 from gateway.store.pgpool import PooledStore
+from gateway.store.pgsecrets import SecretTables
 from gateway.store.pgsessions import SessionTables
 from gateway.store.pgsql import SESSION_COLUMNS_S, USER_COLUMNS_U, columns, insert_audit
 from gateway.store.pgtokens import TokenTables
@@ -61,7 +62,7 @@ _LOOKUP_SESSIONS = (f"SELECT json_agg(json_build_array({SESSION_COLUMNS_S}, {USE
                     " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
 
 
-class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, PooledStore):
+class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, SecretTables, PooledStore):
     """The store on PostgreSQL, for several gateway replicas sharing one database.
 
     The pool is created by :meth:`open` without connecting; connections are made on demand, and a

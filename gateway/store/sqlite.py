@@ -23,6 +23,7 @@ from gateway.store.schema import migration_scripts
 from gateway.store.sqliteadmin import AdminTables
 from gateway.store.sqliteconn import ConnectedStore
 from gateway.store.sqlitelogin import LoginTables
+from gateway.store.sqlitesecrets import SecretTables
 from gateway.store.sqlitesessions import SessionTables
 from gateway.store.sqlitesql import insert_audit, one
 from gateway.store.sqlitetokens import TokenTables
@@ -55,7 +56,7 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, ConnectedStore):
+class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, SecretTables, ConnectedStore):
     """The store on a local SQLite file, for single-host deployments and development.
 
     One connection serves every call (an asyncio lock keeps transactions from interleaving); several

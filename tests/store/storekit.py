@@ -15,7 +15,7 @@ from gateway.store import Store
 StoreFactory = Callable[..., Awaitable[Store]]
 APPROX = 1e-3  # Postgres keeps microseconds; floats round-trip to well within a millisecond
 VERSIONS = ["0001_initial", "0002_login", "0003_blocked_subjects", "0004_login_devices", "0005_revocation_log",
-            "0006_provider_sessions", "0008_api_token_names", "0009_revoke_everything"]
+            "0006_provider_sessions", "0007_session_secrets", "0008_api_token_names", "0009_revoke_everything"]
 """Every migration, in order (the same names for both dialects)."""
 
 
