@@ -888,3 +888,16 @@ def assert_session_revoke_refuses_within_a_second(site: Site) -> None:
     assert site.get("/api/me", token=signed.token).status == 200
     site.gateway.cli("sessions", "revoke", "--email", "fired@example.com")
     refused_within(site, signed.token, REVOCATION_DEADLINE, time.monotonic())
+
+
+def assert_back_channel_logouts_reach_the_gateway(site: Site) -> None:
+    """An upstream's back-channel sign-out (``POST /backchannel-logout/<name>``, server to server, no cookie)
+    is the gateway's, on the site's host: the dev upstream sends none, so the gateway itself answers 404 in
+    JSON, and the app never sees the request."""
+    before = len(site.echo.requests())
+    reply = http("POST", site.url + "/backchannel-logout/dev",
+                 [("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/json")],
+                 body=b"logout_token=not-a-token")
+    assert reply.status == 404, (reply.status, reply.text)
+    assert (reply.header("Content-Type") or "").startswith("application/json")
+    assert not [r for r in site.echo.requests()[before:] if r["path"].startswith("/backchannel-logout")]

@@ -406,6 +406,15 @@ def _local(location: str, stack: Stack) -> str:
     return parts.path + ("?" + parts.query if parts.query else "")
 
 
+def test_back_channel_logouts_reach_the_gateway_not_the_app(stack: Stack) -> None:
+    """The dev upstream sends no back-channel logouts: the gateway itself answers 404, the app never sees it."""
+    reply = http_request(stack.caddy_port, "POST", "/backchannel-logout/dev",
+                         [("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "application/json")],
+                         b"logout_token=not-a-token")
+    assert reply.status == 404 and reply.json()["error"] == "not_found"
+    assert stack.app_saw("/backchannel-logout") == []
+
+
 def test_sign_in_and_out_through_caddy_with_the_development_form(stack: Stack) -> None:
     """The gateway's own pages (/login, /login/dev/..., /callback/..., /auth/userinfo, /logout) live on the site."""
     path = unique("/notes") + "?draft=1"

@@ -38,6 +38,7 @@ from tests.deploy.stack import (
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
     assert_session_revoke_refuses_within_a_second,
+    assert_back_channel_logouts_reach_the_gateway,
     assert_sign_in_returns_to_the_page,
     assert_sign_out_refuses_the_cookie_at_once,
     http,
@@ -104,6 +105,10 @@ def test_garbage_and_spoofed_headers_do_not_get_an_anonymous_caller_in(stack: HA
 
 def test_browser_sign_in_through_haproxy_returns_to_the_page_with_a_session_cookie(stack: HAProxyStack) -> None:
     assert_sign_in_returns_to_the_page(stack)
+
+
+def test_back_channel_logouts_reach_the_gateway_not_the_app(stack: HAProxyStack) -> None:
+    assert_back_channel_logouts_reach_the_gateway(stack)
 
 
 def test_the_app_sees_the_identity_the_gateway_answers(stack: HAProxyStack) -> None:

@@ -30,6 +30,7 @@ from tests.deploy.stack import (
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
     assert_session_revoke_refuses_within_a_second,
+    assert_back_channel_logouts_reach_the_gateway,
     assert_sign_in_returns_to_the_page,
     assert_sign_out_refuses_the_cookie_at_once,
     http,
@@ -79,6 +80,10 @@ def test_the_check_location_is_internal(stack: Stack) -> None:
 
 def test_browser_sign_in_through_nginx_returns_to_the_page_with_a_session_cookie(stack: Stack) -> None:
     assert_sign_in_returns_to_the_page(stack)
+
+
+def test_back_channel_logouts_reach_the_gateway_not_the_app(stack: Stack) -> None:
+    assert_back_channel_logouts_reach_the_gateway(stack)
 
 
 def test_the_app_sees_the_identity_headers_for_a_minted_token(stack: Stack) -> None:
