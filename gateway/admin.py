@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from gateway import tokens
+from gateway.access import is_role_name
 from gateway.errors import StoreUnavailable
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.sessions import start_session
 from gateway.settings import SessionSettings
 from gateway.store.base import (
+    Administration,
     Block,
     BlockKey,
     BlockOutcome,
@@ -37,6 +39,8 @@ LOCAL_UPSTREAM = "local"
 """The upstream of users enrolled by hand rather than by a login."""
 
 REVOKE_REASON = "admin revoke"
+
+REVOKE_ALL_REASON = "admin revoke-all"
 
 HASH_PREFIX_LENGTH = 8
 """How many hex characters of a token hash are shown to people: enough to tell sessions apart."""
@@ -69,6 +73,14 @@ class RoleNotHeld(AdminError):
 
 class MalformedToken(AdminError):
     """The text given is not shaped like a gateway token (it is never echoed back)."""
+
+
+class UnknownSession(AdminError):
+    """No active session has the given id (the short token hash ``gateway sessions list`` shows)."""
+
+
+class AmbiguousSession(AdminError):
+    """Several active sessions share the given id; nothing was revoked."""
 
 
 class InvalidInput(AdminError):
@@ -374,3 +386,59 @@ async def list_sessions(store: Sessions, user: User, *, include_inactive: bool =
 async def revoke_user_sessions(store: Sessions, user: User) -> int:
     """Revoke every active session of the user (broadcast to all gateway processes); return how many."""
     return await store.revoke_user_sessions(user.id, actor=ACTOR, reason=REVOKE_REASON)
+
+
+async def revoke_all_sessions(store: Administration) -> int:
+    """Revoke every active session of every user, browser sessions and API tokens alike; return how many.
+
+    One transaction, audited once (``revoke_all``); every gateway process forgets every cached session
+    (bearer JWTs included) within about a second. For emergencies such as a leaked key: everyone signs in again.
+    """
+    return await store.revoke_all_sessions(actor=ACTOR, reason=REVOKE_ALL_REASON)
+
+
+async def revoke_session_by_id(store: Administration, session_id: str, *, user: User | None = None) -> str:
+    """Revoke the one active session whose id (token hash prefix, as ``gateway sessions list`` shows) is
+    ``session_id``, of ``user`` when given; return its short id.
+
+    Raises InvalidInput for an id shorter than the listed one or not hex, UnknownSession when no active
+    session matches and AmbiguousSession when several do (nothing is revoked then).
+    """
+    prefix = session_id.strip().lower()
+    try:
+        matches = await store.revoke_session_by_prefix(prefix, user_id=None if user is None else user.id,
+                                                       actor=ACTOR, reason=REVOKE_REASON)
+    except ValueError as exc:
+        raise InvalidInput(f"{exc}; got {session_id.strip()[:80]!r}") from None
+    whose = f" of user {user.id}" if user is not None else ""
+    if not matches:
+        raise UnknownSession(f"no active session{whose} with id {prefix}")
+    if len(matches) > 1:
+        raise AmbiguousSession(f"id {prefix} matches several active sessions{whose}; nothing was revoked: "
+                               "give more hex digits, or name the user with --email or --id")
+    return short_hash(matches[0])
+
+
+async def change_roles(store: Administration, user: User, *, replace: Sequence[str] | None = None,
+                       add: Sequence[str] = (), remove: Sequence[str] = ()) -> User:
+    """Set the user's roles to ``replace``, or add ``add`` to and take ``remove`` from those they hold; return
+    the user as stored now.
+
+    Audited ``user_roles``. Every gateway process re-reads the user within about a second; no session is
+    revoked. A user of an upstream gets roles mapped from the upstream's groups again at their next
+    sign-in. Raises InvalidInput for a name :func:`gateway.access.is_role_name` refuses (empty, spaces,
+    commas...) and UnknownUser when the user vanished meanwhile.
+    """
+    if replace is not None:
+        wanted: Sequence[str] = replace
+    else:
+        dropped = {role.strip() for role in remove}
+        wanted = [*(role for role in user.roles if role not in dropped), *add]
+    roles = _clean_roles(wanted)
+    bad = [role for role in roles if not is_role_name(role)]
+    if bad:
+        raise InvalidInput(f"not a role name: {bad[0]!r} (no spaces, commas or control characters)")
+    updated = await store.set_user_roles(user.id, roles, actor=ACTOR)
+    if updated is None:
+        raise UnknownUser(f"user {user.id} no longer exists")
+    return updated

@@ -15,6 +15,7 @@ from gateway import admin
 from gateway.console import (
     EXIT_FAILURE,
     EXIT_OK,
+    EXIT_USAGE,
     Console,
     audit_json,
     block_json,
@@ -197,8 +198,42 @@ async def sessions_list(args: argparse.Namespace, settings: Settings, store: Sto
 
 async def sessions_revoke(args: argparse.Namespace, settings: Settings, store: Store,
                            console: Console) -> int:
-    """``gateway sessions revoke``: revoke every active session of a user."""
-    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
-    count = await admin.revoke_user_sessions(store, user)
+    """``gateway sessions revoke``: revoke every active session of a user, or with ``--session`` the one
+    session with that id (of that user, when one is named too)."""
+    if args.session is None and args.email is None and args.user_id is None:
+        console.error("name a user (--email or --id), a session (--session), or both")
+        return EXIT_USAGE
+    named = args.email is not None or args.user_id is not None
+    user = await admin.find_user(store, email=args.email, user_id=args.user_id) if named else None
+    if args.session is not None:
+        console.say(f"revoked session {await admin.revoke_session_by_id(store, args.session, user=user)}")
+        return EXIT_OK
+    count = await admin.revoke_user_sessions(store, await admin.find_user(store, email=args.email,
+                                                                          user_id=args.user_id))
     console.say(f"revoked {count} session{'' if count == 1 else 's'}")
+    return EXIT_OK
+
+
+async def sessions_revoke_all(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    """``gateway sessions revoke-all --yes``: revoke every active session of everyone; refused without --yes."""
+    if not args.yes:
+        console.error("this signs out every user on every device (browser sessions and API tokens); "
+                      "run again with --yes to do it")
+        return EXIT_USAGE
+    count = await admin.revoke_all_sessions(store)
+    console.say(f"revoked {count} session{'' if count == 1 else 's'} of every user; every gateway forgets "
+                "its cached sessions within a second")
+    return EXIT_OK
+
+
+async def users_roles(args: argparse.Namespace, settings: Settings, store: Store, console: Console) -> int:
+    """``gateway users roles``: set, add or remove a user's roles (their sessions see it within a second)."""
+    user = await admin.find_user(store, email=args.email, user_id=args.user_id)
+    replace = None if args.set is None else [role for role in args.set.split(",") if role.strip()]
+    updated = await admin.change_roles(store, user, replace=replace, add=args.add, remove=args.remove)
+    console.say(f"user {updated.id} ({printable(admin.user_key(updated))}) roles: "
+                f"{printable(', '.join(updated.roles)) or 'none'} (were: {printable(', '.join(user.roles)) or 'none'})")
+    if updated.upstream != admin.LOCAL_UPSTREAM:
+        console.note(f"note: this user signs in through {printable(updated.upstream)}; their next sign-in sets "
+                     "their roles from its groups again (roles.map)")
     return EXIT_OK

@@ -90,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     migrate = commands.add_parser("migrate", parents=[common], help="apply pending database migrations")
     migrate.set_defaults(handler=_store_command(admincommands.migrate))
 
-    users = commands.add_parser("users", help="enrol, list, show, delete and block users").add_subparsers(
+    users = commands.add_parser(
+        "users", help="enrol, list, show, delete and block users, change their roles").add_subparsers(
         dest="users_command", required=True, metavar="COMMAND")
     add = users.add_parser("add", parents=[common], help="enrol a user by hand")
     add.add_argument("--email", required=True)
@@ -136,6 +137,18 @@ def build_parser() -> argparse.ArgumentParser:
                                help="lift a block: the identity (or email) may sign in again")
     _add_block_selector(unblock, email_help="lift the block on this email")
     unblock.set_defaults(handler=_store_command(admincommands.users_unblock))
+    roles = users.add_parser(
+        "roles", parents=[common], help="set, add or remove a user's roles",
+        description="Change a user's roles (audited). Their sessions are not revoked: every replica "
+                    "re-reads the user within a second. A user of an upstream gets roles from its groups "
+                    "again at their next sign-in (roles.map); local users keep what is set here.")
+    _add_user_selector(roles)
+    change = roles.add_mutually_exclusive_group(required=True)
+    change.add_argument("--set", metavar="ROLE,ROLE", help="the roles to hold, comma-separated ('' for none)")
+    change.add_argument("--add", action="append", default=[], metavar="ROLE", help="grant a role (repeatable)")
+    change.add_argument("--remove", action="append", default=[], metavar="ROLE",
+                        help="take a role away (repeatable)")
+    roles.set_defaults(handler=_store_command(admincommands.users_roles))
     blocked = users.add_parser("blocked", parents=[common], help="list every block")
     _add_json_option(blocked)
     blocked.set_defaults(handler=_store_command(admincommands.users_blocked))
@@ -159,17 +172,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the token, or - to read it from stdin (keeps it out of shell history)")
     revoke.set_defaults(handler=_store_command(admincommands.tokens_revoke))
 
-    session_commands = commands.add_parser("sessions", help="list and revoke a user's sessions").add_subparsers(
+    session_commands = commands.add_parser("sessions", help="list and revoke sessions").add_subparsers(
         dest="sessions_command", required=True, metavar="COMMAND")
     sessions_list = session_commands.add_parser("list", parents=[common], help="a user's sessions")
     _add_user_selector(sessions_list)
     sessions_list.add_argument("--all", action="store_true", help="include revoked and expired sessions")
     _add_json_option(sessions_list)
     sessions_list.set_defaults(handler=_store_command(admincommands.sessions_list))
-    sessions_revoke = session_commands.add_parser("revoke", parents=[common],
-                                                  help="revoke every active session of a user")
-    _add_user_selector(sessions_revoke)
+    sessions_revoke = session_commands.add_parser(
+        "revoke", parents=[common], help="revoke every active session of a user, or one session by its id",
+        description="Revoke every active session of a user (--email or --id), or with --session the one "
+                    "active session with that id (the SESSION column of `gateway sessions list`), of that "
+                    "user when one is named too. Every replica drops it within a second.")
+    _add_user_selector(sessions_revoke, required=False)
+    sessions_revoke.add_argument("--session", metavar="ID",
+                                 help="the session's id as `gateway sessions list` shows it (8 or more hex digits)")
     sessions_revoke.set_defaults(handler=_store_command(admincommands.sessions_revoke))
+    revoke_all = session_commands.add_parser(
+        "revoke-all", parents=[common], help="revoke every active session of every user (needs --yes)",
+        description="Revoke every active session of every user, browser sessions and API tokens alike, in "
+                    "one transaction (for example after a key leak): everyone signs in again, every script "
+                    "needs a new token. Every replica forgets its cached sessions within a second. Does "
+                    "nothing without --yes.")
+    revoke_all.add_argument("--yes", action="store_true", help="really sign everyone out")
+    revoke_all.set_defaults(handler=_store_command(admincommands.sessions_revoke_all))
     return parser
 
 
@@ -196,8 +222,8 @@ def _add_global_options(parser: argparse.ArgumentParser, *, default: Any) -> Non
                              "variable: arguments are visible in ps)")
 
 
-def _add_user_selector(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
+def _add_user_selector(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    group = parser.add_mutually_exclusive_group(required=required)
     group.add_argument("--email", help="the user's email (case-insensitive)")
     group.add_argument("--id", dest="user_id", type=_positive_int, metavar="N", help="the user's id")
 

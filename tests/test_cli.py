@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import pytest
 
 from gateway import tokens
 from gateway.models import ActiveSession
+from tests.harness import GatewayFactory
 from tests.helpers import free_port, make_settings, store_for
 
 TOKEN_LINE = re.compile(r"gwt_[A-Za-z0-9_-]{43}\n")
@@ -464,3 +467,147 @@ async def test_tokens_mint_and_sessions_revoke_on_postgres(postgres_url: str, tm
     found = await lookup(postgres_url, token)
     assert found is not None and found.session.revoked_at is not None
     assert SHORT_HASH.search(cli.ok("sessions", "list", "--email", "ada@example.com", "--all"))
+
+
+# --- sessions revoke --session, sessions revoke-all, users roles ---------------------------------------
+
+
+def session_ids(cli: Cli, *args: str) -> list[str]:
+    return [s["session"] for s in json.loads(cli.ok("sessions", "list", *args, "--json"))]
+
+
+async def test_sessions_revoke_one_session_by_its_id(migrated: Cli) -> None:
+    cli = migrated
+    first, second = cli.mint("--email", "ada@example.com"), cli.mint("--email", "ada@example.com")
+    other = cli.mint("--email", "bob@example.com")
+    target = tokens.hash_token(first)[:8]
+    assert set(session_ids(cli, "--email", "ada@example.com")) == {target, tokens.hash_token(second)[:8]}
+
+    # naming another user narrows the search: not found there, nothing revoked
+    wrong = cli("sessions", "revoke", "--session", target, "--email", "bob@example.com")
+    assert (wrong.returncode, wrong.stdout) == (1, "")
+    assert wrong.stderr == f"error: no active session of user 2 with id {target}\n"
+    assert cli.ok("sessions", "revoke", "--session", target.upper()) == f"revoked session {target}\n"
+    assert (await lookup(cli.database_url, first)).session.revoked_at is not None  # type: ignore[union-attr]
+    for token in (second, other):
+        found = await lookup(cli.database_url, token)
+        assert found is not None and found.session.revoked_at is None
+    again = cli("sessions", "revoke", "--session", target)
+    assert (again.returncode, again.stderr) == (1, f"error: no active session with id {target}\n")
+    hashed = tokens.hash_token(other)
+    assert cli.ok("sessions", "revoke", "--id", "2", "--session", hashed) == f"revoked session {hashed[:8]}\n"
+    audit = json.loads(cli.ok("users", "show", "--id", "1", "--json"))["audit"]
+    assert audit[0]["event"] == "revoke" and audit[0]["detail"]["session"].startswith(target)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    pytest.param(["--session", "abc1234"], "8 to 64 lower-case hex digits", id="shorter-than-listed"),
+    pytest.param(["--session", "zzzzzzzz"], "8 to 64 lower-case hex digits", id="not-hex"),
+    pytest.param([], "name a user (--email or --id), a session (--session), or both", id="nothing-named"),
+])
+def test_sessions_revoke_refuses_a_malformed_id(migrated: Cli, args: list[str], message: str) -> None:
+    token = migrated.mint("--email", "ada@example.com")
+    result = migrated("sessions", "revoke", *args)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert message in result.stderr
+    assert session_ids(migrated, "--email", "ada@example.com") == [tokens.hash_token(token)[:8]]
+
+
+async def test_sessions_revoke_all_needs_yes(migrated: Cli) -> None:
+    cli = migrated
+    minted = [cli.mint("--email", email) for email in ("ada@example.com", "bob@example.com", "ada@example.com")]
+    refused = cli("sessions", "revoke-all")
+    assert (refused.returncode, refused.stdout) == (2, "")
+    assert "--yes" in refused.stderr
+    assert len(session_ids(cli, "--id", "1")) == 2
+
+    out = cli.ok("sessions", "revoke-all", "--yes")
+    assert out == "revoked 3 sessions of every user; every gateway forgets its cached sessions within a second\n"
+    for token in minted:
+        found = await lookup(cli.database_url, token)
+        assert found is not None and found.session.revoked_at is not None
+    assert cli.ok("sessions", "revoke-all", "--yes").startswith("revoked 0 sessions ")
+
+
+def test_users_roles_set_add_remove(migrated: Cli) -> None:
+    cli = migrated
+    cli.ok("users", "add", "--email", "ada@example.com", "--role", "dev")
+    assert cli.ok("users", "roles", "--email", "ada@example.com", "--add", "admin", "--add", "ops") == (
+        "user 1 (local:ada@example.com) roles: dev, admin, ops (were: dev)\n")
+    assert cli.ok("users", "roles", "--id", "1", "--remove", "dev") == (
+        "user 1 (local:ada@example.com) roles: admin, ops (were: dev, admin, ops)\n")
+    assert cli.ok("users", "roles", "--id", "1", "--set", "viewer, editor") == (
+        "user 1 (local:ada@example.com) roles: viewer, editor (were: admin, ops)\n")
+    assert cli.ok("users", "roles", "--id", "1", "--set", "") == (
+        "user 1 (local:ada@example.com) roles: none (were: viewer, editor)\n")
+    audit = json.loads(cli.ok("users", "show", "--id", "1", "--json"))["audit"]
+    assert [a["event"] for a in audit[:4]] == ["user_roles"] * 4
+    assert audit[0]["detail"] == {"previous": "viewer,editor", "roles": ""}
+
+    cli.ok("users", "add", "--email", "bob@example.com", "--upstream", "github", "--subject", "42")
+    result = cli("users", "roles", "--id", "2", "--set", "admin")
+    assert result.returncode == 0 and "next sign-in sets their roles from its groups again" in result.stderr
+
+
+@pytest.mark.parametrize(("args", "code", "message"), [
+    pytest.param(["--id", "1", "--add", "has space"], 2, "not a role name: 'has space'", id="space"),
+    pytest.param(["--id", "1", "--set", "a,,b;c\x1b"], 2, "not a role name", id="control-character"),
+    pytest.param(["--id", "1", "--add", "a", "--set", "b"], 2, "not allowed with", id="set-and-add"),
+    pytest.param(["--id", "1"], 2, "one of the arguments", id="no-change"),
+    pytest.param(["--id", "7", "--add", "a"], 1, "no user with id 7", id="unknown-user"),
+])
+def test_users_roles_rejects_bad_input(migrated: Cli, args: list[str], code: int, message: str) -> None:
+    migrated.ok("users", "add", "--email", "ada@example.com", "--role", "dev")
+    result = migrated("users", "roles", *args)
+    assert (result.returncode, result.stdout) == (code, "")
+    assert message in result.stderr
+    assert json.loads(migrated.ok("users", "list", "--json"))[0]["roles"] == ["dev"]
+
+
+@pytest.mark.postgres
+async def test_a_second_replica_sees_every_change_within_a_second(
+        postgres_url: str, tmp_path: Path, gateway_factory: GatewayFactory) -> None:
+    """The CLI runs against PostgreSQL while a gateway replica has the sessions cached: each change reaches it
+    through the revocation feed within a second, without a database read forced on it by the test."""
+    cli = Cli(postgres_url, tmp_path)
+    cli.ok("migrate")
+    replica = await gateway_factory(database_url=postgres_url)
+    while replica.metric("gateway_revocation_feed_up") != 1:
+        await asyncio.sleep(0.02)
+
+    async def run(*args: str) -> str:
+        return await asyncio.to_thread(cli.ok, *args)
+
+    async def status(token: str, path: str = "/auth/check") -> int:
+        return (await replica.client.get(path, headers={"Authorization": f"Bearer {token}"})).status
+
+    async def within_a_second(predicate: Callable[[], Awaitable[bool]], what: str) -> None:
+        deadline = time.monotonic() + 1.0
+        while not await predicate():
+            assert time.monotonic() < deadline, f"the replica still {what} a second later"
+            await asyncio.sleep(0.02)
+
+    ada = [await asyncio.to_thread(cli.mint, "--email", "ada@example.com", "--role", "dev") for _ in range(2)]
+    bob = await asyncio.to_thread(cli.mint, "--email", "bob@example.com")
+    assert [await status(t) for t in (*ada, bob)] == [200, 200, 200]  # all three cached now
+
+    async def roles() -> list[str]:
+        resp = await replica.client.get("/auth/userinfo", headers={"Authorization": f"Bearer {ada[0]}"})
+        return list((await resp.json())["roles"])
+
+    assert await roles() == ["dev"]
+    await run("users", "roles", "--email", "ada@example.com", "--add", "admin")
+    await within_a_second(lambda: _eq(roles(), ["dev", "admin"]), "shows the old roles")
+    assert await status(ada[1]) == 200  # a roles change revokes nothing
+
+    await run("sessions", "revoke", "--session", tokens.hash_token(ada[1])[:8])
+    await within_a_second(lambda: _eq(status(ada[1]), 401), "admits the session revoked by its id")
+    assert await status(ada[0]) == 200
+
+    assert (await run("sessions", "revoke-all", "--yes")).startswith("revoked 2 sessions ")
+    await within_a_second(lambda: _eq(status(ada[0]), 401), "admits a session after revoke-all")
+    assert await status(bob) == 401
+
+
+async def _eq(value: Awaitable[object], expected: object) -> bool:
+    return await value == expected
