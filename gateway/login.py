@@ -48,11 +48,13 @@ from gateway.errors import (
     NotAllowed,
     NotFound,
     ProviderUnavailable,
+    StoreUnavailable,
     TooManyRequests,
 )
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, SessionRecord, User
 from gateway.redirects import RedirectPolicy, policy_problems, safe_redirect_target
+from gateway.sealing import Sealer, SealingError
 from gateway.sessions import provider_session_key, start_session
 from gateway.settings import EnrolmentSettings, LoginSettings, RolesSettings, SessionSettings
 from gateway.store.base import Device, Store
@@ -144,6 +146,8 @@ class LoginService:
         self.redirects = RedirectPolicy(allowed_hosts=tuple(redirect_hosts), default_target=login.default_redirect,
                                         allow_http=public_url.startswith("http://"))
         self._enrolment = EnrolmentPolicy.from_lists(enrolment.emails, enrolment.domains, enrolment.groups)
+        # Only with a key does a session keep its ID token (sealed), for the id_token_hint at sign-out.
+        self._sealer = Sealer.from_keys(sessions.sealing_key, sessions.sealing_key_previous)
 
     # ---- helpers -------------------------------------------------------------------------------------
 
@@ -244,7 +248,8 @@ class LoginService:
         (its key, its email, or its enrolled user's email) is AccountRemoved (403) and is never enrolled
         again. On success the requester's failures are forgotten and :attr:`LoginFinished.device_id` is
         the device cookie to set; the new session remembers the provider session (the ID token's ``sid``,
-        hashed) it began in, which the upstream's back-channel logout may end.
+        hashed) it began in, which the upstream's back-channel logout may end, and, when ``session.sealing_key``
+        is set, the ID token, sealed, for the ``id_token_hint`` at sign-out.
         """
         if name not in self.providers:
             raise NotFound("There is no such sign-in provider.")
@@ -307,7 +312,8 @@ class LoginService:
                                                 kind="browser", now=now, client_addr=client,
                                                 user_agent=user_agent, mfa=identity.mfa,
                                                 provider_session=provider_session)
-        except NotFound:  # an administrator deleted the user since the upsert
+            await self._keep_id_token(record.token_hash, identity)
+        except NotFound:  # an administrator deleted the user (and so the session) since the upsert
             await self._fail(name, requester, "user deleted during the sign-in", outcome="blocked")
             raise AccountRemoved() from None
         # A block committed while this sign-in ran may have revoked sessions before this one existed.
@@ -387,6 +393,28 @@ class LoginService:
                                           expires_at=now + DEVICE_LIFETIME)
         return device_id
 
+    async def _keep_id_token(self, token_hash: str, identity: Identity) -> None:
+        """Keep the identity's ID token with the new session, sealed, for the ``id_token_hint`` at sign-out;
+        nothing without a sealing key or an ID token. Raises NotFound when the session is gone."""
+        if self._sealer is None or not identity.id_token:
+            return
+        sealed = self._sealer.seal(identity.id_token, token_hash=token_hash, purpose="id_token")
+        await self._store.keep_session_secret(token_hash, "id_token", sealed)
+
+    async def _take_id_token(self, token_hash: str, user: User) -> str:
+        """The ID token the session kept for sign-out (taken: it serves once), or "" when there is none, no
+        sealing key, or it cannot be read or opened (logged without it: sign-out goes on without a hint)."""
+        if self._sealer is None:
+            return ""
+        try:
+            sealed = await self._store.take_session_secret(token_hash, "id_token")
+            return "" if sealed is None else self._sealer.open(sealed, token_hash=token_hash, purpose="id_token")
+        except (SealingError, StoreUnavailable) as exc:
+            reason = str(exc) if isinstance(exc, SealingError) else exc.message
+            log.warning("id_token_hint not sent: the kept ID token could not be read or opened",
+                        upstream=user.upstream, user_id=user.id, reason=reason)
+            return ""
+
     def _refuse_unbound(self, name: str, client: str, reason: str) -> None:
         """Note a callback that belongs to no live attempt of this browser; it does not count towards a lockout."""
         self._metrics.logins.labels(name, "invalid_state").inc()
@@ -404,7 +432,8 @@ class LoginService:
                     known_device=requester.device is not None, locked_out=locked is not None)
 
     async def logout(self, token: str | None, return_to: str, client: str) -> str:
-        """Revoke the session everywhere and return where to send the browser (maybe the upstream's logout).
+        """Revoke the session everywhere and return where to send the browser (maybe the upstream's logout,
+        with the ID token the session kept as ``id_token_hint``).
 
         ``return_to`` must already be validated.
         """
@@ -420,9 +449,10 @@ class LoginService:
                                        actor="user", detail={"client_addr": client})
         log.info("logout", user_id=user.id, client=client)
         provider = self.providers.get(user.upstream)
+        id_token = await self._take_id_token(active.session.token_hash, user)
         if provider is not None:
             try:
-                upstream_logout = await provider.logout_url(return_to=location, id_token="")
+                upstream_logout = await provider.logout_url(return_to=location, id_token=id_token)
             except ProviderError as exc:
                 log.warning("upstream logout URL unavailable", upstream=user.upstream, reason=exc.message)
                 upstream_logout = None

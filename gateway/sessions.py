@@ -6,6 +6,7 @@ import hashlib
 
 from gateway import tokens
 from gateway.models import SessionKind, SessionRecord
+from gateway.sealing import sealing_problems
 from gateway.settings import SessionSettings
 from gateway.store.base import Sessions
 
@@ -54,8 +55,8 @@ def _scoped_hash(upstream: str, value: str) -> str:
 
 
 def session_problems(session: SessionSettings) -> list[str]:
-    """Problems with ``[session]``: positive lifetimes, and an idle timeout longer than the grain at which
-    last use is recorded (else a session in use would look idle)."""
+    """Problems with ``[session]``: positive lifetimes, an idle timeout longer than the grain at which
+    last use is recorded (else a session in use would look idle), and sealing keys that are keys."""
     problems: list[str] = []
     if session.lifetime <= 0:
         problems.append("session.lifetime: must be positive")
@@ -65,4 +66,5 @@ def session_problems(session: SessionSettings) -> list[str]:
         problems.append("session.last_seen_grain: must be positive")
     if 0 < session.idle_timeout <= session.last_seen_grain:
         problems.append("session.idle_timeout: must be longer than session.last_seen_grain (or 0 for none)")
+    problems.extend(sealing_problems(session.sealing_key, session.sealing_key_previous))
     return problems

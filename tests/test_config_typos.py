@@ -88,7 +88,7 @@ def test_every_registered_upstream_type_is_covered() -> None:
                  id="roles"),
     pytest.param("[session]\nzzz = 1",
                  "config file: unknown setting 'session.zzz' ([session] holds api_token_lifetime, idle_timeout, "
-                 "last_seen_grain, lifetime)", id="nothing-close-lists-the-section"),
+                 "last_seen_grain, lifetime, sealing_key, sealing_key_previous)", id="nothing-close-lists-the-section"),
     pytest.param('cookie = "gw"', "config file: 'cookie' is a section: write its keys under [cookie]",
                  id="section-given-a-value"),
     pytest.param('[upstreams.corp]\ntype = "google"\nclient_id = "x"\nhosted_domian = "corp.com"',

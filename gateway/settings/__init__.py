@@ -102,7 +102,8 @@ def redacted(settings: Settings) -> dict[str, Any]:
 def _printable(name: str, value: Any) -> Any:
     """A setting value as plain data with every secret masked."""
     if name in SECRET_SETTINGS:
-        return mask_url(str(value))
+        # a URL keeps its user, host and database readable; any other secret (a key) is masked whole
+        return mask_url(str(value)) if "://" in str(value) else (MASK if value else "")
     if isinstance(value, Mapping):
         return {k: MASK if any(w in str(k).lower() for w in ("secret", "password", "token")) and v
                 else _printable(f"{name}.{k}", v) for k, v in value.items()}

@@ -87,6 +87,13 @@ class SessionSettings:
     """Default lifetime of API tokens minted with ``gateway tokens mint`` (they have no idle timeout)."""
     last_seen_grain: Duration = Duration(60)
     """A session's last use is written to the database at most this often."""
+    sealing_key: str = ""
+    """Base64 of 32 random bytes: the key that encrypts (AES-256-GCM) what a session keeps of its upstream,
+    today the ID token, sent back as ``id_token_hint`` when the user signs out. Empty: nothing is kept and
+    sign-out sends no hint. Generate one with ``openssl rand -base64 32``."""
+    sealing_key_previous: str = ""
+    """While rotating ``sealing_key``: the key it replaces. Values sealed with it still open, new ones use
+    ``sealing_key``; empty it once the sessions begun before the rotation have ended (``session.lifetime``)."""
 
 
 @dataclass(frozen=True)
@@ -320,7 +327,8 @@ class Settings:
         return tuple(ipaddress.ip_network(n, strict=False) for n in self.trusted_proxies)
 
 
-SECRET_SETTINGS = frozenset({"database_url", "database.feed_url"})
+SECRET_SETTINGS = frozenset({"database_url", "database.feed_url", "session.sealing_key",
+                             "session.sealing_key_previous"})
 """Settings whose values must never be printed."""
 
 
