@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Protocol
 
 from gateway import tokens
 from gateway.access import is_role_name
@@ -21,6 +22,7 @@ from gateway.sessions import start_session
 from gateway.settings import SessionSettings
 from gateway.store.base import (
     Administration,
+    Audit,
     Block,
     BlockKey,
     BlockOutcome,
@@ -350,19 +352,29 @@ async def mint_api_token(store: Store, sessions: SessionSettings, *, email: str 
     now = time.time() if now is None else now
     token, session = await start_session(store, sessions, user_id=user.id, kind="api", now=now,
                                          lifetime=lifetime)
+    await audit_token_mint(store, user, session, actor=ACTOR, extra={"roles": ",".join(roles)} if roles else {})
+    return MintedToken(token=token, user=user, session=session, user_created=user_created)
+
+
+class _MintAudit(Audit, SessionLookups, Protocol):
+    """What auditing a mint needs: the audit log, and revoking the token when the row cannot be written."""
+
+
+async def audit_token_mint(store: _MintAudit, user: User, session: SessionRecord, *, actor: str,
+                           extra: Mapping[str, str]) -> None:
+    """Audit ``token_mint`` for the API token ``session`` just minted for ``user`` (kind, expiry, hash prefix
+    and ``extra``; never the token). If the row cannot be written the token is revoked again before the
+    error propagates, so no unaudited token lives."""
     detail = {"kind": session.kind, "expires_at": iso_time(session.expires_at),
-              "session": short_hash(session.token_hash)}
-    if roles:
-        detail["roles"] = ",".join(roles)
+              "session": short_hash(session.token_hash), **extra}
     try:
-        await store.record_audit("token_mint", user_id=user.id, user_key=user_key(user), actor=ACTOR,
+        await store.record_audit("token_mint", user_id=user.id, user_key=user_key(user), actor=actor,
                                  detail=detail)
     except Exception:
         # If the database is gone the revocation fails too; the token then dies with this process unseen.
         with contextlib.suppress(StoreUnavailable):
-            await store.revoke_session(session.token_hash, actor=ACTOR, reason="token_mint audit failed")
+            await store.revoke_session(session.token_hash, actor=actor, reason="token_mint audit failed")
         raise
-    return MintedToken(token=token, user=user, session=session, user_created=user_created)
 
 
 async def revoke_token(store: SessionLookups, token: str) -> bool:

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.access import AccessPolicy, AllowAll, Policy, parse_rules
+from gateway.apitokens import ApiTokenService
 from gateway.cache import SessionCache
 from gateway.core import Checker
 from gateway.errors import StoreUnavailable
@@ -26,6 +27,7 @@ from gateway.handlers.check import CheckEndpoint, CheckHandler
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
 from gateway.handlers.hot import HotEndpoints
 from gateway.handlers.login import LoginHandlers
+from gateway.handlers.tokens import ApiTokenHandlers
 from gateway.handlers.webhook import WebhookEndpoint, WebhookHandler
 from gateway.http_errors import ErrorMapper, not_found
 from gateway.login import LoginService
@@ -125,6 +127,15 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     backchannel = BackChannelLogoutEndpoint(login, store, cache, metrics, clock)
     app.router.add_post("/backchannel-logout/{upstream}", guard(backchannel.handle))
     app.router.add_get("/auth/userinfo", guard(pages.userinfo))
+    if settings.session.api_token_self_service:
+        tokens = ApiTokenHandlers(ApiTokenService(store, settings.session, metrics, clock, cache.evict), checker,
+                                  proxies, login.redirects, metrics, cookie_name=settings.cookie.name, clock=clock)
+        app.router.add_get("/tokens", guard(tokens.page))
+        app.router.add_post("/tokens", guard(tokens.mint_form))
+        app.router.add_post("/tokens/{id}/revoke", guard(tokens.revoke_form))
+        app.router.add_get("/auth/tokens", guard(tokens.list_json))
+        app.router.add_post("/auth/tokens", guard(tokens.mint_json))
+        app.router.add_delete("/auth/tokens/{id}", guard(tokens.revoke_json))
     app.router.add_get("/", guard(pages.home))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", guard(Readiness(store, state).handle))

@@ -92,6 +92,9 @@ class Metrics:
         self.backchannel_logouts = Counter(
             "gateway_backchannel_logouts", "Back-channel logout requests by upstream and outcome (revoked, "
             "invalid, replayed, unavailable, not_found, bad_request, too_large).", ["upstream", "outcome"], registry=r)
+        self.api_tokens = Counter(
+            "gateway_api_tokens", "Self-service API token requests by action (mint, revoke) and outcome (ok, "
+            "limit, invalid, not_found, forbidden).", ["action", "outcome"], registry=r)
         self.render: Callable[[], bytes] = self.render_own
         """The exposition text for ``/metrics``: this process's own, unless the serving machinery sets it
         to every worker's (``gateway serve --workers N``, see :mod:`gateway.serving.workermetrics`)."""

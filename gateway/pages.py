@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import urlencode
 
 PAGE_HEADERS = {
@@ -50,14 +51,19 @@ label{display:block;font-size:.9rem;margin:.8rem 0 .2rem;color:#4a5263}
 input{width:100%;box-sizing:border-box;padding:.6rem .7rem;border:1px solid #c9ced8;border-radius:8px;font:inherit}
 .warn{background:#fff4d6;border:1px solid #f0d48a;border-radius:8px;padding:.5rem .8rem;font-size:.9rem;color:#6b5200}
 footer{margin-top:1.4rem;font-size:.8rem;color:#8a92a3}code{font-size:.85em}
+main.wide{max-width:52rem}table{width:100%;border-collapse:collapse;font-size:.9rem;margin:.6rem 0 1.2rem}
+th,td{text-align:left;padding:.35rem .4rem;border-bottom:1px solid #e4e7ed;vertical-align:middle}
+td button{margin:0;padding:.3rem .6rem}select{width:100%;padding:.6rem .7rem;border-radius:8px;font:inherit}
+code.secret{display:block;word-break:break-all;background:#f0f2f6;padding:.6rem;border-radius:8px;font-size:.95em}
 """
 
 
-def _layout(title: str, body: str) -> str:
+def _layout(title: str, body: str, *, wide: bool = False) -> str:
+    main = '<main class="wide">' if wide else "<main>"
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-            f"<body><main>{body}</main></body></html>\n")
+            f"<body>{main}{body}</main></body></html>\n")
 
 
 def error_page(title: str, message: str, status: int, request_id: str,
@@ -135,3 +141,54 @@ def signed_out_page(return_to: str) -> str:
     return _layout("Signed out", (
         "<h1>You are signed out</h1><p>This browser has no session here.</p>"
         f'<a class="button" href="{html.escape(return_to)}">Continue</a>'))
+
+
+@dataclass(frozen=True, slots=True)
+class ApiTokenRow:
+    """One line of the API tokens page; times are already formatted (``last_used`` empty when never)."""
+
+    token_id: str
+    name: str
+    created: str
+    expires: str
+    last_used: str
+    state: str
+
+
+def api_tokens_page(email: str, name: str, rows: Sequence[ApiTokenRow], csrf_token: str,
+                    lifetimes: Sequence[tuple[int, str]], default_lifetime: int, limit: int,
+                    new_token: tuple[str, str] | None = None) -> str:
+    """``/tokens``: the signed-in user's API tokens, a revoke button for each active one, and the form to
+    mint one (``lifetimes`` are ``(seconds, label)``). ``new_token`` is ``(name, token)`` of the token just
+    minted, shown this once."""
+    shown = ""
+    if new_token is not None:
+        shown = (f"<h2>New token: {html.escape(new_token[0])}</h2>"
+                 '<p class="warn">Copy it now: it is not stored and will not be shown again.</p>'
+                 f'<code class="secret" id="new-token">{html.escape(new_token[1])}</code>')
+    lines = "".join(
+        f'<tr data-token-id="{html.escape(row.token_id)}"><td>{html.escape(row.name) or "<em>unnamed</em>"}</td>'
+        f"<td><code>{html.escape(row.token_id)}</code></td><td>{html.escape(row.created)}</td>"
+        f"<td>{html.escape(row.expires)}</td><td>{html.escape(row.last_used) or 'never'}</td>"
+        f'<td class="state">{html.escape(row.state)}</td><td>'
+        + (f'<form method="post" action="/tokens/{html.escape(row.token_id)}/revoke">'
+           f'<input type="hidden" name="{SIGN_OUT_FIELD}" value="{html.escape(csrf_token)}">'
+           f'<button type="submit" id="revoke-{html.escape(row.token_id)}">Revoke</button></form>'
+           if row.state == "active" else "")
+        + "</td></tr>" for row in rows)
+    table = ("<table><thead><tr><th>Name</th><th>Id</th><th>Created</th><th>Expires</th><th>Last used</th>"
+             f"<th>State</th><th></th></tr></thead><tbody>{lines}</tbody></table>" if rows
+             else "<p>You have no API tokens yet.</p>")
+    options = "".join(f'<option value="{seconds}"{" selected" if seconds == default_lifetime else ""}>'
+                      f"{html.escape(label)}</option>" for seconds, label in lifetimes)
+    return _layout("API tokens", (
+        f"<h1>API tokens</h1><p>Signed in as {_who(email, name)}. A token acts as you from scripts and API "
+        f"clients (<code>Authorization: Bearer &lt;token&gt;</code>) until it expires or you revoke it. You "
+        f"may hold up to {limit} active tokens.</p>{shown}{table}"
+        '<h2>Create a token</h2><form method="post" action="/tokens">'
+        f'<input type="hidden" name="{SIGN_OUT_FIELD}" value="{html.escape(csrf_token)}">'
+        '<label for="token-name">Name</label>'
+        '<input id="token-name" name="name" required maxlength="100" placeholder="deploy script">'
+        f'<label for="token-lifetime">Expires after</label><select id="token-lifetime" name="expires_in">{options}'
+        '</select><button class="primary" type="submit" id="mint">Create token</button></form>'
+        '<a class="button" href="/">Back</a>'), wide=True)

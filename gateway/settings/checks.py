@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from gateway.access import access_problems, enrolment_problems
+from gateway.apitokens import api_token_problems
 from gateway.cache import cache_problems
 from gateway.cookies import cookie_problems
 from gateway.hasura import hasura_problems
@@ -30,6 +31,7 @@ CHECKS: tuple[SettingsCheck, ...] = (
     lambda s: store_problems(s.database_url, s.database),
     lambda s: cookie_problems(s.cookie),
     lambda s: session_problems(s.session),
+    lambda s: api_token_problems(s.session),
     lambda s: cache_problems(s.cache),
     lambda s: hasura_problems(s.hasura),
     lambda s: upstreams_problems(s.upstreams),

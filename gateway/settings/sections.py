@@ -85,6 +85,15 @@ class SessionSettings:
     """A browser session unused this long ends (0: never)."""
     api_token_lifetime: Duration = Duration(90 * 86400)
     """Default lifetime of API tokens minted with ``gateway tokens mint`` (they have no idle timeout)."""
+    api_token_self_service: bool = True
+    """Let people signed in with a browser mint, list and revoke their own API tokens at ``/tokens`` (and the
+    JSON API at ``/auth/tokens``), as GitHub's personal access tokens; off: only ``gateway tokens mint``."""
+    api_token_max_lifetime: Duration = Duration(365 * 86400)
+    """Longest lifetime someone may choose for an API token they mint themselves (the default lifetime,
+    ``api_token_lifetime``, is offered when it is no longer)."""
+    api_tokens_per_user: int = 50
+    """Most active API tokens one person may hold at once from ``/tokens`` (tokens minted there count,
+    as do those from ``gateway tokens mint``, which ignores the limit)."""
     last_seen_grain: Duration = Duration(60)
     """A session's last use is written to the database at most this often."""
     sealing_key: str = ""

@@ -18,6 +18,11 @@ REVOKE_REASON = "api token revoked by its user"
 """The audit ``reason`` when a user revokes one of their own API tokens."""
 
 
+def has_control_character(text: str) -> bool:
+    """True when ``text`` holds a control character or a line or paragraph separator (never in a name)."""
+    return _CONTROL_RE.search(text) is not None
+
+
 def is_token_id(value: str) -> bool:
     """True when ``value`` can name an API token: :data:`API_TOKEN_ID_LENGTH` to 64 lower-case hex digits."""
     return _TOKEN_ID_RE.fullmatch(value) is not None
@@ -28,7 +33,7 @@ def check_new_api_token(token_hash: str, name: str, now: float, expires_at: floa
     check_new_session(token_hash, "api", expires_at, 0.0)
     if not name or len(name) > API_TOKEN_NAME_MAX:
         raise ValueError(f"an API token name is 1 to {API_TOKEN_NAME_MAX} characters")
-    if _CONTROL_RE.search(name):
+    if has_control_character(name):
         raise ValueError("an API token name must not hold control characters")
     if not (math.isfinite(now) and math.isfinite(expires_at)):
         raise ValueError("times must be finite")
