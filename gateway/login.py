@@ -50,9 +50,10 @@ from gateway.errors import (
     ProviderUnavailable,
     StoreUnavailable,
     TooManyRequests,
+    Unauthenticated,
 )
 from gateway.metrics import Metrics
-from gateway.models import ActiveSession, SessionRecord, User
+from gateway.models import ActiveSession, Revocation, SessionRecord, User
 from gateway.redirects import RedirectPolicy, policy_problems, safe_redirect_target
 from gateway.sealing import Sealer, SealingError
 from gateway.sessions import provider_session_key, start_session
@@ -459,6 +460,27 @@ class LoginService:
             if upstream_logout:
                 return upstream_logout
         return return_to
+
+    async def logout_everywhere(self, token: str | None, return_to: str, client: str) -> str:
+        """Revoke every session of the token's user, browser sessions and API tokens on every device, then
+        sign this one out as :meth:`logout` does (audit, upstream logout); return where to send the browser.
+
+        The sessions are revoked in one transaction (audited ``revoke``, reason ``signed_out_everywhere``),
+        evicted here at once and on every other replica through the revocation log within a second.
+        Raises Unauthenticated, revoking nothing, unless ``token`` belongs to a session active now: an old
+        cookie (say, from a stolen laptop, since revoked) must not be able to end its owner's sessions.
+        """
+        active = (await self._store.lookup_session(tokens.hash_token(token))
+                  if token and tokens.is_well_formed(token) else None)
+        if active is None or not active.session.is_active(self._clock()):
+            raise Unauthenticated("This browser is no longer signed in, so it cannot sign out your other "
+                                  "sessions. Sign in again, then choose Sign out everywhere.",
+                                  link=("/login", "Sign in"))
+        user = active.user
+        revoked = await self._store.revoke_user_sessions(user.id, actor="user", reason="signed_out_everywhere")
+        self._checker.on_revocation(Revocation(user_id=user.id))  # here at once; the log tells the others
+        log.info("logout everywhere", user_id=user.id, client=client, revoked=revoked)
+        return await self.logout(token, return_to, client)
 
 
 def login_problems(login: LoginSettings, *, session_cookie: str, redirect_hosts: Sequence[str],

@@ -105,14 +105,19 @@ def _who(email: str, name: str) -> str:
     return f"{who} ({html.escape(email)})" if email and name else who
 
 
-def _sign_out_form(csrf_token: str, return_to: str | None, *, primary: bool = False) -> str:
-    """A same-origin POST to ``/logout`` carrying the session-bound token and, when given, the return target."""
+def _sign_out_form(csrf_token: str, return_to: str | None, *, primary: bool = False,
+                   everywhere: bool = False) -> str:
+    """A same-origin POST to ``/logout`` carrying the session-bound token and, when given, the return target;
+    with ``everywhere`` a second button that sends ``scope=everywhere`` too."""
     target = (f'<input type="hidden" name="rd" value="{html.escape(return_to)}">' if return_to is not None
               else "")
     css = ' class="primary"' if primary else ""
+    second = ('<button type="submit" name="scope" value="everywhere">Sign out everywhere</button>'
+              "<p>Sign out everywhere ends every session of yours, on every device: other browsers and "
+              "your API tokens too.</p>" if everywhere else "")
     return (f'<form method="post" action="/logout">'
             f'<input type="hidden" name="{SIGN_OUT_FIELD}" value="{html.escape(csrf_token)}">{target}'
-            f'<button{css} type="submit">Sign out</button></form>')
+            f'<button{css} type="submit">Sign out</button>{second}</form>')
 
 
 def home_page(email: str, name: str, roles: Sequence[str], csrf_token: str) -> str:
@@ -124,7 +129,8 @@ def home_page(email: str, name: str, roles: Sequence[str], csrf_token: str) -> s
 
 
 def sign_out_page(site: str, email: str, name: str, csrf_token: str, return_to: str) -> str:
-    """``GET /logout``: ask before signing out of ``site``; the button POSTs the token and ``return_to``.
+    """``GET /logout``: ask before signing out of ``site``; the buttons POST the token and ``return_to``
+    (the second one with ``scope=everywhere``, to end every session of the user).
 
     ``email`` and ``name`` may both be empty (the session could not be checked just now). Send with
     :func:`sign_out_page_headers`.
@@ -132,7 +138,7 @@ def sign_out_page(site: str, email: str, name: str, csrf_token: str, return_to: 
     who = f"<p>You are signed in as {_who(email, name)}.</p>" if email or name else ""
     return _layout("Sign out", (
         f"<h1>Sign out of {html.escape(site)}?</h1>{who}"
-        f"{_sign_out_form(csrf_token, return_to, primary=True)}"
+        f"{_sign_out_form(csrf_token, return_to, primary=True, everywhere=True)}"
         f'<a class="button" href="{html.escape(return_to)}">Stay signed in</a>'))
 
 

@@ -7,8 +7,10 @@ out, everywhere at once, with the cookie cleared and the browser sent to the val
 
 from __future__ import annotations
 
+import asyncio
 import html
 import re
+import time
 from collections.abc import Mapping
 from http.cookies import SimpleCookie
 from typing import Any
@@ -395,3 +397,126 @@ async def test_sign_out_pages_allow_plain_http_redirects_only_for_a_plain_http_g
     gw = await gateway_factory(**{**SETTINGS, "public_url": "http://127.0.0.1:4180"})
     resp, _ = await confirm_page(gw, await gw.token())
     assert "form-action 'self' https: http:;" in resp.headers["Content-Security-Policy"]
+
+
+# ---- signing out everywhere -----------------------------------------------------------------------------------
+
+EVERYWHERE_BUTTON = '<button type="submit" name="scope" value="everywhere">Sign out everywhere</button>'
+
+
+async def everyone_of_ada(gw: Gateway) -> tuple[list[str], str]:
+    """Two browser sessions and an API token of ada's, and a session of bob's."""
+    return ([await gw.token("ada@example.com"), await gw.token("ada@example.com"),
+             await gw.token("ada@example.com", kind="api")], await gw.token("bob@example.com"))
+
+
+async def sign_out_everywhere(gw: Gateway, token: str, headers: Mapping[str, str] = FROM_OUR_PAGE,
+                              **form: str) -> ClientResponse:
+    data = {"csrf_token": await csrf_token(gw, token), "scope": "everywhere", "rd": "https://app.example.com/bye",
+            **form}
+    return await gw.client.post("/logout", data=data, headers=with_cookie(token, headers), allow_redirects=False)
+
+
+async def test_the_confirm_page_offers_to_sign_out_everywhere(gw: Gateway) -> None:
+    _, page = await confirm_page(gw, await gw.token())
+    assert page.count("<form") == 1 and page.count(EVERYWHERE_BUTTON) == 1
+    assert "every device" in page and "API tokens" in page
+    home = await (await gw.client.get("/", headers=with_cookie(await gw.token(), HTML))).text()
+    assert EVERYWHERE_BUTTON not in home  # the home page keeps the one button
+
+
+@pytest.mark.parametrize("backend", [pytest.param("sqlite", id="sqlite"),
+                                     pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)])
+async def test_sign_out_everywhere_ends_every_session_and_token_of_the_user(
+        gateway_factory: GatewayFactory, request: pytest.FixtureRequest, backend: str) -> None:
+    gw = await gateway_factory(database_url=str(request.getfixturevalue(f"{backend}_url")), **SETTINGS)
+    (here, other_browser, api), bob = await everyone_of_ada(gw)
+    assert all([await alive(gw, t) for t in (here, other_browser, api, bob)])  # cached now
+    with structlog.testing.capture_logs() as logs:
+        resp = await sign_out_everywhere(gw, here)
+    assert resp.status == 303, await resp.text()
+    assert resp.headers["Location"] == "https://app.example.com/bye"
+    assert session_cookie_cleared(resp)
+    assert [await alive(gw, t) for t in (here, other_browser, api, bob)] == [False, False, False, True]
+    ada = gw.users["ada@example.com"]
+    assert await gw.store.list_sessions(ada.id) == []
+    revokes = [a for a in await gw.store.list_audit(user_id=ada.id) if a.event == "revoke"]
+    assert [(a.actor, a.detail) for a in revokes] == [("user", {"reason": "signed_out_everywhere", "sessions": "3"})]
+    assert await logouts(gw) == 1
+    [line] = [entry for entry in logs if entry["event"] == "logout everywhere"]
+    assert (line["log_level"], line["user_id"], line["revoked"]) == ("info", ada.id, 3)
+    assert all(t not in repr(logs) for t in (here, other_browser, api))
+
+
+async def test_sign_out_everywhere_as_a_json_client(gw: Gateway) -> None:
+    (here, other_browser, api), bob = await everyone_of_ada(gw)
+    resp = await sign_out_everywhere(gw, here, JSON, rd="/bye")
+    assert resp.status == 200 and resp.headers["Cache-Control"] == "no-store"
+    assert await resp.json() == {"status": "signed_out", "scope": "everywhere", "location": "/bye"}
+    assert session_cookie_cleared(resp)
+    assert [await alive(gw, t) for t in (here, other_browser, api, bob)] == [False, False, False, True]
+
+
+@pytest.mark.parametrize(("form", "headers"), REFUSALS)
+async def test_a_forged_sign_out_everywhere_revokes_nothing(gw: Gateway, form: dict[str, str],
+                                                            headers: dict[str, str]) -> None:
+    (here, other_browser, api), bob = await everyone_of_ada(gw)
+    values = {"token": here, "hash": hash_token(here), "right": await csrf_token(gw, here),
+              "other": await csrf_token(gw, bob)}
+    data = {"scope": "everywhere", **{k: v.format(**values) for k, v in form.items()}}
+    resp = await gw.client.post("/logout", data=data, headers=with_cookie(here, {**HTML, **headers}),
+                                allow_redirects=False)
+    assert resp.status == 403 and "Set-Cookie" not in resp.headers
+    assert all([await alive(gw, t) for t in (here, other_browser, api, bob)])
+    assert [a.event for a in await gw.store.list_audit()].count("revoke") == 0
+
+
+async def test_an_api_token_cannot_sign_out_everywhere(gw: Gateway) -> None:
+    """A leaked token must not be a way to end its owner's browser sessions: refused, nothing revoked."""
+    (here, other_browser, api), _ = await everyone_of_ada(gw)
+    with structlog.testing.capture_logs() as logs:
+        resp = await gw.client.post("/logout", data={"scope": "everywhere"},
+                                    headers={**JSON, "Authorization": f"Bearer {api}", "Cookie": f"{COOKIE}={here}"})
+    assert resp.status == 403 and (await resp.json())["error"] == "forbidden"
+    assert "Set-Cookie" not in resp.headers
+    assert all([await alive(gw, t) for t in (here, other_browser, api)])
+    assert [line["reason"] for line in logs if line["event"] == "logout refused"] == [
+        "scope=everywhere with a bearer token"]
+
+
+async def test_an_ended_session_cannot_sign_out_everywhere(gw: Gateway) -> None:
+    """A stale tab, or an old cookie since revoked: it no longer speaks for the user."""
+    (here, other_browser, api), _ = await everyone_of_ada(gw)
+    data = {"csrf_token": await csrf_token(gw, here), "scope": "everywhere"}
+    assert await revoke(gw, here)
+    resp = await gw.client.post("/logout", data=data, headers=with_cookie(here, FROM_OUR_PAGE), allow_redirects=False)
+    assert resp.status == 401
+    assert "Sign in again, then choose Sign out everywhere" in await resp.text()
+    assert await alive(gw, other_browser) and await alive(gw, api)
+    no_cookie = await gw.client.post("/logout", data={"scope": "everywhere"}, headers=FROM_OUR_PAGE)
+    assert no_cookie.status == 401
+
+
+async def test_an_unknown_scope_is_refused(gw: Gateway) -> None:
+    (here, other_browser, _), _ = await everyone_of_ada(gw)
+    resp = await sign_out_everywhere(gw, here, scope="everwhere")
+    assert resp.status == 400
+    assert await alive(gw, here) and await alive(gw, other_browser)
+
+
+@pytest.mark.postgres
+async def test_a_second_replica_refuses_the_users_cached_sessions_within_a_second(
+        gateway_factory: GatewayFactory, postgres_url: str) -> None:
+    replicas = [await gateway_factory(database_url=postgres_url, **SETTINGS) for _ in range(2)]
+    for replica in replicas:
+        while replica.metric("gateway_revocation_feed_up") != 1:
+            await asyncio.sleep(0.02)
+    a, b = replicas
+    (here, other_browser, api), bob = await everyone_of_ada(a)
+    assert all([await alive(b, t) for t in (other_browser, api, bob)])  # cached by b
+    assert (await sign_out_everywhere(a, here)).status == 303
+    deadline = time.monotonic() + 1.0
+    while await alive(b, other_browser) or await alive(b, api):
+        assert time.monotonic() < deadline, "replica b still admits the user's sessions a second later"
+        await asyncio.sleep(0.02)
+    assert await alive(b, bob)

@@ -24,6 +24,12 @@ button POSTs to ``/logout``. A POST signs out only when it comes from one of our
 - ``Authorization: Bearer`` is not something a browser attaches by itself, so a bearer POST (an API
   client revoking its own token) needs no token, and leaves any cookie alone.
 
+Signing out everywhere. The form's second button sends ``scope=everywhere``: every session of the user,
+browser sessions and API tokens on every device, is revoked (same checks as above; JSON clients post the
+field too). Only a browser session active now may ask. A bearer token may not (403): like GitHub, whose
+tokens cannot end their owner's web sessions, a leaked token must not become a way to sign its owner out
+everywhere (over and over); the owner, or an admin with ``gateway sessions revoke``, ends the token instead.
+
 A refused POST is a 403 with a log line and revokes nothing. A POST without a session just sends the
 browser on (or answers JSON), like a GET without one shows "you are signed out".
 """
@@ -49,7 +55,7 @@ from gateway.cookies import (
 from gateway.core import Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialSource, find_credential
 from gateway.csrf import cross_site_problem, session_bound_token, token_problem
-from gateway.errors import Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
+from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
 from gateway.http_errors import wants_json
 from gateway.login import DEVICE_LIFETIME, LoginService
@@ -187,7 +193,9 @@ class LoginHandlers:
         Refused (403, nothing revoked) unless same-origin and, for a cookie, carrying the session's token
         (see the module docstring). Answers JSON (``{"status": "signed_out", "location": ...}``) to API
         clients, else 303 to the validated ``rd`` (a form field, or the query), perhaps by way of the
-        upstream's end-session page. Without a session it only does that.
+        upstream's end-session page. Without a session it only does that. With the form field
+        ``scope=everywhere`` every session of the user ends too (JSON adds ``"scope": "everywhere"``); that
+        needs a browser session active now (401 otherwise) and is refused to a bearer token (403).
         """
         fields = await self._sign_out_fields(request)
         target = self._service.safe_target(fields.get("rd") or request.query.get("rd"))
@@ -195,15 +203,23 @@ class LoginHandlers:
                                 request.headers.getall(hdrs.AUTHORIZATION, ()), self._cookie.name)
         credential = found if isinstance(found, Credential) else None
         bearer = credential is not None and credential.source is CredentialSource.BEARER
+        everywhere = _everywhere(fields.get(_SCOPE_FIELD, ""))
         refusal = self._cross_site(request)
         if refusal is None and credential is not None and not bearer:
             refusal = _token_problem(credential.token, fields.get(pages.SIGN_OUT_FIELD, ""))
         if refusal is not None:
             self._refuse_logout(request, refusal, target)
-        location = await self._service.logout(credential.token if credential else None, target,
-                                              self._client(request))
+        if everywhere and bearer:
+            # A leaked API token must not be able to end its owner's browser sessions (see the docstring).
+            log.warning("logout refused", reason="scope=everywhere with a bearer token",
+                        client=self._client(request), user_agent=request.headers.get(hdrs.USER_AGENT, "")[:200])
+            raise Forbidden("An API token can sign out only itself. To sign out everywhere, use the Sign out "
+                            "everywhere button of the sign-out page in your browser.")
+        sign_out = self._service.logout_everywhere if everywhere else self._service.logout
+        location = await sign_out(credential.token if credential else None, target, self._client(request))
         if wants_json(request):
-            response = web.json_response({"status": "signed_out", "location": location}, headers=_NO_STORE)
+            answer = {"status": "signed_out", **({"scope": "everywhere"} if everywhere else {}), "location": location}
+            response = web.json_response(answer, headers=_NO_STORE)
         else:
             response = web.Response(status=303, headers={"Location": location, **pages.PAGE_HEADERS})
         if not bearer:
@@ -224,7 +240,7 @@ class LoginHandlers:
         if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
             return {}
         form = await request.post()  # a body without a length is still bounded by client_max_size
-        return {name: value for name in ("rd", pages.SIGN_OUT_FIELD)
+        return {name: value for name in ("rd", pages.SIGN_OUT_FIELD, _SCOPE_FIELD)
                 if isinstance(value := form.get(name), str)}
 
     def _cross_site(self, request: web.Request) -> str | None:
@@ -283,6 +299,19 @@ _SIGN_OUT_CONTEXT = b"gateway sign-out v1"
 _MAX_SIGN_OUT_BODY = 4096
 
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+
+_SCOPE_FIELD = "scope"
+"""The sign-out form's field saying what to end: ``everywhere`` (every session of the user), else this one."""
+
+
+def _everywhere(scope: str) -> bool:
+    """True for ``scope=everywhere``; False for none or ``session``; BadRequest for anything else (a typo must
+    not quietly end less than was asked)."""
+    if scope in ("", "session"):
+        return False
+    if scope == "everywhere":
+        return True
+    raise BadRequest("scope is 'everywhere' (every session of yours) or 'session' (this one, the default).")
 
 
 def sign_out_token(session_token: str) -> str:
