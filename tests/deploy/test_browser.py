@@ -253,7 +253,7 @@ async def sign_out_and_check_refused(site: Site, context: BrowserContext, page: 
     assert await page.title() == "Sign out"
     await page.get_by_role("heading", level=1, name=f"Sign out of {urlsplit(site.url).netloc}?").wait_for()
     assert await session_cookies(context, site) == session  # asking signed nobody out
-    await page.get_by_role("button", name="Sign out").click()
+    await page.get_by_role("button", name="Sign out", exact=True).click()  # not "Sign out everywhere"
     await assert_sign_in_chooser(site, page, site.url + "/")  # POST /logout -> / -> the app -> sign in
     assert await session_cookies(context, site) == []
     # what Chromium sent: same-origin fetch metadata, and Origin null (our pages say no-referrer)
@@ -360,6 +360,45 @@ async def test_oidc_sign_in_in_a_real_browser(site: Site) -> None:
             await context.close()
 
 
+
+
+async def test_sign_out_everywhere_signs_out_the_other_browser_too(site: Site) -> None:
+    """Two browsers (contexts: separate cookie jars) signed in as one person; "Sign out everywhere" in one,
+    and the other, still holding its cookie, gets the sign-in chooser at its next page load."""
+    target = site.url + "/projects"
+    email = "everywhere@example.com"
+    async with launched(site.chromium) as browser:
+        opened = [await new_page(browser) for _ in range(2)]
+        try:
+            for _, page, _ in opened:
+                await page.goto(target)
+                await assert_sign_in_chooser(site, page, target)
+                await page.get_by_role("link", name=f"Continue with {DEV_DISPLAY}").click()
+                await page.get_by_label("Email").fill(email)
+                async with page.expect_navigation(url=target):
+                    await page.get_by_role("button", name="Sign in").click()
+                assert header(await shows_app(page), "X-Auth-Request-Email") == [email]
+            (here_context, here, here_traffic), (there_context, there, _) = opened
+            there_session = await session_cookies(there_context, site)
+            assert len(there_session) == 1
+
+            assert_page_headers(await here.goto(site.url + "/logout"))
+            await here.get_by_role("button", name="Sign out everywhere").click()
+            await assert_sign_in_chooser(site, here, site.url + "/")
+            assert await session_cookies(here_context, site) == []
+            [posted] = [r for r in here_traffic.to(site.url + "/logout") if r.method == "POST"]
+            assert "scope=everywhere" in (posted.post_data or "")
+
+            # the other browser still presents its cookie: its next page load is refused all the same
+            assert await session_cookies(there_context, site) == there_session
+            assert_page_headers(await there.goto(target))
+            await assert_sign_in_chooser(site, there, target)
+            assert site.stack.get("/projects", token=there_session[0], browser=True).status == 302
+            for _, _, traffic in opened:
+                assert traffic.foreign() == []
+        finally:
+            for context, _, _ in opened:
+                await context.close()
 
 
 async def test_another_site_cannot_sign_you_out(site: Site) -> None:
