@@ -23,8 +23,13 @@ from multidict import CIMultiDict
 
 from gateway.app import CHECKER
 from gateway.pages import PAGE_HEADERS
+from gateway.sealing import new_key
 from gateway.tokens import hash_token
+from tests.browsers import PUBLIC as BROWSERS_PUBLIC
+from tests.browsers import BrowserFactory
+from tests.fakes.oidc import FakeUser, ServerFactory
 from tests.harness import Gateway, GatewayFactory
+from tests.test_id_token_hint import RecordingOIDC
 
 PUBLIC = "https://auth.example.com"
 SETTINGS = {"upstreams": {"dev": {"type": "dev"}}, "cookie.secure": False, "public_url": PUBLIC,
@@ -520,3 +525,24 @@ async def test_a_second_replica_refuses_the_users_cached_sessions_within_a_secon
         assert time.monotonic() < deadline, "replica b still admits the user's sessions a second later"
         await asyncio.sleep(0.02)
     assert await alive(b, bob)
+
+
+async def test_sign_out_everywhere_ends_the_upstream_session_too(
+        gateway_factory: GatewayFactory, aiohttp_server: ServerFactory, browsers: BrowserFactory) -> None:
+    """As a plain sign-out does: on to the provider's end-session endpoint, with the ID token as the hint."""
+    oidc = await RecordingOIDC(users=[FakeUser(sub="user-ada", email="ada@example.com")]).start(aiohttp_server)
+    gw = await gateway_factory(upstreams={"corp": oidc.config()}, public_url=BROWSERS_PUBLIC,
+                               **{"cookie.secure": False, "session.sealing_key": new_key()})
+    here, there = browsers(gw), browsers(gw)
+    for browser in (here, there):
+        assert (await browser.sign_in()).status == 302
+    elsewhere = str(there.cookie(COOKIE))
+    assert await alive(gw, elsewhere)
+    csrf = (await (await here.get("/logout", headers=JSON)).json())["csrf_token"]
+    resp = await here.session.post(gw.client.make_url("/logout"), data={"csrf_token": csrf, "scope": "everywhere"},
+                                   headers=FROM_OUR_PAGE, allow_redirects=False)
+    assert resp.status == 303, await resp.text()
+    location = resp.headers["Location"]
+    assert location.startswith(f"{oidc.base}/logout?")
+    assert parse_qs(urlsplit(location).query)["id_token_hint"] == [oidc.id_tokens[0]]
+    assert not await alive(gw, elsewhere)
