@@ -901,3 +901,33 @@ def assert_back_channel_logouts_reach_the_gateway(site: Site) -> None:
     assert reply.status == 404, (reply.status, reply.text)
     assert (reply.header("Content-Type") or "").startswith("application/json")
     assert not [r for r in site.echo.requests()[before:] if r["path"].startswith("/backchannel-logout")]
+
+
+def assert_api_tokens_are_the_gateways(base_url: str, app_paths: Callable[[], list[str]]) -> None:
+    """People's own API tokens (``/tokens``, ``/auth/tokens``) are the gateway's, on the site's host: a browser
+    signed in through the proxy opens the page, mints a token through the JSON API with its CSRF token,
+    uses it on the app, revokes it, and the app is refused it within a second. ``app_paths`` lists the
+    paths the app was asked for: never these."""
+    signed = sign_in(base_url, "scripts@example.com")
+    cookie = cookie_header({COOKIE: signed.token})
+    page = http("GET", base_url + "/tokens", [("Accept", "text/html"), cookie])
+    assert page.status == 200 and "<h1>API tokens</h1>" in page.text, (page.status, page.text[:300])
+    listed = http("GET", base_url + "/auth/tokens", [("Accept", "application/json"), cookie])
+    assert listed.status == 200 and listed.json()["tokens"] == [], (listed.status, listed.text)
+    minted = http("POST", base_url + "/auth/tokens",
+                  [cookie, ("X-CSRF-Token", listed.json()["csrf_token"]), ("Content-Type", "application/json"),
+                   ("Accept", "application/json")], json.dumps({"name": "through the proxy"}).encode())
+    assert minted.status == 201, (minted.status, minted.text)
+    token, token_id = minted.json()["token"], minted.json()["id"]
+    bearer = ("Authorization", f"Bearer {token}")
+    assert http("GET", base_url + "/api/me", [("Accept", "application/json"), bearer]).status == 200
+    refused = http("POST", base_url + "/auth/tokens", [bearer, ("Content-Type", "application/json")], b'{"name": "x"}')
+    assert refused.status == 403, (refused.status, refused.text)  # a token never mints tokens
+    revoked = http("DELETE", f"{base_url}/auth/tokens/{token_id}",
+                   [cookie, ("X-CSRF-Token", listed.json()["csrf_token"]), ("Accept", "application/json")])
+    assert revoked.status == 200, (revoked.status, revoked.text)
+    deadline = time.monotonic() + REVOCATION_DEADLINE
+    while http("GET", base_url + "/api/me", [("Accept", "application/json"), bearer]).status != 401:
+        assert time.monotonic() < deadline, "the revoked API token still works through the proxy"
+        time.sleep(0.05)
+    assert not [p for p in app_paths() if p.startswith(("/tokens", "/auth/tokens"))]

@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from tests.deploy.stack import Reply as StackReply
-from tests.deploy.stack import http, unavailable
+from tests.deploy.stack import assert_api_tokens_are_the_gateways, http, unavailable
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -463,3 +463,7 @@ def test_sign_in_and_out_through_caddy_with_the_development_form(stack: Stack) -
     assert reply.status == 302
     assert stack.get("/auth/userinfo", ("Accept", "application/json"),
                      ("Cookie", f"{COOKIE}={token}")).status == 401
+
+
+def test_people_mint_use_and_revoke_their_own_api_tokens_through_caddy(stack: Stack) -> None:
+    assert_api_tokens_are_the_gateways(stack.url, lambda: [str(r["path"]) for r in stack.app_saw("/")])

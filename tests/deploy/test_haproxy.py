@@ -35,10 +35,11 @@ from tests.deploy.stack import (
     app_paths,
     assert_anonymous_api_call_gets_json_401,
     assert_anonymous_browser_sent_to_sign_in,
+    assert_api_tokens_are_the_gateways,
+    assert_back_channel_logouts_reach_the_gateway,
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
     assert_session_revoke_refuses_within_a_second,
-    assert_back_channel_logouts_reach_the_gateway,
     assert_sign_in_returns_to_the_page,
     assert_sign_out_refuses_the_cookie_at_once,
     http,
@@ -474,3 +475,7 @@ def test_paths_reach_the_app_as_sent_so_as_the_check_saw_them(stack: HAProxyStac
     for path in ("/a/./b", "/a/%2e/c", "/a//d", "/e;x"):
         stack.get(path, token=token)
     assert [entry["raw"] for entry in stack.echo.requests()[before:]] == ["/a/./b", "/a/%2e/c", "/a//d", "/e;x"]
+
+
+def test_people_mint_use_and_revoke_their_own_api_tokens_through_the_proxy(stack: HAProxyStack) -> None:
+    assert_api_tokens_are_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])

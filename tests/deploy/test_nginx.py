@@ -27,10 +27,11 @@ from tests.deploy.stack import (
     app_paths,
     assert_anonymous_api_call_gets_json_401,
     assert_anonymous_browser_sent_to_sign_in,
+    assert_api_tokens_are_the_gateways,
+    assert_back_channel_logouts_reach_the_gateway,
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
     assert_session_revoke_refuses_within_a_second,
-    assert_back_channel_logouts_reach_the_gateway,
     assert_sign_in_returns_to_the_page,
     assert_sign_out_refuses_the_cookie_at_once,
     http,
@@ -292,3 +293,7 @@ async def test_hasura_site_passes_websocket_upgrades(stack: Stack, hasura_site: 
         assert named(seen, "Cookie") == [f"{COOKIE}={token}"]
         await ws.send_str("ping")
         assert await asyncio.wait_for(ws.receive_str(), 10) == "ping"
+
+
+def test_people_mint_use_and_revoke_their_own_api_tokens_through_the_proxy(stack: Stack) -> None:
+    assert_api_tokens_are_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])
