@@ -356,3 +356,69 @@ async def test_block_rejects_bad_input(store: Store) -> None:
     with pytest.raises(admin.InvalidInput):
         await admin.block_subject(store, BlockKey.for_identity("corp", "x" * 1025))
     assert await store.list_blocked_subjects() == []
+
+
+# -- one session by its id, everyone's sessions, roles (on both backends) --------------------------------
+
+
+@pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
+                        pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)])
+async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
+    store = store_for(make_settings(database_url=str(request.getfixturevalue(f"{request.param}_url"))))
+    await store.open()
+    await store.migrate()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+async def test_revoke_session_by_id(any_store: Store, settings: Settings) -> None:
+    store = any_store
+    first = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
+    second = await admin.mint_api_token(store, settings.session, email="ada@example.com", now=time.time())
+    bob = await admin.add_user(store, email="bob@example.com")
+    short = admin.short_hash(first.session.token_hash)
+    with pytest.raises(admin.UnknownSession, match=f"no active session of user {bob.id} with id {short}"):
+        await admin.revoke_session_by_id(store, short, user=bob)
+    assert await admin.revoke_session_by_id(store, f" {short.upper()}\n", user=first.user) == short
+    assert [s.token_hash for s in await admin.list_sessions(store, first.user)] == [second.session.token_hash]
+    with pytest.raises(admin.UnknownSession):
+        await admin.revoke_session_by_id(store, short)
+    for malformed in ("1234567", "zzzzzzzz", ""):
+        with pytest.raises(admin.InvalidInput, match="8 to 64 lower-case hex digits"):
+            await admin.revoke_session_by_id(store, malformed)
+
+
+async def test_revoke_all_sessions(any_store: Store, settings: Settings) -> None:
+    store = any_store
+    for email in ("ada@example.com", "bob@example.com", "ada@example.com"):
+        await admin.mint_api_token(store, settings.session, email=email, now=time.time())
+    assert await admin.revoke_all_sessions(store) == 3
+    for user in await store.list_users():
+        assert await admin.list_sessions(store, user) == []
+    [audit] = [a for a in await store.list_audit() if a.event == "revoke_all"]
+    assert (audit.actor, audit.detail["reason"], audit.detail["sessions"]) == ("cli", admin.REVOKE_ALL_REASON, "3")
+    assert await admin.revoke_all_sessions(store) == 0
+
+
+async def test_change_roles(any_store: Store, settings: Settings) -> None:
+    store = any_store
+    user = await admin.add_user(store, email="ada@example.com", roles=["dev"])
+    minted = await admin.mint_api_token(store, settings.session, user_id=user.id, now=time.time())
+    added = await admin.change_roles(store, user, add=["admin", "dev", " ops "])
+    assert added.roles == ("dev", "admin", "ops")
+    assert (await admin.change_roles(store, added, remove=["dev", "nope"])).roles == ("admin", "ops")
+    assert (await admin.change_roles(store, added, replace=["viewer"])).roles == ("viewer",)
+    assert (await store.get_user(user.id)) == await admin.find_user(store, user_id=user.id)
+    assert (await admin.find_user(store, user_id=user.id)).roles == ("viewer",)
+    # nothing revoked: the token lives on, and now carries the new roles
+    found = await store.lookup_session(minted.session.token_hash)
+    assert found is not None and found.session.revoked_at is None and found.user.roles == ("viewer",)
+    for bad in (["has space"], ["a,b"], [""], ["tab\there"]):
+        with pytest.raises(admin.InvalidInput):
+            await admin.change_roles(store, user, replace=bad)
+    assert (await admin.find_user(store, user_id=user.id)).roles == ("viewer",)
+    await admin.delete_user(store, user)
+    with pytest.raises(admin.UnknownUser):
+        await admin.change_roles(store, user, add=["x"])
