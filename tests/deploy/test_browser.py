@@ -447,3 +447,48 @@ async def test_another_site_cannot_sign_you_out(site: Site) -> None:
             assert traffic.foreign() == []
         finally:
             await context.close()
+
+
+async def test_people_mint_and_revoke_their_own_api_tokens_in_a_real_browser(site: Site) -> None:
+    """Signed in, a person opens /tokens, creates a token by clicking, reads it off the page (shown once),
+    uses it from a script (a bearer request through nginx), then revokes it by clicking: refused at once."""
+    email = "scripts@example.com"
+    async with launched(site.chromium) as browser:
+        context, page, traffic = await new_page(browser)
+        try:
+            assert_page_headers(await page.goto(site.url + "/tokens"))
+            await assert_sign_in_chooser(site, page, "/tokens")
+            await page.get_by_role("link", name=f"Continue with {DEV_DISPLAY}").click()
+            await page.get_by_label("Email").fill(email)
+            async with page.expect_navigation(url=site.url + "/tokens"):
+                await page.get_by_role("button", name="Sign in").click()
+            await page.get_by_role("heading", level=1, name="API tokens").wait_for()
+            await page.get_by_text("You have no API tokens yet").wait_for()
+
+            await page.get_by_label("Name").fill("nightly export")
+            await page.get_by_label("Expires after").select_option(label="30 days")
+            async with page.expect_navigation():
+                await page.get_by_role("button", name="Create token").click()
+            token = (await page.locator("#new-token").inner_text()).strip()
+            assert re.fullmatch(r"gwt_[A-Za-z0-9_-]{43}", token), token
+            row = page.locator("tbody tr")
+            assert await row.count() == 1
+            assert "nightly export" in await row.inner_text() and await row.locator(".state").inner_text() == "active"
+            [posted] = [r for r in traffic.to(site.url + "/tokens") if r.method == "POST"]
+            assert await posted.header_value("sec-fetch-site") == "same-origin"
+
+            bearer = [("Authorization", f"Bearer {token}")]
+            used = site.stack.get("/api/reports", bearer)
+            assert used.status == 200, (used.status, used.text)
+            assert json.loads(used.text)["path"].startswith("/api/reports")
+
+            assert_page_headers(await page.goto(site.url + "/tokens"))
+            assert token not in await page.content()  # shown once, never again
+            token_id = await row.get_attribute("data-token-id")
+            async with page.expect_navigation(url=site.url + "/tokens"):
+                await page.locator(f"#revoke-{token_id}").click()
+            assert await page.locator("tbody tr .state").inner_text() == "revoked"
+            assert site.stack.get("/api/reports", bearer).status == 401
+            assert traffic.foreign() == []
+        finally:
+            await context.close()
