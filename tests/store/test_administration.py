@@ -8,6 +8,7 @@ import pytest
 
 from gateway.models import Revocation
 from gateway.store import Store
+from gateway.store.pgfeed import decode_revocation, encode_revocation
 from tests.store.storekit import StoreFactory, eventually, make_session, make_user, token_hash, watching
 
 BACKENDS = [
@@ -105,3 +106,18 @@ async def test_set_user_roles_evicts_the_user_everywhere_without_revoking(store:
     cleared = await store.set_user_roles(alice, [], actor="cli")
     assert cleared is not None and cleared == await store.get_user(alice) and cleared.roles == ()
     assert await store.set_user_roles(9999, ["x"], actor="cli") is None
+
+
+@pytest.mark.parametrize("revocation", [
+    pytest.param(Revocation(), id="everything"),
+    pytest.param(Revocation(user_id=7), id="user"),
+    pytest.param(Revocation(token_hash=token_hash("x")), id="session"),
+])
+def test_the_notify_payload_round_trips(revocation: Revocation) -> None:
+    assert decode_revocation(encode_revocation(revocation)) == revocation
+    assert revocation.everything == (encode_revocation(revocation) == "*")
+
+
+@pytest.mark.parametrize("payload", ["", "**", "u:", "u:x", "s:abc", "a:*"])
+def test_a_malformed_notify_payload_is_nothing(payload: str) -> None:
+    assert decode_revocation(payload) is None
