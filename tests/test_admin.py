@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -23,8 +24,9 @@ def settings(sqlite_url: str) -> Settings:
     return make_settings(database_url=sqlite_url)
 
 
-@pytest.fixture
-async def store(settings: Settings) -> AsyncIterator[Store]:
+@contextlib.asynccontextmanager
+async def migrated(settings: Settings) -> AsyncIterator[Store]:
+    """An open store on ``settings.database_url`` with the schema migrated, closed afterwards."""
     store = store_for(settings)
     await store.open()
     await store.migrate()
@@ -32,6 +34,12 @@ async def store(settings: Settings) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@pytest.fixture
+async def store(settings: Settings) -> AsyncIterator[Store]:
+    async with migrated(settings) as opened:
+        yield opened
 
 
 async def test_check_database_reports_pending_migrations_until_migrated(settings: Settings) -> None:
@@ -364,13 +372,8 @@ async def test_block_rejects_bad_input(store: Store) -> None:
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),
                         pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)])
 async def any_store(request: pytest.FixtureRequest) -> AsyncIterator[Store]:
-    store = store_for(make_settings(database_url=str(request.getfixturevalue(f"{request.param}_url"))))
-    await store.open()
-    await store.migrate()
-    try:
-        yield store
-    finally:
-        await store.close()
+    async with migrated(make_settings(database_url=str(request.getfixturevalue(f"{request.param}_url")))) as opened:
+        yield opened
 
 
 async def test_revoke_session_by_id(any_store: Store, settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Store fixtures for every suite here; each test module names its backend(s) with a ``database_url`` fixture."""
+"""Store fixtures for every suite here, on every backend in turn (``database_url``) unless a module narrows it."""
 
 from __future__ import annotations
 
@@ -11,6 +11,18 @@ from gateway.settings import Settings
 from gateway.store import Store
 from tests.helpers import store_for
 from tests.store.storekit import StoreFactory
+
+BACKENDS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest) -> str:
+    """A fresh, empty database for the backend under test: every backend in turn (a module may narrow it by
+    defining its own ``database_url``)."""
+    return str(request.getfixturevalue(f"{request.param}_url"))
 
 
 @pytest.fixture

@@ -11,17 +11,6 @@ from gateway.store import Store
 from gateway.store.pgfeed import decode_revocation, encode_revocation
 from tests.store.storekit import StoreFactory, eventually, make_session, make_user, token_hash, watching
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest) -> str:
-    """A fresh, empty database for the backend under test."""
-    return str(request.getfixturevalue(f"{request.param}_url"))
-
 
 async def active(store: Store, user_id: int) -> set[str]:
     return {s.token_hash for s in await store.list_sessions(user_id, now=time.time())}

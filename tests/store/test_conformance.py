@@ -45,17 +45,6 @@ from tests.store.storekit import (
     watching,
 )
 
-BACKENDS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param("postgres", id="postgres", marks=pytest.mark.postgres),
-]
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest) -> str:
-    """A fresh, empty database for the backend under test."""
-    return str(request.getfixturevalue(f"{request.param}_url"))
-
-
 # -- factory ----------------------------------------------------------------------------------------
 
 
