@@ -23,7 +23,8 @@ from gateway.metrics import Metrics
 from gateway.models import User
 from gateway.settings import SessionSettings
 from gateway.store.apitokens import REVOKE_REASON, has_control_character, is_token_id
-from gateway.store.base import API_TOKEN_NAME_MAX, ApiToken, ApiTokens, Audit, SessionLookups, TooManyApiTokens
+from gateway.store.base import Audit, SessionLookups
+from gateway.store.tokensrole import API_TOKEN_NAME_MAX, ApiToken, ApiTokens, TooManyApiTokens
 
 log = structlog.get_logger("gateway.apitokens")
 

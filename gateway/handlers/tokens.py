@@ -40,7 +40,7 @@ from gateway.facts import TrustedProxies, client_address
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, User
 from gateway.redirects import RedirectPolicy
-from gateway.store.base import ApiToken
+from gateway.store.tokensrole import ApiToken
 
 log = structlog.get_logger("gateway.tokens")
 

@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 from gateway.store.base import (
-    API_TOKEN_ID_LENGTH,
-    API_TOKEN_NAME_MAX,
-    ApiToken,
-    ApiTokens,
     Audit,
     Block,
     BlockKey,
@@ -23,7 +19,6 @@ from gateway.store.base import (
     SessionLookups,
     Sessions,
     Store,
-    TooManyApiTokens,
     Users,
     WatchStateHandler,
     normalise_email,
@@ -38,6 +33,7 @@ from gateway.store.sessionsecrets import (
     SessionSecretPurpose,
     SessionSecrets,
 )
+from gateway.store.tokensrole import API_TOKEN_ID_LENGTH, API_TOKEN_NAME_MAX, ApiToken, ApiTokens, TooManyApiTokens
 
 __all__ = [
     "API_TOKEN_ID_LENGTH",

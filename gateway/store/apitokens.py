@@ -7,9 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.store.base import API_TOKEN_ID_LENGTH, API_TOKEN_NAME_MAX, ApiToken
 from gateway.store.checks import check_new_session
 from gateway.store.rows import SESSION_FIELDS, session_from_row
+from gateway.store.tokensrole import API_TOKEN_ID_LENGTH, API_TOKEN_NAME_MAX, ApiToken
 
 _TOKEN_ID_RE = re.compile(rf"[0-9a-f]{{{API_TOKEN_ID_LENGTH},64}}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")

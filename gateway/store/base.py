@@ -42,6 +42,7 @@ from gateway.models import (
     User,
 )
 from gateway.store.sessionsecrets import SessionSecrets
+from gateway.store.tokensrole import ApiTokens
 
 RevocationHandler = Callable[[Revocation], None]
 """Called for every revocation seen by the watcher, in any process (including this one); at least once
@@ -162,35 +163,6 @@ def check_session_prefix(prefix: str) -> None:
 
 class LogoutTokenReused(Exception):
     """The logout token's id was already used: a replay. Nothing was revoked."""
-
-
-@dataclass(frozen=True, slots=True)
-class ApiToken:
-    """An API token (a session of kind ``api``) as its owner sees it: the session and the name it was given.
-
-    ``name`` is empty for tokens minted without one (``gateway tokens mint``). :attr:`token_id` is what
-    people see and name the token by, never the token itself.
-    """
-
-    session: SessionRecord
-    name: str
-
-    @property
-    def token_id(self) -> str:
-        """The first :data:`API_TOKEN_ID_LENGTH` hex characters of the token's hash (as ``gateway sessions list``
-        shows them)."""
-        return self.session.token_hash[:API_TOKEN_ID_LENGTH]
-
-
-API_TOKEN_ID_LENGTH = 8
-"""Hex characters of a token hash that name an API token to its owner."""
-
-API_TOKEN_NAME_MAX = 100
-"""Longest API token name, in characters (the schema's CHECK)."""
-
-
-class TooManyApiTokens(Exception):
-    """The user already holds as many active API tokens as allowed; nothing was created."""
 
 
 class Schema(Protocol):
@@ -476,33 +448,6 @@ class Administration(Protocol):
         Audited ``user_roles`` (``roles`` and ``previous``, comma-separated). A revocation of the user is
         logged in the same transaction, which only makes every process forget the user's cached sessions:
         none is revoked, and each one's next check reads the new roles. The caller validates role names.
-        """
-
-
-class ApiTokens(Protocol):
-    """API tokens people mint, list and revoke for themselves: named sessions of kind ``api``."""
-
-    async def create_api_token(self, *, token_hash: str, user_id: int, name: str, now: float, expires_at: float,
-                               max_active: int) -> ApiToken:
-        """Insert an ``api`` session (no idle timeout) named ``name`` and return it, in one transaction.
-
-        Raises TooManyApiTokens when the user already holds ``max_active`` API tokens active at ``now``
-        (concurrent calls for one user are serialised, so the limit holds), ValueError for a malformed
-        hash, a hash already in use, a name that is empty, over :data:`API_TOKEN_NAME_MAX` characters or
-        holds a control character, or a non-finite time, and NotFound when the user does not exist.
-        """
-
-    async def list_api_tokens(self, user_id: int, *, since: float) -> list[ApiToken]:
-        """The user's API tokens that were still alive at ``since`` or later (not revoked, or expired,
-        before it), newest first; named or not."""
-
-    async def revoke_api_token(self, user_id: int, token_id: str, *, actor: str, reason: str,
-                               now: float) -> ApiToken | None:
-        """Revoke the user's unrevoked API token whose hash starts with ``token_id`` (:data:`API_TOKEN_ID_LENGTH`
-        to 64 lower-case hex digits) and return it as revoked; audited ``revoke`` and logged like
-        :meth:`SessionLookups.revoke_session`, so every replica drops it. None, and nothing revoked, when no
-        such token of this user (another user's, a browser session, a revoked one) or more than one matches,
-        or ``token_id`` is not such a prefix.
         """
 
 

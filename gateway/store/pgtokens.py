@@ -8,10 +8,10 @@ import psycopg2.errors
 from gateway.errors import NotFound
 from gateway.models import Revocation
 from gateway.store.apitokens import api_token_from_row, check_new_api_token, is_token_id
-from gateway.store.base import ApiToken, TooManyApiTokens
 from gateway.store.pgfeed import log_revocations
 from gateway.store.pgpool import PooledStore
 from gateway.store.pgsql import ACTIVE, SESSION_COLUMNS_S, insert_audit
+from gateway.store.tokensrole import ApiToken, TooManyApiTokens
 
 _SELECT = (f"SELECT {SESSION_COLUMNS_S}, n.name FROM sessions s"  # noqa: S608
            " LEFT JOIN api_token_names n ON n.token_hash = s.token_hash")

@@ -7,9 +7,9 @@ import sqlite3
 from gateway.errors import NotFound
 from gateway.models import Revocation
 from gateway.store.apitokens import api_token_from_row, check_new_api_token, is_token_id
-from gateway.store.base import ApiToken, TooManyApiTokens
 from gateway.store.sqliteconn import ConnectedStore
 from gateway.store.sqlitesql import ACTIVE, SESSION_COLUMNS_S, audit_user_key, insert_audit, log_revocation, one
+from gateway.store.tokensrole import ApiToken, TooManyApiTokens
 
 _SELECT = (f"SELECT {SESSION_COLUMNS_S}, n.name FROM sessions s"  # noqa: S608
            " LEFT JOIN api_token_names n ON n.token_hash = s.token_hash")
