@@ -20,8 +20,8 @@ from gateway.errors import StoreUnavailable
 from gateway.models import AuditEvent, SessionRecord, User
 from gateway.sessions import start_session
 from gateway.settings import SessionSettings
+from gateway.store.administration import Administration
 from gateway.store.base import (
-    Administration,
     Audit,
     Block,
     BlockKey,

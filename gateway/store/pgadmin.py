@@ -1,5 +1,5 @@
 """What only an administrator does, on PostgreSQL: end every session at once, end one session by the short id
-people see, set a user's roles (see :class:`gateway.store.base.Administration`)."""
+people see, set a user's roles (see :class:`gateway.store.administration.Administration`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import aiopg
 
 from gateway.models import Revocation, User
-from gateway.store.base import check_session_prefix
+from gateway.store.administration import check_session_prefix
 from gateway.store.pgfeed import log_revocations
 from gateway.store.pgpool import PooledStore
 from gateway.store.pgsql import ACTIVE, USER_COLUMNS_U, insert_audit
@@ -29,7 +29,7 @@ _SET_ROLES = ("UPDATE users u SET roles = %(roles)s::jsonb, updated_at = to_time
 
 
 class AdminTables(PooledStore):
-    """The :class:`gateway.store.base.Administration` role on the pool."""
+    """The :class:`gateway.store.administration.Administration` role on the pool."""
 
     async def revoke_all_sessions(self, *, actor: str, reason: str) -> int:
         """Revoke every active session, audit it once and log one revocation of everything, in one transaction."""

@@ -1,5 +1,5 @@
 """What only an administrator does, on SQLite: end every session at once, end one session by the short id
-people see, set a user's roles (see :class:`gateway.store.base.Administration`)."""
+people see, set a user's roles (see :class:`gateway.store.administration.Administration`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 
 from gateway.models import Revocation, User
-from gateway.store.base import check_session_prefix
+from gateway.store.administration import check_session_prefix
 from gateway.store.rows import decode_names, encode_names, user_from_row
 from gateway.store.sqliteconn import ConnectedStore
 from gateway.store.sqlitesql import ACTIVE, USER_COLUMNS, insert_audit, log_revocation
@@ -22,7 +22,7 @@ _SET_ROLES = f"UPDATE users SET roles = ?, updated_at = ? WHERE id = ? RETURNING
 
 
 class AdminTables(ConnectedStore):
-    """The :class:`gateway.store.base.Administration` role on the file."""
+    """The :class:`gateway.store.administration.Administration` role on the file."""
 
     async def revoke_all_sessions(self, *, actor: str, reason: str) -> int:
         """Revoke every active session, audit it once and log one revocation of everything, in one transaction."""
