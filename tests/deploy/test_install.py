@@ -261,8 +261,8 @@ def test_dockerfile_runtime_contract() -> None:
 
 
 def test_dockerignore_sends_only_what_the_build_needs() -> None:
-    for path in ("pyproject.toml", "README.md", "LICENSE", "gateway/cli.py", "gateway/py.typed", "upstreams/oidc/provider.py",
-                 *(p.relative_to(REPO).as_posix() for p in MIGRATIONS.rglob("*.sql"))):
+    for path in ("pyproject.toml", "README.md", "LICENSE", "gateway/cli.py", "gateway/py.typed",
+                 "upstreams/oidc/provider.py", *(p.relative_to(REPO).as_posix() for p in MIGRATIONS.rglob("*.sql"))):
         assert in_context(path), f"{path} must reach the build"
     for path in (".git/config", ".venv/bin/python", "tests/test_cli.py", "gateway.db", "gateway-dev.db",
                  "gateway/__pycache__/cli.cpython-311.pyc", "deploy/k8s/base/secret.example.yaml", ".env",
