@@ -55,8 +55,9 @@ from gateway.cookies import (
 from gateway.core import Checker, Decision, Outcome
 from gateway.credentials import Credential, CredentialSource, find_credential
 from gateway.csrf import cross_site_problem, session_bound_token, token_problem
-from gateway.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge, TooManyRequests, Unauthenticated
+from gateway.errors import BadRequest, Forbidden, NotFound, TooManyRequests, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
+from gateway.handlers.forms import posted_fields
 from gateway.http_errors import wants_json
 from gateway.login import DEVICE_LIFETIME, LoginService
 from gateway.models import ActiveSession
@@ -235,13 +236,8 @@ class LoginHandlers:
 
     async def _sign_out_fields(self, request: web.Request) -> Mapping[str, str]:
         """``rd`` and the token from a POSTed form (urlencoded or multipart); nothing from other bodies."""
-        if request.content_length is not None and request.content_length > _MAX_SIGN_OUT_BODY:
-            raise PayloadTooLarge("A sign-out form is a few hundred bytes; this request is far larger.")
-        if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            return {}
-        form = await request.post()  # a body without a length is still bounded by client_max_size
-        return {name: value for name in ("rd", pages.SIGN_OUT_FIELD, _SCOPE_FIELD)
-                if isinstance(value := form.get(name), str)}
+        return await posted_fields(request, ("rd", pages.SIGN_OUT_FIELD, _SCOPE_FIELD), max_bytes=_MAX_SIGN_OUT_BODY,
+                                   too_large="A sign-out form is a few hundred bytes; this request is far larger.")
 
     def _cross_site(self, request: web.Request) -> str | None:
         """Why this request cannot come from one of our own pages (fetch metadata, ``Origin``), or None."""

@@ -35,8 +35,9 @@ from gateway.apitokens import ApiTokenService, InvalidTokenRequest, last_used, t
 from gateway.core import Checker, Outcome
 from gateway.credentials import Credential, CredentialSource, find_credential
 from gateway.csrf import cross_site_problem, session_bound_token, token_problem
-from gateway.errors import Forbidden, PayloadTooLarge, StoreUnavailable, Unauthenticated
+from gateway.errors import Forbidden, StoreUnavailable, Unauthenticated
 from gateway.facts import TrustedProxies, client_address
+from gateway.handlers.forms import posted_fields, refuse_longer
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, User
 from gateway.redirects import RedirectPolicy
@@ -51,6 +52,7 @@ _PURPOSE = b"gateway api tokens v1"
 """What this CSRF token MACs: its own purpose, so the sign-out token is no use here, nor this one there."""
 
 _MAX_BODY = 4096
+_TOO_LARGE = "A token request is a few hundred bytes; this one is far larger."
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _SIGNED_IN = (Outcome.ALLOW, Outcome.FORBIDDEN)
 
@@ -218,14 +220,9 @@ class ApiTokenHandlers:
             self._metrics.api_tokens.labels("mint", "invalid").inc()
             raise
 
-    @staticmethod
-    def _check_size(request: web.Request) -> None:
-        if request.content_length is not None and request.content_length > _MAX_BODY:
-            raise PayloadTooLarge("A token request is a few hundred bytes; this one is far larger.")
-
     async def _json_body(self, request: web.Request) -> dict[str, Any]:
         """The request's JSON object; InvalidTokenRequest for anything else."""
-        self._check_size(request)
+        refuse_longer(request, _MAX_BODY, _TOO_LARGE)
         if request.content_type != "application/json":
             raise InvalidTokenRequest("Send the request as JSON (Content-Type: application/json).")
         raw = await request.read()  # its length was checked above (and chunked bodies are refused)
@@ -239,9 +236,5 @@ class ApiTokenHandlers:
 
     async def _form(self, request: web.Request) -> dict[str, str]:
         """The posted form's text fields (urlencoded or multipart); nothing from other bodies."""
-        self._check_size(request)
-        if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
-            return {}
-        form = await request.post()
-        return {key: value for key in ("name", "expires_in", pages.SIGN_OUT_FIELD)
-                if isinstance(value := form.get(key), str)}
+        return await posted_fields(request, ("name", "expires_in", pages.SIGN_OUT_FIELD), max_bytes=_MAX_BODY,
+                                   too_large=_TOO_LARGE)
