@@ -36,6 +36,7 @@ from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
 from gateway.requestids import RequestIds
 from gateway.settings import AccessSettings, Settings
+from gateway.signout import SignOut
 from gateway.store import make_store, revocation_retention
 from gateway.store.base import RevocationHandler, Store, WatchStateHandler
 from upstreams import build_provider
@@ -112,7 +113,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.router.add_route("*", "/auth/check/{tail:.*}", check.handle)
     app.router.add_get("/auth/webhook", webhook.handle)
     app.router.add_post("/auth/webhook", webhook.handle)
-    pages = LoginHandlers(login, checker, proxies, RateLimiter(settings.login.rate_limit, clock),
+    pages = LoginHandlers(login, SignOut(login, store=store, checker=checker, clock=clock), checker, proxies,
+                          RateLimiter(settings.login.rate_limit, clock),
                           cookie=settings.cookie, attempt_ttl=settings.login.attempt_ttl,
                           session_lifetime=settings.session.lifetime, accept_jwt=bool(settings.check.jwt_upstreams),
                           default_role=settings.hasura.default_role)

@@ -1,4 +1,5 @@
-"""The login dance as plain async functions: start an attempt, finish it, log out. No aiohttp.web here.
+"""The login dance as plain async functions: start an attempt, finish it. No aiohttp.web here (signing out
+is :mod:`gateway.signout`).
 
 An attempt (state, PKCE verifier, nonce, upstream, validated return target) lives server-side in the
 store, bound to the browser by a short-lived cookie whose name derives from the state, so several tabs
@@ -48,14 +49,12 @@ from gateway.errors import (
     NotAllowed,
     NotFound,
     ProviderUnavailable,
-    StoreUnavailable,
     TooManyRequests,
-    Unauthenticated,
 )
 from gateway.metrics import Metrics
-from gateway.models import ActiveSession, Revocation, SessionRecord, User
+from gateway.models import ActiveSession, SessionRecord, User
 from gateway.redirects import RedirectPolicy, policy_problems, safe_redirect_target
-from gateway.sealing import Sealer, SealingError
+from gateway.sealing import Sealer
 from gateway.sessions import provider_session_key, start_session
 from gateway.settings import EnrolmentSettings, LoginSettings, RolesSettings, SessionSettings
 from gateway.store.base import Device, Store
@@ -125,7 +124,7 @@ class LoginFinished:
 
 
 class LoginService:
-    """Everything the login, callback and logout handlers do, minus HTTP."""
+    """Everything the login and callback handlers do, minus HTTP."""
 
     def __init__(self, *, login: LoginSettings, sessions: SessionSettings, enrolment: EnrolmentSettings,
                  roles: RolesSettings, public_url: str, redirect_hosts: Sequence[str],
@@ -148,7 +147,8 @@ class LoginService:
                                         allow_http=public_url.startswith("http://"))
         self._enrolment = EnrolmentPolicy.from_lists(enrolment.emails, enrolment.domains, enrolment.groups)
         # Only with a key does a session keep its ID token (sealed), for the id_token_hint at sign-out.
-        self._sealer = Sealer.from_keys(sessions.sealing_key, sessions.sealing_key_previous)
+        self.sealer = Sealer.from_keys(sessions.sealing_key, sessions.sealing_key_previous)
+        """Seals what a session keeps of its upstream (the ID token); None without ``session.sealing_key``."""
 
     # ---- helpers -------------------------------------------------------------------------------------
 
@@ -397,24 +397,10 @@ class LoginService:
     async def _keep_id_token(self, token_hash: str, identity: Identity) -> None:
         """Keep the identity's ID token with the new session, sealed, for the ``id_token_hint`` at sign-out;
         nothing without a sealing key or an ID token. Raises NotFound when the session is gone."""
-        if self._sealer is None or not identity.id_token:
+        if self.sealer is None or not identity.id_token:
             return
-        sealed = self._sealer.seal(identity.id_token, token_hash=token_hash, purpose="id_token")
+        sealed = self.sealer.seal(identity.id_token, token_hash=token_hash, purpose="id_token")
         await self._store.keep_session_secret(token_hash, "id_token", sealed)
-
-    async def _take_id_token(self, token_hash: str, user: User) -> str:
-        """The ID token the session kept for sign-out (taken: it serves once), or "" when there is none, no
-        sealing key, or it cannot be read or opened (logged without it: sign-out goes on without a hint)."""
-        if self._sealer is None:
-            return ""
-        try:
-            sealed = await self._store.take_session_secret(token_hash, "id_token")
-            return "" if sealed is None else self._sealer.open(sealed, token_hash=token_hash, purpose="id_token")
-        except (SealingError, StoreUnavailable) as exc:
-            reason = str(exc) if isinstance(exc, SealingError) else exc.message
-            log.warning("id_token_hint not sent: the kept ID token could not be read or opened",
-                        upstream=user.upstream, user_id=user.id, reason=reason)
-            return ""
 
     def _refuse_unbound(self, name: str, client: str, reason: str) -> None:
         """Note a callback that belongs to no live attempt of this browser; it does not count towards a lockout."""
@@ -431,56 +417,6 @@ class LoginService:
             threshold=login.lockout_threshold, lock_for=login.lockout_duration)
         log.warning("login callback failed", upstream=name, client=requester.client, reason=reason,
                     known_device=requester.device is not None, locked_out=locked is not None)
-
-    async def logout(self, token: str | None, return_to: str, client: str) -> str:
-        """Revoke the session everywhere and return where to send the browser (maybe the upstream's logout,
-        with the ID token the session kept as ``id_token_hint``).
-
-        ``return_to`` must already be validated.
-        """
-        location = self.absolute(return_to)
-        if not token or not tokens.is_well_formed(token):
-            return return_to
-        active = await self._store.lookup_session(tokens.hash_token(token))
-        await self._checker.revoke_token(token, actor="user", reason="logout")
-        if active is None:
-            return return_to
-        user = active.user
-        await self._store.record_audit("logout", user_id=user.id, user_key=f"{user.upstream}:{user.subject}",
-                                       actor="user", detail={"client_addr": client})
-        log.info("logout", user_id=user.id, client=client)
-        provider = self.providers.get(user.upstream)
-        id_token = await self._take_id_token(active.session.token_hash, user)
-        if provider is not None:
-            try:
-                upstream_logout = await provider.logout_url(return_to=location, id_token=id_token)
-            except ProviderError as exc:
-                log.warning("upstream logout URL unavailable", upstream=user.upstream, reason=exc.message)
-                upstream_logout = None
-            if upstream_logout:
-                return upstream_logout
-        return return_to
-
-    async def logout_everywhere(self, token: str | None, return_to: str, client: str) -> str:
-        """Revoke every session of the token's user, browser sessions and API tokens on every device, then
-        sign this one out as :meth:`logout` does (audit, upstream logout); return where to send the browser.
-
-        The sessions are revoked in one transaction (audited ``revoke``, reason ``signed_out_everywhere``),
-        evicted here at once and on every other replica through the revocation log within a second.
-        Raises Unauthenticated, revoking nothing, unless ``token`` belongs to a session active now: an old
-        cookie (say, from a stolen laptop, since revoked) must not be able to end its owner's sessions.
-        """
-        active = (await self._store.lookup_session(tokens.hash_token(token))
-                  if token and tokens.is_well_formed(token) else None)
-        if active is None or not active.session.is_active(self._clock()):
-            raise Unauthenticated("This browser is no longer signed in, so it cannot sign out your other "
-                                  "sessions. Sign in again, then choose Sign out everywhere.",
-                                  link=("/login", "Sign in"))
-        user = active.user
-        revoked = await self._store.revoke_user_sessions(user.id, actor="user", reason="signed_out_everywhere")
-        self._checker.on_revocation(Revocation(user_id=user.id))  # here at once; the log tells the others
-        log.info("logout everywhere", user_id=user.id, client=client, revoked=revoked)
-        return await self.logout(token, return_to, client)
 
 
 def login_problems(login: LoginSettings, *, session_cookie: str, redirect_hosts: Sequence[str],

@@ -63,6 +63,7 @@ from gateway.login import DEVICE_LIFETIME, LoginService
 from gateway.models import ActiveSession
 from gateway.ratelimit import RateLimiter
 from gateway.settings import CookieSettings
+from gateway.signout import SignOut
 
 log = structlog.get_logger("gateway.login")
 
@@ -81,13 +82,14 @@ def _html(text: str, status: int = 200) -> web.Response:
 class LoginHandlers:
     """The browser-facing endpoints of the login dance."""
 
-    def __init__(self, service: LoginService, checker: Checker, proxies: TrustedProxies, limiter: RateLimiter, *,
-                 cookie: CookieSettings, attempt_ttl: float, session_lifetime: float, accept_jwt: bool,
-                 default_role: str) -> None:
+    def __init__(self, service: LoginService, sign_out: SignOut, checker: Checker, proxies: TrustedProxies,
+                 limiter: RateLimiter, *, cookie: CookieSettings, attempt_ttl: float, session_lifetime: float,
+                 accept_jwt: bool, default_role: str) -> None:
         """``cookie``: the session cookie's attributes; ``attempt_ttl`` and ``session_lifetime``: how long
         the attempt and session cookies live; ``accept_jwt``: whether a bearer JWT may stand for a session
         (``check.jwt_upstreams``); ``default_role``: the role of a user who holds none."""
         self._service = service
+        self._sign_out = sign_out
         self._checker = checker
         self._cookie = cookie
         self._attempt_ttl = attempt_ttl
@@ -216,7 +218,7 @@ class LoginHandlers:
                         client=self._client(request), user_agent=request.headers.get(hdrs.USER_AGENT, "")[:200])
             raise Forbidden("An API token can sign out only itself. To sign out everywhere, use the Sign out "
                             "everywhere button of the sign-out page in your browser.")
-        sign_out = self._service.logout_everywhere if everywhere else self._service.logout
+        sign_out = self._sign_out.logout_everywhere if everywhere else self._sign_out.logout
         location = await sign_out(credential.token if credential else None, target, self._client(request))
         if wants_json(request):
             answer = {"status": "signed_out", **({"scope": "everywhere"} if everywhere else {}), "location": location}
