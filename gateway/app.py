@@ -57,6 +57,9 @@ HOT = web.AppKey("hot", HotEndpoints)
 
 _MIGRATION_RETRY = 2.0
 _FEED_RESTART = 1.0
+_SHUTDOWN_STEP = 15.0
+"""Seconds each shutdown step (a background task stopping, the last session uses, the store closing) may
+take: a step that hangs is logged and left behind, so the process still stops."""
 
 
 def create_app(settings: Settings, *, policy: Policy | None = None,
@@ -180,11 +183,13 @@ async def _store_lifecycle(app: web.Application) -> AsyncIterator[None]:
         for task in background:
             await _ended(task)
         try:
-            await checker.drain()
+            async with asyncio.timeout(_SHUTDOWN_STEP):
+                await checker.drain()
         except Exception:
             log.exception("could not record the last session uses at shutdown")
         try:
-            await store.close()
+            async with asyncio.timeout(_SHUTDOWN_STEP):
+                await store.close()
         except Exception:
             log.exception("the session store did not close cleanly")
 
@@ -208,13 +213,13 @@ async def _keep_watching(store: Store, on_revoke: RevocationHandler, on_state: W
 
 
 async def _ended(task: asyncio.Task[None]) -> None:
-    """Wait for a cancelled background task; log (never raise) what it failed with."""
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
-    except Exception:
-        log.exception("background task failed")
+    """Wait (at most :data:`_SHUTDOWN_STEP`) for a cancelled background task; log (never raise) what it
+    failed with, or that it would not stop."""
+    await asyncio.wait((task,), timeout=_SHUTDOWN_STEP)
+    if not task.done():
+        log.error("background task did not stop at shutdown; leaving it", task=task.get_name())
+    elif not task.cancelled() and task.exception() is not None:
+        log.error("background task failed", exc_info=task.exception())
 
 
 def configured_policy(access: AccessSettings) -> Policy:
