@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import faulthandler
 import os
 import pwd
-from collections.abc import Callable, Iterator
+import signal
+import sys
+import threading
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
+from types import FrameType
 
 import pytest
 
@@ -13,6 +19,38 @@ from gateway.settings import Settings
 from tests.browsers import browsers  # noqa: F401 - one cookie jar per browser, for the sign-in tests
 from tests.harness import frontend, gateway_factory, gw  # noqa: F401 - fixtures shared by the endpoint tests
 from tests.helpers import PostgresCluster, find_postgres_bindir, make_settings
+
+STALL_SECONDS = 300.0
+"""A test (setup, call and teardown) still running after this long is reported as stalled: every thread's
+stack and every asyncio task's are written to stderr, so a hang in CI says where it waits."""
+
+
+def _dump_stall(signum: int, frame: FrameType | None) -> None:
+    print(f"\n=== a test has run for {STALL_SECONDS:.0f} s: threads and asyncio tasks ===", file=sys.stderr)
+    faulthandler.dump_traceback(file=sys.stderr)
+    try:
+        tasks = asyncio.all_tasks(asyncio.get_running_loop())
+    except RuntimeError:
+        tasks = set()
+    for task in tasks:
+        print(f"--- {task!r}", file=sys.stderr)
+        task.print_stack(file=sys.stderr)
+    sys.stderr.flush()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
+    """Report a stalled test's stacks (see :data:`STALL_SECONDS`); the test itself goes on."""
+    previous = signal.signal(signal.SIGUSR2, _dump_stall)
+    main = threading.main_thread().ident
+    timer = threading.Timer(STALL_SECONDS, signal.pthread_kill, (main, signal.SIGUSR2))
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR2, previous)
 
 
 def _unavailable(reason: str) -> None:
