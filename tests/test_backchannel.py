@@ -23,7 +23,7 @@ from aiohttp import ClientResponse
 from gateway import admin
 from gateway.handlers.backchannel import MAX_BODY_BYTES
 from tests.browsers import PUBLIC, Browser, BrowserFactory
-from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory, rsa_key
+from tests.fakes.oidc import FakeOIDC, ServerFactory, ada_and_bob, rsa_key
 from tests.harness import Gateway, GatewayFactory
 from tests.helpers import PostgresCluster
 
@@ -33,9 +33,7 @@ SETTINGS: dict[str, Any] = {"public_url": PUBLIC, "cookie.secure": False}
 
 @pytest.fixture
 async def oidc(aiohttp_server: ServerFactory) -> FakeOIDC:
-    users = [FakeUser(sub="user-ada", email="ada@example.com", name="Ada"),
-             FakeUser(sub="user-bob", email="bob@example.com", name="Bob")]
-    return await FakeOIDC(users=users).start(aiohttp_server)
+    return await FakeOIDC(users=ada_and_bob()).start(aiohttp_server)
 
 
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),

@@ -17,7 +17,7 @@ import pytest
 from gateway import admin
 from gateway.store.base import BlockKey, Store
 from tests.browsers import PUBLIC, Browser, BrowserFactory
-from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory
+from tests.fakes.oidc import FakeOIDC, ServerFactory, ada_and_bob
 from tests.harness import Gateway, GatewayFactory
 from tests.helpers import store_for
 
@@ -29,9 +29,7 @@ ADA = BlockKey.for_identity("corp", "user-ada")
 
 @pytest.fixture
 async def oidc(aiohttp_server: ServerFactory) -> FakeOIDC:
-    users = [FakeUser(sub="user-ada", email="ada@example.com", name="Ada"),
-             FakeUser(sub="user-bob", email="bob@example.com", name="Bob")]
-    return await FakeOIDC(users=users).start(aiohttp_server)
+    return await FakeOIDC(users=ada_and_bob()).start(aiohttp_server)
 
 
 @pytest.fixture(params=[pytest.param("sqlite", id="sqlite"),

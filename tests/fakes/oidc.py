@@ -98,6 +98,13 @@ class FakeUser:
 Alg = Literal["RS256", "none", "HS256-public-key"]
 
 
+
+def ada_and_bob() -> list[FakeUser]:
+    """Two users of one provider, for tests where one user's sign-out must leave the other's sessions alone."""
+    return [FakeUser(sub="user-ada", email="ada@example.com", name="Ada"),
+            FakeUser(sub="user-bob", email="bob@example.com", name="Bob")]
+
+
 @dataclass
 class Knobs:
     """Ways the fake misbehaves; all off by default. Times are seconds relative to now."""
