@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import os
 import pwd
@@ -11,7 +12,6 @@ import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
-from types import FrameType
 
 import pytest
 
@@ -25,23 +25,29 @@ STALL_SECONDS = 300.0
 stack and every asyncio task's are written to stderr, so a hang in CI says where it waits."""
 
 
-def _dump_stall(signum: int, frame: FrameType | None) -> None:
-    print(f"\n=== a test has run for {STALL_SECONDS:.0f} s: threads and asyncio tasks ===", file=sys.stderr)
-    faulthandler.dump_traceback(file=sys.stderr)
-    try:
-        tasks = asyncio.all_tasks(asyncio.get_running_loop())
-    except RuntimeError:
-        tasks = set()
-    for task in tasks:
-        print(f"--- {task!r}", file=sys.stderr)
-        task.print_stack(file=sys.stderr)
-    sys.stderr.flush()
+def _dump_stall(item: pytest.Item) -> None:
+    """Write every thread's and asyncio task's stack to the real stderr (pytest's capture suspended: a
+    captured dump of a test that never ends would never be shown)."""
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+        print(f"\n=== {item.nodeid} has run for {STALL_SECONDS:.0f} s: threads and asyncio tasks ===",
+              file=sys.stderr)
+        faulthandler.dump_traceback(file=sys.stderr)
+        try:
+            tasks = asyncio.all_tasks(asyncio.get_running_loop())
+        except RuntimeError:
+            tasks = set()
+        for task in tasks:
+            print(f"--- {task!r}", file=sys.stderr)
+            task.print_stack(file=sys.stderr)
+        sys.stderr.flush()
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, None, None]:
-    """Report a stalled test's stacks (see :data:`STALL_SECONDS`); the test itself goes on."""
-    previous = signal.signal(signal.SIGUSR2, _dump_stall)
+    """Report a stalled test's stacks (see :data:`STALL_SECONDS`); the test itself goes on until
+    pytest-timeout's limit (``timeout`` in pyproject.toml) fails it."""
+    previous = signal.signal(signal.SIGUSR2, lambda signum, frame: _dump_stall(item))
     main = threading.main_thread().ident
     timer = threading.Timer(STALL_SECONDS, signal.pthread_kill, (main, signal.SIGUSR2))
     timer.daemon = True
