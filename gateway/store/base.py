@@ -24,6 +24,9 @@ implementation keeps:
   revocation, so a replayed token revokes nothing.
 - What a session keeps of its upstream (the ID token) is stored only sealed, by the caller, and goes with
   the session (its role, :class:`gateway.store.sessionsecrets.SessionSecrets`, lives beside this module).
+- Device codes of the OAuth 2.0 Device Authorization Grant (:class:`gateway.store.devicerole.DeviceGrants`)
+  are stored only as hashes; a poll is judged and recorded in one transaction, so an approved code's token
+  is claimed once, whatever the replicas.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from gateway.models import (
     User,
 )
 from gateway.store.administration import Administration
+from gateway.store.devicerole import DeviceGrants
 from gateway.store.sessionsecrets import SessionSecrets
 from gateway.store.tokensrole import ApiTokens
 
@@ -409,7 +413,7 @@ class Audit(Protocol):
 
 
 class Store(Schema, SessionLookups, Sessions, ProviderLogouts, Revocations, Users, LoginState, Audit,
-            ApiTokens,
+            ApiTokens, DeviceGrants,
             Administration, SessionSecrets, Protocol):
     """Persistent users, sessions, audit log and login state: every role in one object.
 

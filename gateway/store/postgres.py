@@ -24,6 +24,7 @@ from gateway.store.base import LoggedRevocation, RevocationHandler, WatchStateHa
 from gateway.store.checks import is_token_hash
 from gateway.store.pgadmin import AdminTables
 from gateway.store.pgconn import close_quietly, connection_options, describe, scrub, unavailable_errors
+from gateway.store.pgdevice import DeviceTables
 from gateway.store.pgfeed import CHANNEL, RevocationFeed, decode_revocation, encode_revocation, read_log
 from gateway.store.pglogin import LoginTables
 from gateway.store.pglookups import LookupLane
@@ -62,7 +63,8 @@ _LOOKUP_SESSIONS = (f"SELECT json_agg(json_build_array({SESSION_COLUMNS_S}, {USE
                     " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ANY(%s)")
 
 
-class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, SecretTables, PooledStore):
+class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, DeviceTables, SecretTables,
+                    PooledStore):
     """The store on PostgreSQL, for several gateway replicas sharing one database.
 
     The pool is created by :meth:`open` without connecting; connections are made on demand, and a

@@ -22,6 +22,7 @@ from gateway.store.rows import audit_from_row, logged_revocation_from_row
 from gateway.store.schema import migration_scripts
 from gateway.store.sqliteadmin import AdminTables
 from gateway.store.sqliteconn import ConnectedStore
+from gateway.store.sqlitedevice import DeviceTables
 from gateway.store.sqlitelogin import LoginTables
 from gateway.store.sqlitesecrets import SecretTables
 from gateway.store.sqlitesessions import SessionTables
@@ -56,7 +57,8 @@ def _split_statements(script: str) -> list[str]:
     return statements
 
 
-class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, SecretTables, ConnectedStore):
+class SQLiteStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTables, DeviceTables, SecretTables,
+                  ConnectedStore):
     """The store on a local SQLite file, for single-host deployments and development.
 
     One connection serves every call (an asyncio lock keeps transactions from interleaving); several
