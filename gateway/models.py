@@ -35,7 +35,9 @@ class SessionRecord(NamedTuple):
     """One session row. ``token_hash`` is SHA-256 hex of the token; the token itself is never stored.
 
     ``idle_timeout`` is 0 for sessions without one (API tokens); then ``idle_expires_at`` is None.
-    ``mfa`` is True when the login that created the session used a second factor.
+    ``mfa`` is True when the login that created the session used a second factor. ``renewed_at`` is when
+    the upstream last vouched for the session again with a refresh (``session.refresh``), which moved
+    ``expires_at``; None for a session never renewed.
     """
 
     token_hash: str
@@ -50,6 +52,7 @@ class SessionRecord(NamedTuple):
     client_addr: str
     user_agent: str
     mfa: bool = False
+    renewed_at: float | None = None
 
     def is_active(self, now: float) -> bool:
         """True when not revoked, not past its absolute expiry and not past its idle deadline."""

@@ -9,7 +9,7 @@ import aiopg
 from gateway.store.rows import SESSION_FIELDS, USER_FIELDS, encode_detail
 
 TIME_FIELDS = frozenset({"created_at", "updated_at", "last_login_at", "expires_at", "last_seen_at",
-                         "idle_expires_at", "revoked_at", "at", "window_started_at", "locked_until"})
+                         "idle_expires_at", "revoked_at", "renewed_at", "at", "window_started_at", "locked_until"})
 """Columns stored as timestamptz, which cross the interface as epoch seconds."""
 
 

@@ -16,7 +16,7 @@ USER_FIELDS = ("id", "upstream", "subject", "email", "name", "username", "groups
 
 
 SESSION_FIELDS = ("token_hash", "user_id", "kind", "created_at", "expires_at", "idle_timeout",
-                  "last_seen_at", "idle_expires_at", "revoked_at", "client_addr", "user_agent", "mfa")
+                  "last_seen_at", "idle_expires_at", "revoked_at", "client_addr", "user_agent", "mfa", "renewed_at")
 """Column order of every session row the backends select (times as epoch seconds)."""
 
 
@@ -50,10 +50,11 @@ def session_from_row(row: Sequence[Any]) -> SessionRecord:
         raise ValueError(f"unknown session kind {kind!r}")
     idle_expires_at = row[7]
     revoked_at = row[8]
+    renewed_at = row[12]
     return SessionRecord(str(row[0]), int(row[1]), cast(SessionKind, kind), float(row[3]), float(row[4]),
                          float(row[5]), float(row[6]), None if idle_expires_at is None else float(idle_expires_at),
                          None if revoked_at is None else float(revoked_at), str(row[9]), str(row[10]),
-                         bool(row[11]))
+                         bool(row[11]), None if renewed_at is None else float(renewed_at))
 
 
 _SESSION_WIDTH = len(SESSION_FIELDS)

@@ -35,7 +35,7 @@ _LOOKUP_SESSION = (f"SELECT {SESSION_COLUMNS_S}, {USER_COLUMNS_U} FROM sessions 
 
 
 _INSERT_SESSION = (f"INSERT INTO sessions ({SESSION_COLUMNS})"  # noqa: S608
-                   f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?) RETURNING {SESSION_COLUMNS}")
+                   f" VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL, ?, ?, ?, NULL) RETURNING {SESSION_COLUMNS}")
 
 
 # A claim is new, or replaces one that expired and was not pruned yet; a live claim is a replay.

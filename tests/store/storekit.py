@@ -10,13 +10,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from gateway.models import Revocation
-from gateway.store import Store
+from gateway.store import Store, migration_scripts
 
 StoreFactory = Callable[..., Awaitable[Store]]
 APPROX = 1e-3  # Postgres keeps microseconds; floats round-trip to well within a millisecond
-VERSIONS = ["0001_initial", "0002_login", "0003_blocked_subjects", "0004_login_devices", "0005_revocation_log",
-            "0006_provider_sessions", "0007_session_secrets", "0008_api_token_names", "0009_revoke_everything"]
-"""Every migration, in order (the same names for both dialects)."""
+VERSIONS = [version for version, _ in migration_scripts("sqlite")]
+"""Every migration, in order (tests/store/test_conformance.py holds that PostgreSQL's are the same)."""
 
 
 def token_hash(label: str) -> str:
