@@ -1,6 +1,6 @@
 """Dependencies point one way: gateway -> upstreams -> nothing of ours; upstreams never uses aiohttp.web.
 
-Inside :mod:`upstreams.oidc` too: provider -> verify -> keys -> config, never back.
+Inside :mod:`upstreams.oidc` too: provider -> tokens -> verify -> keys -> config, never back.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 UPSTREAMS = Path(__file__).resolve().parent.parent / "upstreams"
-OIDC_LAYERS = ("config", "keys", "verify", "provider")
+OIDC_LAYERS = ("config", "keys", "verify", "tokens", "provider")
 """The modules of upstreams/oidc/, lowest first: each may import only those before it."""
 
 

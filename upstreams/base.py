@@ -6,7 +6,9 @@ The gateway owns everything around it (login attempts, cookies, sessions, policy
 1. builds the URL that starts the login (:meth:`Provider.authorization_url`),
 2. turns the callback into an identity (:meth:`Provider.redeem`), verifying everything it received,
 3. optionally names a URL that ends the upstream session (:meth:`Provider.logout_url`),
-4. optionally verifies a bearer JWT the provider issued (:meth:`Provider.verify_bearer`).
+4. optionally verifies a bearer JWT the provider issued (:meth:`Provider.verify_bearer`),
+5. optionally asks the provider again, with a refresh token, whether it still vouches for the user
+   (:class:`Refreshing`).
 
 Providers never import ``aiohttp.web`` or anything from ``gateway``; they receive a shared
 ``aiohttp.ClientSession`` and must bound every call with ``timeout``. Failures raise
@@ -73,6 +75,9 @@ class Identity:
     session_id: str = ""
     """The provider's own session at sign-in (OIDC ``sid``), named again by a back-channel logout; "" when
     the provider gives none."""
+    refresh_token: str = ""
+    """The refresh token the provider issued with this sign-in or refresh ("" when none): what a
+    :class:`Refreshing` provider takes to vouch for the user again later. Kept sealed, never logged."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +150,38 @@ class BackChannelLogout(Protocol):
 
         Raises ProviderError(INVALID) for a token that fails any check, ProviderError(UNAVAILABLE) when
         the provider's keys cannot be fetched. Does not check that ``jti`` is new: that is the gateway's.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class Refreshed:
+    """What a refresh brought back: the refresh token to use next time (the same one when the provider
+    did not rotate it) and, when the provider said who the user is now, their identity.
+
+    ``identity`` is None when the provider renewed the grant but described nobody (no ID token in the
+    token response and no userinfo endpoint): the user is still vouched for, with what the gateway knew.
+    """
+
+    refresh_token: str
+    identity: Identity | None
+
+
+class Refreshing(Protocol):
+    """A provider that can be asked again, without the browser, whether it still vouches for a user:
+    the OAuth 2.0 refresh token grant (RFC 6749 section 6; OpenID Connect Core section 12)."""
+
+    async def refresh(self, refresh_token: str, *, subject: str) -> Refreshed:
+        """Redeem ``refresh_token`` for a new grant and re-read the user it belongs to.
+
+        ``subject`` is the user the token was issued for: an ID token or userinfo that names anyone else
+        is INVALID. Every check of :meth:`Provider.redeem` applies again (signature, ``iss``, ``aud``,
+        required claims, organisation membership...), except the nonce, which a refresh does not carry.
+
+        Raises ProviderError: ACCESS_DENIED or INVALID when the provider no longer vouches (the grant is
+        expired or revoked, ``invalid_grant``; the user lost a required claim or membership) -- the
+        gateway then ends the session; UNAVAILABLE when the provider could not be asked (network, 5xx,
+        garbage) -- the gateway tries again later and the session lives on until its expiry meanwhile.
+        Messages never hold a token.
         """
 
 

@@ -3,9 +3,10 @@
 - :mod:`upstreams.oidc.config`: :class:`OIDCSettings`, config parsing and validation, presets' hooks;
 - :mod:`upstreams.oidc.keys`: the discovery document and key set, fetched over aiohttp and cached;
 - :mod:`upstreams.oidc.verify`: JWT verification (algorithm allow-list, signature, claims);
-- :mod:`upstreams.oidc.provider`: :class:`OIDCProvider`, the flow itself.
+- :mod:`upstreams.oidc.tokens`: the token endpoint (authorization code and refresh token grants);
+- :mod:`upstreams.oidc.provider`: :class:`OIDCProvider`, the flow itself (sign-in, refresh, logout).
 
-Dependencies point one way: provider -> verify -> keys -> config. The public names are re-exported here,
+Dependencies point one way: provider -> tokens -> verify -> keys -> config. The public names are re-exported here,
 so ``from upstreams.oidc import OIDCProvider`` (and the registry's ``upstreams.oidc:OIDCProvider``) work.
 """
 

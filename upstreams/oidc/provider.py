@@ -1,32 +1,44 @@
-"""The OIDC provider: authorization code flow with PKCE S256, code redemption, userinfo, bearer tokens, logout.
+"""The OIDC provider: authorization code flow with PKCE S256, code redemption, userinfo, bearer tokens, logout,
+and the refresh token grant.
 
 One :class:`OIDCProvider` serves any compliant provider; :mod:`upstreams.presets` only changes defaults.
 Protocol parameters are built with authlib's framework-neutral helpers; keys come from
-:mod:`upstreams.oidc.keys` and every token is checked by :mod:`upstreams.oidc.verify` before it is used.
+:mod:`upstreams.oidc.keys`, the token endpoint is called by :mod:`upstreams.oidc.tokens`, and every token is
+checked by :mod:`upstreams.oidc.verify` before it is used.
+
+Refresh (:meth:`OIDCProvider.refresh`, the ``Refreshing`` protocol): the sign-in's ``refresh_token``, when
+the provider issues one, travels in ``Identity.refresh_token``. A refresh redeems it at the token endpoint
+and re-reads the user exactly as a sign-in does (ID token when one comes back, verified per OIDC Core 12.2
+with ``sub`` pinned to the user and no nonce; userinfo when wanted; groups; ``required_claims``; email
+verification). With neither a new ID token nor a userinfo endpoint the grant is renewed but nobody is
+described (``Refreshed.identity`` is None). The next refresh token is the rotated one when the provider
+sent one, else the same.
 """
 
 from __future__ import annotations
 
-import base64
-import contextlib
-import json
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, Final, Self
-from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import aiohttp
 import jwt
-from authlib.oauth2.rfc6749.parameters import (  # type: ignore[import-untyped]
-    prepare_grant_uri,
-    prepare_token_request,
-)
+from authlib.oauth2.rfc6749.parameters import prepare_grant_uri  # type: ignore[import-untyped]
 from authlib.oauth2.rfc7636 import create_s256_code_challenge  # type: ignore[import-untyped]
 
-from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, LogoutNotice, ProviderError
-from upstreams.oidc.config import CLIENT_AUTH_BASIC, OIDCConfig, OIDCSettings
+from upstreams.base import (
+    Callback,
+    FailureReason,
+    Identity,
+    LoginSecrets,
+    LogoutNotice,
+    ProviderError,
+    Refreshed,
+)
+from upstreams.oidc.config import OIDCConfig, OIDCSettings
 from upstreams.oidc.keys import Discovery, ProviderKeys, Rejected
+from upstreams.oidc.tokens import TokenEndpoint, safe_code
 from upstreams.oidc.verify import JWS_COMPACT, MAX_TOKEN_CHARS, TokenVerifier
 
 MFA_AMR_VALUES: Final = frozenset({
@@ -36,8 +48,6 @@ MFA_AMR_VALUES: Final = frozenset({
 })
 """``amr`` values that prove more than a password. Knowledge-only (``pwd``, ``pin``, ``kba``) and
 context values (``geo``, ``rba``, ``wia``, ``swk``, ``user``, ``pop``) do not count."""
-
-_ERROR_CODE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class OIDCProvider(OIDCConfig):
@@ -62,6 +72,7 @@ class OIDCProvider(OIDCConfig):
         self.settings = settings
         self._keys = ProviderKeys(name, settings, http, clock=clock)
         self._verifier = TokenVerifier(settings, self._keys)
+        self._tokens = TokenEndpoint(name, settings, self._keys)
 
     @classmethod
     def from_config(cls, name: str, config: Mapping[str, Any], http: aiohttp.ClientSession) -> Self:
@@ -94,7 +105,7 @@ class OIDCProvider(OIDCConfig):
         """
         params = callback.params
         if "error" in params:
-            error = _safe_code(params["error"])
+            error = safe_code(params["error"])
             reason = (FailureReason.ACCESS_DENIED if error == "access_denied"
                       else FailureReason.UNAVAILABLE if error in ("server_error", "temporarily_unavailable")
                       else FailureReason.INVALID)
@@ -111,45 +122,47 @@ class OIDCProvider(OIDCConfig):
         if not code:
             raise ProviderError(FailureReason.INVALID, f"{self.name}: the callback carries no code")
 
-        tokens = await self._redeem_code(discovery, code, redirect_uri, secrets.code_verifier)
-        id_token = tokens.get("id_token")
-        if not isinstance(id_token, str) or not id_token:
+        tokens = await self._tokens.redeem_code(discovery, code=code, redirect_uri=redirect_uri,
+                                                code_verifier=secrets.code_verifier)
+        if not tokens.id_token:
             raise ProviderError(FailureReason.INVALID, f"{self.name}: the token response holds no ID token")
-        access_token = tokens.get("access_token")
-        access_token = access_token if isinstance(access_token, str) else ""
-        token_type = tokens.get("token_type")
-        if access_token and isinstance(token_type, str) and token_type.lower() != "bearer":
-            raise ProviderError(FailureReason.INVALID, f"{self.name}: unsupported token type {_safe_code(token_type)}")
-
         try:
-            id_claims = await self._verifier.verify_id_token(id_token, nonce=secrets.nonce,
-                                                             access_token=access_token)
+            id_claims = await self._verifier.verify_id_token(tokens.id_token, nonce=secrets.nonce,
+                                                             access_token=tokens.access_token)
         except Rejected as exc:
             raise ProviderError(FailureReason.INVALID, f"{self.name}: {exc}") from None
+        return await self._describe(discovery, subject=id_claims["sub"], id_claims=id_claims,
+                                    id_token=tokens.id_token, access_token=tokens.access_token,
+                                    refresh_token=tokens.refresh_token)
 
-        userinfo: dict[str, Any] = {}
-        if access_token and discovery.userinfo_endpoint and self._wants_userinfo(id_claims):
-            userinfo = await self._userinfo(discovery.userinfo_endpoint, access_token, id_claims["sub"])
+    async def refresh(self, refresh_token: str, *, subject: str) -> Refreshed:
+        """Redeem ``refresh_token`` and re-read ``subject`` as :meth:`redeem` reads a user (``Refreshing``).
 
-        if self.settings.groups_from_access_token:
+        A new ID token is verified per OIDC Core 12.2 (every login check but the nonce; ``sub`` must be
+        ``subject``); userinfo, when asked, must describe ``subject`` too. Without a new ID token and
+        without a userinfo endpoint, ``identity`` is None. The next refresh token is the rotated one, if
+        the provider rotated it.
+
+        Raises ProviderError: ACCESS_DENIED when the grant is gone (``invalid_grant``) or the user no
+        longer meets ``required_claims``; INVALID for another refusal or anything failing verification
+        (another subject, a forged or expired ID token, an unverified email); UNAVAILABLE when the
+        provider cannot be asked (network, timeout, 5xx, garbage).
+        """
+        discovery = await self.discovery()
+        tokens = await self._tokens.refresh(discovery, refresh_token)
+        next_token = tokens.refresh_token or refresh_token
+        id_claims: dict[str, Any] = {}
+        if tokens.id_token:
             try:
-                access_claims = await self._verifier.access_token_claims(access_token)
+                id_claims = await self._verifier.verify_refreshed_id_token(
+                    tokens.id_token, subject=subject, access_token=tokens.access_token)
             except Rejected as exc:
                 raise ProviderError(FailureReason.INVALID, f"{self.name}: {exc}") from None
-            groups = _strings_at(access_claims, self.settings.groups_claim)
-        else:
-            groups = _strings_at({**userinfo, **id_claims}, self.settings.groups_claim)
-
-        claims = {**userinfo, **id_claims}
-        for claim, expected in self.settings.required_claims:
-            if claims.get(claim) != expected:
-                raise ProviderError(FailureReason.ACCESS_DENIED,
-                                    f"{self.name}: the account's {claim} is not {expected}")
-        email, verified = self._email(id_claims, userinfo)
-        if email and not verified and self.settings.require_verified_email:
-            raise ProviderError(FailureReason.INVALID,
-                                f"{self.name}: the provider has not verified the user's email address")
-        return self._identity(claims, email=email, email_verified=verified, groups=groups, id_token=id_token)
+        elif not discovery.userinfo_endpoint:
+            return Refreshed(refresh_token=next_token, identity=None)
+        identity = await self._describe(discovery, subject=subject, id_claims=id_claims, id_token=tokens.id_token,
+                                        access_token=tokens.access_token, refresh_token=next_token)
+        return Refreshed(refresh_token=next_token, identity=identity)
 
     async def logout_url(self, *, return_to: str, id_token: str) -> str | None:
         """RP-initiated logout: ``end_session_endpoint`` (or ``logout_endpoint``) with the return target.
@@ -219,31 +232,6 @@ class OIDCProvider(OIDCConfig):
 
     # ---- HTTP ---------------------------------------------------------------------------------------
 
-    async def _redeem_code(self, discovery: Discovery, code: str, redirect_uri: str,
-                           code_verifier: str) -> dict[str, Any]:
-        settings = self.settings
-        headers = {"Accept": "application/json", "Content-Type": "application/x-www-form-urlencoded"}
-        client: dict[str, str] = {}
-        if settings.token_endpoint_auth == CLIENT_AUTH_BASIC and settings.client_secret:
-            userpass = f"{quote(settings.client_id, safe='')}:{quote(settings.client_secret, safe='')}"
-            headers["Authorization"] = "Basic " + base64.b64encode(userpass.encode()).decode()
-        else:
-            client["client_id"] = settings.client_id
-            if settings.client_secret:
-                client["client_secret"] = settings.client_secret
-        body = str(prepare_token_request("authorization_code", code=code, redirect_uri=redirect_uri,
-                                         code_verifier=code_verifier, **client))
-        response = await self._keys.request("POST", discovery.token_endpoint, what="token endpoint",
-                                            data=body, headers=headers)
-        if 400 <= response.status < 500:
-            error = "unknown"
-            with contextlib.suppress(ValueError, AttributeError, RecursionError):
-                error = _safe_code(json.loads(response.body).get("error", "unknown"))
-            raise ProviderError(FailureReason.INVALID,
-                                f"{self.name}: the token endpoint refused the code (HTTP {response.status}, "
-                                f"error={error})")
-        return self._keys.json_object(response, what="token endpoint")
-
     async def _userinfo(self, endpoint: str, access_token: str, subject: str) -> dict[str, Any]:
         response = await self._keys.request("GET", endpoint, what="userinfo",
                                             headers={"Authorization": f"Bearer {access_token}",
@@ -258,6 +246,40 @@ class OIDCProvider(OIDCConfig):
         return userinfo
 
     # ---- identity -----------------------------------------------------------------------------------
+
+    async def _describe(self, discovery: Discovery, *, subject: str, id_claims: Mapping[str, Any], id_token: str,
+                        access_token: str, refresh_token: str) -> Identity:
+        """The user a sign-in or a refresh vouches for, from the verified ID token's claims (none on a
+        refresh without one) plus userinfo (when wanted, and it must describe ``subject``) and the access
+        token's groups (``groups_from_access_token``).
+
+        Raises ProviderError: ACCESS_DENIED when ``required_claims`` are not met, INVALID when userinfo or
+        the access token fails verification or the email is unverified, UNAVAILABLE as for any call.
+        """
+        userinfo: dict[str, Any] = {}
+        if access_token and discovery.userinfo_endpoint and self._wants_userinfo(id_claims):
+            userinfo = await self._userinfo(discovery.userinfo_endpoint, access_token, subject)
+
+        if self.settings.groups_from_access_token:
+            try:
+                access_claims = await self._verifier.access_token_claims(access_token)
+            except Rejected as exc:
+                raise ProviderError(FailureReason.INVALID, f"{self.name}: {exc}") from None
+            groups = _strings_at(access_claims, self.settings.groups_claim)
+        else:
+            groups = _strings_at({**userinfo, **id_claims}, self.settings.groups_claim)
+
+        claims = {**userinfo, **id_claims}
+        for claim, expected in self.settings.required_claims:
+            if claims.get(claim) != expected:
+                raise ProviderError(FailureReason.ACCESS_DENIED,
+                                    f"{self.name}: the account's {claim} is not {expected}")
+        email, verified = self._email(id_claims, userinfo)
+        if email and not verified and self.settings.require_verified_email:
+            raise ProviderError(FailureReason.INVALID,
+                                f"{self.name}: the provider has not verified the user's email address")
+        return self._identity(claims, email=email, email_verified=verified, groups=groups, id_token=id_token,
+                              session_id=_string_at(id_claims, "sid"), refresh_token=refresh_token)
 
     def _wants_userinfo(self, claims: Mapping[str, Any]) -> bool:
         """Whether the ID token lacks something userinfo may supply (email, its verification, name, groups)."""
@@ -286,7 +308,9 @@ class OIDCProvider(OIDCConfig):
         return email, flag is True or (isinstance(flag, str) and flag.lower() == "true")
 
     def _identity(self, claims: Mapping[str, Any], *, email: str, email_verified: bool,
-                  groups: tuple[str, ...], id_token: str) -> Identity:
+                  groups: tuple[str, ...], id_token: str, session_id: str = "",
+                  refresh_token: str = "") -> Identity:
+        """The identity for ``claims``; ``session_id`` is the ``sid`` of the ID token, if one came."""
         def first(*keys: str) -> str:
             for key in keys:
                 value = claims.get(key)
@@ -308,7 +332,8 @@ class OIDCProvider(OIDCConfig):
             mfa=mfa,
             claims=dict(claims),
             id_token=id_token,
-            session_id=first("sid") if id_token else "",
+            session_id=session_id,
+            refresh_token=refresh_token,
         )
 
 
@@ -344,6 +369,12 @@ def _strings_at(claims: Mapping[str, Any], path: str) -> tuple[str, ...]:
     return ()
 
 
+def _string_at(claims: Mapping[str, Any], key: str) -> str:
+    """A non-blank string claim, trimmed, else ""."""
+    value = claims.get(key)
+    return value.strip() if isinstance(value, str) and value.strip() else ""
+
+
 def _clean_email(value: Any) -> str:
     """A trimmed address with exactly one ``@`` and no whitespace, else ""."""
     if not isinstance(value, str):
@@ -353,11 +384,6 @@ def _clean_email(value: Any) -> str:
     if not at or not local or not domain or "@" in domain or any(c.isspace() for c in email):
         return ""
     return email
-
-
-def _safe_code(value: Any) -> str:
-    """An OAuth error code fit for a message; anything else becomes ``unknown``."""
-    return value if isinstance(value, str) and _ERROR_CODE.fullmatch(value) else "unknown"
 
 
 __all__ = ["MFA_AMR_VALUES", "OIDCProvider", "add_query"]

@@ -1,7 +1,8 @@
 """OIDC token verification: every JWT (ID token, access token, bearer token) is checked before use.
 
 Signature with an allow-listed algorithm that fits the published key, ``iss``, ``aud``/``azp``, ``exp``,
-``iat``/``nbf``, and for ID tokens ``nonce`` and ``at_hash`` (OIDC Core 3.1.3.7); for back-channel logout
+``iat``/``nbf``, and for ID tokens ``nonce`` and ``at_hash`` (OIDC Core 3.1.3.7) -- for an ID token from a
+refresh ``sub`` instead of ``nonce`` (OIDC Core 12.2); for back-channel logout
 tokens the logout event, ``jti``, ``sub``/``sid`` and the absence of ``nonce`` (Back-Channel Logout 1.0,
 2.6).
 """
@@ -80,6 +81,28 @@ class TokenVerifier:
 
     async def verify_id_token(self, id_token: str, *, nonce: str, access_token: str) -> dict[str, Any]:
         """ID token validation per OIDC Core 3.1.3.7 (plus ``at_hash`` when present)."""
+        claims = await self._id_token_claims(id_token)
+        token_nonce = claims.get("nonce")
+        if not isinstance(token_nonce, str) or not hmac.compare_digest(token_nonce.encode(), nonce.encode()):
+            raise Rejected("the ID token's nonce does not match this login attempt")
+        self._check_at_hash(id_token, claims, access_token)
+        return claims
+
+    async def verify_refreshed_id_token(self, id_token: str, *, subject: str, access_token: str) -> dict[str, Any]:
+        """An ID token from a refresh, per OIDC Core 12.2: every check of 3.1.3.7 but the nonce, and ``sub``
+        must be ``subject``, the user the refresh token was issued for.
+
+        The nonce is not checked because a refresh request carries none (Keycloak repeats the login's,
+        others leave it out); a refreshed ID token cannot be replayed into a login, which always checks it.
+        """
+        claims = await self._id_token_claims(id_token)
+        if not hmac.compare_digest(claims["sub"].encode(), subject.encode()):
+            raise Rejected("the refreshed ID token names another subject")
+        self._check_at_hash(id_token, claims, access_token)
+        return claims
+
+    async def _id_token_claims(self, id_token: str) -> dict[str, Any]:
+        """Claims of an ID token whose signature, ``iss``, ``aud``, ``azp``, ``exp``, ``iat`` and ``sub`` check out."""
         claims = await self.verify_jwt(id_token, what="ID token", audience=self.settings.client_id,
                                        require=("iss", "aud", "exp", "iat", "sub"))
         if "azp" in claims and claims["azp"] != self.settings.client_id:
@@ -87,15 +110,16 @@ class TokenVerifier:
         sub = claims.get("sub")
         if not isinstance(sub, str) or not sub:
             raise Rejected("the ID token has no subject")
-        token_nonce = claims.get("nonce")
-        if not isinstance(token_nonce, str) or not hmac.compare_digest(token_nonce.encode(), nonce.encode()):
-            raise Rejected("the ID token's nonce does not match this login attempt")
+        return claims
+
+    @staticmethod
+    def _check_at_hash(id_token: str, claims: dict[str, Any], access_token: str) -> None:
+        """``at_hash``, when the ID token has one, must match the access token it came with."""
         at_hash = claims.get("at_hash")
         if at_hash is not None and access_token:
             alg = jwt.get_unverified_header(id_token)["alg"]
             if not isinstance(at_hash, str) or not hmac.compare_digest(at_hash, half_hash(access_token, alg)):
                 raise Rejected("the ID token's at_hash does not match the access token")
-        return claims
 
     async def verify_logout_token(self, token: str) -> dict[str, Any]:
         """Claims of a back-channel logout token that passes every check of Back-Channel Logout 1.0, 2.6.
