@@ -17,6 +17,15 @@ made with the fresh access token, which is then dropped (the gateway mints its o
 
 ``orgs`` and ``teams`` are one allow-list: a user passes by being in *any* listed organisation or *any*
 listed team (compared case-insensitively, as GitHub treats logins and slugs).
+
+Refresh (:meth:`GitHubProvider.refresh`, the ``Refreshing`` protocol): OAuth Apps' tokens do not expire and
+come without a refresh token; GitHub Apps with expiring user tokens also return ``refresh_token`` from the
+token URL, kept in ``Identity.refresh_token``. A refresh POSTs it there (``grant_type=refresh_token``, the
+client id and secret), then reads the user, emails, orgs and teams with the new access token exactly as a
+sign-in does: the user id must be the same, and a user no longer in an allowed org/team is ACCESS_DENIED.
+GitHub answers refusals as HTTP 200 with an ``error`` (``bad_refresh_token`` when expired, revoked or
+already used: GitHub rotates refresh tokens at every use), read as ACCESS_DENIED (``bad_refresh_token``)
+or INVALID (any other code); a slow, unreachable or 5xx GitHub is UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -41,6 +50,7 @@ from upstreams.base import (
     LoginSecrets,
     Provider,
     ProviderError,
+    Refreshed,
     config_keys,
     config_list,
     config_str,
@@ -249,7 +259,31 @@ class GitHubProvider:
         if not code or len(code) > 512:
             raise ProviderError(FailureReason.INVALID, "GitHub sent no authorization code")
 
-        token = await self._exchange_code(code, redirect_uri, secrets.code_verifier)
+        token, refresh_token = await self._exchange_code(code, redirect_uri, secrets.code_verifier)
+        return await self._read_identity(token, refresh_token=refresh_token)
+
+    async def refresh(self, refresh_token: str, *, subject: str) -> Refreshed:
+        """Redeem a GitHub App user refresh token and re-read the user as :meth:`redeem` does (``Refreshing``).
+
+        Raises ProviderError: ACCESS_DENIED when GitHub refuses the refresh token (``bad_refresh_token``:
+        expired, revoked or already used) or the user is no longer in an allowed org/team; INVALID for
+        another refusal (client credentials...) or when the token belongs to another user than ``subject``;
+        UNAVAILABLE when GitHub is slow, down, rate-limited or answers something unexpected.
+        """
+        form = {"client_id": self._client_id, "client_secret": self._client_secret,
+                "grant_type": "refresh_token", "refresh_token": refresh_token}
+        token, rotated = await self._token_request(form, refused=_refresh_refusal)
+        next_token = rotated or refresh_token
+        identity = await self._read_identity(token, refresh_token=next_token, subject=subject)
+        return Refreshed(refresh_token=next_token, identity=identity)
+
+    async def _read_identity(self, token: str, *, refresh_token: str, subject: str | None = None) -> Identity:
+        """The user ``token`` belongs to: ``/user``, the verified email, orgs and teams when needed.
+
+        Raises ProviderError: INVALID when ``subject`` is given and the token is another user's;
+        ACCESS_DENIED when ``orgs``/``teams`` restrict sign-in and the user is in none of them; INVALID or
+        UNAVAILABLE as the API calls fail (see :func:`_check_status`).
+        """
         calls = [self._get_user(token), self._get_list(token, "user/emails", "emails")]
         if self._fetch_groups:
             calls += [self._get_list(token, "user/orgs", "organisations"),
@@ -257,6 +291,8 @@ class GitHubProvider:
         results = await _gather_all(calls)
         user: dict[str, Any] = results[0]
         emails: list[Any] = results[1]
+        if subject is not None and str(user["id"]) != subject:
+            raise ProviderError(FailureReason.INVALID, "GitHub's refreshed token belongs to another user")
 
         groups: tuple[str, ...] = ()
         if self._fetch_groups:
@@ -271,7 +307,7 @@ class GitHubProvider:
         claims.update(email=email, email_verified=verified)
         return Identity(subject=str(user["id"]), email=email, email_verified=verified,
                         name=name if isinstance(name, str) and name else login, username=login,
-                        groups=groups, claims=claims)
+                        groups=groups, claims=claims, refresh_token=refresh_token)
 
     async def logout_url(self, *, return_to: str, id_token: str) -> str | None:
         """None: GitHub has no end-session endpoint (signing out of GitHub is the user's business)."""
@@ -287,30 +323,33 @@ class GitHubProvider:
         folded = {g.casefold() for g in groups}
         return bool(folded & self._orgs) or bool(folded & self._teams)
 
-    async def _exchange_code(self, code: str, redirect_uri: str, code_verifier: str) -> str:
-        """POST the code to GitHub's token endpoint; the access token, or ProviderError."""
+    async def _exchange_code(self, code: str, redirect_uri: str, code_verifier: str) -> tuple[str, str]:
+        """POST the code to GitHub's token endpoint; the access token and the refresh token ("" when none)."""
         form = {"client_id": self._client_id, "client_secret": self._client_secret, "code": code,
                 "redirect_uri": redirect_uri, "code_verifier": code_verifier}
+        return await self._token_request(form, refused=_code_refusal)
+
+    async def _token_request(self, form: Mapping[str, str],
+                             refused: Callable[[object], ProviderError]) -> tuple[str, str]:
+        """One POST to the token URL: the bearer access token and the refresh token ("" when none).
+
+        GitHub answers refusals with status 200 and an ``error`` field: ``refused`` maps its code to the
+        ProviderError to raise. Anything that is not a JSON object is UNAVAILABLE.
+        """
         data, _ = await self._call("POST", URL(f"{self._base_url}/login/oauth/access_token"), "token endpoint",
                                    headers={"Accept": "application/json"}, form=form)
         if not isinstance(data, dict):
             raise ProviderError(FailureReason.UNAVAILABLE, "GitHub's token endpoint answered unexpectedly")
         if "error" in data:
-            error = data["error"]
-            if error == "bad_verification_code":
-                raise ProviderError(FailureReason.INVALID, "GitHub rejected the authorization code "
-                                                           "(expired, already used or not ours)")
-            if error == "incorrect_client_credentials":
-                raise ProviderError(FailureReason.INVALID, "GitHub rejected the client credentials "
-                                                           "(check client_id and client_secret)")
-            raise ProviderError(FailureReason.INVALID, f"GitHub refused the code exchange ({_error_code(error)})")
+            raise refused(data["error"])
         token = data.get("access_token")
         if not isinstance(token, str) or not token:
             raise ProviderError(FailureReason.INVALID, "GitHub returned no access token")
         token_type = data.get("token_type", "bearer")
         if not isinstance(token_type, str) or token_type.lower() != "bearer":
             raise ProviderError(FailureReason.INVALID, "GitHub returned a token of an unexpected type")
-        return token
+        refresh_token = data.get("refresh_token")
+        return token, refresh_token if isinstance(refresh_token, str) else ""
 
     async def _get_user(self, token: str) -> dict[str, Any]:
         data, _ = await self._call("GET", self._api_url / "user", "user API", headers=self._api_headers(token))
@@ -367,6 +406,28 @@ class GitHubProvider:
         except ValueError as exc:
             raise ProviderError(FailureReason.UNAVAILABLE, f"GitHub's {what} did not answer with JSON") from exc
         return data, next_url if isinstance(next_url, URL) else None
+
+
+def _code_refusal(error: object) -> ProviderError:
+    """What GitHub's ``error`` on a code exchange means."""
+    if error == "bad_verification_code":
+        return ProviderError(FailureReason.INVALID, "GitHub rejected the authorization code "
+                                                    "(expired, already used or not ours)")
+    if error == "incorrect_client_credentials":
+        return ProviderError(FailureReason.INVALID, "GitHub rejected the client credentials "
+                                                    "(check client_id and client_secret)")
+    return ProviderError(FailureReason.INVALID, f"GitHub refused the code exchange ({_error_code(error)})")
+
+
+def _refresh_refusal(error: object) -> ProviderError:
+    """What GitHub's ``error`` on a refresh means: the grant is gone, or the app is misconfigured."""
+    if error == "bad_refresh_token":
+        return ProviderError(FailureReason.ACCESS_DENIED, "GitHub refused the refresh token "
+                                                          "(expired, revoked or already used)")
+    if error == "incorrect_client_credentials":
+        return ProviderError(FailureReason.INVALID, "GitHub rejected the client credentials "
+                                                    "(check client_id and client_secret)")
+    return ProviderError(FailureReason.INVALID, f"GitHub refused the refresh ({_error_code(error)})")
 
 
 def choose_email(emails: Sequence[Any]) -> tuple[str, bool]:
