@@ -11,6 +11,15 @@ Knobs are plain attributes: ``users``, ``failures`` (endpoint -> failure mode), 
 request is recorded for assertions.
 
 Which user is signed in at the fake: the ``fake_github_user`` cookie (a login), else ``default_login``.
+
+By default it is an OAuth App (tokens never expire, no refresh token). ``expiring_tokens = True`` makes it
+a GitHub App with expiring user tokens: the code exchange also returns ``expires_in``, ``refresh_token``
+and ``refresh_token_expires_in``, and the same token URL takes ``grant_type=refresh_token``, always
+rotating (the used refresh token is spent; using it again, an unknown, revoked
+(:meth:`FakeGitHub.revoke_refresh_tokens`) or expired (``refresh_token_ttl``) one is answered, GitHub
+style, as HTTP 200 with ``{"error": "bad_refresh_token"}``). ``refresh_calls`` counts refresh requests;
+``failures["token"]`` and ``token_error`` apply to them too. A refresh reads ``users`` as they are now, so
+removing an org from a :class:`FakeUser` between sign-in and refresh is "the user left the org".
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ import asyncio
 import base64
 import hashlib
 import secrets
+import time
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -73,6 +83,17 @@ class Grant:
 
 
 @dataclass
+class RefreshGrant:
+    """A GitHub App user refresh token: whose it is, when it was issued, whether it is spent or revoked."""
+
+    user_id: int
+    scope: str
+    issued_at: float
+    spent: bool = False
+    revoked: bool = False
+
+
+@dataclass
 class Recorded:
     """One request the fake received."""
 
@@ -109,6 +130,14 @@ class FakeGitHub:
         self.codes: dict[str, Grant] = {}
         self.tokens: dict[str, int] = {}
         self.requests: list[Recorded] = []
+        self.expiring_tokens = False
+        """Behave as a GitHub App with expiring user tokens: issue refresh tokens and honour them."""
+        self.refresh_token_ttl: float | None = None
+        """Seconds a refresh token can be redeemed after it was issued (None: until spent or revoked)."""
+        self.refresh_tokens: dict[str, RefreshGrant] = {}
+        """Every refresh token issued (live, spent or revoked)."""
+        self.refresh_calls = 0
+        """Token requests with ``grant_type=refresh_token`` received, whatever they were answered."""
 
     # ---- state ----------------------------------------------------------------------------------------
 
@@ -127,7 +156,22 @@ class FakeGitHub:
 
     def secrets_issued(self) -> list[str]:
         """Every code and token handed out, plus the client secret: none may appear in an error message."""
-        return [*self.codes, *self.tokens, self.client_secret]
+        return [*self.codes, *self.tokens, *self.refresh_tokens, self.client_secret]
+
+    def revoke_refresh_tokens(self, user_id: int | None = None) -> int:
+        """Revoke the refresh tokens of ``user_id`` (None: everyone's), as revoking the app's authorisation
+        does; returns how many live ones were revoked."""
+        revoked = 0
+        for grant in self.refresh_tokens.values():
+            if (user_id is None or grant.user_id == user_id) and not grant.revoked:
+                revoked += not grant.spent
+                grant.revoked = True
+        return revoked
+
+    def live_refresh_tokens(self, user_id: int | None = None) -> list[str]:
+        """Refresh tokens that would be honoured now."""
+        return [token for token, grant in self.refresh_tokens.items()
+                if (user_id is None or grant.user_id == user_id) and self._refreshable(grant)]
 
     # ---- app ------------------------------------------------------------------------------------------
 
@@ -182,6 +226,8 @@ class FakeGitHub:
     async def access_token(self, request: web.Request) -> web.StreamResponse:
         """Code for token. GitHub answers errors with status 200 and an ``error`` field."""
         entry = await self._record(request)
+        if entry.form.get("grant_type") == "refresh_token":
+            self.refresh_calls += 1
         failure = await self._failure("token")
         if failure is not None:
             return failure
@@ -192,6 +238,8 @@ class FakeGitHub:
             return self._token_answer(wants_json, _token_error(self.token_error))
         if form.get("client_id") != self.client_id or form.get("client_secret") != self.client_secret:
             return self._token_answer(wants_json, _token_error("incorrect_client_credentials"))
+        if form.get("grant_type") == "refresh_token":
+            return self._token_answer(wants_json, self._refresh(form))
         if grant is None or grant.used:
             return self._token_answer(wants_json, _token_error("bad_verification_code"))
         if form.get("redirect_uri") and form["redirect_uri"] != grant.redirect_uri:
@@ -200,14 +248,36 @@ class FakeGitHub:
             # GitHub does not document its PKCE failure answer; it is an error on the code either way.
             return self._token_answer(wants_json, _token_error("bad_verification_code"))
         grant.used = True
-        token = "gho_" + secrets.token_urlsafe(27)
-        self.tokens[token] = grant.user_id
         scopes = self.granted_scopes if self.granted_scopes is not None else grant.scope.split()
-        return self._token_answer(wants_json, {"access_token": token, "token_type": "bearer",
-                                               "scope": ",".join(scopes)})
+        return self._token_answer(wants_json, self._issue(grant.user_id, ",".join(scopes)))
+
+    def _issue(self, user_id: int, scope: str) -> dict[str, Any]:
+        """A token answer: an OAuth App's, or with ``expiring_tokens`` a GitHub App's (``ghu_``/``ghr_``)."""
+        if not self.expiring_tokens:
+            token = "gho_" + secrets.token_urlsafe(27)
+            self.tokens[token] = user_id
+            return {"access_token": token, "token_type": "bearer", "scope": scope}
+        token = "ghu_" + secrets.token_urlsafe(27)
+        self.tokens[token] = user_id
+        refresh_token = "ghr_" + secrets.token_urlsafe(56)
+        self.refresh_tokens[refresh_token] = RefreshGrant(user_id, scope, time.time())
+        return {"access_token": token, "token_type": "bearer", "scope": scope, "expires_in": 28800,
+                "refresh_token": refresh_token, "refresh_token_expires_in": 15811200}
+
+    def _refreshable(self, grant: RefreshGrant) -> bool:
+        ttl = self.refresh_token_ttl
+        return not grant.spent and not grant.revoked and (ttl is None or time.time() < grant.issued_at + ttl)
+
+    def _refresh(self, form: dict[str, str]) -> dict[str, Any]:
+        """The refresh grant as GitHub answers it: a fresh token pair, the used refresh token spent."""
+        grant = self.refresh_tokens.get(form.get("refresh_token", ""))
+        if grant is None or not self._refreshable(grant) or grant.user_id not in self.users:
+            return _token_error("bad_refresh_token")
+        grant.spent = True
+        return self._issue(grant.user_id, grant.scope)
 
     @staticmethod
-    def _token_answer(wants_json: bool, body: dict[str, str]) -> web.Response:
+    def _token_answer(wants_json: bool, body: dict[str, Any]) -> web.Response:
         if wants_json:
             return web.json_response(body)
         return web.Response(text=urlencode(body), content_type="application/x-www-form-urlencoded")
@@ -335,6 +405,7 @@ def _token_error(error: str) -> dict[str, str]:
         "bad_verification_code": "The code passed is incorrect or expired.",
         "incorrect_client_credentials": "The client_id and/or client_secret passed are incorrect.",
         "redirect_uri_mismatch": "The redirect_uri MUST match the registered callback URL for this application.",
+        "bad_refresh_token": "The refresh token passed is incorrect or expired.",
     }
     anchor = error.replace("_", "-")
     return {"error": error, "error_description": descriptions.get(error, "Something went wrong."),

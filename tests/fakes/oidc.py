@@ -7,6 +7,14 @@ URI, the PKCE S256 verifier) and signs RS256 tokens with 2048-bit keys whose JWK
 tokens, unknown ``kid``, a userinfo for another subject, a failing/slow/garbage token endpoint, a
 discovery document for another issuer... Every request is counted in ``hits`` and recorded.
 
+The refresh token grant is real: a code redemption issues a refresh token (``Knobs.refresh_tokens``), the
+token endpoint accepts ``grant_type=refresh_token`` (client authentication as for codes), optionally
+rotates it (``Knobs.rotate_refresh_tokens``: an old one is then ``invalid_grant``, as at Auth0 or Okta),
+returns a new ID token or not (``Knobs.refresh_id_token``), honours ``refresh_token_ttl`` and
+:meth:`FakeOIDC.revoke_refresh_tokens`, and counts every refresh request in ``refresh_calls``. The
+``token_*`` failure knobs apply to refreshes too; a refresh re-reads the user from ``users``, so changing
+a :class:`FakeUser` (or :meth:`FakeOIDC.set_claims`) between sign-in and refresh changes what it says.
+
 Usage::
 
     fake = await FakeOIDC().start(aiohttp_server)
@@ -139,6 +147,19 @@ class Knobs:
     authorize_error: str | None = None
     end_session: bool = True
     userinfo: bool = True
+    refresh_tokens: bool = True
+    """Code redemption issues a refresh token (off: the provider issues none, as without ``offline_access``)."""
+    rotate_refresh_tokens: bool = False
+    """Each refresh issues a new refresh token and retires the one used (reusing it is ``invalid_grant``)."""
+    reuse_revokes_family: bool = False
+    """With rotation, reusing a retired refresh token also revokes every token descended from the same
+    sign-in (Auth0's reuse detection)."""
+    refresh_token_ttl: float | None = None
+    """Seconds a refresh token stays redeemable after it was issued (None: until revoked)."""
+    refresh_id_token: bool = True
+    """A refresh returns a new ID token (off: access token only, as many providers do)."""
+    refresh_id_token_sub: str | None = None
+    """The ``sub`` a refreshed ID token names instead of the user's."""
 
 
 @dataclass
@@ -153,6 +174,23 @@ class Grant:
     scope: str
     audience: str | None
     used: bool = False
+
+
+@dataclass
+class RefreshGrant:
+    """A refresh token and what it renews: the sign-in it descends from (``family``) and its session."""
+
+    sub: str
+    client_id: str
+    scope: str
+    audience: str | None
+    nonce: str | None
+    sid: str
+    family: str
+    issued_at: float
+    retired: bool = False
+    """Used once under rotation (a second use is reuse)."""
+    revoked: bool = False
 
 
 class FakeOIDC:
@@ -173,6 +211,10 @@ class FakeOIDC:
         self.logout_requests: list[dict[str, str]] = []
         self.session_ids: list[str] = []
         """The provider session (``sid``) of each sign-in, in order: what a back-channel logout names."""
+        self.refresh_calls = 0
+        """Token requests with ``grant_type=refresh_token`` received, whatever they were answered."""
+        self.refresh_grants: dict[str, RefreshGrant] = {}
+        """Every refresh token issued (live, retired or revoked) -> what it renews."""
         self.issuer = ""
         self.server: TestServer | None = None
         self._grants: dict[str, Grant] = {}
@@ -217,6 +259,36 @@ class FakeOIDC:
         self._keys = {kid: self._keys[kid]}
         return kid
 
+    def revoke_refresh_tokens(self, subject: str | None = None) -> int:
+        """Revoke every refresh token of ``subject`` (None: of everyone), as an admin or the user's sign-out
+        at the provider would; returns how many live ones were revoked. Redeeming one is then ``invalid_grant``."""
+        revoked = 0
+        for grant in self.refresh_grants.values():
+            if (subject is None or grant.sub == subject) and not grant.revoked:
+                revoked += not grant.retired
+                grant.revoked = True
+        return revoked
+
+    def set_claims(self, subject: str, **claims: Any) -> None:
+        """Change a user's ID token (and userinfo) claims from now on: ``set_claims("user-alice", groups=["x"])``;
+        a value of None removes the claim."""
+        user = self.users[subject]
+        for name, value in claims.items():
+            if value is None:
+                user.id_claims.pop(name, None)
+            else:
+                user.id_claims[name] = value
+
+    @property
+    def issued_refresh_tokens(self) -> list[str]:
+        """Every refresh token handed out, in order (none may appear in an error message or log line)."""
+        return list(self.refresh_grants)
+
+    def live_refresh_tokens(self, subject: str | None = None) -> list[str]:
+        """Refresh tokens that would be honoured now (of ``subject``, or of anyone)."""
+        return [token for token, grant in self.refresh_grants.items()
+                if (subject is None or grant.sub == subject) and self._refreshable(grant)]
+
     @property
     def published_kids(self) -> list[str]:
         return list(self._keys)
@@ -243,7 +315,8 @@ class FakeOIDC:
         payload: dict[str, Any] = {"iss": iss or self.issuer, "sub": user.sub,
                                    "aud": aud if aud is not None else self.client_id,
                                    "iat": now, "exp": now + exp, "scope": "openid email profile",
-                                   "client_id": self.client_id, **user.access_claims, **claims}
+                                   "client_id": self.client_id, "jti": secrets.token_urlsafe(12),
+                                   **user.access_claims, **claims}
         token = self.sign(payload, alg=alg, kid=kid)
         self._access_tokens[token] = user.sub
         return token
@@ -356,9 +429,11 @@ class FakeOIDC:
     async def _token(self, request: web.Request) -> web.Response:
         self.hits["token"] += 1
         knobs = self.knobs
+        form = {k: str(v) for k, v in (await request.post()).items()}
+        if form.get("grant_type") == "refresh_token":
+            self.refresh_calls += 1
         if knobs.token_delay:
             await asyncio.sleep(knobs.token_delay)
-        form = {k: str(v) for k, v in (await request.post()).items()}
         method, client_id, secret = self._client_auth(request, form)
         self.token_requests.append({**form, "auth_method": method})
         if knobs.token_body is not None or knobs.token_status != 200:
@@ -368,6 +443,8 @@ class FakeOIDC:
             return web.json_response({"error": knobs.token_error}, status=400)
         if client_id != self.client_id or secret != self.client_secret:
             return web.json_response({"error": "invalid_client"}, status=401)
+        if form.get("grant_type") == "refresh_token":
+            return self._refresh(form)
         if form.get("grant_type") != "authorization_code":
             return web.json_response({"error": "unsupported_grant_type"}, status=400)
         grant = self._grants.get(form.get("code", ""))
@@ -380,21 +457,73 @@ class FakeOIDC:
             return web.json_response({"error": "invalid_grant", "error_description": "PKCE failed"}, status=400)
 
         user = self.users[grant.sub]
-        if knobs.access_token_jwt:
-            aud: str | list[str] = [grant.audience, f"{self.base}/userinfo"] if grant.audience else self.client_id
-            access_token = self.access_token(user.sub, aud=aud)
-        else:
-            access_token = secrets.token_urlsafe(32)
-            self._access_tokens[access_token] = user.sub
-        return web.json_response({"access_token": access_token, "token_type": "Bearer", "expires_in": 3600,
-                                  "scope": grant.scope, "id_token": self._id_token(user, grant, access_token)})
+        access_token = self._issue_access_token(user.sub, grant.audience)
+        id_token = self._id_token(user, grant, access_token)
+        body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": 3600,
+                                "scope": grant.scope, "id_token": id_token}
+        if knobs.refresh_tokens:
+            body["refresh_token"] = self._issue_refresh_token(RefreshGrant(
+                sub=user.sub, client_id=grant.client_id, scope=grant.scope, audience=grant.audience,
+                nonce=grant.nonce, sid=self.session_ids[-1], family=secrets.token_urlsafe(8), issued_at=0.0))
+        return web.json_response(body)
 
-    def _id_token(self, user: FakeUser, grant: Grant, access_token: str) -> str:
+    def _issue_access_token(self, sub: str, audience: str | None) -> str:
+        if self.knobs.access_token_jwt:
+            aud: str | list[str] = [audience, f"{self.base}/userinfo"] if audience else self.client_id
+            return self.access_token(sub, aud=aud)
+        access_token = secrets.token_urlsafe(32)
+        self._access_tokens[access_token] = sub
+        return access_token
+
+    def _issue_refresh_token(self, grant: RefreshGrant) -> str:
+        token = "rt-" + secrets.token_urlsafe(24)
+        grant.issued_at = time.time()
+        self.refresh_grants[token] = grant
+        return token
+
+    def _refreshable(self, grant: RefreshGrant) -> bool:
+        ttl = self.knobs.refresh_token_ttl
+        return not grant.retired and not grant.revoked and (ttl is None or time.time() < grant.issued_at + ttl)
+
+    def _refresh(self, form: dict[str, str]) -> web.Response:
+        """The refresh token grant (RFC 6749 6; OIDC Core 12): a new access token, maybe a new ID token
+        describing the user as they are now, and under rotation a new refresh token."""
+        knobs = self.knobs
+        grant = self.refresh_grants.get(form.get("refresh_token", ""))
+        if grant is None or grant.client_id != self.client_id:
+            return web.json_response({"error": "invalid_grant"}, status=400)
+        if grant.retired and knobs.reuse_revokes_family:
+            for other in self.refresh_grants.values():
+                if other.family == grant.family:
+                    other.revoked = True
+        if not self._refreshable(grant):
+            return web.json_response({"error": "invalid_grant",
+                                      "error_description": "refresh token expired, revoked or reused"}, status=400)
+        user = self.users[grant.sub]
+        access_token = self._issue_access_token(user.sub, grant.audience)
+        body: dict[str, Any] = {"access_token": access_token, "token_type": "Bearer", "expires_in": 3600,
+                                "scope": grant.scope}
+        if knobs.refresh_id_token:
+            login = Grant(sub=user.sub, client_id=grant.client_id, redirect_uri="", nonce=grant.nonce,
+                          code_challenge="", scope=grant.scope, audience=grant.audience)
+            body["id_token"] = self._id_token(user, login, access_token, sid=grant.sid,
+                                              sub=knobs.refresh_id_token_sub)
+        if knobs.rotate_refresh_tokens:
+            grant.retired = True
+            body["refresh_token"] = self._issue_refresh_token(
+                RefreshGrant(sub=grant.sub, client_id=grant.client_id, scope=grant.scope, audience=grant.audience,
+                             nonce=grant.nonce, sid=grant.sid, family=grant.family, issued_at=0.0))
+        return web.json_response(body)
+
+    def _id_token(self, user: FakeUser, grant: Grant, access_token: str, *, sid: str | None = None,
+                  sub: str | None = None) -> str:
+        """An ID token for ``user``: a new provider session (``sid``) at sign-in; on a refresh, ``sid`` names
+        the sign-in's session and the login's nonce is repeated (as Keycloak does)."""
         knobs = self.knobs
         now = int(time.time())
         claims: dict[str, Any] = {
             "iss": knobs.id_token_iss or self.issuer,
-            "sub": user.sub,
+            "sub": sub or user.sub,
             "aud": knobs.id_token_aud if knobs.id_token_aud is not None else grant.client_id,
             "iat": now + knobs.id_token_iat,
             "exp": now + knobs.id_token_exp,
@@ -402,8 +531,10 @@ class FakeOIDC:
             "at_hash": at_hash("tampered" if knobs.bad_at_hash else access_token),
             **user.standard_claims(),
         }
-        claims["sid"] = f"sid-{len(self.session_ids) + 1}"
-        self.session_ids.append(claims["sid"])
+        if sid is None:
+            sid = f"sid-{len(self.session_ids) + 1}"
+            self.session_ids.append(sid)
+        claims["sid"] = sid
         if grant.nonce is not None:
             claims["nonce"] = grant.nonce
         if knobs.id_token_nonce is not None:
