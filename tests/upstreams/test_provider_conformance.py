@@ -26,7 +26,7 @@ from tests.fakes import github as fake_github
 from tests.fakes import oidc as fake_oidc
 from tests.fakes import vouch as fake_vouch
 from upstreams import PROVIDER_TYPES, build_provider, config_problems, provider_class
-from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, Provider, ProviderError
+from upstreams.base import Callback, FailureReason, Identity, LoginSecrets, Provider, ProviderError, Refreshed
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 NAME = "sso"
@@ -110,10 +110,12 @@ NOT_APPLICABLE: dict[tuple[str, str], str] = {
     ("vouch", "replay"): SESSION_NOT_CODE,
     ("vouch", "error"): NO_OAUTH_RESPONSE,
     ("vouch", "iss"): NO_OAUTH_RESPONSE,
+    ("dev", "refresh"): NO_UPSTREAM + "; there is no grant to renew",
+    ("vouch", "refresh"): "vouch hands over its session cookie, not an OAuth grant: there is no refresh token",
 }
 """(type, rule) -> why the rule cannot apply to that type. Only these pairs are left out."""
 
-RULES = {"unreachable", "timeout", "tampered", "replay", "error", "iss"}
+RULES = {"unreachable", "timeout", "tampered", "replay", "error", "iss", "refresh"}
 
 
 def types_for(rule: str) -> list[Any]:
@@ -185,6 +187,7 @@ async def oidc_upstream(type_name: str, ctx: Context) -> Upstream:
 
 async def github_upstream(type_name: str, ctx: Context) -> Upstream:
     fake = fake_github.FakeGitHub()
+    fake.expiring_tokens = True  # a GitHub App with expiring user tokens: the kind that refreshes
     fake.add_user(fake_github.FakeUser(id=583231, login="octocat", name="The Octocat",
                                        emails=[fake_github.FakeEmail("octocat@example.com", primary=True)]))
     fake.slow_seconds = SLOW
@@ -463,3 +466,54 @@ async def test_logout_url_is_a_url_or_none_and_never_raises(upstream: Upstream, 
 ])
 async def test_verify_bearer_never_raises_for_a_bad_token(upstream: Upstream, token: str) -> None:
     assert await upstream.provider.verify_bearer(token) is None
+
+
+# ---- refresh (the Refreshing protocol) ----------------------------------------------------------------
+
+MADE_UP_REFRESH_TOKEN = "made-up-refresh-token-0123456789abcdef"
+
+
+async def refresh_failure(upstream: Upstream, refresh_token: str, subject: str = "someone") -> ProviderError:
+    """The ProviderError refreshing ``refresh_token`` raises; its message holds no token or secret."""
+    refresh = getattr(upstream.provider, "refresh")  # noqa: B009 - the gateway's detection
+    with pytest.raises(ProviderError) as caught:
+        await refresh(refresh_token, subject=subject)
+    for value in [refresh_token, *upstream.sensitive]:
+        assert value not in caught.value.message, f"the message holds a secret: {caught.value.message!r}"
+    return caught.value
+
+
+async def test_refresh_support_is_detected_by_a_callable_refresh(type_name: str, upstream: Upstream) -> None:
+    """The gateway asks ``callable(getattr(provider, "refresh", None))``: exactly the refreshing types answer yes."""
+    assert callable(getattr(upstream.provider, "refresh", None)) == ((type_name, "refresh") not in NOT_APPLICABLE)
+
+
+@pytest.mark.parametrize("type_name", types_for("refresh"), indirect=True)
+async def test_a_sign_in_refreshes_to_the_same_subject(type_name: str, upstream: Upstream) -> None:
+    login_secrets = new_secrets()
+    callback = await upstream.login(login_secrets)
+    identity = await upstream.provider.redeem(callback=callback, redirect_uri=REDIRECT_URI, secrets=login_secrets)
+    assert identity.refresh_token, "the fake issues refresh tokens: the sign-in must keep one"
+    refreshed = await getattr(upstream.provider, "refresh")(identity.refresh_token, subject=identity.subject)  # noqa: B009
+    assert isinstance(refreshed, Refreshed) and refreshed.refresh_token
+    assert refreshed.identity is None or refreshed.identity.subject == identity.subject
+
+
+@pytest.mark.parametrize("type_name", types_for("refresh"), indirect=True)
+async def test_a_refresh_token_the_upstream_never_issued_is_refused(type_name: str, upstream: Upstream) -> None:
+    error = await refresh_failure(upstream, MADE_UP_REFRESH_TOKEN)
+    assert error.reason in (FailureReason.ACCESS_DENIED, FailureReason.INVALID), error.message
+
+
+@pytest.mark.parametrize("type_name", types_for("refresh"), indirect=True)
+async def test_a_refresh_against_an_unreachable_upstream_is_unavailable(type_name: str, upstream: Upstream) -> None:
+    await upstream.stop()
+    assert (await refresh_failure(upstream, MADE_UP_REFRESH_TOKEN)).reason is FailureReason.UNAVAILABLE
+
+
+@pytest.mark.parametrize("type_name", types_for("refresh"), indirect=True)
+async def test_a_refresh_honours_the_configured_timeout(type_name: str, upstream: Upstream) -> None:
+    upstream.slow_down()
+    started = time.monotonic()
+    assert (await refresh_failure(upstream, MADE_UP_REFRESH_TOKEN)).reason is FailureReason.UNAVAILABLE
+    assert time.monotonic() - started < TIMEOUT * 2 + 1.5, "a slow upstream must not hold a refresh past timeout"
