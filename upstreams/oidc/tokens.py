@@ -89,8 +89,7 @@ class TokenEndpoint:
                       else FailureReason.INVALID)
             raise ProviderError(reason, f"{self.name}: the token endpoint refused the refresh token "
                                         f"(HTTP {response.status}, error={error})")
-        tokens = self._tokens(response, access_token_required=True)
-        return tokens
+        return self._tokens(response, access_token_required=True)
 
     # ---- internals ------------------------------------------------------------------------------------
 
