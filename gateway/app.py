@@ -20,10 +20,12 @@ from gateway.access import AccessPolicy, AllowAll, Policy, parse_rules
 from gateway.apitokens import ApiTokenService
 from gateway.cache import SessionCache
 from gateway.core import Checker
+from gateway.device import DeviceGrantService
 from gateway.errors import StoreUnavailable
 from gateway.facts import TrustedProxies
 from gateway.handlers.backchannel import BackChannelLogoutEndpoint
 from gateway.handlers.check import CheckEndpoint, CheckHandler
+from gateway.handlers.device import DeviceHandlers
 from gateway.handlers.health import MetricsEndpoint, Readiness, RuntimeState, healthz
 from gateway.handlers.hot import HotEndpoints
 from gateway.handlers.login import LoginHandlers
@@ -133,7 +135,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app.router.add_post("/backchannel-logout/{upstream}", guard(backchannel.handle))
     app.router.add_get("/auth/userinfo", guard(pages.userinfo))
     if settings.session.api_token_self_service:
-        tokens = ApiTokenHandlers(ApiTokenService(store, settings.session, metrics, clock, cache.evict), checker,
+        token_service = ApiTokenService(store, settings.session, metrics, clock, cache.evict)
+        tokens = ApiTokenHandlers(token_service, checker,
                                   proxies, login.redirects, metrics, cookie_name=settings.cookie.name, clock=clock)
         app.router.add_get("/tokens", guard(tokens.page))
         app.router.add_post("/tokens", guard(tokens.mint_form))
@@ -141,6 +144,15 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
         app.router.add_get("/auth/tokens", guard(tokens.list_json))
         app.router.add_post("/auth/tokens", guard(tokens.mint_json))
         app.router.add_delete("/auth/tokens/{id}", guard(tokens.revoke_json))
+        # RFC 8628: a CLI gets one of these tokens once its person approves it at /device.
+        device = DeviceHandlers(DeviceGrantService(store, token_service, settings.session, metrics, clock,
+                                                   public_url=settings.public_url),
+                                checker, proxies, login.redirects, metrics, cookie_name=settings.cookie.name,
+                                clock=clock)
+        app.router.add_post("/auth/device/code", guard(device.code))
+        app.router.add_post("/auth/device/token", guard(device.token))
+        app.router.add_get("/device", guard(device.page))
+        app.router.add_post("/device", guard(device.submit))
     app.router.add_get("/", guard(pages.home))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", guard(Readiness(store, state).handle))

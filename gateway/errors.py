@@ -125,3 +125,13 @@ class TooManyRequests(GatewayError):
     status = 429
     code = "too_many_requests"
     title = "Too many attempts"
+
+
+class OAuthError(BadRequest):
+    """The OAuth request cannot be granted.
+
+    An error of an OAuth 2.0 endpoint (RFC 6749 §5.2): always answered as JSON, whatever ``Accept`` says,
+    with the message also as ``error_description``. ``code`` is the RFC's ``error`` value.
+    """
+
+    code = "invalid_request"

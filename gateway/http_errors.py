@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, OAuthError
 from gateway.pages import PAGE_HEADERS, error_page
 from gateway.reply import Reply
 from gateway.requestids import REQUEST_ID, RequestIds
@@ -40,8 +40,17 @@ def accepts_json(accept: str) -> bool:
 
 def error_reply(accept: str, request_id: str, status: int, code: str, message: str,
                 headers: Mapping[str, str] | None = None, *, title: str = "",
-                link: tuple[str, str] | None = None) -> Reply:
-    """Render one error as JSON or HTML by ``Accept``; the only place error bodies are made."""
+                link: tuple[str, str] | None = None, oauth: bool = False) -> Reply:
+    """Render one error as JSON or HTML by ``Accept``; the only place error bodies are made.
+
+    With ``oauth`` (an OAuth 2.0 endpoint's error, RFC 6749 §5.2) always JSON, the message also as
+    ``error_description``, and never cached.
+    """
+    if oauth:
+        body = json.dumps({"error": code, "error_description": message, "message": message,
+                           "request_id": request_id})
+        return Reply(status, {**(headers or {}), "Cache-Control": "no-store",
+                              "Content-Type": "application/json; charset=utf-8"}, body.encode())
     if accepts_json(accept):
         body = json.dumps({"error": code, "message": message, "request_id": request_id})
         return Reply(status, {**(headers or {}), "Content-Type": "application/json; charset=utf-8"},
@@ -55,10 +64,10 @@ def error_reply(accept: str, request_id: str, status: int, code: str, message: s
 
 def error_response(request: web.Request, status: int, code: str, message: str,
                    headers: Mapping[str, str] | None = None, *, title: str = "",
-                   link: tuple[str, str] | None = None) -> web.Response:
+                   link: tuple[str, str] | None = None, oauth: bool = False) -> web.Response:
     """:func:`error_reply` for an aiohttp request, as an aiohttp response."""
     return error_reply(request.headers.get("Accept", ""), request.get(REQUEST_ID, ""), status, code, message,
-                       headers, title=title, link=link).to_response()
+                       headers, title=title, link=link, oauth=oauth).to_response()
 
 
 class ErrorMapper:
@@ -72,7 +81,7 @@ class ErrorMapper:
         log.info("request refused", path=request.path, status=exc.status, error=exc.code, reason=exc.message,
                  request_id=self.request_id(request))
         return error_response(request, exc.status, exc.code, exc.message, exc.headers, title=exc.title,
-                              link=exc.link)
+                              link=exc.link, oauth=isinstance(exc, OAuthError))
 
     def guard(self, handler: Handler) -> Handler:
         """Wrap a cold-path handler: request id on every log line, every error mapped to a response."""

@@ -17,6 +17,10 @@ from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 CACHE_EVENTS = ("hit", "miss", "negative_hit", "coalesced", "stale_hit", "eviction")
+DEVICE_GRANT_OUTCOMES = ("issued", "approved", "denied", "token_issued", "pending", "slow_down", "access_denied",
+                         "expired", "invalid_grant", "invalid_request", "wrong_user_code", "rate_limited",
+                         "forbidden")
+"""Outcomes of the device authorization grant (``gateway_device_grants_total``), all exported from the start."""
 
 
 class HotCounters(Collector):
@@ -95,6 +99,13 @@ class Metrics:
         self.api_tokens = Counter(
             "gateway_api_tokens", "Self-service API token requests by action (mint, revoke) and outcome (ok, "
             "limit, invalid, not_found, forbidden).", ["action", "outcome"], registry=r)
+        self.device_grants = Counter(
+            "gateway_device_grants", "Device authorization grant (RFC 8628) events by outcome: codes issued, "
+            "approved and denied; polls answered token_issued, pending, slow_down, access_denied, expired, "
+            "invalid_grant or invalid_request; approval-page refusals wrong_user_code, rate_limited, forbidden.",
+            ["outcome"], registry=r)
+        for outcome in DEVICE_GRANT_OUTCOMES:
+            self.device_grants.labels(outcome)
         self.render: Callable[[], bytes] = self.render_own
         """The exposition text for ``/metrics``: this process's own, unless the serving machinery sets it
         to every worker's (``gateway serve --workers N``, see :mod:`gateway.serving.workermetrics`)."""

@@ -198,3 +198,52 @@ def api_tokens_page(email: str, name: str, rows: Sequence[ApiTokenRow], csrf_tok
         f'<label for="token-lifetime">Expires after</label><select id="token-lifetime" name="expires_in">{options}'
         '</select><button class="primary" type="submit" id="mint">Create token</button></form>'
         '<a class="button" href="/">Back</a>'), wide=True)
+
+
+def _device_form(csrf_token: str, user_code: str, buttons: str) -> str:
+    """A same-origin POST to ``/device`` carrying the session-bound token and the user code."""
+    return ('<form method="post" action="/device">'
+            f'<input type="hidden" name="{SIGN_OUT_FIELD}" value="{html.escape(csrf_token)}">'
+            f'<input type="hidden" name="user_code" value="{html.escape(user_code)}">{buttons}</form>')
+
+
+def device_code_page(email: str, name: str, csrf_token: str, user_code: str, error: str = "") -> str:
+    """``/device``: where a signed-in person types the code their CLI shows (prefilled from the link's
+    ``user_code``); ``error`` says what was wrong with the last one."""
+    problem = f'<p class="warn" id="device-error">{html.escape(error)}</p>' if error else ""
+    return _layout("Sign in a device", (
+        f"<h1>Sign in a device</h1><p>Signed in as {_who(email, name)}. Enter the code your command-line tool "
+        f"shows to let it act as you with an API token.</p>{problem}"
+        '<form method="post" action="/device">'
+        f'<input type="hidden" name="{SIGN_OUT_FIELD}" value="{html.escape(csrf_token)}">'
+        '<label for="user-code">Code</label>'
+        f'<input id="user-code" name="user_code" value="{html.escape(user_code)}" required maxlength="64" '
+        'autocomplete="off" autocapitalize="characters" spellcheck="false" placeholder="BCDF-GHJK" autofocus>'
+        '<button class="primary" type="submit" name="action" value="look_up" id="continue">Continue</button>'
+        '</form><a class="button" href="/">Cancel</a>'))
+
+
+def device_confirm_page(email: str, name: str, csrf_token: str, user_code: str, client_id: str, client_addr: str,
+                        asked_at: str) -> str:
+    """The question before a device gets a token: which client asked, from where and when; Approve or Deny."""
+    buttons = ('<button class="primary" type="submit" name="action" value="approve" id="approve">Approve</button>'
+               '<button type="submit" name="action" value="deny" id="deny">Deny</button>')
+    return _layout("Approve this device?", (
+        f"<h1>Approve this device?</h1><p>Signed in as {_who(email, name)}.</p>"
+        f"<p><strong>{html.escape(client_id)}</strong> asked from <code>{html.escape(client_addr or 'unknown')}"
+        f"</code> at {html.escape(asked_at)} for an API token that acts as you.</p>"
+        f'<p>Code: <code id="confirm-code">{html.escape(user_code)}</code>. Approve only if your device shows this '
+        "code and you started this sign-in yourself.</p>"
+        f"{_device_form(csrf_token, user_code, buttons)}"))
+
+
+def device_done_page(approved: bool, client_id: str) -> str:
+    """After the decision: what happens next on the device."""
+    if approved:
+        return _layout("Device approved", (
+            f"<h1>Device approved</h1><p><strong>{html.escape(client_id)}</strong> will receive its API token in a "
+            'moment: you can go back to your terminal. Revoke it any time at <a href="/tokens">your API tokens</a>.'
+            "</p>"))
+    return _layout("Device denied", (
+        f"<h1>Device denied</h1><p><strong>{html.escape(client_id)}</strong> gets no token. If you did not start "
+        "this sign-in, someone may be trying to trick you into approving theirs.</p>"))

@@ -34,3 +34,12 @@ class RateLimiter:
             return (1 - tokens) / self._refill
         self._buckets[key] = [tokens - 1, now]
         return 0.0
+
+    def wait(self, key: str) -> float:
+        """Seconds until ``key`` may spend a token (0.0: it may now), spending nothing: for limits that count
+        only failures, checked before the attempt and spent (:meth:`take`) when it fails."""
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            return 0.0
+        tokens = min(self._capacity, bucket[0] + (self._clock() - bucket[1]) * self._refill)
+        return 0.0 if tokens >= 1 else (1 - tokens) / self._refill

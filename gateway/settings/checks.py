@@ -13,6 +13,7 @@ from gateway.access import access_problems, enrolment_problems
 from gateway.apitokens import api_token_problems
 from gateway.cache import cache_problems
 from gateway.cookies import cookie_problems
+from gateway.device import device_grant_problems
 from gateway.hasura import hasura_problems
 from gateway.logging import logging_problems
 from gateway.login import bearer_upstream_problems, login_problems
@@ -32,6 +33,7 @@ CHECKS: tuple[SettingsCheck, ...] = (
     lambda s: cookie_problems(s.cookie),
     lambda s: session_problems(s.session),
     lambda s: api_token_problems(s.session),
+    lambda s: device_grant_problems(s.session),
     lambda s: cache_problems(s.cache),
     lambda s: hasura_problems(s.hasura),
     lambda s: upstreams_problems(s.upstreams),

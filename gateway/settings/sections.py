@@ -94,6 +94,13 @@ class SessionSettings:
     api_tokens_per_user: int = 50
     """Most active API tokens one person may hold at once from ``/tokens`` (tokens minted there count,
     as do those from ``gateway tokens mint``, which ignores the limit)."""
+    device_code_lifetime: Duration = Duration(600)
+    """How long a CLI's device code (OAuth 2.0 Device Authorization Grant, RFC 8628: ``/auth/device/code``,
+    approved at ``/device``) may wait for its person's approval, and its token be fetched, before it expires.
+    Offered when ``api_token_self_service`` is on; 1 minute to 1 hour."""
+    device_poll_interval: Duration = Duration(5)
+    """How often a CLI may poll ``/auth/device/token`` for its token at first; one that polls sooner is told
+    ``slow_down`` and must wait 5 s longer from then on (RFC 8628 §3.5). 1 to 60 seconds."""
     last_seen_grain: Duration = Duration(60)
     """A session's last use is written to the database at most this often."""
     sealing_key: str = ""

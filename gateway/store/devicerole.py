@@ -144,17 +144,18 @@ def device_grant_from_row(row: Sequence[Any]) -> DeviceGrant:
                        None if decided_at is None else float(decided_at))
 
 
-def poll_verdict(grant: DeviceGrant | None, client_id: str, now: float) -> PollOutcome | None:
-    """What a poll of ``grant`` (locked by the caller) by ``client_id`` at ``now`` means, when the answer needs
-    no change but recording the poll; None when the grant is pending or approved (the caller decides: slow
-    down or record, claim or refuse). The order is the protocol's: unknown, wrong client, used, expired."""
+def poll_verdict(grant: DeviceGrant | None, client_id: str, expired: bool) -> PollOutcome | None:
+    """What a poll of ``grant`` (locked by the caller) by ``client_id`` means, when the answer needs no change;
+    None when the grant is pending or approved (the caller decides: slow down or record, claim or refuse).
+    ``expired`` says whether the poll comes at or after ``expires_at``, as the database compares times. The
+    order is the protocol's: unknown, wrong client, used, expired, denied."""
     if grant is None:
         return PollOutcome.UNKNOWN
     if grant.client_id != client_id:
         return PollOutcome.WRONG_CLIENT
     if grant.status == "claimed":
         return PollOutcome.USED
-    if now >= grant.expires_at:
+    if expired:
         return PollOutcome.EXPIRED
     if grant.status == "denied":
         return PollOutcome.DENIED

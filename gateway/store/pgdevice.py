@@ -23,7 +23,6 @@ from gateway.store.devicerole import (
     device_grant_from_row,
     is_code_hash,
     poll_verdict,
-    too_soon,
 )
 from gateway.store.pgpool import PooledStore
 from gateway.store.pgsql import ACTIVE, insert_audit
@@ -32,6 +31,9 @@ _COLUMNS = ", ".join(f"extract(epoch from {name})::float8" if name in DEVICE_TIM
                      for name in DEVICE_GRANT_FIELDS)
 _SELECT = f"SELECT {_COLUMNS} FROM device_grants"  # noqa: S608
 _APPROVER_ACTIVE = (f"SELECT 1 FROM sessions WHERE token_hash = %(approver)s AND kind = 'browser' AND {ACTIVE}")  # noqa: S608
+_POLL = (f"SELECT {_COLUMNS}, expires_at <= to_timestamp(%(now)s),"  # noqa: S608
+         " last_polled_at IS NOT NULL AND to_timestamp(%(now)s) < last_polled_at + make_interval(secs => interval_s),"
+         " approver_hash FROM device_grants WHERE device_hash = %(device_hash)s FOR UPDATE")
 _INSERT = ("INSERT INTO device_grants (device_hash, user_code_hash, client_id, client_addr, created_at, expires_at,"
            " interval_s) VALUES (%(device_hash)s, %(user_code_hash)s, %(client_id)s, %(client_addr)s,"
            " to_timestamp(%(now)s), to_timestamp(%(expires_at)s), %(interval)s)")
@@ -109,22 +111,22 @@ class DeviceTables(PooledStore):
             return PollResult(PollOutcome.UNKNOWN, None)
 
         async def work(cur: aiopg.Cursor) -> PollResult:
-            await cur.execute(_SELECT + " WHERE device_hash = %s FOR UPDATE", (device_hash,))
+            # times compared here, as stored (microseconds), not as floats read back
+            await cur.execute(_POLL, {"device_hash": device_hash, "now": now})
             row = await cur.fetchone()
-            grant = None if row is None else device_grant_from_row(row)
-            verdict = poll_verdict(grant, client_id, now)
+            grant = None if row is None else device_grant_from_row(row[:-3])
+            verdict = poll_verdict(grant, client_id, row is not None and bool(row[-3]))
             if verdict is not None or grant is None:
                 return PollResult(verdict or PollOutcome.UNKNOWN, grant)
             if grant.status == "approved":
-                await cur.execute("SELECT approver_hash FROM device_grants WHERE device_hash = %s", (device_hash,))
-                approver = (await cur.fetchone())[0]
+                approver = row[-1]
                 await cur.execute(_APPROVER_ACTIVE, {"approver": approver, "now": now})
                 alive = approver is not None and await cur.fetchone() is not None
                 outcome = PollOutcome.CLAIMED if alive else PollOutcome.APPROVER_GONE
                 await cur.execute("UPDATE device_grants SET status = %s, last_polled_at = to_timestamp(%s)"
                                   " WHERE device_hash = %s", ("claimed" if alive else "denied", now, device_hash))
             else:
-                outcome = PollOutcome.SLOW_DOWN if too_soon(grant, now) else PollOutcome.PENDING
+                outcome = PollOutcome.SLOW_DOWN if row[-2] else PollOutcome.PENDING
                 step = slow_down_step if outcome is PollOutcome.SLOW_DOWN else 0.0
                 await cur.execute("UPDATE device_grants SET last_polled_at = to_timestamp(%s),"
                                   " interval_s = interval_s + %s WHERE device_hash = %s", (now, step, device_hash))

@@ -91,7 +91,7 @@ class DeviceTables(ConnectedStore):
         async with self._use(write=True) as conn:
             rows = list(await conn.execute_fetchall(_SELECT + " WHERE device_hash = ?", (device_hash,)))
             grant = device_grant_from_row(tuple(rows[0])) if rows else None
-            verdict = poll_verdict(grant, client_id, now)
+            verdict = poll_verdict(grant, client_id, grant is not None and now >= grant.expires_at)
             if verdict is not None or grant is None:
                 return PollResult(verdict or PollOutcome.UNKNOWN, grant)
             if grant.status == "approved":
