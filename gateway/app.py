@@ -8,6 +8,7 @@ tests and workers each get their own fully isolated instance.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -19,6 +20,7 @@ from gateway import __version__
 from gateway.access import AccessPolicy, AllowAll, Policy, parse_rules
 from gateway.apitokens import ApiTokenService
 from gateway.cache import SessionCache
+from gateway.cookies import session_cookie_header
 from gateway.core import Checker
 from gateway.device import DeviceGrantService
 from gateway.errors import StoreUnavailable
@@ -36,6 +38,7 @@ from gateway.login import LoginService
 from gateway.metrics import Metrics
 from gateway.protocol import refuse_transfer_encoding
 from gateway.ratelimit import RateLimiter
+from gateway.refresh import SessionRefresher
 from gateway.requestids import RequestIds
 from gateway.settings import AccessSettings, Settings
 from gateway.signout import SignOut
@@ -53,6 +56,9 @@ METRICS = web.AppKey("metrics", Metrics)
 STATE = web.AppKey("state", RuntimeState)
 LOGIN = web.AppKey("login", LoginService)
 
+
+REFRESHER = web.AppKey("refresher", SessionRefresher)
+"""Present with ``session.refresh``: renews sessions with their upstream (see :mod:`gateway.refresh`)."""
 
 HOT = web.AppKey("hot", HotEndpoints)
 """The check-path endpoints' framework-free logic, for front-ends other than aiohttp's router."""
@@ -89,6 +95,11 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
                          metrics=metrics, clock=clock)
     if settings.check.jwt_upstreams:
         checker.jwt_verifier = login.verify_bearer_session
+    refresher: SessionRefresher | None = None
+    if settings.session.refresh:
+        refresher = SessionRefresher(store=store, login=login, lifetime=settings.session.lifetime,
+                                     interval=settings.session.refresh_interval, metrics=metrics, clock=clock)
+        checker.refresh_sessions(settings.session.refresh_interval, refresher.due)
     state = RuntimeState()
     proxies = TrustedProxies(settings.trusted_networks)
 
@@ -101,6 +112,8 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     app[METRICS] = metrics
     app[STATE] = state
     app[LOGIN] = login
+    if refresher is not None:
+        app[REFRESHER] = refresher
     app.cleanup_ctx.append(_store_lifecycle)
     app.cleanup_ctx.append(_upstreams_lifecycle)
 
@@ -108,7 +121,11 @@ def create_app(settings: Settings, *, policy: Policy | None = None,
     hot = HotEndpoints(
         CheckEndpoint(checker, settings.check, cookie_name=settings.cookie.name,
                       default_role=settings.hasura.default_role, login_url=settings.public_url.rstrip("/") + "/login",
-                      metrics=metrics, proxies=proxies, ids=ids),
+                      metrics=metrics, proxies=proxies, ids=ids,
+                      # After a renewal the cookie's Max-Age follows the session, sent for half an interval.
+                      renewal_cookie=(functools.partial(session_cookie_header, settings.cookie)
+                                      if refresher is not None else None),
+                      renewal_window=settings.session.refresh_interval / 2, clock=clock),
         WebhookEndpoint(checker, settings.hasura, cookie_name=settings.cookie.name,
                         accept_jwt=bool(settings.check.jwt_upstreams), metrics=metrics, ids=ids, clock=clock))
     app[HOT] = hot
@@ -255,6 +272,9 @@ async def _upstreams_lifecycle(app: web.Application) -> AsyncIterator[None]:
                             upstream=name)
         yield
     finally:
+        refresher = app.get(REFRESHER)
+        if refresher is not None:  # refreshes in progress call upstreams: end them before the client closes
+            await refresher.close(_SHUTDOWN_STEP)
         login.providers.clear()
         await http.close()
 

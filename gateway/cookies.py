@@ -9,6 +9,7 @@ host-only (only the gateway's sign-in pages read it), living as long as the devi
 from __future__ import annotations
 
 import re
+from http.cookies import Morsel
 
 from aiohttp import web
 
@@ -36,6 +37,21 @@ def set_session_cookie(response: web.StreamResponse, cookie: CookieSettings, tok
     """Put the session token on the browser."""
     response.set_cookie(cookie.name, token, max_age=int(max_age), path="/", domain=cookie.domain or None,
                         secure=cookie.secure, httponly=True, samesite=cookie.samesite)
+
+
+def session_cookie_header(cookie: CookieSettings, token: str, max_age: float) -> str:
+    """The ``Set-Cookie`` value :func:`set_session_cookie` would send, for answers built without aiohttp (a
+    check renewing the cookie of a session its upstream renewed)."""
+    morsel: Morsel[str] = Morsel()
+    morsel.set(cookie.name, token, token)
+    morsel["max-age"] = str(int(max_age))
+    morsel["path"] = "/"
+    if cookie.domain:
+        morsel["domain"] = cookie.domain
+    morsel["secure"] = cookie.secure
+    morsel["httponly"] = True
+    morsel["samesite"] = cookie.samesite
+    return morsel.OutputString()
 
 
 def clear_session_cookie(response: web.StreamResponse, cookie: CookieSettings) -> None:

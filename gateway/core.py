@@ -57,6 +57,10 @@ class Outcome(enum.Enum):
 JwtVerifier = Callable[[str, str, float], Awaitable[ActiveSession | None]]
 """``(jwt, its hash, now) -> session`` for a verified, enrolled bearer JWT, else None."""
 
+RefreshDue = Callable[[str, ActiveSession], None]
+"""``(token hash, session)``: told that a checked browser session is due for a refresh with its upstream
+(:meth:`gateway.refresh.SessionRefresher.due`); must return at once."""
+
 # Decision, like Credential and RequestFacts, is a named tuple: one is built on every check, and a
 # frozen dataclass costs several times more to build (see gateway.models).
 class Decision(NamedTuple):
@@ -115,6 +119,15 @@ class Checker:
         self._database_down_until = 0.0
         self.jwt_verifier: JwtVerifier | None = None
         """Turns an upstream-issued bearer JWT into a session (set when ``check.jwt_upstreams`` is)."""
+        self._refresh_every = 0.0
+        self._refresh_due: RefreshDue | None = None
+
+    def refresh_sessions(self, every: float, due: RefreshDue) -> None:
+        """Have browser sessions refreshed with their upstream (``session.refresh``): a check of one whose
+        sign-in or last renewal is ``every`` seconds old or more calls ``due`` (which must return at once;
+        the check is decided as usual meanwhile)."""
+        self._refresh_every = every
+        self._refresh_due = due
 
     def check(self, credential: Credential | CredentialProblem, facts: RequestFacts | None,
               then: Then[C, T], context: C) -> T | asyncio.Future[T]:
@@ -252,7 +265,16 @@ class Checker:
 
     def _judge(self, token_hash: str, entry: CacheEntry | None, active: ActiveSession, last_seen: float,
                now: float, facts: RequestFacts | None) -> Decision:
-        """The tail shared by hits and lookups: note the use, apply the policy."""
+        """The tail shared by hits and lookups: note the use, have a due refresh started, apply the policy.
+
+        Both side effects are cheap on purpose (this runs on every check): noting the use is a comparison
+        and, once per grain, a dict write; the refresh test is one comparison when ``session.refresh`` is
+        on (nothing when off), and the refresher itself drops repeats from a memo.
+        """
+        if self._refresh_every:
+            session = active.session
+            if (session.renewed_at or session.created_at) + self._refresh_every <= now and session.kind == "browser":
+                self._refresh_due(token_hash, active)  # type: ignore[misc]  # set together with _refresh_every
         if now - last_seen >= self._grain:
             if entry is not None:
                 entry.last_seen = now

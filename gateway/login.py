@@ -313,7 +313,7 @@ class LoginService:
                                                 kind="browser", now=now, client_addr=client,
                                                 user_agent=user_agent, mfa=identity.mfa,
                                                 provider_session=provider_session)
-            await self._keep_id_token(record.token_hash, identity)
+            await self._keep_secrets(record.token_hash, identity)
         except NotFound:  # an administrator deleted the user (and so the session) since the upsert
             await self._fail(name, requester, "user deleted during the sign-in", outcome="blocked")
             raise AccountRemoved() from None
@@ -394,13 +394,35 @@ class LoginService:
                                           expires_at=now + DEVICE_LIFETIME)
         return device_id
 
-    async def _keep_id_token(self, token_hash: str, identity: Identity) -> None:
-        """Keep the identity's ID token with the new session, sealed, for the ``id_token_hint`` at sign-out;
-        nothing without a sealing key or an ID token. Raises NotFound when the session is gone."""
-        if self.sealer is None or not identity.id_token:
+    async def _keep_secrets(self, token_hash: str, identity: Identity) -> None:
+        """Keep with the new session, sealed, the identity's ID token (for the ``id_token_hint`` at sign-out)
+        and, with ``session.refresh``, its refresh token (for :mod:`gateway.refresh`); nothing without a
+        sealing key. Raises NotFound when the session is gone."""
+        if self.sealer is None:
             return
-        sealed = self.sealer.seal(identity.id_token, token_hash=token_hash, purpose="id_token")
-        await self._store.keep_session_secret(token_hash, "id_token", sealed)
+        if identity.id_token:
+            sealed = self.sealer.seal(identity.id_token, token_hash=token_hash, purpose="id_token")
+            await self._store.keep_session_secret(token_hash, "id_token", sealed)
+        if identity.refresh_token and self._sessions.refresh:
+            sealed = self.sealer.seal(identity.refresh_token, token_hash=token_hash, purpose="refresh_token")
+            await self._store.keep_session_secret(token_hash, "refresh_token", sealed)
+
+    async def vouched_again(self, user: User, identity: Identity) -> str | None:
+        """Take in what the upstream says of ``user`` at a refresh: None once the user row holds the
+        identity's email, names, groups and the roles they map to; else why the user may no longer have a
+        session (the enrolment policy refuses the identity now, or it is blocked), changing nothing."""
+        if identity.subject != user.subject:
+            return "the upstream described another user"
+        refusal = self._enrolment.refusal(identity.email, identity.email_verified, identity.groups)
+        if refusal is not None:
+            return refusal
+        if await self._is_blocked(user.upstream, identity, user.email):
+            return "the identity is blocked"
+        email = identity.email.strip() if identity.email_verified else ""
+        roles = map_roles(identity.groups, self._roles.map, self._roles.passthrough_groups)
+        await self._store.upsert_user(user.upstream, identity.subject, email=email, name=identity.name,
+                                      username=identity.username, groups=identity.groups, roles=roles)
+        return None
 
     def _refuse_unbound(self, name: str, client: str, reason: str) -> None:
         """Note a callback that belongs to no live attempt of this browser; it does not count towards a lockout."""

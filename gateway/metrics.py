@@ -72,6 +72,11 @@ class HotCounters(Collector):
                                   value=self.fast_lane["handovers"])
 
 
+SESSION_REFRESH_OUTCOMES = ("renewed", "refused", "provider_unavailable", "unavailable", "elsewhere", "unsupported",
+                            "gone", "unreadable", "error")
+"""Every outcome ``gateway_session_refreshes_total`` counts (each exported from the start, at 0)."""
+
+
 class Metrics:
     """Every metric the gateway exports."""
 
@@ -99,6 +104,14 @@ class Metrics:
         self.api_tokens = Counter(
             "gateway_api_tokens", "Self-service API token requests by action (mint, revoke) and outcome (ok, "
             "limit, invalid, not_found, forbidden).", ["action", "outcome"], registry=r)
+        self.session_refreshes = Counter(
+            "gateway_session_refreshes", "Refreshes of sessions with the upstream (session.refresh) by outcome: "
+            "renewed; refused (the upstream no longer vouches: the session ended); provider_unavailable and "
+            "unavailable (the upstream or the database could not be asked: tried again later); elsewhere (another "
+            "process holds the refresh); unsupported (no refresh token kept); gone (revoked or ended meanwhile); "
+            "unreadable (sealed with a key no longer configured); error (a bug).", ["outcome"], registry=r)
+        for outcome in SESSION_REFRESH_OUTCOMES:
+            self.session_refreshes.labels(outcome)
         self.device_grants = Counter(
             "gateway_device_grants", "Device authorization grant (RFC 8628) events by outcome: codes issued, "
             "approved and denied; polls answered token_issued, pending, slow_down, access_denied, expired, "

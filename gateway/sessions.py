@@ -67,4 +67,9 @@ def session_problems(session: SessionSettings) -> list[str]:
     if 0 < session.idle_timeout <= session.last_seen_grain:
         problems.append("session.idle_timeout: must be longer than session.last_seen_grain (or 0 for none)")
     problems.extend(sealing_problems(session.sealing_key, session.sealing_key_previous))
+    if session.refresh:
+        if not session.sealing_key:
+            problems.append("session.refresh: needs session.sealing_key (the refresh token is kept encrypted)")
+        if not 0 < session.refresh_interval < session.lifetime:
+            problems.append("session.refresh_interval: must be positive and shorter than session.lifetime")
     return problems

@@ -70,12 +70,12 @@ class Identity:
     groups: tuple[str, ...] = ()
     mfa: bool = False
     claims: Mapping[str, Any] = field(default_factory=dict)
-    id_token: str = ""
+    id_token: str = field(default="", repr=False)
     """The raw ID token, kept only to hint the provider's end-session endpoint at logout."""
     session_id: str = ""
     """The provider's own session at sign-in (OIDC ``sid``), named again by a back-channel logout; "" when
     the provider gives none."""
-    refresh_token: str = ""
+    refresh_token: str = field(default="", repr=False)
     """The refresh token the provider issued with this sign-in or refresh ("" when none): what a
     :class:`Refreshing` provider takes to vouch for the user again later. Kept sealed, never logged."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 from urllib.parse import parse_qsl, quote
 
@@ -21,7 +22,7 @@ from multidict import MultiMapping
 
 from gateway.access import effective_roles
 from gateway.core import DENY_BAD_ORIGINAL_REQUEST, Checker, Decision, Outcome
-from gateway.credentials import Credential, CredentialProblem, find_credential
+from gateway.credentials import Credential, CredentialProblem, CredentialSource, find_credential
 from gateway.facts import MalformedOriginalRequest, RequestFacts, TrustedProxies, has_forwarded_headers, request_facts
 from gateway.metrics import Metrics
 from gateway.reply import Reply
@@ -73,10 +74,20 @@ class CheckEndpoint:
     """The check endpoints' logic over plain request parts; every front-end adapts to it."""
 
     def __init__(self, checker: Checker, check: CheckSettings, *, cookie_name: str, default_role: str,
-                 login_url: str, metrics: Metrics, proxies: TrustedProxies, ids: RequestIds) -> None:
+                 login_url: str, metrics: Metrics, proxies: TrustedProxies, ids: RequestIds,
+                 renewal_cookie: Callable[[str, float], str] | None = None, renewal_window: float = 0.0,
+                 clock: Callable[[], float] = time.time) -> None:
         """``login_url`` is the gateway's public sign-in page; ``default_role`` the role a session has when
-        its user holds none (reported in ``X-Auth-Request-Groups``)."""
+        its user holds none (reported in ``X-Auth-Request-Groups``).
+
+        ``renewal_cookie(token, max_age)`` (with ``session.refresh``) is the ``Set-Cookie`` value that
+        puts a session cookie back on the browser: an allowed check by cookie of a session renewed less
+        than ``renewal_window`` seconds ago answers with it, so that the cookie's ``Max-Age`` follows the
+        renewed session (proxies pass it on to the browser, as nginx's ``auth_request_set`` does)."""
         self._checker = checker
+        self._renewal_cookie = renewal_cookie
+        self._renewal_window = renewal_window
+        self._clock = clock
         self._count = metrics.count_check
         self._request_id = ids.new
         self._proxies = proxies
@@ -117,6 +128,8 @@ class CheckEndpoint:
     def _reply(self, decision: Decision, asked: _Asked) -> Reply:
         """The reply to a decided check: rendered, logged when denied, counted."""
         reply = self._render(decision, asked.facts, asked.redirect)
+        if self._renewal_cookie is not None and decision.outcome is Outcome.ALLOW:
+            reply = self._with_renewed_cookie(reply, decision, asked.credential)
         if not decision.allowed:
             event = log.error if decision.outcome is Outcome.UNAVAILABLE else log.info
             credential = asked.credential
@@ -126,6 +139,22 @@ class CheckEndpoint:
                   request_id=self._request_id(asked.headers.get("X-Request-ID", "")))
         self._count("check", decision.outcome.value, time.perf_counter() - asked.started)
         return reply
+
+    def _with_renewed_cookie(self, reply: Reply, decision: Decision,
+                             credential: Credential | CredentialProblem) -> Reply:
+        """``reply`` with the session cookie set again when the session was renewed lately (see __init__)."""
+        assert decision.active is not None and self._renewal_cookie is not None  # an ALLOW has its session
+        session = decision.active.session
+        renewed = session.renewed_at
+        if renewed is None or not isinstance(credential, Credential):
+            return reply
+        if credential.source is not CredentialSource.COOKIE:
+            return reply
+        now = self._clock()
+        if now - renewed >= self._renewal_window:
+            return reply
+        cookie = self._renewal_cookie(credential.token, session.expires_at - now)
+        return Reply(reply.status, {**reply.headers, "Set-Cookie": cookie}, reply.body)
 
     def _render(self, decision: Decision, facts: RequestFacts | None, redirect: bool) -> Reply:
         status = _STATUS.get(decision.outcome, 401)

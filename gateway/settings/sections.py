@@ -104,9 +104,21 @@ class SessionSettings:
     last_seen_grain: Duration = Duration(60)
     """A session's last use is written to the database at most this often."""
     sealing_key: str = ""
-    """Base64 of 32 random bytes: the key that encrypts (AES-256-GCM) what a session keeps of its upstream,
-    today the ID token, sent back as ``id_token_hint`` when the user signs out. Empty: nothing is kept and
-    sign-out sends no hint. Generate one with ``openssl rand -base64 32``."""
+    """Base64 of 32 random bytes: the key that encrypts (AES-256-GCM) what a session keeps of its upstream:
+    the ID token, sent back as ``id_token_hint`` when the user signs out, and with ``refresh`` the refresh
+    token. Empty: nothing is kept and sign-out sends no hint. Generate one with ``openssl rand -base64 32``."""
+    refresh: bool = False
+    """Sliding renewal: a browser session in use is renewed before it ends for as long as its upstream
+    still vouches for the user. The session keeps the upstream's refresh token (sealed: needs
+    ``sealing_key``); every ``refresh_interval`` the next check of the session has it redeemed in the
+    background, once across all replicas, re-reading roles and groups; the session then lives
+    ``lifetime`` from that moment, and it ends when the upstream refuses. Off: sessions end at their
+    absolute lifetime, as always. Upstreams without refresh tokens (vouch, GitHub OAuth apps) are not
+    renewed."""
+    refresh_interval: Duration = Duration(3600)
+    """With ``refresh``: how long after its sign-in or last renewal a session in use is refreshed again
+    (how soon the upstream's word on roles, groups and disabled users reaches the gateway). Must be
+    shorter than ``lifetime``."""
     sealing_key_previous: str = ""
     """While rotating ``sealing_key``: the key it replaces. Values sealed with it still open, new ones use
     ``sealing_key``; empty it once the sessions begun before the rotation have ended (``session.lifetime``)."""

@@ -28,7 +28,8 @@ _CLAIM = ("UPDATE session_secrets k SET claimed_until = to_timestamp(%(until)s) 
 _RENEW = ("UPDATE sessions SET expires_at = to_timestamp(%(expires_at)s), renewed_at = to_timestamp(%(now)s)"  # noqa: S608
           f" WHERE token_hash = %(token_hash)s AND {ACTIVE} RETURNING user_id")
 _REPLACE = ("INSERT INTO session_secrets (token_hash, purpose, sealed) VALUES (%s, %s, %s)"
-            " ON CONFLICT (token_hash, purpose) DO UPDATE SET sealed = excluded.sealed, claimed_until = NULL")
+            " ON CONFLICT (token_hash, purpose) DO UPDATE SET sealed = excluded.sealed")
+_HOLD = "UPDATE session_secrets SET claimed_until = to_timestamp(%s) WHERE token_hash = %s"
 
 
 class SecretTables(PooledStore):
@@ -70,7 +71,7 @@ class SecretTables(PooledStore):
         return await self._run(work)
 
     async def renew_session(self, token_hash: str, *, now: float, expires_at: float,
-                            secrets: Mapping[SessionSecretPurpose, str]) -> bool:
+                            secrets: Mapping[SessionSecretPurpose, str], next_claim_at: float) -> bool:
         """Move the expiry, replace the secrets and broadcast the user's re-read, in one transaction."""
         for purpose, sealed in secrets.items():
             check_session_secret(token_hash, purpose, sealed)
@@ -82,6 +83,7 @@ class SecretTables(PooledStore):
                 return False
             for purpose, sealed in secrets.items():
                 await cur.execute(_REPLACE, (token_hash, purpose, sealed))
+            await cur.execute(_HOLD, (next_claim_at, token_hash))
             await log_revocations(cur, [Revocation(user_id=int(row[0]))], keep=self._retention)
             return True
 

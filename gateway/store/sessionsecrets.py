@@ -51,11 +51,13 @@ class SessionSecrets(Protocol):
         stores the next value, or when its lease runs out (a claimant that failed or died)."""
 
     async def renew_session(self, token_hash: str, *, now: float, expires_at: float,
-                            secrets: Mapping[SessionSecretPurpose, str]) -> bool:
+                            secrets: Mapping[SessionSecretPurpose, str], next_claim_at: float) -> bool:
         """Renew a session the upstream vouched for again, in one transaction: its absolute expiry becomes
         ``expires_at``, ``renewed_at`` becomes ``now``, the sealed ``secrets`` replace those kept under
-        their purposes (and end their claims), and every process is told to forget the user's cached
-        sessions (a revocation of the user on the feed: they re-read the new expiry and roles).
+        their purposes, every secret of the session may be claimed again from ``next_claim_at`` on (the
+        next refresh's due time: a process that has not re-read the session yet cannot refresh it twice),
+        and every process is told to forget the user's cached sessions (a revocation of the user on the
+        feed: they re-read the new expiry and roles).
 
         False, changing nothing, when the session is revoked or has expired by ``now`` (a refresh never
         revives a session). Raises ValueError for a malformed hash or secret (as

@@ -22,7 +22,8 @@ _CLAIM = ("UPDATE session_secrets SET claimed_until = ? WHERE token_hash = ? AND
           " RETURNING sealed")
 _RENEW = f"UPDATE sessions SET expires_at = ?, renewed_at = ? WHERE token_hash = ? AND {ACTIVE} RETURNING user_id"  # noqa: S608
 _REPLACE = ("INSERT INTO session_secrets (token_hash, purpose, sealed) VALUES (?, ?, ?)"
-            " ON CONFLICT (token_hash, purpose) DO UPDATE SET sealed = excluded.sealed, claimed_until = NULL")
+            " ON CONFLICT (token_hash, purpose) DO UPDATE SET sealed = excluded.sealed")
+_HOLD = "UPDATE session_secrets SET claimed_until = ? WHERE token_hash = ?"
 
 
 class SecretTables(ConnectedStore):
@@ -66,7 +67,7 @@ class SecretTables(ConnectedStore):
         return str(rows[0][0]) if rows else None
 
     async def renew_session(self, token_hash: str, *, now: float, expires_at: float,
-                            secrets: Mapping[SessionSecretPurpose, str]) -> bool:
+                            secrets: Mapping[SessionSecretPurpose, str], next_claim_at: float) -> bool:
         """Move the expiry, replace the secrets and broadcast the user's re-read, in one transaction."""
         for purpose, sealed in secrets.items():
             check_session_secret(token_hash, purpose, sealed)
@@ -76,5 +77,6 @@ class SecretTables(ConnectedStore):
                 return False
             for purpose, sealed in secrets.items():
                 await conn.execute(_REPLACE, (token_hash, purpose, sealed))
+            await conn.execute(_HOLD, (next_claim_at, token_hash))
             await log_revocation(conn, now, Revocation(user_id=int(rows[0][0])))
         return True

@@ -151,9 +151,12 @@ async def test_a_refresh_token_is_claimed_by_one_at_a_time_until_renewed_or_its_
     assert await store.session_secret(h, "refresh_token") == SEALED
     await store.keep_session_secret(h, "id_token", SEALED)
     assert await store.claim_session_secret(h, "id_token", now=now + 30, lease=30) == SEALED
-    # renewing stores the next value and ends the claim
-    assert await store.renew_session(h, now=now + 31, expires_at=now + 7200, secrets={"refresh_token": SEALED + "2"})
-    assert await store.claim_session_secret(h, "refresh_token", now=now + 32, lease=30) == SEALED + "2"
+    # renewing stores the next value, held until the next refresh is due (a replica that has not re-read
+    # the session yet cannot refresh it a second time)
+    assert await store.renew_session(h, now=now + 31, expires_at=now + 7200, secrets={"refresh_token": SEALED + "2"},
+                                     next_claim_at=now + 300)
+    assert await store.claim_session_secret(h, "refresh_token", now=now + 299, lease=30) is None
+    assert await store.claim_session_secret(h, "refresh_token", now=now + 300, lease=30) == SEALED + "2"
 
 
 async def test_a_revoked_or_expired_session_gives_no_claim_and_is_never_renewed(store: Store) -> None:
@@ -166,12 +169,14 @@ async def test_a_revoked_or_expired_session_gives_no_claim_and_is_never_renewed(
         await store.keep_session_secret(h, "refresh_token", SEALED)
     assert await store.revoke_session(revoked, actor="user", reason="logout")
     assert await store.claim_session_secret(revoked, "refresh_token", now=now + 1, lease=30) is None
-    assert not await store.renew_session(revoked, now=now + 1, expires_at=now + 9999, secrets={})
+    assert not await store.renew_session(revoked, now=now + 1, expires_at=now + 9999, secrets={},
+                                         next_claim_at=now + 600)
     assert await store.claim_session_secret(expired, "refresh_token", now=now + 100, lease=30) is None
     assert not await store.renew_session(expired, now=now + 100, expires_at=now + 9999,
-                                         secrets={"refresh_token": SEALED + "2"})
+                                         secrets={"refresh_token": SEALED + "2"}, next_claim_at=now + 600)
     assert await store.claim_session_secret(idle, "refresh_token", now=now + 50, lease=30) is None  # idle
-    assert not await store.renew_session(idle, now=now + 50, expires_at=now + 9999, secrets={})
+    assert not await store.renew_session(idle, now=now + 50, expires_at=now + 9999, secrets={},
+                                         next_claim_at=now + 600)
     for h in (revoked, expired):
         assert await store.session_secret(h, "refresh_token") == SEALED  # nothing was replaced
         found = await store.lookup_session(h)
@@ -190,7 +195,8 @@ async def test_a_renewal_moves_the_expiry_and_tells_every_process_to_re_read_the
     try:
         await asyncio.sleep(0.3)
         assert await store.renew_session(h, now=now + 10, expires_at=now + 4000,
-                                         secrets={"refresh_token": SEALED, "id_token": SEALED + "i"})
+                                         secrets={"refresh_token": SEALED, "id_token": SEALED + "i"},
+                                         next_claim_at=now + 600)
         after = await store.lookup_session(h)
         assert after is not None
         assert after.session.expires_at == pytest.approx(now + 4000)
@@ -210,6 +216,7 @@ async def test_renew_refuses_a_malformed_secret_before_writing(store: Store) -> 
     now = time.time()
     h = await make_session(store, user_id, "s", now=now)
     with pytest.raises(ValueError):
-        await store.renew_session(h, now=now, expires_at=now + 9999, secrets={"refresh_token": "not sealed"})
+        await store.renew_session(h, now=now, expires_at=now + 9999, secrets={"refresh_token": "not sealed"},
+                                  next_claim_at=now + 600)
     found = await store.lookup_session(h)
     assert found is not None and found.session.renewed_at is None
