@@ -336,8 +336,12 @@ class DeviceGrantService:
         if grant is None:
             self._wrong(limit_keys, user, client)
         self._count("approved" if approve else "denied")
-        log.info("device code approved" if approve else "device code denied", grant_id=grant.grant_id,
-                 client_id=grant.client_id, user_id=user.id, client=client)
+        if approve:
+            log.info("device code approved", grant_id=grant.grant_id, client_id=grant.client_id, user_id=user.id,
+                     client=client)
+        else:
+            log.info("device code denied", grant_id=grant.grant_id, client_id=grant.client_id, user_id=user.id,
+                     client=client)
         return grant
 
     def _admitted_code(self, raw_code: str, limit_keys: Sequence[str]) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
 import shutil
@@ -9,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -137,3 +139,84 @@ def test_deploy_snippets_are_the_files() -> None:
     whole = {path: text for path, text in blocks if path.endswith((".conf", "Caddyfile", ".cfg", ".lua"))}
     for path, text in whole.items():
         assert text == (ROOT / path).read_text(), f"README must show all of {path}"
+
+
+def _cookies(response: http.client.HTTPResponse) -> dict[str, str]:
+    """The cookies a response sets, by name (attributes dropped)."""
+    jar: dict[str, str] = {}
+    for header in response.headers.get_all("Set-Cookie") or ():
+        name, _, rest = header.partition("=")
+        jar[name.strip()] = rest.split(";", 1)[0]
+    return jar
+
+
+def _browser_request(port: str, method: str, path: str, jar: dict[str, str],
+                     body: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """One request as a browser on the gateway's own page would send it; the jar takes the cookies set.
+    Answers (status, Location, body)."""
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=10)
+    headers = {"Accept": "text/html", "Cookie": "; ".join(f"{k}={v}" for k, v in jar.items())}
+    data = None
+    if body is not None:
+        data = urllib.parse.urlencode(body)
+        headers.update({"Content-Type": "application/x-www-form-urlencoded", "Sec-Fetch-Site": "same-origin",
+                        "Origin": f"http://127.0.0.1:{port}"})
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        response = conn.getresponse()
+        jar.update(_cookies(response))
+        return response.status, response.getheader("Location") or "", response.read().decode()
+    finally:
+        conn.close()
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("jq")) and os.environ.get("GATEWAY_TEST_STRICT") != "1",
+                    reason="curl or jq not installed")
+def test_device_sign_in_snippet(sandbox: Path) -> None:
+    """The CLI's side runs as written while a browser signs in with the dev form and approves the code."""
+    port = str(free_port())
+    dev = sandbox / "config" / "dev.toml"
+    dev.write_text(dev.read_text().replace("4180", port))
+    snippet = code_block_after("### Device sign-in for CLIs").replace("4180", port)
+    env = clean_env()
+    server = subprocess.Popen([str(sandbox / ".venv/bin/gateway"), "serve", "--config", "config/dev.toml"],
+                              cwd=sandbox, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cli: subprocess.Popen[str] | None = None
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+        cli = subprocess.Popen([shutil.which("dash") or "sh", "-eu", "-c", snippet], cwd=sandbox, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert cli.stdout is not None
+        prompt = cli.stdout.readline()
+        match = re.fullmatch(r"Open (http://\S+/device\?user_code=(\S+)) and approve code (\S+)\n", prompt)
+        assert match and match.group(2) == match.group(3), prompt
+        # the person: signs in with the development form, follows the link, approves
+        jar: dict[str, str] = {}
+        status, location, _ = _browser_request(port, "GET", "/login?upstream=dev&rd=%2Fdevice", jar)
+        assert status == 302 and "/login/dev/dev?state=" in location, (status, location)
+        state = urllib.parse.parse_qs(urllib.parse.urlsplit(location).query)["state"][0]
+        status, location, _ = _browser_request(port, "GET", "/callback/dev?" + urllib.parse.urlencode(
+            {"state": state, "email": "ada@example.com"}), jar)
+        assert status == 302 and "gw_session" in jar, (status, location)
+        status, _, page = _browser_request(port, "GET", urllib.parse.urlsplit(match.group(1)).path + "?"
+                                           + urllib.parse.urlsplit(match.group(1)).query, jar)
+        csrf = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page)
+        assert status == 200 and csrf, page
+        status, _, page = _browser_request(port, "POST", "/device", jar, {
+            "csrf_token": csrf.group(1), "user_code": match.group(3), "action": "approve"})
+        assert status == 200 and "Device approved" in page, page
+        out, err = cli.communicate(timeout=60)
+    finally:
+        if cli is not None and cli.poll() is None:
+            cli.kill()
+        server.send_signal(signal.SIGTERM)
+        server.wait(20)
+    assert cli.returncode == 0, err
+    assert out.startswith("HTTP/1.1 200") and "X-Auth-Request-Email: ada@example.com" in out, out
