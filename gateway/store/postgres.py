@@ -116,7 +116,9 @@ class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTa
         """Close the pool (waiting briefly for queries in flight), the lookup slots and any listener.
 
         Returns once every queued session lookup is answered (those still queued get StoreUnavailable)
-        and every connection is closed. Never raises: it is the last thing a process does with the store.
+        and every connection is closed, or once each step has had its bound (a query's timeout, a
+        connection's) and been left behind with a warning. Never raises: it is the last thing a process
+        does with the store.
         """
         self._closed = True
         for conn in list(self._listeners):
@@ -130,10 +132,16 @@ class PostgresStore(SessionTables, UserTables, LoginTables, AdminTables, TokenTa
             except Exception:  # TimeoutError, or a connection that fails to close: close them all anyway
                 pool.terminate()
                 try:
-                    await pool.wait_closed()
+                    # bounded too: a connection still being opened holds wait_closed until it is
+                    async with asyncio.timeout(self._database.connect_timeout + 1):
+                        await pool.wait_closed()
                 except Exception as exc:
                     log.warning("session database pool did not close cleanly: %s", scrub(describe(exc), self._secrets))
-        await self._lookups.close()
+        try:
+            async with asyncio.timeout(self._database.query_timeout + 1):
+                await self._lookups.close()
+        except TimeoutError:
+            log.warning("session database pool did not close cleanly: %s", "lookups still running")
 
     async def ping(self) -> None:
         """Return when the database answers ``SELECT 1``; raise StoreUnavailable otherwise."""

@@ -62,11 +62,18 @@ def loop_factory(loop: str) -> Callable[[], asyncio.AbstractEventLoop]:
     return asyncio.new_event_loop
 
 
+RUN_LIMIT = 420.0
+"""Seconds :func:`run_on` lets ``main()`` run (the longest full fault run takes about three minutes): past
+it, ``main()`` is cancelled and TimeoutError says where it waited, before pytest-timeout's limit ends the
+whole test with less to say."""
+
+
 def run_on(loop: str, main: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run ``main()`` to completion on a new event loop of kind ``loop`` (``uvloop`` or ``asyncio``)."""
+    """Run ``main()`` to completion on a new event loop of kind ``loop`` (``uvloop`` or ``asyncio``), for at
+    most :data:`RUN_LIMIT` seconds."""
     require_loop(loop)
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        return runner.run(main())
+        return runner.run(asyncio.wait_for(main(), RUN_LIMIT))
 
 
 @dataclass
