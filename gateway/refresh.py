@@ -45,8 +45,8 @@ ACTOR = "refresh"
 """The audit ``actor`` of sessions a refresh ends."""
 
 RETRY_AFTER = 60.0
-"""Seconds before this process tries a session's refresh again (after any outcome but a renewal, which
-moves the due time itself)."""
+"""Seconds before this process tries a session's refresh again (after any outcome but a renewal, after
+which it is due again a ``session.refresh_interval`` later, whatever a copy cached before it says)."""
 
 UNREFRESHABLE_FOR = 3600.0
 """Seconds this process remembers that a session keeps no refresh token (it never will: only a sign-in
@@ -80,12 +80,14 @@ class SessionRefresher:
         self._recent: cachetools.TTLCache[str, bool] = cachetools.TTLCache(MEMO_ENTRIES, RETRY_AFTER, timer=clock)
         self._unrefreshable: cachetools.TTLCache[str, bool] = cachetools.TTLCache(MEMO_ENTRIES, UNREFRESHABLE_FOR,
                                                                                 timer=clock)
+        # Renewed here: not due again for an interval, whatever a cached copy read before the renewal says.
+        self._renewed: cachetools.TTLCache[str, bool] = cachetools.TTLCache(MEMO_ENTRIES, interval, timer=clock)
         self._tasks: set[asyncio.Task[None]] = set()
 
     def due(self, token_hash: str, active: ActiveSession) -> None:
         """Note that a check found this session due for a refresh; start one in the background unless
         this process tried it lately. Cheap and never raises: it runs on the check path."""
-        if token_hash in self._recent or token_hash in self._unrefreshable:
+        if token_hash in self._recent or token_hash in self._renewed or token_hash in self._unrefreshable:
             return
         self._recent[token_hash] = True
         task = asyncio.get_running_loop().create_task(self._run(token_hash, active))
@@ -164,6 +166,8 @@ class SessionRefresher:
                                                   secrets=secrets, next_claim_at=now + self._interval)
         if not renewed:
             return "gone"
+        self._recent.pop(token_hash, None)  # due again in an interval, not a retry pause
+        self._renewed[token_hash] = True
         log.info("session renewed by its upstream", upstream=user.upstream, user_id=user.id,
                  session=token_hash[:12], groups_read=refreshed.identity is not None)
         return "renewed"
