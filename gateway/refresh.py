@@ -33,16 +33,16 @@ import structlog
 from gateway.errors import StoreUnavailable
 from gateway.login import LoginService
 from gateway.metrics import Metrics
-from gateway.models import ActiveSession
+from gateway.models import ActiveSession, User
 from gateway.sealing import SealingError
-from gateway.store.base import SessionLookups
+from gateway.store.base import Audit, SessionLookups
 from gateway.store.sessionsecrets import SessionSecretPurpose, SessionSecrets
-from upstreams.base import FailureReason, ProviderError, Refreshed
+from upstreams.base import FailureReason, Identity, ProviderError, Refreshed
 
 log = structlog.get_logger("gateway.refresh")
 
 ACTOR = "refresh"
-"""The audit ``actor`` of sessions a refresh ends."""
+"""The audit ``actor`` of renewals (``session_refresh``) and of sessions a refresh ends (``revoke``)."""
 
 RETRY_AFTER = 60.0
 """Seconds before this process tries a session's refresh again (after any outcome but a renewal, after
@@ -60,8 +60,8 @@ MEMO_ENTRIES = 100_000
 """Most sessions each memo holds (the oldest are forgotten first: they are merely tried again)."""
 
 
-class RefreshStore(SessionSecrets, SessionLookups, Protocol):
-    """The store roles a refresh needs: the sealed refresh token and its renewal, and one revocation."""
+class RefreshStore(SessionSecrets, SessionLookups, Audit, Protocol):
+    """The store roles a refresh needs: the sealed refresh token and its renewal, one revocation, the audit log."""
 
 
 class SessionRefresher:
@@ -168,9 +168,23 @@ class SessionRefresher:
             return "gone"
         self._recent.pop(token_hash, None)  # due again in an interval, not a retry pause
         self._renewed[token_hash] = True
+        await self._audit_renewal(token_hash, user, refreshed.identity)
         log.info("session renewed by its upstream", upstream=user.upstream, user_id=user.id,
                  session=token_hash[:12], groups_read=refreshed.identity is not None)
         return "renewed"
+
+    async def _audit_renewal(self, token_hash: str, user: User, identity: Identity | None) -> None:
+        """Audit ``session_refresh`` (with the new groups when they changed); a database that fails here
+        costs the row, not the renewal."""
+        detail = {"upstream": user.upstream, "session": token_hash[:12],
+                  "groups_read": str(identity is not None).lower()}
+        if identity is not None and tuple(identity.groups) != tuple(user.groups):
+            detail["groups"] = ",".join(identity.groups)
+        try:
+            await self._store.record_audit("session_refresh", user_id=user.id,
+                                           user_key=f"{user.upstream}:{user.subject}", actor=ACTOR, detail=detail)
+        except StoreUnavailable as exc:
+            log.warning("session renewal not audited: database unavailable", user_id=user.id, error=str(exc))
 
     async def _end(self, token_hash: str, active: ActiveSession, reason: str) -> str:
         """Revoke a session its upstream no longer vouches for (audited by the store, broadcast everywhere)."""

@@ -138,6 +138,9 @@ async def test_a_session_in_use_outlives_its_lifetime_while_the_upstream_vouches
     # the browser's cookie follows the session: the same token, with the renewed session's Max-Age
     renewed = await check(browser)
     assert max_age(renewed) == pytest.approx(2 * HOUR, abs=2)
+    audit = [e for e in await gw.store.list_audit(limit=20) if e.event == "session_refresh"]
+    assert [(e.actor, e.detail.get("session"), e.detail.get("groups")) for e in audit] == [
+        ("refresh", h[:12], "staff,admins")]
     assert browser.cookie("gw_session") is not None and session_hash(browser) == h
 
     # past the sign-in's own expiry, still in, refreshed once an interval, never more
