@@ -13,7 +13,9 @@ tokens) and keep using the gateway's check endpoint while the gateway's clock mo
 - without ``session.refresh`` nothing of this happens and no refresh token is kept; with it, the refresh
   token is kept only sealed, and never logged;
 - two replicas that see the session come due at once refresh it once, even with rotating refresh
-  tokens whose replay would revoke the whole family.
+  tokens whose replay would revoke the whole family;
+- a GitHub App's sessions (expiring user tokens) are renewed the same way, and end when the user leaves
+  the organisation the upstream admits.
 
 Most run on SQLite and PostgreSQL.
 """
@@ -34,10 +36,15 @@ from gateway.sealing import new_key
 from gateway.settings import SettingsError
 from gateway.tokens import hash_token
 from tests.browsers import PUBLIC, Browser, BrowserFactory
+from tests.fakes.github import FakeEmail, FakeGitHub
+from tests.fakes.github import FakeUser as GitHubUser
 from tests.fakes.oidc import FakeOIDC, FakeUser, ServerFactory
 from tests.harness import Gateway, GatewayFactory
 from tests.helpers import make_settings
 from tests.test_id_token_hint import database_text, kept
+from tests.test_login_providers import Browser as ProviderBrowser
+from tests.test_login_providers import github_table
+from tests.test_login_providers import settings as provider_settings
 
 KEY = new_key()
 HOUR = 3600.0
@@ -376,3 +383,35 @@ def test_check_config_names_what_refresh_needs(overrides: dict[str, Any], proble
     with pytest.raises(SettingsError) as caught:
         make_settings({**SETTINGS, **overrides})
     assert problem in str(caught.value)
+
+
+async def test_a_github_app_session_is_renewed_until_the_user_leaves_the_org(
+        gateway_factory: GatewayFactory, aiohttp_server: ServerFactory) -> None:
+    fake = FakeGitHub()
+    fake.expiring_tokens = True  # a GitHub App with expiring user tokens: refresh tokens, rotated at each use
+    fake.add_user(GitHubUser(id=1001, login="member", emails=[FakeEmail("member@example.com", primary=True)],
+                             orgs=["acme"]))
+    fake.default_login = "member"
+    base = str((await aiohttp_server(fake.app())).make_url("")).rstrip("/")
+    gw = await gateway_factory(**provider_settings(
+        {"github": github_table(fake, base, api_url=base, orgs=["acme"])},
+        **{k: v for k, v in SETTINGS.items() if k.startswith("session.")}))
+    browser = ProviderBrowser(gw)
+    assert (await browser.sign_in()).status == 302
+    gw.clock.advance(HOUR + 1)
+    assert (await browser.get("/auth/check")).status == 200
+    await settle(gw)
+    assert fake.refresh_calls == 1
+    assert gw.metric("gateway_session_refreshes_total", outcome="renewed") == 1
+    gw.clock.advance(HOUR)  # past the sign-in's lifetime: renewed
+    assert (await browser.get("/auth/check")).status == 200
+
+    fake.users[1001].orgs = []  # removed from the organisation the upstream admits
+    gw.clock.advance(1)
+    await browser.get("/auth/check")
+    await settle(gw)
+
+    async def ended() -> bool:
+        return (await browser.get("/auth/check")).status == 401
+    await until(ended, "a GitHub user who left the organisation kept their session")
+    assert fake.refresh_calls == 2
