@@ -931,3 +931,40 @@ def assert_api_tokens_are_the_gateways(base_url: str, app_paths: Callable[[], li
         assert time.monotonic() < deadline, "the revoked API token still works through the proxy"
         time.sleep(0.05)
     assert not [p for p in app_paths() if p.startswith(("/tokens", "/auth/tokens"))]
+
+
+_DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+_FORM = ("Content-Type", "application/x-www-form-urlencoded")
+
+
+def assert_device_grant_is_the_gateways(base_url: str, app_paths: Callable[[], list[str]]) -> None:
+    """A CLI's sign-in (RFC 8628: ``/auth/device/code``, ``/auth/device/token``, ``/device``) is the gateway's,
+    on the site's host: a CLI asks for a code and is told to wait, a browser signed in through the proxy
+    approves it on the page (its form, its CSRF token), the CLI's next poll gets a token that works on the
+    app, once. ``app_paths`` lists the paths the app was asked for: never these."""
+    json_ = ("Accept", "application/json")
+    asked = http("POST", base_url + "/auth/device/code", [_FORM, json_], b"client_id=through+the+proxy")
+    assert asked.status == 200, (asked.status, asked.text)
+    code = asked.json()
+    poll = urlencode({"grant_type": _DEVICE_GRANT, "device_code": code["device_code"],
+                      "client_id": "through the proxy"}).encode()
+    waiting = http("POST", base_url + "/auth/device/token", [_FORM, json_], poll)
+    assert (waiting.status, waiting.json()["error"]) == (400, "authorization_pending"), waiting.text
+    anonymous = http("GET", f"{base_url}/device?user_code={code['user_code']}", [("Accept", "text/html")])
+    assert anonymous.status == 302 and "/login?rd=%2Fdevice" in (anonymous.header("Location") or "")
+    cookie = cookie_header({COOKIE: sign_in(base_url, "cli-owner@example.com").token})
+    page = http("GET", f"{base_url}/device?user_code={code['user_code']}", [("Accept", "text/html"), cookie])
+    csrf = re.search(r'name="csrf_token" value="([0-9a-f]{64})"', page.text)
+    assert page.status == 200 and csrf, (page.status, page.text[:300])
+    for action, shows in (("look_up", "Approve this device?"), ("approve", "Device approved")):
+        answer = http("POST", base_url + "/device", [_FORM, ("Accept", "text/html"), cookie], urlencode(
+            {"csrf_token": csrf.group(1), "user_code": code["user_code"], "action": action}).encode())
+        assert answer.status == 200 and shows in answer.text, (action, answer.status, answer.text[:300])
+    time.sleep(code["interval"])
+    granted = http("POST", base_url + "/auth/device/token", [_FORM, json_], poll)
+    assert granted.status == 200, (granted.status, granted.text)
+    bearer = ("Authorization", f"Bearer {granted.json()['access_token']}")
+    assert http("GET", base_url + "/api/me", [json_, bearer]).status == 200
+    again = http("POST", base_url + "/auth/device/token", [_FORM, json_], poll)
+    assert (again.status, again.json()["error"]) == (400, "invalid_grant"), again.text
+    assert not [p for p in app_paths() if p.startswith(("/device", "/auth/device"))]

@@ -30,7 +30,12 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 import pytest
 
 from tests.deploy.stack import Reply as StackReply
-from tests.deploy.stack import assert_api_tokens_are_the_gateways, http, unavailable
+from tests.deploy.stack import (
+    assert_api_tokens_are_the_gateways,
+    assert_device_grant_is_the_gateways,
+    http,
+    unavailable,
+)
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -467,3 +472,7 @@ def test_sign_in_and_out_through_caddy_with_the_development_form(stack: Stack) -
 
 def test_people_mint_use_and_revoke_their_own_api_tokens_through_caddy(stack: Stack) -> None:
     assert_api_tokens_are_the_gateways(stack.url, lambda: [str(r["path"]) for r in stack.app_saw("/")])
+
+
+def test_a_cli_signs_in_with_a_device_code_through_caddy(stack: Stack) -> None:
+    assert_device_grant_is_the_gateways(stack.url, lambda: [str(r["path"]) for r in stack.app_saw("/")])

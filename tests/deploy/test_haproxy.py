@@ -37,6 +37,7 @@ from tests.deploy.stack import (
     assert_anonymous_browser_sent_to_sign_in,
     assert_api_tokens_are_the_gateways,
     assert_back_channel_logouts_reach_the_gateway,
+    assert_device_grant_is_the_gateways,
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
     assert_session_revoke_refuses_within_a_second,
@@ -479,3 +480,7 @@ def test_paths_reach_the_app_as_sent_so_as_the_check_saw_them(stack: HAProxyStac
 
 def test_people_mint_use_and_revoke_their_own_api_tokens_through_the_proxy(stack: HAProxyStack) -> None:
     assert_api_tokens_are_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])
+
+
+def test_a_cli_signs_in_with_a_device_code_through_the_proxy(stack: HAProxyStack) -> None:
+    assert_device_grant_is_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])

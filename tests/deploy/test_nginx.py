@@ -29,6 +29,7 @@ from tests.deploy.stack import (
     assert_anonymous_browser_sent_to_sign_in,
     assert_api_tokens_are_the_gateways,
     assert_back_channel_logouts_reach_the_gateway,
+    assert_device_grant_is_the_gateways,
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
     assert_session_revoke_refuses_within_a_second,
@@ -297,3 +298,7 @@ async def test_hasura_site_passes_websocket_upgrades(stack: Stack, hasura_site: 
 
 def test_people_mint_use_and_revoke_their_own_api_tokens_through_the_proxy(stack: Stack) -> None:
     assert_api_tokens_are_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])
+
+
+def test_a_cli_signs_in_with_a_device_code_through_the_proxy(stack: Stack) -> None:
+    assert_device_grant_is_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])
