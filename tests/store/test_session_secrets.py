@@ -177,8 +177,9 @@ async def test_a_revoked_or_expired_session_gives_no_claim_and_is_never_renewed(
     assert await store.claim_session_secret(idle, "refresh_token", now=now + 50, lease=30) is None  # idle
     assert not await store.renew_session(idle, now=now + 50, expires_at=now + 9999, secrets={},
                                          next_claim_at=now + 600)
+    assert await store.session_secret(revoked, "refresh_token") is None  # forgotten at the revocation
+    assert await store.session_secret(expired, "refresh_token") == SEALED  # nothing was replaced
     for h in (revoked, expired):
-        assert await store.session_secret(h, "refresh_token") == SEALED  # nothing was replaced
         found = await store.lookup_session(h)
         assert found is not None and found.session.expires_at == pytest.approx(now + 100)
         assert found.session.renewed_at is None
@@ -220,3 +221,20 @@ async def test_renew_refuses_a_malformed_secret_before_writing(store: Store) -> 
                                   next_claim_at=now + 600)
     found = await store.lookup_session(h)
     assert found is not None and found.session.renewed_at is None
+
+
+async def test_whatever_revokes_a_session_forgets_its_refresh_token(store: Store) -> None:
+    user_id, bob = await make_user(store), await make_user(store, "bob")
+    now = time.time()
+    one, two, three, kept = [await make_session(store, uid, label, now=now)
+                             for uid, label in ((user_id, "1"), (user_id, "2"), (user_id, "3"), (bob, "b"))]
+    for h in (one, two, three, kept):
+        await store.keep_session_secret(h, "refresh_token", SEALED)
+        await store.keep_session_secret(h, "id_token", SEALED + "i")
+    assert await store.revoke_session(one, actor="user", reason="logout")
+    assert await store.session_secret(one, "refresh_token") is None
+    assert await store.session_secret(one, "id_token") == SEALED + "i"  # sign-out takes it for the hint
+    assert await store.revoke_user_sessions(user_id, actor="admin", reason="test") == 2
+    for h in (two, three):
+        assert await store.session_secret(h, "refresh_token") is None
+    assert await store.session_secret(kept, "refresh_token") == SEALED

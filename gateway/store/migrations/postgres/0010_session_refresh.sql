@@ -17,3 +17,17 @@ ALTER TABLE session_secrets DROP CONSTRAINT session_secrets_purpose_check;
 ALTER TABLE session_secrets ADD CONSTRAINT session_secrets_purpose_check
     CHECK (purpose IN ('id_token', 'refresh_token')) NOT VALID;
 ALTER TABLE session_secrets VALIDATE CONSTRAINT session_secrets_purpose_check;
+
+-- A revoked session's refresh token is of no further use and must not outlive it in the database: whatever
+-- revokes the session (sign-out, an admin, a back-channel logout, a refusal at refresh) forgets it in the
+-- same transaction. The ID token stays until sign-out takes it for the `id_token_hint`.
+CREATE FUNCTION gateway_forget_refresh_token() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    DELETE FROM session_secrets WHERE token_hash = NEW.token_hash AND purpose = 'refresh_token';
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER sessions_revoked_forget_refresh_token AFTER UPDATE OF revoked_at ON sessions
+    FOR EACH ROW WHEN (OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL)
+    EXECUTE FUNCTION gateway_forget_refresh_token();

@@ -16,3 +16,11 @@ CREATE TABLE session_secrets_0010 (
 INSERT INTO session_secrets_0010 (token_hash, purpose, sealed) SELECT token_hash, purpose, sealed FROM session_secrets;
 DROP TABLE session_secrets;
 ALTER TABLE session_secrets_0010 RENAME TO session_secrets;
+
+-- A revoked session's refresh token must not outlive it in the file: whatever revokes the session forgets
+-- it in the same transaction (as in PostgreSQL). The ID token stays until sign-out takes it.
+CREATE TRIGGER sessions_revoked_forget_refresh_token AFTER UPDATE OF revoked_at ON sessions
+    FOR EACH ROW WHEN OLD.revoked_at IS NULL AND NEW.revoked_at IS NOT NULL
+BEGIN
+    DELETE FROM session_secrets WHERE token_hash = NEW.token_hash AND purpose = 'refresh_token';
+END;
