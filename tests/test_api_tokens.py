@@ -350,6 +350,24 @@ async def test_a_forged_page_form_is_refused_with_a_page(gw: Gateway) -> None:
     assert (await listing(gw, cookie(browser)))["tokens"] == []
 
 
+@pytest.mark.parametrize(("path", "data", "content_type"), [
+    pytest.param("/tokens", b"name=\xff\xfe&csrf_token=x", "application/x-www-form-urlencoded", id="tokens-not-utf8"),
+    pytest.param("/tokens", b"name=x", "application/x-www-form-urlencoded; charset=no-such-charset",
+                 id="tokens-charset"),
+    pytest.param("/tokens", b"--b\r\nnot a part", "multipart/form-data; boundary=b", id="tokens-broken-multipart"),
+    pytest.param("/tokens", b"x", "multipart/form-data", id="tokens-multipart-no-boundary"),
+    pytest.param("/logout", b"rd=\xff\xfe", "application/x-www-form-urlencoded", id="logout-not-utf8"),
+    pytest.param("/logout", b"--b\r\nnot a part", "multipart/form-data; boundary=b", id="logout-broken-multipart"),
+])
+async def test_a_form_that_cannot_be_read_is_a_400_never_a_500(gw: Gateway, path: str, data: bytes,
+                                                              content_type: str) -> None:
+    browser = await gw.token()
+    resp = await gw.client.post(path, data=data, headers={**cookie(browser), **FROM_OUR_PAGE,
+                                                          "Content-Type": content_type}, allow_redirects=False)
+    assert resp.status == 400, (resp.status, await resp.text())
+    assert await check(gw, browser) == 200  # and nothing happened to the session
+
+
 # ---- replicas ---------------------------------------------------------------------------------------------------
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
-from gateway.errors import PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge
 
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
 
@@ -21,9 +22,14 @@ def refuse_longer(request: web.Request, max_bytes: int, message: str) -> None:
 async def posted_fields(request: web.Request, names: Iterable[str], *, max_bytes: int,
                         too_large: str) -> dict[str, str]:
     """The text fields ``names`` of a posted form (urlencoded or multipart); nothing from other bodies.
-    PayloadTooLarge(``too_large``) over ``max_bytes``."""
+    PayloadTooLarge(``too_large``) over ``max_bytes``; BadRequest for a form that cannot be read (text
+    that is not UTF-8, a broken multipart body)."""
     refuse_longer(request, max_bytes, too_large)
     if request.content_type not in FORM_TYPES:
         return {}
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (UnicodeDecodeError, ValueError, AssertionError, LookupError, HttpProcessingError) as exc:
+        # aiohttp raises these for undecodable text, a malformed multipart body or an unknown charset
+        raise BadRequest("The form could not be read.") from exc
     return {name: value for name in names if isinstance(value := form.get(name), str)}
