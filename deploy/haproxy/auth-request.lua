@@ -17,12 +17,19 @@
 --   txn.auth_user, txn.auth_email, txn.auth_groups, txn.auth_user_id
 --                     the identity, set only on a 200 (empty when the gateway says nothing)
 --   txn.auth_login    on a 401: the sign-in URL with this page as rd, already URL-encoded
+--   txn.auth_cookie   on a 200 only, when the gateway renewed the session (session.refresh): its one
+--                     Set-Cookie for the session cookie, which haproxy.cfg adds to the response so the
+--                     browser's cookie follows the session. Never set from a denied answer; a client
+--                     cannot set it (it comes from the gateway's answer alone).
 --
 -- Every failure (no answer, a Lua error, an identity header sent twice) leaves txn.auth_status at 0.
 -- HAProxy 2.6's HTTP client retries a failed or timed-out attempt 3 times (one second apart after a
 -- refused connection), so a gateway that is down costs about 3 s, a hung one up to 4 x TIMEOUT_MS.
 
 local TIMEOUT_MS = 1000  -- per attempt; the gateway answers in milliseconds
+
+-- The gateway's session cookie (its cookie.name): the only Set-Cookie passed on from an allowed check.
+local SESSION_COOKIE = "gw_session"
 
 -- Client headers the gateway may read (lower case, as HAProxy stores them).
 local PASSED = { "cookie", "authorization", "accept", "x-requested-with",
@@ -57,6 +64,20 @@ local function single(headers, name)
         return false
     end
     return list[1]
+end
+
+-- The one Set-Cookie of an allowed answer that sets the session cookie, or nil (none, or more than one).
+local function session_cookie(headers)
+    local found = nil
+    for _, value in ipairs(values(headers["set-cookie"])) do
+        if value:sub(1, #SESSION_COOKIE + 1) == SESSION_COOKIE .. "=" then
+            if found ~= nil then
+                return nil
+            end
+            found = value
+        end
+    end
+    return found
 end
 
 local function check_request(txn)
@@ -109,6 +130,10 @@ local function ask_gateway(txn, url)
         end
         for var, value in pairs(identity) do
             txn:set_var(var, value)
+        end
+        local cookie = session_cookie(headers)
+        if cookie ~= nil then
+            txn:set_var("txn.auth_cookie", cookie)
         end
     elseif status == 401 then
         local login = single(headers, "x-auth-request-login")

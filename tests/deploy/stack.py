@@ -26,6 +26,7 @@ like this::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import html
 import json
@@ -46,6 +47,10 @@ from urllib.parse import quote, urlencode, urljoin, urlsplit
 
 import pytest
 
+from gateway.sealing import new_key
+from gateway.settings import DatabaseSettings
+from gateway.store import make_store
+from gateway.tokens import hash_token
 from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -668,17 +673,19 @@ class HAProxyStack(Site):
 
 
 @contextlib.contextmanager
-def start_haproxy_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TOML) -> Iterator[HAProxyStack]:
+def start_haproxy_stack(directory: Path, *, access_toml: str = DEFAULT_ACCESS_TOML,
+                        extra_toml: str = "") -> Iterator[HAProxyStack]:
     """Start the echo app, the gateway and HAProxy (``deploy/haproxy/haproxy.cfg``); stop them after.
 
     HAProxy is looked for first, so a machine without it skips (or fails under strict mode) before anything
-    starts.
+    starts. ``extra_toml`` is appended to the gateway's configuration (see :func:`gateway_toml`).
     """
     if find_haproxy() is None:
         unavailable("haproxy not found (apt-get install haproxy)")
     haproxy_port = free_port()
     with contextlib.ExitStack() as stack:
-        echo, gateway = _app_and_gateway(stack, directory, haproxy_port, access_toml=access_toml)
+        echo, gateway = _app_and_gateway(stack, directory, haproxy_port, access_toml=access_toml,
+                                         extra_toml=extra_toml)
         config = render_haproxy(listen_port=haproxy_port, gateway_url=gateway.url, gateway_port=gateway.port,
                                 app_port=echo.port)
         haproxy = stack.enter_context(start_haproxy(directory / "haproxy", config, haproxy_port))
@@ -968,3 +975,82 @@ def assert_device_grant_is_the_gateways(base_url: str, app_paths: Callable[[], l
     again = http("POST", base_url + "/auth/device/token", [_FORM, json_], poll)
     assert (again.status, again.json()["error"]) == (400, "invalid_grant"), again.text
     assert not [p for p in app_paths() if p.startswith(("/device", "/auth/device"))]
+
+
+# ---- sliding sessions (session.refresh) through a proxy ------------------------------------------------
+
+RENEWED_LIFETIME = 24.0
+"""Seconds a session renewed by :func:`renew_session_as_another_replica` still has to live."""
+
+
+def refresh_toml(*, lifetime: str = "24s", interval: str = "8s") -> str:
+    """A ``[session]`` table turning ``session.refresh`` on (with a fresh sealing key), for ``extra_toml``."""
+    return (f'[session]\nrefresh = true\nlifetime = "{lifetime}"\nrefresh_interval = "{interval}"\n'
+            f"sealing_key = {json.dumps(new_key())}\n")
+
+
+def renew_session_as_another_replica(database: Path, token: str) -> None:
+    """Renew ``token``'s session in the stack gateway's SQLite ``database`` as another replica does once the
+    upstream vouched (the dev upstream issues no refresh tokens): its expiry moves to
+    :data:`RENEWED_LIFETIME` from now, and the revocation feed makes the running gateway re-read it."""
+    async def renew() -> bool:
+        store = make_store(f"sqlite:///{database}", DatabaseSettings(), revocation_retention=60)
+        await store.open()
+        try:
+            now = time.time()
+            return await store.renew_session(hash_token(token), now=now, expires_at=now + RENEWED_LIFETIME,
+                                             secrets={}, next_claim_at=now + RENEWED_LIFETIME / 3)
+        finally:
+            await store.close()
+
+    assert asyncio.run(renew()), "the session to renew was not found"
+
+
+def assert_renewed_cookie_reaches_the_browser(base_url: str, database: Path, *, email: str,
+                                              forbidden_path: str) -> None:
+    """With ``session.refresh`` on the stack's gateway: once a session is renewed, an allowed page answers with
+    ``Set-Cookie`` for the same token and the renewed ``Max-Age`` (within about a second, the revocation
+    feed's delay), and the app still gets the identity. No cookie ever comes from a denied check (no cookie,
+    a dead token, refused by the rules) or a check by ``Authorization``, and a client's ``Set-Cookie``
+    request header never reaches the response."""
+    token = sign_in(base_url, email).token
+    injected = ("Set-Cookie", f"{COOKIE}=injected-by-the-client; Max-Age=99999")
+    browser = [("Accept", "text/html"), injected]
+    signed_in = [*browser, cookie_header({COOKIE: token})]
+
+    def page(path: str, headers: Sequence[tuple[str, str]]) -> Reply:
+        return http("GET", f"{base_url}{path}", headers)
+
+    before = page("/notes/before", signed_in)
+    assert before.status == 200 and before.all("Set-Cookie") == [], before.headers
+
+    renew_session_as_another_replica(database, token)
+    deadline = time.monotonic() + 3.0
+    while True:
+        renewed = page("/notes/renewed", signed_in)
+        assert renewed.status == 200, (renewed.status, renewed.text)
+        if renewed.all("Set-Cookie") or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    lines = renewed.all("Set-Cookie")
+    assert len(lines) == 1, f"not one renewed cookie within 3 s: {renewed.headers}"
+    line = lines[0]
+    value, _, attributes = line.partition(";")
+    assert value == f"{COOKIE}={token}", line
+    fields = {k.strip().lower(): v.strip() for k, _, v in (a.partition("=") for a in attributes.split(";"))}
+    assert 0 < int(fields["max-age"]) <= RENEWED_LIFETIME, line
+    assert fields["path"] == "/" and "httponly" in fields, line
+    seen = renewed.json()["headers"]
+    assert [v for k, v in seen if k.lower() == "x-auth-request-email"] == [email], seen
+
+    denied = {
+        "no cookie": page("/notes/anonymous", browser),
+        "no cookie, API": page("/api/notes", [("Accept", "application/json"), injected]),
+        "dead token": page("/notes/dead", [*browser, cookie_header({COOKIE: "gwt_" + "A" * 43})]),
+        "refused by the rules": page(forbidden_path, signed_in),
+    }
+    for why, reply in denied.items():
+        assert reply.status in (302, 401, 403), (why, reply.status)
+        assert reply.all("Set-Cookie") == [], (why, reply.headers)
+    bearer = page("/api/notes", [("Accept", "application/json"), ("Authorization", f"Bearer {token}"), injected])
+    assert bearer.status == 200 and bearer.all("Set-Cookie") == [], bearer.headers

@@ -33,7 +33,9 @@ from tests.deploy.stack import Reply as StackReply
 from tests.deploy.stack import (
     assert_api_tokens_are_the_gateways,
     assert_device_grant_is_the_gateways,
+    assert_renewed_cookie_reaches_the_browser,
     http,
+    refresh_toml,
     unavailable,
 )
 from tests.helpers import free_port
@@ -246,13 +248,14 @@ paths = ["/admin"]
 """
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+@contextlib.contextmanager
+def running_stack(workdir: Path, extra_toml: str = "") -> Iterator[Stack]:
+    """Caddy (from deploy/caddy/Caddyfile), the gateway (GATEWAY_TOML, then ``extra_toml``) and the echo app,
+    run under ``workdir`` until the block ends."""
     caddy = shutil.which("caddy")
     if caddy is None:
         unavailable("the caddy binary is not installed (Debian: apt-get install caddy)")
     assert caddy is not None
-    workdir = tmp_path_factory.mktemp("caddy-stack")
     ports: set[int] = set()
     while len(ports) < 3:
         ports.add(free_port())
@@ -260,7 +263,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     config = workdir / "gateway.toml"
     config.write_text(GATEWAY_TOML.format(gateway_port=gateway_port, caddy_port=caddy_port,
-                                          db=workdir / "gateway.db"))
+                                          db=workdir / "gateway.db") + extra_toml)
     gateway_env = {k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")}
     gateway_env["GATEWAY_CONFIG"] = str(config)
     caddy_env = {**{k: v for k, v in os.environ.items() if not k.startswith("GATEWAY_")},
@@ -287,6 +290,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for proc in reversed(list(result.procs.values())):
             with contextlib.suppress(Exception):
                 proc.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with running_stack(tmp_path_factory.mktemp("caddy-stack")) as running:
+        yield running
 
 
 def unique(prefix: str) -> str:
@@ -476,3 +485,12 @@ def test_people_mint_use_and_revoke_their_own_api_tokens_through_caddy(stack: St
 
 def test_a_cli_signs_in_with_a_device_code_through_caddy(stack: Stack) -> None:
     assert_device_grant_is_the_gateways(stack.url, lambda: [str(r["path"]) for r in stack.app_saw("/")])
+
+
+def test_a_renewed_sessions_cookie_reaches_the_browser_and_only_from_an_allowed_check(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """With session.refresh on: the Caddyfile's own handle_response passes the check's Set-Cookie on a 2xx."""
+    workdir = tmp_path_factory.mktemp("caddy-refresh")
+    with running_stack(workdir, refresh_toml()) as refreshing:
+        assert_renewed_cookie_reaches_the_browser(refreshing.url, workdir / "gateway.db",
+                                                  email="renewed@example.com", forbidden_path="/admin")

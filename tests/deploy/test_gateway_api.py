@@ -303,6 +303,8 @@ BROKEN_COPIES = [
                  "  name: gateway-from-envoy-gateway\n  namespaces: auth", id="metadata-field"),
     pytest.param("istio/istiod-values.yaml", "headersToUpstreamOnAllow:", "headersToUpstreamOnAllowed:",
                  id="mesh-field"),
+    pytest.param("istio/istiod-values.yaml", "headersToDownstreamOnAllow:", "headersToDownstreamOnSuccess:",
+                 id="mesh-field-on-allow"),
     pytest.param("istio/istiod-values.yaml", "timeout: 1s", "timeout: 1000ms", id="mesh-duration"),
     pytest.param("istio/istiod-values.yaml", "      envoyExtAuthzHttp:",
                  "      envoyExtAuthzGrpc: {}\n      envoyExtAuthzHttp:", id="mesh-oneof"),
@@ -477,7 +479,10 @@ def test_istio_extension_provider_asks_the_gateway(example: list[Doc]) -> None:
     assert lower(config["headersToDownstreamOnDeny"]) == lower(client_headers)
     assert {"location", "set-cookie"} <= set(lower(config["headersToDownstreamOnDeny"])), \
         "the sign-in redirect and its cookie must reach the browser"
-    assert not config.get("includeAdditionalHeadersInCheck") and not config.get("headersToDownstreamOnAllow")
+    assert not config.get("includeAdditionalHeadersInCheck")
+    success = response["allowed_client_headers_on_success"]["patterns"]
+    assert lower(config["headersToDownstreamOnAllow"]) == lower(exact_names(success)) == ["set-cookie"], \
+        "a renewed session's cookie (and nothing else of the check's answer) must reach the browser on a 200"
 
 
 def test_istio_drops_idle_connections_to_the_gateway_before_the_gateway_does(example_settings: Settings) -> None:

@@ -40,6 +40,7 @@ from tests.deploy.stack import (
     assert_device_grant_is_the_gateways,
     assert_only_the_gateways_identity,
     assert_policy_deny_pages,
+    assert_renewed_cookie_reaches_the_browser,
     assert_session_revoke_refuses_within_a_second,
     assert_sign_in_returns_to_the_page,
     assert_sign_out_refuses_the_cookie_at_once,
@@ -47,6 +48,7 @@ from tests.deploy.stack import (
     metric_sum,
     named,
     raw_exchange,
+    refresh_toml,
     render_haproxy,
     seen_by_app,
     start_haproxy,
@@ -298,6 +300,17 @@ class FakeGateway:
         return f"http://127.0.0.1:{self.port}"
 
 
+FAKE_SESSION_COOKIE = f"{COOKIE}=fake-renewed; HttpOnly; Max-Age=5; Path=/; SameSite=Lax"
+FAKE_COOKIES = {
+    "session": [FAKE_SESSION_COOKIE],
+    "other": ["tracker=1; Path=/"],
+    "mixed": ["tracker=1; Path=/", FAKE_SESSION_COOKIE],
+    "two": [FAKE_SESSION_COOKIE, f"{COOKIE}=another; Max-Age=5; Path=/"],
+    "lookalike": [f"{COOKIE}x=1; Path=/"],
+}
+"""The fake gateway's Set-Cookie lines for /fake/<status>/<kind>/...: which one HAProxy passes is tested."""
+
+
 def _fake_handler(fake: FakeGateway) -> type[BaseHTTPRequestHandler]:
     class Answer(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -320,6 +333,9 @@ def _fake_handler(fake: FakeGateway) -> type[BaseHTTPRequestHandler]:
                 self.send_header(name, "fake-admin")
             if how[0] == "twice":
                 self.send_header("X-Auth-Request-User", "fake-other")
+            kind = (self.headers.get("X-Forwarded-Uri") or "").split("?")[0].split("/")[3:4] or [""]
+            for cookie in FAKE_COOKIES.get(kind[0], ()):
+                self.send_header("Set-Cookie", cookie)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -484,3 +500,36 @@ def test_people_mint_use_and_revoke_their_own_api_tokens_through_the_proxy(stack
 
 def test_a_cli_signs_in_with_a_device_code_through_the_proxy(stack: HAProxyStack) -> None:
     assert_device_grant_is_the_gateways(stack.url, lambda: [r["path"] for r in stack.echo.requests()])
+
+
+@pytest.fixture(scope="module")
+def refreshing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HAProxyStack]:
+    """The same stack, its gateway renewing sessions (session.refresh)."""
+    with start_haproxy_stack(tmp_path_factory.mktemp("haproxy-refresh"), extra_toml=refresh_toml()) as running:
+        yield running
+
+
+def test_a_renewed_sessions_cookie_reaches_the_browser_and_only_from_an_allowed_check(
+        refreshing: HAProxyStack) -> None:
+    assert_renewed_cookie_reaches_the_browser(refreshing.url, refreshing.directory / "gateway.db",
+                                              email="renewed@example.com", forbidden_path="/forbidden/page")
+
+
+@pytest.mark.parametrize(("how", "kind", "passed"), [
+    ("200", "session", [FAKE_SESSION_COOKIE]),
+    ("200", "mixed", [FAKE_SESSION_COOKIE]),
+    ("200", "other", []),
+    ("200", "lookalike", []),
+    ("200", "two", []),  # ambiguous: neither
+    ("401", "session", []),
+    ("403", "session", []),
+    ("500", "session", []),
+])
+def test_only_an_allowed_checks_one_session_cookie_reaches_the_client(
+        stack: HAProxyStack, odd: tuple[HAProxy, FakeGateway], how: str, kind: str, passed: list[str]) -> None:
+    haproxy, _ = odd
+    for accept in ("text/html", "application/json"):
+        reply = http("GET", f"{haproxy.url}/fake/{how}/{kind}/page",
+                     [("Accept", accept), ("Set-Cookie", f"{COOKIE}=from-the-client; Max-Age=99999")])
+        assert reply.status == {"200": 200, "401": 302, "403": 403}.get(how, 503)  # the path is not under /api/
+        assert reply.all("Set-Cookie") == passed, (how, kind, reply.headers)

@@ -242,13 +242,15 @@ class TraefikForwardAuth:
     request_headers: tuple[str, ...]
     response_headers: tuple[str, ...]
     response_headers_regex: str
+    response_cookies: tuple[str, ...]
 
 
 def _forward_auth(config: Mapping[str, Any]) -> TraefikForwardAuth:
     return TraefikForwardAuth(config["address"], config["trustForwardHeader"] is True,
                               tuple(config.get("authRequestHeaders") or ()),
                               tuple(config.get("authResponseHeaders") or ()),
-                              config.get("authResponseHeadersRegex") or "")
+                              config.get("authResponseHeadersRegex") or "",
+                              tuple(config.get("addAuthCookiesToResponse") or ()))
 
 
 def traefik_file() -> dict[str, Any]:
@@ -274,6 +276,7 @@ class EnvoyExtAuthz:
     allowed_headers: tuple[Mapping[str, Any], ...]
     upstream_headers: tuple[Mapping[str, Any], ...]
     client_headers: tuple[Mapping[str, Any], ...]
+    client_headers_on_success: tuple[Mapping[str, Any], ...]
     failure_mode_allow: bool
 
 
@@ -295,6 +298,7 @@ def envoy_ext_authz() -> EnvoyExtAuthz:
                          tuple(authz["allowed_headers"]["patterns"]),
                          tuple(response["allowed_upstream_headers"]["patterns"]),
                          tuple(response["allowed_client_headers"]["patterns"]),
+                         tuple(response.get("allowed_client_headers_on_success", {}).get("patterns", ())),
                          authz.get("failure_mode_allow", False))
 
 
@@ -506,6 +510,8 @@ def test_traefik_files_hold_what_the_replays_rely_on() -> None:
     lowered = {h.lower() for h in fa.request_headers}
     assert {"cookie", "authorization", "accept", "x-requested-with"} <= lowered
     assert not any(h.startswith(("x-original", "x-auth-request", "x-forwarded")) for h in lowered)
+    # A renewed session's cookie (session.refresh) goes back to the browser on a 2xx, and no other cookie.
+    assert fa.response_cookies == (COOKIE,)
 
     http = traefik_file()
     services = {name: urlsplit(s["loadBalancer"]["servers"][0]["url"]).netloc for name, s in http["services"].items()}
@@ -528,7 +534,7 @@ def test_traefik_files_hold_what_the_replays_rely_on() -> None:
     crd_address = urlsplit(crd_fa.address)
     assert (crd_address.path, crd_address.query) == (address.path, address.query)
     assert crd_fa == TraefikForwardAuth(crd_fa.address, fa.trust_forward_header, fa.request_headers,
-                                        fa.response_headers, fa.response_headers_regex)
+                                        fa.response_headers, fa.response_headers_regex, fa.response_cookies)
     routes = crd[("IngressRoute", "app")]["spec"]["routes"]
     assert routes[-1]["middlewares"] == [{"name": "gateway-auth"}]
     assert routes[0]["services"][0]["port"] == crd_address.port == 4180
@@ -545,6 +551,8 @@ def test_envoy_file_holds_what_the_replays_rely_on() -> None:
         assert not envoy_matches(authz.allowed_headers, name), name
     assert sorted(p["exact"] for p in authz.upstream_headers) == sorted(h.lower() for h in IDENTITY_HEADERS)
     assert envoy_matches(authz.client_headers, "location") and envoy_matches(authz.client_headers, "set-cookie")
+    # On a 200 only a renewed session's Set-Cookie goes to the client (with the app's answer).
+    assert [p["exact"] for p in authz.client_headers_on_success] == ["set-cookie"]
 
     (doc,) = load_yaml(ENVOY_FILE)
     clusters = {c["name"]: c for c in doc["static_resources"]["clusters"]}
