@@ -24,9 +24,9 @@ from aiohttp import hdrs, web
 
 from gateway import pages
 from gateway.admin import iso_time
-from gateway.core import Checker, Outcome
-from gateway.credentials import Credential, CredentialSource, find_credential
-from gateway.csrf import cross_site_problem, session_bound_token, token_problem
+from gateway.core import Checker
+from gateway.credentials import Credential
+from gateway.csrf import session_bound_token
 from gateway.device import (
     DeviceGrantService,
     InvalidDeviceRequest,
@@ -34,9 +34,10 @@ from gateway.device import (
     display_user_code,
     normalise_user_code,
 )
-from gateway.errors import Forbidden, StoreUnavailable, Unauthenticated
-from gateway.facts import TrustedProxies, client_address
+from gateway.errors import Forbidden, Unauthenticated
+from gateway.facts import TrustedProxies
 from gateway.handlers.forms import refuse_longer
+from gateway.handlers.selfservice import Requesters
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession
 from gateway.redirects import RedirectPolicy
@@ -52,7 +53,6 @@ _MAX_FIELDS = 16
 _TOO_LARGE = "A device request is a few hundred bytes; this one is far larger."
 _FORM = "application/x-www-form-urlencoded"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache", "X-Content-Type-Options": "nosniff"}
-_SIGNED_IN = (Outcome.ALLOW, Outcome.FORBIDDEN)
 _ACTIONS = ("look_up", "approve", "deny")
 
 
@@ -88,11 +88,8 @@ class DeviceHandlers:
                  redirects: RedirectPolicy, metrics: Metrics, *, cookie_name: str, clock: Callable[[], float]) -> None:
         """``redirects`` says which origins are ours (those a sign-in may return to)."""
         self._service = service
-        self._checker = checker
-        self._proxies = proxies
-        self._redirects = redirects
+        self._who = Requesters(checker, proxies, redirects, cookie_name=cookie_name)
         self._metrics = metrics
-        self._cookie_name = cookie_name
         self._clock = clock
 
     # ---- the CLI's side -----------------------------------------------------------------------------------
@@ -101,7 +98,7 @@ class DeviceHandlers:
         """``POST /auth/device/code`` with ``client_id`` (and an ignored ``scope``): a device authorization
         response (RFC 8628 §3.2)."""
         fields = await oauth_form(request)
-        issued = await self._service.issue(fields.get("client_id"), client=self._client(request))
+        issued = await self._service.issue(fields.get("client_id"), client=self._who.client(request))
         return _json({"device_code": issued.device_code, "user_code": issued.user_code,
                       "verification_uri": issued.verification_uri,
                       "verification_uri_complete": issued.verification_uri_complete,
@@ -112,7 +109,7 @@ class DeviceHandlers:
         approved (RFC 6749 §5.1), else an RFC 8628 §3.5 error."""
         fields = await oauth_form(request)
         issued = await self._service.poll(fields.get("grant_type"), fields.get("device_code"),
-                                          fields.get("client_id"), client=self._client(request))
+                                          fields.get("client_id"), client=self._who.client(request))
         return _json({"access_token": issued.access_token, "token_type": "Bearer", "expires_in": issued.expires_in})
 
     # ---- the person's side --------------------------------------------------------------------------------
@@ -122,7 +119,7 @@ class DeviceHandlers:
         without a session is sent to sign in, and back here with the code."""
         code = normalise_user_code(request.query.get("user_code", ""))
         shown = "" if code is None else display_user_code(code)
-        credential, active = await self._cookie_session(request)
+        credential, active = await self._who.browser_session(request)
         if credential is None or active is None:
             back = "/device" + (f"?user_code={shown}" if shown else "")
             return web.Response(status=302, headers={"Location": "/login?rd=" + quote(back, safe=""),
@@ -136,7 +133,7 @@ class DeviceHandlers:
         action = fields.get("action", "look_up")
         credential, active = await self._may_decide(request, action if action in _ACTIONS else "look_up",
                                                     fields.get(pages.SIGN_OUT_FIELD, ""))
-        user, raw_code, client = active.user, fields.get("user_code", ""), self._client(request)
+        user, raw_code, client = active.user, fields.get("user_code", ""), self._who.client(request)
         keys = (f"session:{hash_token(credential.token)}", f"client:{client}")
         try:
             if action == "approve" or action == "deny":
@@ -164,51 +161,26 @@ class DeviceHandlers:
     def _csrf(credential: Credential) -> str:
         return session_bound_token(credential.token, _PURPOSE)
 
-    def _client(self, request: web.Request) -> str:
-        return client_address(request.headers, request.remote or "", self._proxies)[:64]
-
-    async def _decide(self, credential: Credential) -> ActiveSession | None:
-        """The credential's live session (any kind), or None; StoreUnavailable when it cannot be told."""
-        decision = await self._checker.decide(credential, None)
-        if decision.outcome is Outcome.UNAVAILABLE:
-            raise StoreUnavailable()
-        return decision.active if decision.active is not None and decision.outcome in _SIGNED_IN else None
-
-    async def _cookie_session(self, request: web.Request) -> tuple[Credential | None, ActiveSession | None]:
-        """The browser's session cookie and its live browser session, or Nones."""
-        found = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._cookie_name)
-        if not isinstance(found, Credential):
-            return None, None
-        active = await self._decide(found)
-        if active is None or active.session.kind != "browser":
-            return None, None
-        return found, active
-
     async def _may_decide(self, request: web.Request, action: str, sent_token: str) -> tuple[Credential,
                                                                                            ActiveSession]:
         """The credential and session, when this request may look codes up or decide them: a browser session
         by cookie, same origin, and the session's CSRF token. Otherwise 401 (no session) or 403 (logged,
         counted, nothing looked at)."""
-        found = find_credential(request.headers.getall(hdrs.COOKIE, ()),
-                                request.headers.getall(hdrs.AUTHORIZATION, ()), self._cookie_name)
-        active = await self._decide(found) if isinstance(found, Credential) else None
-        if not isinstance(found, Credential) or active is None:
+        credential, active = await self._who.any_session(request)
+        if credential is None or active is None:
             raise Unauthenticated("Sign in to approve a device.", link=("/login?rd=%2Fdevice", "Sign in"))
-        if found.source is not CredentialSource.COOKIE or active.session.kind != "browser":
+        if not self._who.is_browser(credential, active):
             self._refuse(request, action, "not a browser session (an API token or a bearer JWT)",
                          "A device can be approved only from a signed-in browser, not with a token.")
-        refusal = cross_site_problem(request.headers.getall("Sec-Fetch-Site", ()),
-                                     request.headers.getall(hdrs.ORIGIN, ()), self._redirects)
-        if refusal is None:
-            refusal = token_problem(found.token, sent_token, _PURPOSE)
+        refusal = self._who.forgery_problem(request, credential, sent_token, _PURPOSE)
         if refusal is not None:
             self._refuse(request, action, refusal, "This request did not come from this site's device page (or "
                          "that page is out of date), so nothing was done. Reload the page and try again.")
-        return found, active
+        return credential, active
 
     def _refuse(self, request: web.Request, action: str, reason: str, message: str) -> NoReturn:
         self._metrics.device_grants.labels("forbidden").inc()
-        log.warning("device approval refused", action=action, reason=reason, client=self._client(request),
+        log.warning("device approval refused", action=action, reason=reason, client=self._who.client(request),
                     user_agent=request.headers.get(hdrs.USER_AGENT, "")[:200])
         raise Forbidden(message, link=("/device", "Sign in a device"))
 

@@ -32,12 +32,13 @@ from aiohttp import hdrs, web
 from gateway import pages
 from gateway.admin import iso_time
 from gateway.apitokens import ApiTokenService, InvalidTokenRequest, last_used, token_state
-from gateway.core import Checker, Outcome
-from gateway.credentials import Credential, CredentialSource, find_credential
-from gateway.csrf import cross_site_problem, session_bound_token, token_problem
-from gateway.errors import Forbidden, StoreUnavailable, Unauthenticated
-from gateway.facts import TrustedProxies, client_address
+from gateway.core import Checker
+from gateway.credentials import Credential
+from gateway.csrf import session_bound_token
+from gateway.errors import Forbidden, Unauthenticated
+from gateway.facts import TrustedProxies
 from gateway.handlers.forms import posted_fields, refuse_longer
+from gateway.handlers.selfservice import Requesters
 from gateway.metrics import Metrics
 from gateway.models import ActiveSession, User
 from gateway.redirects import RedirectPolicy
@@ -54,7 +55,6 @@ _PURPOSE = b"gateway api tokens v1"
 _MAX_BODY = 4096
 _TOO_LARGE = "A token request is a few hundred bytes; this one is far larger."
 _NO_STORE = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-_SIGNED_IN = (Outcome.ALLOW, Outcome.FORBIDDEN)
 
 
 def _json(body: Any, status: int = 200) -> web.Response:
@@ -76,11 +76,8 @@ class ApiTokenHandlers:
                  metrics: Metrics, *, cookie_name: str, clock: Callable[[], float]) -> None:
         """``redirects`` says which origins are ours (those a sign-in may return to)."""
         self._service = service
-        self._checker = checker
-        self._proxies = proxies
-        self._redirects = redirects
+        self._who = Requesters(checker, proxies, redirects, cookie_name=cookie_name)
         self._metrics = metrics
-        self._cookie_name = cookie_name
         self._clock = clock
 
     # ---- JSON ---------------------------------------------------------------------------------------------
@@ -93,7 +90,7 @@ class ApiTokenHandlers:
                                 "max_lifetime": int(self._service.max_lifetime),
                                 "default_lifetime": int(self._service.default_lifetime),
                                 "limit": self._service.per_user}
-        if self._is_browser(credential, active):
+        if self._who.is_browser(credential, active):
             body["csrf_token"] = session_bound_token(credential.token, _PURPOSE)
         return _json(body)
 
@@ -102,7 +99,7 @@ class ApiTokenHandlers:
         user = await self._may_change(request, "mint", request.headers.get(CSRF_HEADER, ""))
         fields = await self._json_body(request)
         name, lifetime = self._clean(fields.get("name"), fields.get("expires_in"))
-        minted = await self._service.mint(user, name, lifetime, client=self._client(request))
+        minted = await self._service.mint(user, name, lifetime, client=self._who.client(request))
         session = minted.api_token.session
         return _json({"token": minted.token, "id": minted.api_token.token_id, "name": minted.api_token.name,
                       "created_at": int(session.created_at), "expires_at": int(session.expires_at)}, 201)
@@ -110,14 +107,14 @@ class ApiTokenHandlers:
     async def revoke_json(self, request: web.Request) -> web.Response:
         """``DELETE /auth/tokens/{id}``."""
         user = await self._may_change(request, "revoke", request.headers.get(CSRF_HEADER, ""))
-        revoked = await self._service.revoke(user, request.match_info["id"], client=self._client(request))
+        revoked = await self._service.revoke(user, request.match_info["id"], client=self._who.client(request))
         return _json(_listing(revoked, self._clock()))
 
     # ---- HTML ---------------------------------------------------------------------------------------------
 
     async def page(self, request: web.Request) -> web.Response:
         """``GET /tokens``: the list and the form; a browser without a session is sent to sign in."""
-        credential, active = await self._cookie_session(request)
+        credential, active = await self._who.browser_session(request)
         if credential is None or active is None:
             return web.Response(status=302, headers={"Location": "/login?rd=%2Ftokens", **pages.PAGE_HEADERS})
         return await self._render(credential, active.user)
@@ -127,8 +124,8 @@ class ApiTokenHandlers:
         fields = await self._form(request)
         user = await self._may_change(request, "mint", fields.get(pages.SIGN_OUT_FIELD, ""))
         name, lifetime = self._clean(fields.get("name"), fields.get("expires_in"))
-        minted = await self._service.mint(user, name, lifetime, client=self._client(request))
-        credential = self._cookie_credential(request)
+        minted = await self._service.mint(user, name, lifetime, client=self._who.client(request))
+        credential = self._who.cookie_credential(request)
         assert credential is not None  # _may_change admitted only a cookie session
         return await self._render(credential, user, new_token=(minted.api_token.name, minted.token))
 
@@ -136,7 +133,7 @@ class ApiTokenHandlers:
         """``POST /tokens/{id}/revoke`` (a revoke button): revoke, then back to the page."""
         fields = await self._form(request)
         user = await self._may_change(request, "revoke", fields.get(pages.SIGN_OUT_FIELD, ""))
-        await self._service.revoke(user, request.match_info["id"], client=self._client(request))
+        await self._service.revoke(user, request.match_info["id"], client=self._who.client(request))
         return web.Response(status=303, headers={"Location": "/tokens", **pages.PAGE_HEADERS})
 
     async def _render(self, credential: Credential, user: User,
@@ -154,52 +151,21 @@ class ApiTokenHandlers:
 
     # ---- who may ------------------------------------------------------------------------------------------
 
-    def _client(self, request: web.Request) -> str:
-        return client_address(request.headers, request.remote or "", self._proxies)[:64]
-
-    def _cookie_credential(self, request: web.Request) -> Credential | None:
-        found = find_credential(request.headers.getall(hdrs.COOKIE, ()), (), self._cookie_name)
-        return found if isinstance(found, Credential) else None
-
-    async def _cookie_session(self, request: web.Request) -> tuple[Credential | None, ActiveSession | None]:
-        """The browser's session cookie and its live browser session, or Nones."""
-        credential = self._cookie_credential(request)
-        if credential is None:
-            return None, None
-        decision = await self._checker.decide(credential, None)
-        if decision.outcome is Outcome.UNAVAILABLE:
-            raise StoreUnavailable()
-        if decision.active is None or decision.outcome not in _SIGNED_IN or decision.active.session.kind != "browser":
-            return None, None
-        return credential, decision.active
-
     async def _signed_in(self, request: web.Request) -> tuple[Credential, ActiveSession]:
         """The request's credential (bearer first, else the cookie) and its live session; 401 without one."""
-        found = find_credential(request.headers.getall(hdrs.COOKIE, ()), request.headers.getall(hdrs.AUTHORIZATION, ()),
-                                self._cookie_name)
-        if isinstance(found, Credential):
-            decision = await self._checker.decide(found, None)
-            if decision.outcome is Outcome.UNAVAILABLE:
-                raise StoreUnavailable()
-            if decision.active is not None and decision.outcome in _SIGNED_IN:
-                return found, decision.active
-        raise Unauthenticated("Sign in to manage your API tokens.", link=("/login?rd=%2Ftokens", "Sign in"))
-
-    @staticmethod
-    def _is_browser(credential: Credential, active: ActiveSession) -> bool:
-        return credential.source is CredentialSource.COOKIE and active.session.kind == "browser"
+        credential, active = await self._who.any_session(request)
+        if credential is None or active is None:
+            raise Unauthenticated("Sign in to manage your API tokens.", link=("/login?rd=%2Ftokens", "Sign in"))
+        return credential, active
 
     async def _may_change(self, request: web.Request, action: str, sent_token: str) -> User:
         """The user, when this request may mint or revoke: a browser session by cookie, same origin, and
         the session's CSRF token. Otherwise 401 (no session) or 403 (logged, counted, nothing changed)."""
         credential, active = await self._signed_in(request)
-        if not self._is_browser(credential, active):
+        if not self._who.is_browser(credential, active):
             self._refuse(request, action, "not a browser session (an API token or a bearer JWT)",
                          "API tokens can be created and revoked only from a signed-in browser, not with a token.")
-        refusal = cross_site_problem(request.headers.getall("Sec-Fetch-Site", ()),
-                                     request.headers.getall(hdrs.ORIGIN, ()), self._redirects)
-        if refusal is None:
-            refusal = token_problem(credential.token, sent_token, _PURPOSE)
+        refusal = self._who.forgery_problem(request, credential, sent_token, _PURPOSE)
         if refusal is not None:
             self._refuse(request, action, refusal, "This request did not come from this site's API tokens page (or "
                          "that page is out of date), so nothing was changed. Reload the page and try again.")
@@ -207,7 +173,7 @@ class ApiTokenHandlers:
 
     def _refuse(self, request: web.Request, action: str, reason: str, message: str) -> None:
         self._metrics.api_tokens.labels(action, "forbidden").inc()
-        log.warning("api token request refused", action=action, reason=reason, client=self._client(request),
+        log.warning("api token request refused", action=action, reason=reason, client=self._who.client(request),
                     user_agent=request.headers.get(hdrs.USER_AGENT, "")[:200])
         raise Forbidden(message, link=("/tokens", "Your API tokens"))
 
