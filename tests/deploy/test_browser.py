@@ -120,8 +120,11 @@ class Site:
         return self.stack.url
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+@contextlib.contextmanager
+def oidc_site(directory: Path, fake: FakeOIDC, extra_toml: str = "") -> Iterator[Site]:
+    """The stack (nginx, the gateway, the echo app) in ``directory`` with ``fake`` served from a thread as the
+    ``corp`` upstream besides ``dev``, and ``extra_toml`` (tables) added to the gateway's config; skips (or
+    fails under strict mode) without Chromium or the playwright package."""
     try:
         import playwright.async_api  # noqa: F401
     except ImportError:
@@ -130,11 +133,17 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     if chromium is None:
         unavailable("Chromium not found (apt-get install chromium)")
     assert chromium is not None
-    with ThreadedOIDC(FakeOIDC(users=[OIDC_USER])) as oidc:
+    with ThreadedOIDC(fake) as oidc:
         upstream = oidc.config(display_name=OIDC_DISPLAY)
         extra = f"[upstreams.{OIDC_NAME}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in upstream.items())
-        with start_stack(tmp_path_factory.mktemp("browser-stack"), extra_toml=extra) as stack:
+        with start_stack(directory, extra_toml=extra + extra_toml) as stack:
             yield Site(stack, oidc, chromium)
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with oidc_site(tmp_path_factory.mktemp("browser-stack"), FakeOIDC(users=[OIDC_USER])) as running:
+        yield running
 
 
 # ---- the browser ------------------------------------------------------------------------------------------

@@ -24,18 +24,16 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from tests.deploy.stack import http, start_stack, unavailable
+from tests.deploy.stack import http
 from tests.deploy.test_browser import (
     OIDC_DISPLAY,
-    OIDC_NAME,
     OIDC_USER,
     Site,
-    ThreadedOIDC,
     assert_page_headers,
     assert_sign_in_chooser,
-    find_chromium,
     launched,
     new_page,
+    oidc_site,
 )
 from tests.fakes.oidc import FakeOIDC
 
@@ -47,20 +45,9 @@ FORM = [("Content-Type", "application/x-www-form-urlencoded"), ("Accept", "appli
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     """The browser tests' stack, polled every second."""
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        unavailable("the playwright package is not installed (pip install playwright)")
-    chromium = find_chromium()
-    if chromium is None:
-        unavailable("Chromium not found (apt-get install chromium)")
-    assert chromium is not None
-    with ThreadedOIDC(FakeOIDC(users=[OIDC_USER])) as oidc:
-        upstream = oidc.config(display_name=OIDC_DISPLAY)
-        extra = (f"[upstreams.{OIDC_NAME}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in upstream.items())
-                 + '[session]\ndevice_poll_interval = "1s"\n')
-        with start_stack(tmp_path_factory.mktemp("device-stack"), extra_toml=extra) as stack:
-            yield Site(stack, oidc, chromium)
+    with oidc_site(tmp_path_factory.mktemp("device-stack"), FakeOIDC(users=[OIDC_USER]),
+                   '[session]\ndevice_poll_interval = "1s"\n') as running:
+        yield running
 
 
 def post_form(url: str, fields: dict[str, str]) -> tuple[int, dict[str, Any]]:

@@ -25,8 +25,8 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.sealing import new_key
-from tests.deploy.stack import COOKIE, Stack, start_stack, unavailable
-from tests.deploy.test_browser import OIDC_NAME, ThreadedOIDC, find_chromium, launched, new_page, shows_app
+from tests.deploy.stack import COOKIE, Stack
+from tests.deploy.test_browser import launched, new_page, oidc_site, shows_app
 from tests.fakes.oidc import FakeOIDC, FakeUser
 
 USER = FakeUser(sub="user-rene", email="rene@example.com", name="René", preferred_username="rene")
@@ -35,21 +35,10 @@ LIFETIME, INTERVAL = 24.0, 8.0
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, FakeOIDC, str]]:
-    try:
-        import playwright.async_api  # noqa: F401
-    except ImportError:
-        unavailable("the playwright package is not installed (pip install playwright)")
-    chromium = find_chromium()
-    if chromium is None:
-        unavailable("Chromium not found (apt-get install chromium)")
-    assert chromium is not None
-    with ThreadedOIDC(FakeOIDC(users=[USER])) as oidc:
-        upstream = oidc.config(display_name="Example SSO")
-        extra = (f"[upstreams.{OIDC_NAME}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in upstream.items())
-                 + f'[session]\nrefresh = true\nlifetime = "{LIFETIME:g}s"\nrefresh_interval = "{INTERVAL:g}s"\n'
-                 f"sealing_key = {json.dumps(new_key())}\n")
-        with start_stack(tmp_path_factory.mktemp("refresh-stack"), extra_toml=extra) as running:
-            yield running, oidc, chromium
+    extra = (f'[session]\nrefresh = true\nlifetime = "{LIFETIME:g}s"\nrefresh_interval = "{INTERVAL:g}s"\n'
+             f"sealing_key = {json.dumps(new_key())}\n")
+    with oidc_site(tmp_path_factory.mktemp("refresh-stack"), FakeOIDC(users=[USER]), extra) as site:
+        yield site.stack, site.oidc, site.chromium
 
 
 async def test_a_browser_stays_signed_in_while_the_provider_vouches_and_is_signed_out_when_it_refuses(
