@@ -25,7 +25,9 @@ client id and secret), then reads the user, emails, orgs and teams with the new 
 sign-in does: the user id must be the same, and a user no longer in an allowed org/team is ACCESS_DENIED.
 GitHub answers refusals as HTTP 200 with an ``error`` (``bad_refresh_token`` when expired, revoked or
 already used: GitHub rotates refresh tokens at every use), read as ACCESS_DENIED (``bad_refresh_token``)
-or INVALID (any other code); a slow, unreachable or 5xx GitHub is UNAVAILABLE.
+or INVALID (any other code), except the app's own credentials refused (``incorrect_client_credentials``,
+``unauthorized_client``: a configuration problem, not the user's); those and a slow, unreachable or 5xx
+GitHub are UNAVAILABLE.
 """
 
 from __future__ import annotations
@@ -424,9 +426,10 @@ def _refresh_refusal(error: object) -> ProviderError:
     if error == "bad_refresh_token":
         return ProviderError(FailureReason.ACCESS_DENIED, "GitHub refused the refresh token "
                                                           "(expired, revoked or already used)")
-    if error == "incorrect_client_credentials":
-        return ProviderError(FailureReason.INVALID, "GitHub rejected the client credentials "
-                                                    "(check client_id and client_secret)")
+    if error in ("incorrect_client_credentials", "unauthorized_client"):
+        # the app's own credentials, not the user: no session ends for a configuration problem
+        return ProviderError(FailureReason.UNAVAILABLE, "GitHub rejected the client credentials at a refresh "
+                                                        "(check client_id and client_secret)")
     return ProviderError(FailureReason.INVALID, f"GitHub refused the refresh ({_error_code(error)})")
 
 

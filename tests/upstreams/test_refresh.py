@@ -264,12 +264,22 @@ async def test_an_unknown_refresh_token_is_access_denied(fake: FakeOIDC, http: a
     pytest.param(lambda fake: setattr(fake.knobs, "token_error", "unauthorized_client"), id="unauthorized_client"),
     pytest.param(lambda fake: setattr(fake, "client_secret", "rotated-secret"), id="invalid_client-401"),
 ])
-async def test_another_refusal_is_invalid(fake: FakeOIDC, http: aiohttp.ClientSession,
-                                          break_client: Callable[[FakeOIDC], None],
-                                          logs: pytest.LogCaptureFixture) -> None:
+async def test_the_clients_own_credentials_refused_is_unavailable_not_the_users_refusal(
+        fake: FakeOIDC, http: aiohttp.ClientSession, break_client: Callable[[FakeOIDC], None],
+        logs: pytest.LogCaptureFixture) -> None:
+    """A secret rotated at the provider says nothing of the user: sessions must not all end at their next
+    refresh for it (they stay to their own expiry; the gateway warns)."""
     provider = oidc(fake, http)
     signed_in = await sign_in(provider)
     break_client(fake)
+    assert (await refused(provider, fake, logs, signed_in.refresh_token)).reason is FailureReason.UNAVAILABLE
+
+
+async def test_another_refusal_is_invalid(fake: FakeOIDC, http: aiohttp.ClientSession,
+                                          logs: pytest.LogCaptureFixture) -> None:
+    provider = oidc(fake, http)
+    signed_in = await sign_in(provider)
+    fake.knobs.token_error = "invalid_scope"
     assert (await refused(provider, fake, logs, signed_in.refresh_token)).reason is FailureReason.INVALID
 
 
@@ -517,15 +527,15 @@ async def test_github_bad_refresh_token_is_access_denied(gh: tuple[fake_github.F
     pytest.param(lambda fake: setattr(fake, "client_secret", "rotated"), id="incorrect_client_credentials"),
     pytest.param(lambda fake: setattr(fake, "token_error", "unauthorized_client"), id="unauthorized_client"),
 ])
-async def test_github_other_refusals_are_invalid(gh: tuple[fake_github.FakeGitHub, str],
-                                                 http: aiohttp.ClientSession,
-                                                 spoil: Callable[[fake_github.FakeGitHub], None],
-                                                 logs: pytest.LogCaptureFixture) -> None:
+async def test_github_client_credentials_refused_are_unavailable(gh: tuple[fake_github.FakeGitHub, str],
+                                                                 http: aiohttp.ClientSession,
+                                                                 spoil: Callable[[fake_github.FakeGitHub], None],
+                                                                 logs: pytest.LogCaptureFixture) -> None:
     fake, _ = gh
     provider = github(gh, http)
     signed_in = await gh_sign_in(provider)
     spoil(fake)
-    assert (await gh_refused(provider, fake, logs, signed_in.refresh_token)).reason is FailureReason.INVALID
+    assert (await gh_refused(provider, fake, logs, signed_in.refresh_token)).reason is FailureReason.UNAVAILABLE
 
 
 async def test_github_token_of_another_user_is_invalid(gh: tuple[fake_github.FakeGitHub, str],

@@ -8,9 +8,10 @@ the answer's shape (a JSON object, a bearer access token); the tokens in it are 
 
 How a refused refresh reads: an OAuth error response (HTTP 400 or 401, RFC 6749 5.2) with
 ``invalid_grant`` (the refresh token is expired, revoked or was already used) is ACCESS_DENIED, any other
-error code INVALID, except ``temporarily_unavailable``/``server_error``; those, every other status, a
-network failure and a body that is not a JSON object are UNAVAILABLE (ask again later). Messages name the
-HTTP status and the error code only, never a token.
+error code INVALID, except ``temporarily_unavailable``/``server_error`` and the client's own credentials
+refused (``invalid_client``/``unauthorized_client``: a configuration problem, not the user's); those,
+every other status, a network failure and a body that is not a JSON object are UNAVAILABLE (ask again
+later). Messages name the HTTP status and the error code only, never a token.
 """
 
 from __future__ import annotations
@@ -32,8 +33,11 @@ from upstreams.oidc.keys import Discovery, ProviderKeys, Response
 _ERROR_CODE: Final = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 REFUSAL_STATUSES: Final = frozenset({400, 401})
 """Statuses of an OAuth error response (RFC 6749 5.2): only these can refuse a grant."""
-RETRY_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error"})
-"""Error codes that say "not now" rather than "no"."""
+RETRY_ERRORS: Final = frozenset({"temporarily_unavailable", "server_error", "invalid_client", "unauthorized_client"})
+"""Error codes of a refresh that say "not now" rather than "no": the provider is busy, or it refuses the
+gateway's own client credentials (a secret rotated at the provider and not yet here). Neither says anything
+of the user, so no session ends for them; each stays to its own expiry, and the operator sees the
+``session refresh postponed`` warnings."""
 
 
 @dataclass(frozen=True, slots=True)
