@@ -148,7 +148,8 @@ class LoginService:
         self._enrolment = EnrolmentPolicy.from_lists(enrolment.emails, enrolment.domains, enrolment.groups)
         # Only with a key does a session keep its ID token (sealed), for the id_token_hint at sign-out.
         self.sealer = Sealer.from_keys(sessions.sealing_key, sessions.sealing_key_previous)
-        """Seals what a session keeps of its upstream (the ID token); None without ``session.sealing_key``."""
+        """Seals what a session keeps of its upstream (its ID token; its refresh token with ``session.refresh``);
+        None without ``session.sealing_key``."""
 
     # ---- helpers -------------------------------------------------------------------------------------
 

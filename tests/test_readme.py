@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -12,6 +13,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,16 +61,15 @@ def test_quick_start_commands_exist_and_ci_runs_the_same_test_command() -> None:
     assert "make test" in ci and "GATEWAY_TEST_STRICT=1" in ci
 
 
-@pytest.mark.skipif(shutil.which("curl") is None and os.environ.get("GATEWAY_TEST_STRICT") != "1",
-                    reason="curl not installed")
-def test_try_it_snippet(sandbox: Path) -> None:
+@contextlib.contextmanager
+def dev_gateway(sandbox: Path) -> Iterator[str]:
+    """``gateway serve --config config/dev.toml`` in ``sandbox``, moved to a free port (yielded) and ready;
+    stopped with SIGTERM afterwards, as the README's reader would."""
     port = str(free_port())
     dev = sandbox / "config" / "dev.toml"
     dev.write_text(dev.read_text().replace("4180", port))
-    snippet = code_block_after("Try it from a second terminal").replace("4180", port)
-    env = clean_env()
     server = subprocess.Popen([str(sandbox / ".venv/bin/gateway"), "serve", "--config", "config/dev.toml"],
-                              cwd=sandbox, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              cwd=sandbox, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 20
         while True:
@@ -78,12 +79,20 @@ def test_try_it_snippet(sandbox: Path) -> None:
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-        # POSIX sh, as a reader's /bin/sh may be: dash (Debian's sh) when installed, so bash-only syntax fails.
-        result = subprocess.run([shutil.which("dash") or "sh", "-eu", "-c", snippet], cwd=sandbox, env=env,
-                                capture_output=True, text=True, timeout=60, check=False)
+        yield port
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(20)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None and os.environ.get("GATEWAY_TEST_STRICT") != "1",
+                    reason="curl not installed")
+def test_try_it_snippet(sandbox: Path) -> None:
+    with dev_gateway(sandbox) as port:
+        snippet = code_block_after("Try it from a second terminal").replace("4180", port)
+        # POSIX sh, as a reader's /bin/sh may be: dash (Debian's sh) when installed, so bash-only syntax fails.
+        result = subprocess.run([shutil.which("dash") or "sh", "-eu", "-c", snippet], cwd=sandbox, env=clean_env(),
+                                capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     out = result.stdout
     first = out.partition("HTTP/1.1 401")[0]
@@ -174,24 +183,12 @@ def _browser_request(port: str, method: str, path: str, jar: dict[str, str],
                     reason="curl or jq not installed")
 def test_device_sign_in_snippet(sandbox: Path) -> None:
     """The CLI's side runs as written while a browser signs in with the dev form and approves the code."""
-    port = str(free_port())
-    dev = sandbox / "config" / "dev.toml"
-    dev.write_text(dev.read_text().replace("4180", port))
-    snippet = code_block_after("### Device sign-in for CLIs").replace("4180", port)
-    env = clean_env()
-    server = subprocess.Popen([str(sandbox / ".venv/bin/gateway"), "serve", "--config", "config/dev.toml"],
-                              cwd=sandbox, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cli: subprocess.Popen[str] | None = None
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
-        cli = subprocess.Popen([shutil.which("dash") or "sh", "-eu", "-c", snippet], cwd=sandbox, env=env,
+    with contextlib.ExitStack() as stack:
+        port = stack.enter_context(dev_gateway(sandbox))
+        stack.callback(lambda: cli is not None and cli.poll() is None and cli.kill())
+        snippet = code_block_after("### Device sign-in for CLIs").replace("4180", port)
+        cli = subprocess.Popen([shutil.which("dash") or "sh", "-eu", "-c", snippet], cwd=sandbox, env=clean_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert cli.stdout is not None
         prompt = cli.stdout.readline()
@@ -213,10 +210,5 @@ def test_device_sign_in_snippet(sandbox: Path) -> None:
             "csrf_token": csrf.group(1), "user_code": match.group(3), "action": "approve"})
         assert status == 200 and "Device approved" in page, page
         out, err = cli.communicate(timeout=60)
-    finally:
-        if cli is not None and cli.poll() is None:
-            cli.kill()
-        server.send_signal(signal.SIGTERM)
-        server.wait(20)
     assert cli.returncode == 0, err
     assert out.startswith("HTTP/1.1 200") and "X-Auth-Request-Email: ada@example.com" in out, out
